@@ -1,0 +1,69 @@
+# GGnet Makefile. `make help` lists the targets.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+BIN               ?= $(CURDIR)/bin
+CONTROLLER_GEN_VERSION ?= v0.23.0
+CONTROLLER_GEN    ?= $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+GO_TEST_FLAGS     ?=
+FUZZTIME          ?= 5s
+FUZZTIME_LONG     ?= 5m
+
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+##@ Main jobs
+
+.PHONY: demo
+demo: ## Run the local lab: a QEMU VM netboots from an image through GGnet (root).
+	./hack/demo.sh
+
+.PHONY: test
+test: deps vet envtest-bins ## Install what is missing, then run go vet and every test with -race.
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" ./hack/test.sh $(GO_TEST_FLAGS)
+
+##@ Development
+
+.PHONY: deps
+deps: ## Install the Debian packages and Go tools the tests need (idempotent).
+	./hack/deps.sh
+
+.PHONY: build
+build: ## Build the manager and the boot agent into bin/.
+	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
+	CGO_ENABLED=0 go build -o $(BIN)/bootagent ./cmd/bootagent
+
+.PHONY: vet
+vet: ## go vet ./...
+	go vet ./...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and markers.
+	$(CONTROLLER_GEN) crd:maxDescLen=512 paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=ggnet-manager paths=./controllers/... output:rbac:artifacts:config=config/rbac/manager
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: verify
+verify: manifests generate ## Regenerate everything; fail if the tree changed.
+	go mod tidy
+	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
+	@if [ -n "$$(git status --porcelain)" ]; then git status --porcelain; git --no-pager diff --stat; echo "make verify: the tree is not clean after regenerating"; exit 1; fi
+
+.PHONY: envtest-bins
+envtest-bins: ## Build kube-apiserver and etcd from the Go module proxy into bin/k8s/ (once).
+	./hack/envtest-bins.sh
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME_LONG each.
+	./hack/fuzz.sh $(FUZZTIME_LONG)
+
+$(CONTROLLER_GEN):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(BIN)/controller-gen $(CONTROLLER_GEN)

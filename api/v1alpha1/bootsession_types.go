@@ -1,0 +1,207 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BootSessionSpec is the desired state of one boot of one Machine from one
+// Image.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.stopped) || !oldSelf.stopped || (has(self.stopped) && self.stopped)",message="a stopped session cannot be restarted: create a new BootSession"
+// +kubebuilder:validation:XValidation:rule="has(self.storageNode) == has(oldSelf.storageNode)",message="storageNode is immutable"
+type BootSessionSpec struct {
+	// machineRef is the Machine that boots; immutable.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="machineRef is immutable: create a new BootSession"
+	MachineRef LocalObjectReference `json:"machineRef"`
+
+	// imageRef is the Image it boots; immutable.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="imageRef is immutable: create a new BootSession"
+	ImageRef LocalObjectReference `json:"imageRef"`
+
+	// writeback says what happens to the machine's writes when the session
+	// ends; immutable.
+	// +optional
+	// +kubebuilder:default=Discard
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="writeback is immutable"
+	Writeback WritebackPolicy `json:"writeback,omitempty"`
+
+	// storageNode pins the session to one storage node; empty lets the
+	// controller choose. Immutable.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="storageNode is immutable"
+	StorageNode string `json:"storageNode,omitempty"`
+
+	// stopped ends the session: the target is removed and, for Discard, the
+	// overlay. A stopped session cannot be started again.
+	// +optional
+	Stopped bool `json:"stopped,omitempty"`
+
+	// ttlSecondsAfterFinished deletes the session this long after it stopped
+	// or failed; unset keeps it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=31536000
+	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+}
+
+// BootSessionPhase says where a session is.
+// +kubebuilder:validation:Enum=Pending;Provisioning;Ready;Booting;Active;Stopping;Stopped;Failed
+type BootSessionPhase string
+
+const (
+	// SessionPending: waiting for the machine, the image, a storage node, or
+	// another session of the same machine to end.
+	SessionPending BootSessionPhase = "Pending"
+	// SessionProvisioning: a storage node is making the overlay and target.
+	SessionProvisioning BootSessionPhase = "Provisioning"
+	// SessionReady: the script is rendered; the machine may boot.
+	SessionReady BootSessionPhase = "Ready"
+	// SessionBooting: the machine fetched its script.
+	SessionBooting BootSessionPhase = "Booting"
+	// SessionActive: the machine logged in to its iSCSI target.
+	SessionActive BootSessionPhase = "Active"
+	// SessionStopping: the target and overlay are being removed.
+	SessionStopping BootSessionPhase = "Stopping"
+	// SessionStopped: everything is cleaned up.
+	SessionStopped BootSessionPhase = "Stopped"
+	// SessionFailed: the session cannot go on; the conditions say why.
+	SessionFailed BootSessionPhase = "Failed"
+)
+
+// ISCSITarget is where the machine's disk is.
+type ISCSITarget struct {
+	// portal is host:port of the iSCSI portal.
+	Portal string `json:"portal,omitempty"`
+	// iqn is the target's name.
+	IQN string `json:"iqn,omitempty"`
+	// lun is the logical unit number of the disk.
+	LUN int32 `json:"lun,omitempty"`
+}
+
+// SessionTimeline records when each step of the session happened.
+type SessionTimeline struct {
+	Scheduled    *metav1.Time `json:"scheduled,omitempty"`
+	StorageReady *metav1.Time `json:"storageReady,omitempty"`
+	Ready        *metav1.Time `json:"ready,omitempty"`
+	DHCP         *metav1.Time `json:"dhcp,omitempty"`
+	ScriptServed *metav1.Time `json:"scriptServed,omitempty"`
+	ISCSILogin   *metav1.Time `json:"iscsiLogin,omitempty"`
+	ISCSILogout  *metav1.Time `json:"iscsiLogout,omitempty"`
+	Stopping     *metav1.Time `json:"stopping,omitempty"`
+	Stopped      *metav1.Time `json:"stopped,omitempty"`
+}
+
+// BootSessionStatus is the observed state of a BootSession.
+type BootSessionStatus struct {
+	// conditions: Ready, Scheduled, StorageReady (set by the storage agent
+	// with its own field manager).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// phase says where the session is.
+	// +optional
+	Phase BootSessionPhase `json:"phase,omitempty"`
+	// mac is the machine's MAC, copied for the agents' indexes.
+	// +optional
+	MAC string `json:"mac,omitempty"`
+	// storageNode is the node that serves the disk.
+	// +optional
+	StorageNode string `json:"storageNode,omitempty"`
+	// target is the iSCSI target of the disk.
+	// +optional
+	Target *ISCSITarget `json:"target,omitempty"`
+	// initiatorIQN is the only initiator the target accepts.
+	// +optional
+	InitiatorIQN string `json:"initiatorIQN,omitempty"`
+	// chapSecretRef names the Secret (keys username and password) with the
+	// session's CHAP credentials.
+	// +optional
+	CHAPSecretRef *LocalObjectReference `json:"chapSecretRef,omitempty"`
+	// overlayPath is the overlay file on the storage node.
+	// +optional
+	OverlayPath string `json:"overlayPath,omitempty"`
+	// script is the rendered iPXE script.
+	// +optional
+	Script string `json:"script,omitempty"`
+	// timeline of the session's steps.
+	// +optional
+	Timeline SessionTimeline `json:"timeline,omitempty"`
+}
+
+// BootSession conditions and reasons.
+const (
+	// ScheduledCondition is True once a storage node is chosen.
+	ScheduledCondition = "Scheduled"
+	// StorageReadyCondition is set by the storage agent: True once the overlay,
+	// target, ACL and CHAP exist.
+	StorageReadyCondition = "StorageReady"
+
+	MachineNotFoundReason    = "MachineNotFound"
+	ImageNotFoundReason      = "ImageNotFound"
+	ImageNotReadyReason      = "ImageNotReady"
+	MachineBusyReason        = "MachineBusy"
+	NoStorageNodeReason      = "NoStorageNode"
+	StorageNodeLostReason    = "StorageNodeLost"
+	WaitingForStorageReason  = "WaitingForStorage"
+	StorageFailedReason      = "StorageFailed"
+	StoppedReason            = "Stopped"
+	StoppingReason           = "Stopping"
+	ScriptServedReason       = "ScriptServed"
+	ISCSILoginReason         = "ISCSILogin"
+	AuthenticationFailReason = "AuthenticationFailed"
+)
+
+// Finalizers.
+const (
+	// SessionFinalizer is held by the manager until a session's Secret and
+	// Machine bookkeeping are released.
+	SessionFinalizer = "boot.ggnet.io/session"
+	// StorageFinalizer is held by the storage agent until the target and, for
+	// Discard, the overlay are gone.
+	StorageFinalizer = "boot.ggnet.io/storage"
+	// ImageFinalizer blocks an Image's deletion while sessions use it.
+	ImageFinalizer = "boot.ggnet.io/image"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=bs;bsess,categories=ggnet
+// +kubebuilder:selectablefield:JSONPath=`.spec.machineRef.name`
+// +kubebuilder:selectablefield:JSONPath=`.spec.imageRef.name`
+// +kubebuilder:printcolumn:name="Machine",type=string,JSONPath=`.spec.machineRef.name`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.imageRef.name`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.storageNode`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Writeback",type=string,JSONPath=`.spec.writeback`,priority=1
+// +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.status.target.iqn`,priority=1
+// +kubebuilder:printcolumn:name="Initiator",type=string,JSONPath=`.status.initiatorIQN`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+
+// BootSession is one boot of one Machine from one Image.
+type BootSession struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec   BootSessionSpec   `json:"spec"`
+	Status BootSessionStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// BootSessionList is a list of BootSessions.
+type BootSessionList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BootSession `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&BootSession{}, &BootSessionList{})
+}

@@ -1,0 +1,215 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Firmware is the client PC's firmware type; Auto follows the client's DHCP
+// option 93.
+// +kubebuilder:validation:Enum=Auto;BIOS;UEFI
+type Firmware string
+
+const (
+	FirmwareAuto Firmware = "Auto"
+	FirmwareBIOS Firmware = "BIOS"
+	FirmwareUEFI Firmware = "UEFI"
+)
+
+// BootPolicy says what a Machine does when it network-boots.
+// +kubebuilder:validation:Enum=Manual;AutoSession;LocalBoot
+type BootPolicy string
+
+const (
+	// BootPolicyManual boots only into BootSessions someone created; with none
+	// the machine gets the fallback script.
+	BootPolicyManual BootPolicy = "Manual"
+	// BootPolicyAutoSession creates a BootSession of the default image when the
+	// machine network-boots without one.
+	BootPolicyAutoSession BootPolicy = "AutoSession"
+	// BootPolicyLocalBoot sends the machine to its local disk.
+	BootPolicyLocalBoot BootPolicy = "LocalBoot"
+)
+
+// IPv4Reservation is a fixed address handed out by the agent's DHCP server in
+// reservation mode.
+// +kubebuilder:validation:XValidation:rule="!has(self.gateway) || self.gateway != self.address",message="gateway must differ from the reserved address"
+type IPv4Reservation struct {
+	// address is the machine's IPv4 address, for example 10.20.0.31.
+	// +required
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="address must be an IPv4 address such as 10.20.0.31"
+	Address string `json:"address"`
+
+	// prefixLength is the subnet's prefix length, 1 to 32 (24 for a /24).
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=32
+	PrefixLength int32 `json:"prefixLength"`
+
+	// gateway is the default router handed to the machine.
+	// +optional
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="gateway must be an IPv4 address such as 10.20.0.1"
+	Gateway string `json:"gateway,omitempty"`
+
+	// dns lists up to four DNS server addresses.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=4
+	// +kubebuilder:validation:items:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="self.all(a, isIP(a) && ip(a).family() == 4)",message="every dns entry must be an IPv4 address such as 10.20.0.1"
+	DNS []string `json:"dns,omitempty"`
+}
+
+// MachineSpec is the desired state of one client PC.
+type MachineSpec struct {
+	// mac is the boot NIC's MAC address: lowercase, colon-separated, like
+	// 52:54:00:12:34:56.
+	// +required
+	// +kubebuilder:validation:MaxLength=17
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9a-f]{2}:){5}[0-9a-f]{2}$')",message="mac must be six lowercase hex pairs separated by colons, like 52:54:00:12:34:56"
+	MAC string `json:"mac"`
+
+	// ipv4 is the address reserved for this machine. Leave it out when another
+	// DHCP server hands out addresses (proxyDHCP).
+	// +optional
+	IPv4 *IPv4Reservation `json:"ipv4,omitempty"`
+
+	// hostname is handed to the machine in DHCP option 12.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="hostname must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+	Hostname string `json:"hostname,omitempty"`
+
+	// firmware overrides the firmware type the client announces.
+	// +optional
+	// +kubebuilder:default=Auto
+	Firmware Firmware `json:"firmware,omitempty"`
+
+	// imageRef is the Image booted by AutoSession sessions.
+	// +optional
+	ImageRef *LocalObjectReference `json:"imageRef,omitempty"`
+
+	// bootPolicy says what happens when the machine network-boots.
+	// +optional
+	// +kubebuilder:default=Manual
+	BootPolicy BootPolicy `json:"bootPolicy,omitempty"`
+
+	// writeback is the writeback policy of sessions made by AutoSession.
+	// +optional
+	// +kubebuilder:default=Discard
+	Writeback WritebackPolicy `json:"writeback,omitempty"`
+}
+
+// DHCPReservation is what the agent's DHCP server hands this machine, as
+// rendered by the Machine controller.
+type DHCPReservation struct {
+	MAC          string   `json:"mac"`
+	Address      string   `json:"address,omitempty"`
+	PrefixLength int32    `json:"prefixLength,omitempty"`
+	Gateway      string   `json:"gateway,omitempty"`
+	DNS          []string `json:"dns,omitempty"`
+	Hostname     string   `json:"hostname,omitempty"`
+}
+
+// BootTimeline is when each step of one boot happened.
+type BootTimeline struct {
+	// session is the BootSession of this boot.
+	Session string `json:"session,omitempty"`
+	// created is when the session was created.
+	Created *metav1.Time `json:"created,omitempty"`
+	// ready is when the session became Ready.
+	Ready *metav1.Time `json:"ready,omitempty"`
+	// dhcp is when the agent last answered the machine's DHCP request.
+	DHCP *metav1.Time `json:"dhcp,omitempty"`
+	// scriptServed is when the agent served the session's iPXE script.
+	ScriptServed *metav1.Time `json:"scriptServed,omitempty"`
+	// iscsiLogin is when the machine logged in to its iSCSI target.
+	ISCSILogin *metav1.Time `json:"iscsiLogin,omitempty"`
+	// stopped is when the session stopped.
+	Stopped *metav1.Time `json:"stopped,omitempty"`
+}
+
+// MachineStatus is the observed state of a Machine.
+type MachineStatus struct {
+	// conditions: Ready, and Conflict (negative polarity) when another Machine
+	// claims the same MAC or IPv4 address.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// observedGeneration is the generation the last completed reconcile saw.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// reservation is the DHCP reservation the agents serve.
+	// +optional
+	Reservation *DHCPReservation `json:"reservation,omitempty"`
+
+	// activeSession names the BootSession the machine boots into now.
+	// +optional
+	ActiveSession string `json:"activeSession,omitempty"`
+
+	// lastBoot is the timeline of the most recent boot.
+	// +optional
+	LastBoot *BootTimeline `json:"lastBoot,omitempty"`
+}
+
+// Machine conditions and reasons.
+const (
+	// ConflictCondition (negative polarity) is True when another Machine in the
+	// namespace has the same MAC or reserved IPv4 address.
+	ConflictCondition = "Conflict"
+	// DuplicateMACReason: another Machine has the same MAC.
+	DuplicateMACReason = "DuplicateMAC"
+	// DuplicateIPReason: another Machine reserves the same address.
+	DuplicateIPReason = "DuplicateIP"
+	// NoConflictReason: the MAC and address are unique.
+	NoConflictReason = "NoConflict"
+)
+
+// Labels on Machines.
+const (
+	// DiscoveredLabel marks a Machine the boot agent recorded for an unknown
+	// PXE client; it waits for an operator to approve it by setting a boot
+	// policy other than LocalBoot and removing the label.
+	DiscoveredLabel = "boot.ggnet.io/discovered"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mach,categories=ggnet
+// +kubebuilder:printcolumn:name="MAC",type=string,JSONPath=`.spec.mac`
+// +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.spec.ipv4.address`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.imageRef.name`
+// +kubebuilder:printcolumn:name="Session",type=string,JSONPath=`.status.activeSession`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Policy",type=string,JSONPath=`.spec.bootPolicy`,priority=1
+// +kubebuilder:printcolumn:name="Hostname",type=string,JSONPath=`.spec.hostname`,priority=1
+// +kubebuilder:printcolumn:name="Firmware",type=string,JSONPath=`.spec.firmware`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+
+// Machine is one diskless client PC.
+type Machine struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec   MachineSpec   `json:"spec"`
+	Status MachineStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// MachineList is a list of Machines.
+type MachineList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Machine `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Machine{}, &MachineList{})
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what GGnet's tests and demo need on a fresh Debian machine, doing
+# nothing that is already done: Debian packages (as root), controller-gen, and
+# kube-apiserver, etcd and kubectl built from the Go module proxy.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+# Debian packages: tgt (iSCSI target daemon), libiscsi-bin (iscsi-ls,
+# iscsi-inq, iscsi-readcapacity16 to check targets from outside), xfsprogs
+# (reflink data directories on a loop device), qemu-utils (image conversion),
+# qemu-system-x86 + ipxe-qemu (end-to-end netboot), ipxe (boot files served by
+# TFTP), iproute2 (network namespaces), kea-admin (perfdhcp, benchmarks).
+packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-system-x86 ipxe-qemu ipxe iproute2 kea-admin util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing Debian packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "Installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps package scripts from starting daemons (tgtd) on the host.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+make -s -C "$root" "$root/bin/controller-gen-v0.23.0" >/dev/null
+"$root/hack/envtest-bins.sh" >/dev/null

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver and etcd from the Go module proxy into bin/k8s/<version>/,
+# at the Kubernetes version matching k8s.io/api in go.mod. Does nothing when both
+# binaries are already there. Prints the directory (for KUBEBUILDER_ASSETS).
+#
+# Release downloads (setup-envtest) are not reachable where GGnet is developed, so
+# we build from source: a throwaway helper module that requires k8s.io/kubernetes
+# and replaces every staging module (k8s.io/X => k8s.io/X v0.N.M), because
+# kubernetes' own go.mod points them at ./staging.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+api_version=$(cd "$root" && go list -m -f '{{.Version}}' k8s.io/api)   # v0.37.2
+kube_version="v1${api_version#v0}"                                        # v1.37.2
+out="$root/bin/k8s/${kube_version#v}"
+
+if [[ -x "$out/kube-apiserver" && -x "$out/etcd" && -x "$out/kubectl" ]]; then
+  echo "$out"
+  exit 0
+fi
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The staging modules kubernetes replaces with ./staging/src/k8s.io/X.
+kgomod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@${kube_version}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$kgomod" | sort -u)
+# The etcd server version kubernetes is tested with (its client/v3 requirement).
+etcd_version=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/client/v3 \(v[0-9.]*\).*#\1#p' "$kgomod" | head -n1)
+
+if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kubectl" ]]; then
+  mkdir -p "$work/apiserver"
+  (
+    cd "$work/apiserver"
+    go mod init ggnet.local/envtest-apiserver >/dev/null 2>&1
+    args=()
+    for m in $staging; do args+=("-replace=$m=$m@${api_version}"); done
+    go mod edit "${args[@]}" "-require=k8s.io/kubernetes@${kube_version}"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy -e >/dev/null 2>&1 || true
+    echo "Building kube-apiserver and kubectl ${kube_version} (a few minutes, once)" >&2
+    [[ -x "$out/kube-apiserver" ]] || CGO_ENABLED=0 go build -mod=mod -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    echo "Building kubectl ${kube_version}" >&2
+    CGO_ENABLED=0 go build -mod=mod -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
+  )
+fi
+
+if [[ ! -x "$out/etcd" ]]; then
+  mkdir -p "$work/etcd"
+  (
+    cd "$work/etcd"
+    go mod init ggnet.local/envtest-etcd >/dev/null 2>&1
+    go mod edit "-require=go.etcd.io/etcd/server/v3@${etcd_version}"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+    go mod tidy -e >/dev/null 2>&1 || true
+    echo "Building etcd ${etcd_version} (once)" >&2
+    CGO_ENABLED=0 go build -mod=mod -o "$out/etcd" go.etcd.io/etcd/server/v3
+  )
+fi
+echo "$out"
