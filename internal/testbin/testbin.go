@@ -1,0 +1,63 @@
+// Package testbin builds the project's binaries for tests and runs them as
+// real processes.
+package testbin
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ggnet/ggnet/internal/testenv"
+)
+
+// Build compiles the package at pkg (for example ./cmd/manager) into dir.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = testenv.RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitHTTP polls url until it answers 200 or timeout passes, and returns the
+// body of the first 200.
+func WaitHTTP(url string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == http.StatusOK {
+				return string(b), nil
+			}
+			if err == nil {
+				err = fmt.Errorf("%s: %s", url, resp.Status)
+			}
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	return "", fmt.Errorf("waiting for %s: %w", url, last)
+}
