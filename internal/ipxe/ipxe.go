@@ -1,0 +1,259 @@
+// Package ipxe renders, validates and parses the iPXE scripts GGnet serves:
+// the session script that sanboots a machine's iSCSI overlay, and the
+// fallback scripts for machines without a session. The controller renders,
+// the agent serves, and the tests parse back, all through this package.
+package ipxe
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// DefaultISCSIPort is the iSCSI port when a portal has none.
+const DefaultISCSIPort = 3260
+
+// Session is what a session script needs.
+type Session struct {
+	// Name is namespace/name of the BootSession, shown on screen.
+	Name string
+	// Image is the Image's name, shown on screen.
+	Image string
+	// Portal is the iSCSI portal, "ip" or "ip:port".
+	Portal string
+	// TargetIQN is the target's name.
+	TargetIQN string
+	// LUN is the logical unit of the disk.
+	LUN int32
+	// InitiatorIQN is the name the machine logs in with; the target's ACL
+	// admits only it.
+	InitiatorIQN string
+	// Username and Password are the session's CHAP credentials.
+	Username, Password string
+	// Retries is how many times a failed sanboot is retried (default 3).
+	Retries int
+	// RetryDelay is the pause between retries in seconds (default 5).
+	RetryDelay int
+	// OnFailure is what happens when every attempt failed.
+	OnFailure Failure
+}
+
+// Failure says what a script does when it cannot boot.
+type Failure string
+
+const (
+	// FailureExit returns to the firmware, which tries its next boot device.
+	FailureExit Failure = "exit"
+	// FailureReboot restarts the machine.
+	FailureReboot Failure = "reboot"
+	// FailureRetry (fallback scripts only) waits and fetches the script again.
+	FailureRetry Failure = "retry"
+)
+
+// Info is what Parse reads back from a session script.
+type Info struct {
+	Server       string
+	Port         int
+	LUN          int32
+	TargetIQN    string
+	InitiatorIQN string
+	Username     string
+	Password     string
+}
+
+// SANURI returns the iPXE iSCSI URI iscsi:<server>::<port>:<lun>:<iqn>.
+func SANURI(portal string, lun int32, iqn string) (string, error) {
+	host, port, err := splitPortal(portal)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("iscsi:%s::%d:%d:%s", host, port, lun, iqn), nil
+}
+
+func splitPortal(portal string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(portal)
+	if err != nil {
+		host, portStr = portal, strconv.Itoa(DefaultISCSIPort)
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.To4() == nil {
+		return "", 0, fmt.Errorf("portal %q: want an IPv4 address, optionally with :port", portal)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("portal %q: bad port", portal)
+	}
+	return host, port, nil
+}
+
+// Render returns the session script; it fails on anything that would make a
+// script iPXE cannot run or that could inject commands.
+func Render(s Session) (string, error) {
+	if s.Retries <= 0 {
+		s.Retries = 3
+	}
+	if s.RetryDelay <= 0 {
+		s.RetryDelay = 5
+	}
+	if s.OnFailure == "" {
+		s.OnFailure = FailureExit
+	}
+	if s.OnFailure != FailureExit && s.OnFailure != FailureReboot {
+		return "", fmt.Errorf("on failure %q: want exit or reboot", s.OnFailure)
+	}
+	for name, v := range map[string]string{"target IQN": s.TargetIQN, "initiator IQN": s.InitiatorIQN} {
+		if !validIQN(v) {
+			return "", fmt.Errorf("%s %q: want iqn.YYYY-MM.reverse.domain[:name] in lowercase", name, v)
+		}
+	}
+	for name, v := range map[string]string{"CHAP username": s.Username, "CHAP password": s.Password, "session name": s.Name, "image name": s.Image} {
+		if !safeWord(v) {
+			return "", fmt.Errorf("%s: must be non-empty and contain only letters, digits and . _ - / :", name)
+		}
+	}
+	uri, err := SANURI(s.Portal, s.LUN, s.TargetIQN)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	w("#!ipxe")
+	w("# GGnet session %s", s.Name)
+	w("echo GGnet: booting %s from image %s", s.Name, s.Image)
+	w("set initiator-iqn %s", s.InitiatorIQN)
+	w("set username %s", s.Username)
+	w("set password %s", s.Password)
+	for i := 1; i <= s.Retries+1; i++ {
+		w(":attempt%d", i)
+		w("sanboot %s || goto failed%d", uri, i)
+		w(":failed%d", i)
+		if i <= s.Retries {
+			w("echo GGnet: iSCSI boot from %s failed (${errno}), retrying in %d s (%d of %d)", s.TargetIQN, s.RetryDelay, i, s.Retries)
+			w("sleep %d", s.RetryDelay)
+		}
+	}
+	w("echo GGnet: cannot boot %s from iSCSI target %s at %s (${errno})", s.Name, s.TargetIQN, s.Portal)
+	switch s.OnFailure {
+	case FailureReboot:
+		w("echo GGnet: rebooting in 10 s")
+		w("sleep 10")
+		w("reboot")
+	default:
+		w("echo GGnet: returning to the firmware's next boot device in 10 s")
+		w("sleep 10")
+		w("exit 1")
+	}
+	out := b.String()
+	if err := Validate(out); err != nil {
+		return "", fmt.Errorf("rendered script does not validate: %w", err)
+	}
+	return out, nil
+}
+
+// Fallback is the script for a machine that has no session to boot: it says
+// why, then exits to local boot, reboots, or waits and fetches its script
+// again from retryURL.
+func Fallback(reason string, on Failure, delay int, retryURL string) (string, error) {
+	if delay <= 0 {
+		delay = 10
+	}
+	if !safeText(reason) {
+		return "", fmt.Errorf("reason must be printable text without $, quotes or newlines")
+	}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	w("#!ipxe")
+	w("echo GGnet: %s", reason)
+	switch on {
+	case FailureRetry:
+		if !safeURL(retryURL) {
+			return "", fmt.Errorf("retry URL %q: want an http:// URL without spaces or $", retryURL)
+		}
+		w("echo GGnet: asking again in %d s", delay)
+		w("sleep %d", delay)
+		w("chain --replace --autofree %s", retryURL)
+	case FailureReboot:
+		w("sleep %d", delay)
+		w("reboot")
+	case FailureExit, "":
+		w("echo GGnet: returning to the firmware's next boot device")
+		w("exit 1")
+	default:
+		return "", fmt.Errorf("fallback %q: want exit, reboot or retry", on)
+	}
+	out := b.String()
+	if err := Validate(out); err != nil {
+		return "", fmt.Errorf("rendered fallback does not validate: %w", err)
+	}
+	return out, nil
+}
+
+// Chain is the one-line script that sends iPXE to a URL (for example a
+// machine's script URL on the agent).
+func Chain(url string) (string, error) {
+	if !safeURL(url) {
+		return "", fmt.Errorf("URL %q: want an http:// URL without spaces or $", url)
+	}
+	return "#!ipxe\nchain --replace --autofree " + url + "\n", nil
+}
+
+func validIQN(s string) bool {
+	if len(s) > 223 || !strings.HasPrefix(s, "iqn.") || len(s) < len("iqn.2026-11.a") {
+		return false
+	}
+	// iqn.YYYY-MM.
+	date := s[4:]
+	if len(date) < 8 || date[7] != '.' || date[4] != '-' {
+		return false
+	}
+	for i, c := range date[:7] {
+		if i == 4 {
+			continue
+		}
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+func safeWord(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._-/:", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func safeText(s string) bool {
+	if s == "" || len(s) > 200 {
+		return false
+	}
+	for _, c := range s {
+		if c < 0x20 || c > 0x7e || strings.ContainsRune("$\"'`\\|&", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func safeURL(s string) bool {
+	if !(strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "tftp://")) {
+		return false
+	}
+	for _, c := range s {
+		if c <= 0x20 || c > 0x7e || strings.ContainsRune("$\"'`\\|&", c) {
+			return false
+		}
+	}
+	return true
+}
