@@ -1,0 +1,207 @@
+package dhcp
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/insomniacslk/dhcp/iana"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+type startedServer struct {
+	addr    *net.UDPAddr
+	metrics *Metrics
+}
+
+// startServer runs a server on an ephemeral loopback port until the test ends.
+func startServer(t *testing.T, mode Mode, opts ...Option) startedServer {
+	t.Helper()
+	conn, err := Listen("", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMetrics(prometheus.NewRegistry())
+	cfg := Config{Mode: mode, ServerIP: net.IPv4(127, 0, 0, 1), HTTPBase: "http://127.0.0.1:8880"}
+	srv, err := NewServer(cfg, backendLoopback(), append(opts, WithMetrics(m), WithWorkers(2))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, conn); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return startedServer{addr: conn.LocalAddr().(*net.UDPAddr), metrics: m}
+}
+
+// backendLoopback reserves 10.20.0.131 for macKnown.
+func backendLoopback() mapBackend { return backend() }
+
+func newClient(t *testing.T, server *net.UDPAddr, mac net.HardwareAddr) *nclient4.Client {
+	t.Helper()
+	c, err := nclient4.New("",
+		nclient4.WithUnicast(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}),
+		nclient4.WithHWAddr(mac),
+		nclient4.WithServerAddr(server),
+		nclient4.WithTimeout(time.Second), nclient4.WithRetry(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestServerExchanges(t *testing.T) {
+	srv := startServer(t, ModeReservation)
+	for name, tc := range map[string]struct {
+		mods []dhcpv4.Modifier
+		file string
+	}{
+		"BIOS PXE":  {biosPXE(), "undionly.kpxe"},
+		"UEFI PXE":  {uefiPXE(iana.EFI_X86_64), "ipxe.efi"},
+		"UEFI HTTP": {uefiHTTP(), "http://127.0.0.1:8880/ipxe/ipxe.efi"},
+		"iPXE":      {ipxeClient(), "http://127.0.0.1:8880/boot/52:54:00:12:34:31.ipxe"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			c := newClient(t, srv.addr, macKnown)
+			lease, err := c.Request(context.Background(), tc.mods...)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(lease.Offer.BootFileName).To(Equal(tc.file))
+			g.Expect(lease.ACK.MessageType()).To(Equal(dhcpv4.MessageTypeAck))
+			g.Expect(lease.ACK.YourIPAddr.String()).To(Equal("10.20.0.131"))
+			g.Expect(lease.ACK.BootFileName).To(Equal(tc.file))
+		})
+	}
+	g := NewWithT(t)
+	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("DISCOVER", "offer"))).To(Equal(4.0))
+	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("REQUEST", "ack"))).To(Equal(4.0))
+}
+
+func TestServerUnknownMACAndMalformedPackets(t *testing.T) {
+	g := NewWithT(t)
+	seen := make(chan net.HardwareAddr, 1)
+	srv := startServer(t, ModeReservation, WithObserver(observerFunc(func(mac net.HardwareAddr) { seen <- mac })))
+
+	// Garbage of every length up to a header is dropped and counted.
+	raw, err := net.DialUDP("udp4", nil, srv.addr)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer raw.Close()
+	for _, pkt := range [][]byte{{}, {1}, make([]byte, 100), append(make([]byte, 236), 0x63, 0x82, 0x53, 0x63, 53, 200)} {
+		_, err := raw.Write(pkt)
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Eventually(func() float64 {
+		return testutil.ToFloat64(srv.metrics.packets.WithLabelValues("unknown", "malformed"))
+	}).Should(BeNumerically(">=", 3))
+
+	// An unknown PXE client gets nothing but is reported.
+	c := newClient(t, srv.addr, macUnknown)
+	_, err = c.DiscoverOffer(context.Background(), biosPXE()...)
+	g.Expect(err).To(HaveOccurred())
+	g.Eventually(seen).Should(Receive(Equal(macUnknown)))
+
+	// The server still answers.
+	lease, err := newClient(t, srv.addr, macKnown).Request(context.Background(), biosPXE()...)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(lease.ACK.YourIPAddr.String()).To(Equal("10.20.0.131"))
+}
+
+func TestServerNak(t *testing.T) {
+	g := NewWithT(t)
+	srv := startServer(t, ModeReservation)
+	c := newClient(t, srv.addr, macKnown)
+	offer, err := c.DiscoverOffer(context.Background(), biosPXE()...)
+	g.Expect(err).NotTo(HaveOccurred())
+	offer.YourIPAddr = net.IPv4(10, 20, 0, 77)
+	_, err = c.RequestFromOffer(context.Background(), offer)
+	var nakErr *nclient4.ErrNak
+	g.Expect(err).To(BeAssignableToTypeOf(nakErr))
+	g.Expect(err.Error()).To(ContainSubstring("10.20.0.77 is not reserved"))
+}
+
+func TestServerRelayed(t *testing.T) {
+	// A relay agent listens on 127.0.0.2:67 (needs root for port 67) and
+	// forwards with giaddr; the server must answer giaddr:67.
+	g := NewWithT(t)
+	srv := startServer(t, ModeReservation)
+	relay, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: ServerPort})
+	if err != nil {
+		t.Fatalf("binding the relay's port 67 (the suite runs as root): %v", err)
+	}
+	defer relay.Close()
+	req := discover(macKnown, append(uefiPXE(iana.EFI_X86_64), dhcpv4.WithGatewayIP(net.IPv4(127, 0, 0, 2)))...)
+	_, err = relay.WriteToUDP(req.ToBytes(), srv.addr)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(relay.SetReadDeadline(time.Now().Add(3 * time.Second))).To(Succeed())
+	buf := make([]byte, 1500)
+	n, from, err := relay.ReadFromUDP(buf)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(from.Port).To(Equal(srv.addr.Port))
+	resp, err := dhcpv4.FromBytes(buf[:n])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(resp.MessageType()).To(Equal(dhcpv4.MessageTypeOffer))
+	g.Expect(resp.GatewayIPAddr.String()).To(Equal("127.0.0.2"))
+	g.Expect(resp.YourIPAddr.String()).To(Equal("10.20.0.131"))
+	g.Expect(resp.BootFileName).To(Equal("ipxe.efi"))
+}
+
+func TestServerProxy(t *testing.T) {
+	g := NewWithT(t)
+	srv67 := startServer(t, ModeProxy)
+	srv4011 := startServer(t, ModeProxy, WithProxyPort())
+
+	// The café router gave the PC 192.168.1.50; the proxy offers only boot
+	// information on 67, then ACKs the PXE REQUEST on 4011.
+	offer, err := newClient(t, srv67.addr, macKnown).DiscoverOffer(context.Background(), biosPXE()...)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(offer.YourIPAddr.IsUnspecified()).To(BeTrue())
+	g.Expect(offer.BootFileName).To(Equal("undionly.kpxe"))
+	g.Expect(offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation)).To(Equal([]byte{6, 1, 8, 255}))
+
+	c := newClient(t, srv4011.addr, macKnown)
+	req := discover(macKnown, append(biosPXE(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(net.IPv4(192, 168, 1, 50)))...)
+	ack, err := c.SendAndRead(context.Background(), srv4011.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ack.BootFileName).To(Equal("undionly.kpxe"))
+	g.Expect(ack.ServerIPAddr.String()).To(Equal("127.0.0.1"))
+}
+
+type observerFunc func(net.HardwareAddr)
+
+func (f observerFunc) Answered(net.HardwareAddr, dhcpv4.MessageType) {}
+func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)     { f(mac) }
+
+func FuzzReply(f *testing.F) {
+	f.Add(discover(macKnown, biosPXE()...).ToBytes(), false)
+	f.Add(request(macKnown, net.IPv4(10, 20, 0, 131), net.IPv4(10, 20, 0, 2), ipxeClient()...).ToBytes(), false)
+	f.Add(discover(macUnknown, uefiHTTP()...).ToBytes(), true)
+	b := backend()
+	reservation, proxy := config(ModeReservation), config(ModeProxy)
+	f.Fuzz(func(t *testing.T, pkt []byte, proxyMode bool) {
+		req, err := dhcpv4.FromBytes(pkt)
+		if err != nil {
+			return
+		}
+		cfg := reservation
+		if proxyMode {
+			cfg = proxy
+		}
+		resp, result := Reply(req, b, cfg, len(pkt)%2 == 0)
+		if resp == nil {
+			return
+		}
+		if _, err := dhcpv4.FromBytes(resp.ToBytes()); err != nil {
+			t.Fatalf("reply (%s) does not parse back: %v", result, err)
+		}
+		if to := replyAddr(req, resp, &net.UDPAddr{IP: net.IPv4zero, Port: ClientPort}, false); to == nil || to.Port == 0 {
+			t.Fatalf("no reply address for %s", req.Summary())
+		}
+	})
+}
