@@ -1,0 +1,236 @@
+// Package table is the boot agent's in-memory view of Machines and their
+// bootable sessions, keyed by MAC. The agent's informer handlers feed it;
+// the DHCP, TFTP and HTTP servers read it on every request without waiting
+// on the API server. It keeps answering from what it last saw while the API
+// server is unreachable. It imports no Kubernetes package.
+package table
+
+import (
+	"net"
+	"sync"
+
+	"github.com/ggnet/ggnet/bootagent/dhcp"
+)
+
+// Policy is a Machine's boot policy.
+type Policy string
+
+const (
+	PolicyManual      Policy = "Manual"
+	PolicyAutoSession Policy = "AutoSession"
+	PolicyLocalBoot   Policy = "LocalBoot"
+)
+
+// Machine is what the agent keeps of one Machine.
+type Machine struct {
+	// Key is namespace/name.
+	Key         string
+	Namespace   string
+	Name        string
+	Reservation dhcp.Reservation
+	Policy      Policy
+	// HasImage is true when the machine names a default image (AutoSession
+	// needs one).
+	HasImage bool
+}
+
+// Session is what the agent keeps of one bootable session.
+type Session struct {
+	// Key is namespace/name.
+	Key string
+	MAC string
+	// Script is the rendered iPXE script; empty until the session is Ready.
+	Script string
+	// Bootable is true in phases Ready, Booting and Active.
+	Bootable bool
+	// CreatedUnix orders sessions: the newest bootable one wins.
+	CreatedUnix int64
+}
+
+type entry struct {
+	machine  *Machine
+	sessions map[string]*Session
+	// changed is closed and replaced on every change of this MAC.
+	changed chan struct{}
+}
+
+// Table is safe for concurrent use.
+type Table struct {
+	mu sync.RWMutex
+	// byMAC is keyed by the MAC's canonical string form.
+	byMAC map[string]*entry
+	// machineMAC and sessionMAC remember each object's MAC so that a MAC
+	// change or a delete finds the old entry.
+	machineMAC map[string]string
+	sessionMAC map[string]string
+}
+
+// New returns an empty table.
+func New() *Table {
+	return &Table{byMAC: map[string]*entry{}, machineMAC: map[string]string{}, sessionMAC: map[string]string{}}
+}
+
+func (t *Table) entryLocked(mac string) *entry {
+	e := t.byMAC[mac]
+	if e == nil {
+		e = &entry{sessions: map[string]*Session{}, changed: make(chan struct{})}
+		t.byMAC[mac] = e
+	}
+	return e
+}
+
+func (t *Table) notifyLocked(mac string) {
+	e := t.byMAC[mac]
+	if e == nil {
+		return
+	}
+	close(e.changed)
+	e.changed = make(chan struct{})
+	if e.machine == nil && len(e.sessions) == 0 {
+		delete(t.byMAC, mac)
+	}
+}
+
+// UpsertMachine adds or replaces a machine.
+func (t *Table) UpsertMachine(m Machine) {
+	mac := m.Reservation.MAC.String()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.machineMAC[m.Key]; ok && old != mac {
+		if e := t.byMAC[old]; e != nil && e.machine != nil && e.machine.Key == m.Key {
+			e.machine = nil
+			t.notifyLocked(old)
+		}
+	}
+	t.machineMAC[m.Key] = mac
+	t.entryLocked(mac).machine = &m
+	t.notifyLocked(mac)
+}
+
+// DeleteMachine removes a machine by key.
+func (t *Table) DeleteMachine(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mac, ok := t.machineMAC[key]
+	if !ok {
+		return
+	}
+	delete(t.machineMAC, key)
+	if e := t.byMAC[mac]; e != nil && e.machine != nil && e.machine.Key == key {
+		e.machine = nil
+		t.notifyLocked(mac)
+	}
+}
+
+// UpsertSession adds or replaces a session.
+func (t *Table) UpsertSession(s Session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.sessionMAC[s.Key]; ok && old != s.MAC {
+		if e := t.byMAC[old]; e != nil {
+			delete(e.sessions, s.Key)
+			t.notifyLocked(old)
+		}
+	}
+	if s.MAC == "" {
+		delete(t.sessionMAC, s.Key)
+		return
+	}
+	t.sessionMAC[s.Key] = s.MAC
+	t.entryLocked(s.MAC).sessions[s.Key] = &s
+	t.notifyLocked(s.MAC)
+}
+
+// DeleteSession removes a session by key.
+func (t *Table) DeleteSession(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mac, ok := t.sessionMAC[key]
+	if !ok {
+		return
+	}
+	delete(t.sessionMAC, key)
+	if e := t.byMAC[mac]; e != nil {
+		delete(e.sessions, key)
+		t.notifyLocked(mac)
+	}
+}
+
+// LookupMAC implements dhcp.Backend.
+func (t *Table) LookupMAC(mac net.HardwareAddr) (dhcp.Reservation, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e := t.byMAC[mac.String()]
+	if e == nil || e.machine == nil {
+		return dhcp.Reservation{}, false
+	}
+	return e.machine.Reservation, true
+}
+
+// Machine returns the machine with this MAC.
+func (t *Table) Machine(mac net.HardwareAddr) (Machine, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e := t.byMAC[mac.String()]
+	if e == nil || e.machine == nil {
+		return Machine{}, false
+	}
+	return *e.machine, true
+}
+
+// Session returns the newest bootable session of this MAC.
+func (t *Table) Session(mac net.HardwareAddr) (Session, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.sessionLocked(mac.String())
+}
+
+func (t *Table) sessionLocked(mac string) (Session, bool) {
+	e := t.byMAC[mac]
+	if e == nil {
+		return Session{}, false
+	}
+	var best *Session
+	for _, s := range e.sessions {
+		if !s.Bootable || s.Script == "" {
+			continue
+		}
+		if best == nil || s.CreatedUnix > best.CreatedUnix || (s.CreatedUnix == best.CreatedUnix && s.Key > best.Key) {
+			best = s
+		}
+	}
+	if best == nil {
+		return Session{}, false
+	}
+	return *best, true
+}
+
+// HasSession reports whether the MAC has any session, bootable or not
+// (one may be on its way to Ready).
+func (t *Table) HasSession(mac net.HardwareAddr) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e := t.byMAC[mac.String()]
+	return e != nil && len(e.sessions) > 0
+}
+
+// Script implements tftp.Scripts: the newest bootable session's script.
+func (t *Table) Script(mac net.HardwareAddr) (string, bool) {
+	s, ok := t.Session(mac)
+	return s.Script, ok
+}
+
+// Changed returns a channel closed at the next change of this MAC's machine
+// or sessions, for long polls.
+func (t *Table) Changed(mac net.HardwareAddr) <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.entryLocked(mac.String()).changed
+}
+
+// Len returns the numbers of machines and sessions held.
+func (t *Table) Len() (machines, sessions int) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.machineMAC), len(t.sessionMAC)
+}
