@@ -54,6 +54,14 @@ type Config struct {
 	LongPoll time.Duration
 }
 
+// IPXERootOrDefault is the iPXE directory, /usr/lib/ipxe when unset.
+func (c Config) IPXERootOrDefault() string {
+	if c.IPXERoot == "" {
+		return "/usr/lib/ipxe"
+	}
+	return c.IPXERoot
+}
+
 // Handler is the HTTP boot handler.
 type Handler struct {
 	cfg      Config
@@ -67,9 +75,7 @@ type Handler struct {
 
 // New returns the handler; reg may be nil.
 func New(cfg Config, sessions Sessions, recorder Recorder, log logr.Logger, reg prometheus.Registerer) (*Handler, error) {
-	if cfg.IPXERoot == "" {
-		cfg.IPXERoot = "/usr/lib/ipxe"
-	}
+	cfg.IPXERoot = cfg.IPXERootOrDefault()
 	if cfg.Fallback == "" {
 		cfg.Fallback = ipxe.FailureRetry
 	}

@@ -1,70 +1,89 @@
-// Command bootagent runs on GGnet nodes: the boot role answers DHCP, TFTP and
-// HTTP for PXE clients; the storage role serves image replicas, writeback
-// overlays and iSCSI targets. One binary, roles chosen by flags.
+// Command bootagent runs on GGnet nodes. The boot role answers DHCP, TFTP and
+// HTTP for PXE clients from an informer cache of Machines and BootSessions.
+// The storage role (image replicas, overlays, iSCSI targets) is chosen by
+// --storage on storage nodes.
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
-	"fmt"
-	"net/http"
+	"net"
 	"os"
-	"os/signal"
-	"syscall"
+	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/ggnet/ggnet/bootagent/agent"
+	"github.com/ggnet/ggnet/bootagent/dhcp"
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 func main() {
 	var (
-		bootRole, storageRole bool
-		probeAddr             string
+		cfg                  agent.Config
+		bootRole, storage    bool
+		ifaces, mode, server string
+		fallback             string
 	)
-	flag.BoolVar(&bootRole, "boot", false, "Run the boot role: DHCP, TFTP and HTTP iPXE services.")
-	flag.BoolVar(&storageRole, "storage", false, "Run the storage role: image replicas, overlays and iSCSI targets.")
-	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8082", "Address of /healthz, /readyz and /metrics.")
+	b := &cfg.Boot
+	flag.BoolVar(&bootRole, "boot", true, "Run the boot role: DHCP, TFTP and HTTP iPXE services.")
+	flag.BoolVar(&storage, "storage", false, "Run the storage role: image replicas, overlays and iSCSI targets.")
+	flag.StringVar(&cfg.Namespace, "namespace", "", "Watch only this namespace (default: all).")
+	flag.StringVar(&ifaces, "dhcp-interfaces", "", "Comma-separated boot network interfaces to answer DHCP on (default: any, unbound).")
+	flag.StringVar(&mode, "dhcp-mode", "reservation", "DHCP mode: reservation (hand out reserved addresses) or proxy (proxyDHCP beside another DHCP server).")
+	flag.StringVar(&b.DHCPListen, "dhcp-listen", ":67", "DHCP listen address.")
+	flag.StringVar(&b.ProxyListen, "proxy-listen", ":4011", "proxyDHCP listen address (proxy mode).")
+	flag.IntVar(&b.DHCPWorkers, "dhcp-workers", 8, "DHCP workers per socket.")
+	flag.StringVar(&server, "server-ip", "", "This agent's IPv4 address on the boot network (siaddr, server identifier).")
+	flag.StringVar(&b.DHCP.UEFIFile, "uefi-boot-file", "ipxe.efi", "Boot file for UEFI PXE clients: ipxe.efi or snponly.efi.")
+	flag.StringVar(&b.DHCP.BIOSFile, "bios-boot-file", "undionly.kpxe", "Boot file for BIOS PXE clients.")
+	flag.DurationVar(&b.DHCP.LeaseTime, "lease-time", 12*time.Hour, "Lease time of reservations.")
+	flag.StringVar(&b.TFTPListen, "tftp-listen", ":69", "TFTP listen address; - turns TFTP off.")
+	flag.StringVar(&b.HTTPListen, "http-listen", ":8880", "HTTP listen address (scripts, iPXE binaries, /healthz, /readyz, /metrics).")
+	flag.StringVar(&b.HTTP.BaseURL, "http-base-url", "", "The agent's HTTP address as clients see it (default http://<server-ip>:<http port>).")
+	flag.StringVar(&b.HTTP.IPXERoot, "ipxe-root", "/usr/lib/ipxe", "Directory of the iPXE binaries (Debian package ipxe).")
+	flag.StringVar(&fallback, "fallback", "retry", "What a known machine without a session does: retry or exit.")
+	flag.DurationVar(&b.HTTP.LongPoll, "long-poll", 60*time.Second, "How long an AutoSession script request waits for its session.")
+	flag.BoolVar(&b.Discovery, "discovery", false, "Record unknown PXE clients as Machines awaiting approval.")
+	flag.StringVar(&b.DiscoveryNamespace, "discovery-namespace", "", "Namespace of discovered Machines.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("bootagent")
 
-	if err := run(log, probeAddr, bootRole, storageRole); err != nil {
-		log.Error(err, "Boot agent stopped")
+	fail := func(err error, msg string) {
+		log.Error(err, msg)
 		os.Exit(1)
 	}
-}
-
-func run(log logr.Logger, probeAddr string, bootRole, storageRole bool) error {
-	if !bootRole && !storageRole {
-		return fmt.Errorf("no role: pass --boot, --storage or both")
+	if storage {
+		fail(errors.New("the storage role is not part of this build yet"), "Unable to start")
 	}
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: probeAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, c := context.WithTimeout(context.Background(), 5*time.Second)
-		defer c()
-		_ = srv.Shutdown(shutdown)
-	}()
-	log.Info("Starting boot agent", "boot", bootRole, "storage", storageRole, "probes", probeAddr)
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	if !bootRole {
+		fail(errors.New("no role: pass --boot"), "Unable to start")
 	}
-	return nil
+	if ifaces != "" {
+		b.Interfaces = strings.Split(ifaces, ",")
+	}
+	b.DHCP.Mode = dhcp.Mode(mode)
+	b.DHCP.ServerIP = net.ParseIP(server).To4()
+	b.HTTP.Fallback = ipxe.Failure(fallback)
+	if b.HTTP.BaseURL == "" && b.DHCP.ServerIP != nil {
+		_, port, err := net.SplitHostPort(b.HTTPListen)
+		if err != nil {
+			fail(err, "Bad --http-listen")
+		}
+		b.HTTP.BaseURL = "http://" + net.JoinHostPort(server, port)
+	}
+
+	a, err := agent.New(ctrl.GetConfigOrDie(), cfg, log)
+	if err != nil {
+		fail(err, "Unable to configure the boot agent")
+	}
+	log.Info("Starting boot agent")
+	if err := a.Run(ctrl.SetupSignalHandler()); err != nil {
+		fail(err, "Boot agent stopped")
+	}
 }

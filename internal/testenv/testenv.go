@@ -41,8 +41,9 @@ func AssetsDir() (string, error) {
 // Scheme returns the scheme the binaries use.
 func Scheme() *k8sruntime.Scheme { return scheme.New() }
 
-// Start starts the API server with the CRDs from config/crd/bases.
-func Start() (*envtest.Environment, *rest.Config, error) {
+// Start starts the API server with the CRDs from config/crd/bases; opts may
+// change the environment before it starts.
+func Start(opts ...func(*envtest.Environment)) (*envtest.Environment, *rest.Config, error) {
 	assets, err := AssetsDir()
 	if err != nil {
 		return nil, nil, err
@@ -52,6 +53,9 @@ func Start() (*envtest.Environment, *rest.Config, error) {
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 		Scheme:                Scheme(),
+	}
+	for _, o := range opts {
+		o(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {

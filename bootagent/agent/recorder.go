@@ -1,0 +1,218 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/bootagent/dhcp"
+	"github.com/ggnet/ggnet/bootagent/table"
+)
+
+// SessionRequestedAnnotation is set on an AutoSession Machine by the agent
+// when the machine network-boots without a session; the Machine controller
+// answers by creating one.
+const SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
+
+// FieldOwner is the agent's field manager.
+const FieldOwner = "ggnet-bootagent"
+
+// recorder writes what the protocol servers observed to the API server, off
+// their request paths: a bounded queue, one pending write per key, dropped
+// (and counted) when the queue is full.
+type recorder struct {
+	c       client.Client
+	tbl     *table.Table
+	log     logr.Logger
+	queue   chan func(context.Context) error
+	pending sync.Map
+	dropped prometheus.Counter
+	writes  *prometheus.CounterVec
+
+	discovery          bool
+	discoveryNamespace string
+	discoverLimit      *rate.Limiter
+	discovered         sync.Map
+}
+
+func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometheus.Registerer) *recorder {
+	r := &recorder{
+		c: c, tbl: tbl, log: log, queue: make(chan func(context.Context) error, 4096),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ggnet_agent_records_dropped_total",
+			Help: "Boot progress records dropped because the write queue was full.",
+		}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ggnet_agent_record_writes_total",
+			Help: "Writes of boot progress to the API server by kind and result.",
+		}, []string{"kind", "result"}),
+		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
+	}
+	if reg != nil {
+		reg.MustRegister(r.dropped, r.writes)
+	}
+	return r
+}
+
+// run drains the queue with a few workers until ctx ends.
+func (r *recorder) run(ctx context.Context, workers int) {
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case f := <-r.queue:
+					wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					_ = f(wctx)
+					cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// enqueue adds a write unless one for key is already pending.
+func (r *recorder) enqueue(key string, f func(context.Context) error) {
+	if _, busy := r.pending.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	task := func(ctx context.Context) error {
+		r.pending.Delete(key)
+		return f(ctx)
+	}
+	select {
+	case r.queue <- task:
+	default:
+		r.pending.Delete(key)
+		r.dropped.Inc()
+	}
+}
+
+func (r *recorder) result(kind string, err error) error {
+	res := "ok"
+	if err != nil {
+		res = "error"
+		r.log.V(1).Info("Recording boot progress failed", "kind", kind, "error", err.Error())
+	}
+	r.writes.WithLabelValues(kind, res).Inc()
+	return err
+}
+
+// ScriptServed implements httpboot.Recorder.
+func (r *recorder) ScriptServed(sessionKey string) {
+	r.enqueue("script/"+sessionKey, func(ctx context.Context) error {
+		return r.result("scriptServed", r.stamp(ctx, sessionKey, "scriptServed"))
+	})
+}
+
+// Answered implements dhcp.Observer: it stamps the session's DHCP time.
+func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType) {
+	if msg != dhcpv4.MessageTypeAck {
+		return
+	}
+	s, ok := r.tbl.Session(mac)
+	if !ok {
+		return
+	}
+	r.enqueue("dhcp/"+s.Key, func(ctx context.Context) error {
+		return r.result("dhcp", r.stamp(ctx, s.Key, "dhcp"))
+	})
+}
+
+// stamp sets status.timeline.<field> of a session to now once.
+func (r *recorder) stamp(ctx context.Context, key, field string) error {
+	ns, name, _ := strings.Cut(key, "/")
+	var s bootv1.BootSession
+	if err := r.c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	t := s.Status.Timeline
+	switch {
+	case field == "scriptServed" && t.ScriptServed != nil, field == "dhcp" && t.DHCP != nil && time.Since(t.DHCP.Time) < time.Minute:
+		return nil
+	}
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"timeline": map[string]any{field: metav1.Now()}}})
+	return r.c.Status().Patch(ctx, &s, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner))
+}
+
+// RequestSession implements httpboot.Recorder: it annotates the Machine so
+// that the Machine controller creates a session.
+func (r *recorder) RequestSession(m table.Machine) {
+	r.enqueue("request/"+m.Key, func(ctx context.Context) error {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+			SessionRequestedAnnotation: time.Now().UTC().Format(time.RFC3339),
+		}}})
+		obj := &bootv1.Machine{}
+		obj.Namespace, obj.Name = m.Namespace, m.Name
+		return r.result("requestSession", r.c.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner)))
+	})
+}
+
+// Unknown implements dhcp.Observer: with discovery on, each unknown PXE client
+// is recorded once as a Machine awaiting approval (LocalBoot, labelled
+// discovered), at most a few per second.
+func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
+	if !r.discovery {
+		return
+	}
+	key := mac.String()
+	if _, seen := r.discovered.Load(key); seen {
+		return
+	}
+	if !r.discoverLimit.Allow() {
+		return
+	}
+	r.discovered.Store(key, struct{}{})
+	r.enqueue("discover/"+key, func(ctx context.Context) error {
+		m := &bootv1.Machine{}
+		m.Namespace = r.discoveryNamespace
+		m.Name = "discovered-" + strings.ReplaceAll(key, ":", "")
+		m.Labels = map[string]string{bootv1.DiscoveredLabel: "true"}
+		m.Annotations = map[string]string{"boot.ggnet.io/discovered-at": time.Now().UTC().Format(time.RFC3339),
+			"boot.ggnet.io/client": clientDescription(c)}
+		m.Spec = bootv1.MachineSpec{MAC: key, BootPolicy: bootv1.BootPolicyLocalBoot}
+		err := r.c.Create(ctx, m, client.FieldOwner(FieldOwner))
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+		if err != nil {
+			r.discovered.Delete(key)
+		} else {
+			r.log.Info("Recorded a discovered machine", "mac", key, "Machine", m.Namespace+"/"+m.Name)
+		}
+		return r.result("discover", err)
+	})
+}
+
+func clientDescription(c dhcp.Client) string {
+	kind := "PXE"
+	switch {
+	case c.IPXE:
+		kind = "iPXE"
+	case c.HTTP:
+		kind = "UEFI HTTP"
+	}
+	if c.HasArch {
+		return fmt.Sprintf("%s, arch %d", kind, c.Arch)
+	}
+	return kind
+}
