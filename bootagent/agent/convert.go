@@ -44,6 +44,7 @@ func machineEntry(m *bootv1.Machine) (table.Machine, bool) {
 	return table.Machine{
 		Key: m.Namespace + "/" + m.Name, Namespace: m.Namespace, Name: m.Name,
 		Reservation: r, Policy: policy, HasImage: m.Spec.ImageRef != nil,
+		Discovered: m.Labels[bootv1.DiscoveredLabel] == "true", CreatedUnix: m.CreationTimestamp.Unix(),
 	}, true
 }
 

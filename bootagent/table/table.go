@@ -32,6 +32,22 @@ type Machine struct {
 	// HasImage is true when the machine names a default image (AutoSession
 	// needs one).
 	HasImage bool
+	// Discovered marks a placeholder the agent recorded for an unknown client.
+	Discovered bool
+	// CreatedUnix orders machines that share a MAC.
+	CreatedUnix int64
+}
+
+// better reports whether a should answer for a MAC rather than b: a real
+// Machine before a discovered placeholder, then the oldest, then by key.
+func (a *Machine) better(b *Machine) bool {
+	if a.Discovered != b.Discovered {
+		return !a.Discovered
+	}
+	if a.CreatedUnix != b.CreatedUnix {
+		return a.CreatedUnix < b.CreatedUnix
+	}
+	return a.Key < b.Key
 }
 
 // Session is what the agent keeps of one bootable session.
@@ -48,7 +64,10 @@ type Session struct {
 }
 
 type entry struct {
+	// machine is the one of machines that answers for the MAC (see better);
+	// two Machines with one MAC are a conflict the controller reports.
 	machine  *Machine
+	machines map[string]*Machine
 	sessions map[string]*Session
 	// changed is closed and replaced on every change of this MAC.
 	changed chan struct{}
@@ -73,7 +92,7 @@ func New() *Table {
 func (t *Table) entryLocked(mac string) *entry {
 	e := t.byMAC[mac]
 	if e == nil {
-		e = &entry{sessions: map[string]*Session{}, changed: make(chan struct{})}
+		e = &entry{machines: map[string]*Machine{}, sessions: map[string]*Session{}, changed: make(chan struct{})}
 		t.byMAC[mac] = e
 	}
 	return e
@@ -83,6 +102,12 @@ func (t *Table) notifyLocked(mac string) {
 	e := t.byMAC[mac]
 	if e == nil {
 		return
+	}
+	e.machine = nil
+	for _, m := range e.machines {
+		if e.machine == nil || m.better(e.machine) {
+			e.machine = m
+		}
 	}
 	close(e.changed)
 	e.changed = make(chan struct{})
@@ -97,13 +122,13 @@ func (t *Table) UpsertMachine(m Machine) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.machineMAC[m.Key]; ok && old != mac {
-		if e := t.byMAC[old]; e != nil && e.machine != nil && e.machine.Key == m.Key {
-			e.machine = nil
+		if e := t.byMAC[old]; e != nil {
+			delete(e.machines, m.Key)
 			t.notifyLocked(old)
 		}
 	}
 	t.machineMAC[m.Key] = mac
-	t.entryLocked(mac).machine = &m
+	t.entryLocked(mac).machines[m.Key] = &m
 	t.notifyLocked(mac)
 }
 
@@ -116,8 +141,8 @@ func (t *Table) DeleteMachine(key string) {
 		return
 	}
 	delete(t.machineMAC, key)
-	if e := t.byMAC[mac]; e != nil && e.machine != nil && e.machine.Key == key {
-		e.machine = nil
+	if e := t.byMAC[mac]; e != nil {
+		delete(e.machines, key)
 		t.notifyLocked(mac)
 	}
 }

@@ -36,6 +36,23 @@ func TestMachines(t *testing.T) {
 	tb.DeleteMachine("a/none")
 }
 
+func TestMachinesSharingAMAC(t *testing.T) {
+	g := NewWithT(t)
+	tb := New()
+	hw := mac("52:54:00:00:00:01")
+	tb.UpsertMachine(Machine{Key: "a/discovered", Discovered: true, CreatedUnix: 1, Reservation: dhcp.Reservation{MAC: hw}})
+	tb.UpsertMachine(Machine{Key: "a/newer", CreatedUnix: 30, Reservation: dhcp.Reservation{MAC: hw}})
+	tb.UpsertMachine(Machine{Key: "a/seat", CreatedUnix: 20, Reservation: dhcp.Reservation{MAC: hw}})
+	m, _ := tb.Machine(hw)
+	g.Expect(m.Key).To(Equal("a/seat"), "a real machine beats a discovered one, the oldest beats a newer one")
+	tb.DeleteMachine("a/seat")
+	m, _ = tb.Machine(hw)
+	g.Expect(m.Key).To(Equal("a/newer"))
+	tb.DeleteMachine("a/newer")
+	m, _ = tb.Machine(hw)
+	g.Expect(m.Key).To(Equal("a/discovered"))
+}
+
 func TestSessions(t *testing.T) {
 	g := NewWithT(t)
 	tb := New()
