@@ -2,6 +2,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"os"
 
@@ -52,7 +53,7 @@ func main() {
 		log.Error(err, "Unable to add the ready check")
 		os.Exit(1)
 	}
-	if err := controllers.Setup(mgr, opts); err != nil {
+	if err := controllers.Setup(context.Background(), mgr, opts); err != nil {
 		log.Error(err, "Unable to set up the controllers")
 		os.Exit(1)
 	}

@@ -59,6 +59,7 @@ func Start(opts ...func(*envtest.Environment)) (*envtest.Environment, *rest.Conf
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		_ = env.Stop() // whatever did start (etcd) must not outlive the test
 		return nil, nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
 	}
 	return env, cfg, nil

@@ -1,0 +1,459 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"math/big"
+	"net"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/ipxe"
+)
+
+// BootSessionReconciler orchestrates one boot: checks, scheduling,
+// credentials, waiting for the storage agent, the script.
+type BootSessionReconciler struct {
+	client.Client
+	Recorder record.EventRecorder
+	// IQNPrefix starts every IQN GGnet makes (iqn.YYYY-MM.reverse.domain).
+	IQNPrefix string
+	// ISCSIPort of the storage nodes' portals.
+	ISCSIPort int
+	Options   Options
+}
+
+// sessionScope carries what the phases of one reconcile share.
+type sessionScope struct {
+	session *bootv1.BootSession
+	// machine and image are filled by reconcileRefs.
+	machine *bootv1.Machine
+	image   *bootv1.Image
+	// node is filled by reconcileSchedule.
+	node *corev1.Node
+	// secret is filled by reconcileCredentials.
+	secret *corev1.Secret
+}
+
+// Reconcile runs the phases in order and stops at the first that waits.
+func (r *BootSessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	s := &bootv1.BootSession{}
+	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if s.DeletionTimestamp != nil {
+		return r.reconcileDelete(ctx, s)
+	}
+	if controllerutil.AddFinalizer(s, bootv1.SessionFinalizer) {
+		if err := r.Update(ctx, s); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	base := s.DeepCopy()
+	defer func() {
+		if retErr == nil {
+			s.Status.ObservedGeneration = s.Generation
+		}
+		if err := r.Status().Patch(ctx, s, client.MergeFrom(base)); err != nil && retErr == nil {
+			retErr = client.IgnoreNotFound(err)
+		}
+	}()
+
+	sc := &sessionScope{session: s}
+	if finished(s) {
+		return r.reconcileTTL(ctx, s)
+	}
+	if s.Spec.Stopped {
+		return r.reconcileStop(ctx, sc)
+	}
+	for _, phase := range []func(context.Context, *sessionScope) (bool, error){
+		r.reconcileRefs, r.reconcileExclusive, r.reconcileSchedule, r.reconcileCredentials, r.reconcileStorage, r.reconcileScript,
+	} {
+		ok, err := phase(ctx, sc)
+		if err != nil || !ok {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// wait records why the session waits: phase, Ready=False with reason, and an
+// Event with the same reason when the reason is new.
+func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSessionPhase, reason, msg string) {
+	prev := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition)
+	s.Status.Phase = phase
+	setReady(&s.Status.Conditions, s.Generation, false, reason, msg)
+	if prev == nil || prev.Reason != reason {
+		typ := corev1.EventTypeNormal
+		if phase == bootv1.SessionFailed || reason == bootv1.MachineBusyReason {
+			typ = corev1.EventTypeWarning
+		}
+		r.Recorder.Event(s, typ, reason, msg)
+	}
+}
+
+// reconcileRefs checks the Machine and the Image.
+// Conditions: Ready=False MachineNotFound, ImageNotFound, ImageNotReady.
+func (r *BootSessionReconciler) reconcileRefs(ctx context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	sc.machine = &bootv1.Machine{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}, sc.machine); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.wait(s, bootv1.SessionPending, bootv1.MachineNotFoundReason, fmt.Sprintf("Machine %s does not exist", s.Spec.MachineRef.Name))
+			return false, nil
+		}
+		return false, err
+	}
+	s.Status.MAC = sc.machine.Spec.MAC
+	sc.image = &bootv1.Image{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.ImageRef.Name}, sc.image); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.wait(s, bootv1.SessionPending, bootv1.ImageNotFoundReason, fmt.Sprintf("Image %s does not exist", s.Spec.ImageRef.Name))
+			return false, nil
+		}
+		return false, err
+	}
+	if sc.image.DeletionTimestamp != nil || sc.image.Status.ReadyReplicas == 0 {
+		r.wait(s, bootv1.SessionPending, bootv1.ImageNotReadyReason, fmt.Sprintf("Image %s has no Ready replica on any storage node", sc.image.Name))
+		return false, nil
+	}
+	return true, nil
+}
+
+// reconcileExclusive lets only the oldest unfinished session of a machine go
+// on. Conditions: Ready=False MachineBusy naming the active session.
+func (r *BootSessionReconciler) reconcileExclusive(ctx context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	var list bootv1.BootSessionList
+	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{indexSessionMachine: s.Spec.MachineRef.Name}); err != nil {
+		return false, err
+	}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.Name == s.Name || finished(o) || o.DeletionTimestamp != nil && o.Status.StorageNode == "" {
+			continue
+		}
+		// Another session that already holds the machine, or an older one
+		// that will, goes first.
+		if (holdsMachine(o) && o.Status.StorageNode != "") || (!o.Spec.Stopped && olderFirst(o, s) && s.Status.StorageNode == "") {
+			if s.Status.StorageNode != "" {
+				continue // this one already holds storage: it keeps going
+			}
+			r.wait(s, bootv1.SessionPending, bootv1.MachineBusyReason,
+				fmt.Sprintf("Machine %s is in session %s; this session waits until it stops", s.Spec.MachineRef.Name, o.Name))
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// reconcileSchedule picks a storage node. Conditions: Scheduled; Ready=False
+// NoStorageNode, or Failed StorageNodeLost when the chosen node is gone.
+func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	if s.Status.StorageNode != "" {
+		node := &corev1.Node{}
+		if err := r.Get(ctx, types.NamespacedName{Name: s.Status.StorageNode}, node); err != nil {
+			if apierrors.IsNotFound(err) {
+				r.wait(s, bootv1.SessionFailed, bootv1.StorageNodeLostReason,
+					fmt.Sprintf("storage node %s no longer exists; the session cannot continue: create a new one", s.Status.StorageNode))
+				now := metav1.Now()
+				s.Status.Timeline.Stopped = &now
+				return false, nil
+			}
+			return false, err
+		}
+		sc.node = node
+		return true, nil
+	}
+	var all bootv1.BootSessionList
+	if err := r.List(ctx, &all); err != nil {
+		return false, err
+	}
+	load := map[string]int{}
+	for i := range all.Items {
+		if o := &all.Items[i]; o.Status.StorageNode != "" && !finished(o) {
+			load[o.Status.StorageNode]++
+		}
+	}
+	nodes := map[string]*corev1.Node{}
+	exists := func(name string) bool {
+		n := &corev1.Node{}
+		if err := r.Get(ctx, types.NamespacedName{Name: name}, n); err != nil {
+			return false
+		}
+		nodes[name] = n
+		return true
+	}
+	chosen := scheduleNode(sc.image.Status.Replicas, s.Spec.StorageNode, load, exists)
+	if chosen == "" {
+		msg := fmt.Sprintf("no storage node holds a Ready replica of Image %s", sc.image.Name)
+		if s.Spec.StorageNode != "" {
+			msg = fmt.Sprintf("storage node %s does not hold a Ready replica of Image %s", s.Spec.StorageNode, sc.image.Name)
+		}
+		meta.SetStatusCondition(&s.Status.Conditions, metav1.Condition{Type: bootv1.ScheduledCondition, Status: metav1.ConditionFalse,
+			Reason: bootv1.NoStorageNodeReason, Message: msg, ObservedGeneration: s.Generation})
+		r.wait(s, bootv1.SessionPending, bootv1.NoStorageNodeReason, msg)
+		return false, nil
+	}
+	sc.node = nodes[chosen]
+	now := metav1.Now()
+	s.Status.StorageNode = chosen
+	s.Status.Timeline.Scheduled = &now
+	meta.SetStatusCondition(&s.Status.Conditions, metav1.Condition{Type: bootv1.ScheduledCondition, Status: metav1.ConditionTrue,
+		Reason: bootv1.SucceededReason, Message: "scheduled on " + chosen, ObservedGeneration: s.Generation})
+	r.Recorder.Eventf(s, corev1.EventTypeNormal, "Scheduled", "Scheduled on storage node %s", chosen)
+	return true, nil
+}
+
+// reconcileCredentials fills the target, the initiator and the CHAP Secret
+// (owned by the session).
+func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	portal, err := nodePortal(sc.node, r.ISCSIPort)
+	if err != nil {
+		r.wait(s, bootv1.SessionPending, bootv1.NoStorageNodeReason, err.Error())
+		return false, nil
+	}
+	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: fmt.Sprintf("%s:%s:%s", r.IQNPrefix, s.Namespace, s.Name), LUN: 1}
+	s.Status.InitiatorIQN = fmt.Sprintf("%s:initiator:%s:%s", r.IQNPrefix, s.Namespace, s.Spec.MachineRef.Name)
+
+	name := s.Name + "-chap"
+	sec := &corev1.Secret{}
+	err = r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
+	if apierrors.IsNotFound(err) {
+		pw, perr := randomSecret(16)
+		if perr != nil {
+			return false, perr
+		}
+		sec = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{"boot.ggnet.io/session": s.Name}},
+			Type:       corev1.SecretTypeOpaque,
+			StringData: map[string]string{"username": chapUser(s.Name), "password": pw},
+		}
+		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
+			return false, err
+		}
+		if err := r.Create(ctx, sec); err != nil {
+			return false, err
+		}
+		sec.Data = map[string][]byte{"username": []byte(chapUser(s.Name)), "password": []byte(pw)}
+	} else if err != nil {
+		return false, err
+	}
+	sc.secret = sec
+	s.Status.CHAPSecretRef = &bootv1.LocalObjectReference{Name: name}
+	return true, nil
+}
+
+// reconcileStorage waits for the storage agent's StorageReady.
+// Conditions: Ready=False WaitingForStorage, or Failed StorageFailed.
+func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
+	switch {
+	case c != nil && c.Status == metav1.ConditionTrue:
+		if s.Status.Timeline.StorageReady == nil {
+			t := c.LastTransitionTime
+			s.Status.Timeline.StorageReady = &t
+		}
+		return true, nil
+	case c != nil && c.Reason == bootv1.StorageFailedReason:
+		r.wait(s, bootv1.SessionFailed, bootv1.StorageFailedReason, "the storage agent on "+s.Status.StorageNode+" could not make the disk: "+c.Message)
+		now := metav1.Now()
+		s.Status.Timeline.Stopped = &now
+		return false, nil
+	default:
+		r.wait(s, bootv1.SessionProvisioning, bootv1.WaitingForStorageReason,
+			"waiting for storage node "+s.Status.StorageNode+" to make the overlay and the iSCSI target")
+		return false, nil
+	}
+}
+
+// reconcileScript renders the iPXE script and sets Ready.
+func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionScope) (bool, error) {
+	s := sc.session
+	script, err := ipxe.Render(ipxe.Session{
+		Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name,
+		Portal: s.Status.Target.Portal, TargetIQN: s.Status.Target.IQN, LUN: s.Status.Target.LUN,
+		InitiatorIQN: s.Status.InitiatorIQN,
+		Username:     string(sc.secret.Data["username"]), Password: string(sc.secret.Data["password"]),
+	})
+	if err != nil {
+		r.wait(s, bootv1.SessionFailed, "ScriptInvalid", "the boot script cannot be rendered; see the manager's log")
+		return false, err
+	}
+	s.Status.Script = script
+	first := s.Status.Timeline.Ready == nil
+	if first {
+		now := metav1.Now()
+		s.Status.Timeline.Ready = &now
+		sessionReadySeconds.Observe(now.Sub(s.CreationTimestamp.Time).Seconds())
+		r.Recorder.Event(s, corev1.EventTypeNormal, bootv1.SucceededReason, "Ready to boot: target "+s.Status.Target.IQN+" on "+s.Status.Target.Portal)
+	}
+	s.Status.Phase = phaseOf(s)
+	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, "the machine can boot; phase "+string(s.Status.Phase))
+	return true, nil
+}
+
+// reconcileStop waits for the storage agent to tear the target down (it
+// drops StorageFinalizer), then marks the session Stopped.
+func (r *BootSessionReconciler) reconcileStop(_ context.Context, sc *sessionScope) (ctrl.Result, error) {
+	s := sc.session
+	now := metav1.Now()
+	if s.Status.Timeline.Stopping == nil {
+		s.Status.Timeline.Stopping = &now
+	}
+	if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+		r.wait(s, bootv1.SessionStopping, bootv1.StoppingReason, "waiting for storage node "+s.Status.StorageNode+" to remove the target")
+		return ctrl.Result{}, nil
+	}
+	s.Status.Timeline.Stopped = &now
+	s.Status.Script = ""
+	r.wait(s, bootv1.SessionStopped, bootv1.StoppedReason, "the session stopped and its target is gone")
+	return r.reconcileTTL(context.Background(), s)
+}
+
+// reconcileTTL deletes a finished session once its TTL passed.
+func (r *BootSessionReconciler) reconcileTTL(ctx context.Context, s *bootv1.BootSession) (ctrl.Result, error) {
+	if s.Spec.TTLSecondsAfterFinished == nil || s.Status.Timeline.Stopped == nil {
+		return ctrl.Result{}, nil
+	}
+	left := time.Until(s.Status.Timeline.Stopped.Add(time.Duration(*s.Spec.TTLSecondsAfterFinished) * time.Second))
+	if left > 0 {
+		return ctrl.Result{RequeueAfter: left}, nil
+	}
+	r.Recorder.Event(s, corev1.EventTypeNormal, "Expired", "Deleting the finished session: its TTL passed")
+	return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, s))
+}
+
+// reconcileDelete waits for the storage agent's finalizer, then releases ours;
+// the CHAP Secret goes with its owner.
+func (r *BootSessionReconciler) reconcileDelete(ctx context.Context, s *bootv1.BootSession) (ctrl.Result, error) {
+	if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+		if s.Status.Phase != bootv1.SessionStopping {
+			base := s.DeepCopy()
+			r.wait(s, bootv1.SessionStopping, bootv1.StoppingReason, "deleting: waiting for the storage node to remove the target")
+			return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, s, client.MergeFrom(base)))
+		}
+		return ctrl.Result{}, nil
+	}
+	if controllerutil.RemoveFinalizer(s, bootv1.SessionFinalizer) {
+		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, s))
+	}
+	return ctrl.Result{}, nil
+}
+
+// nodePortal is the node's InternalIP (else first IPv4 address) and port.
+func nodePortal(n *corev1.Node, port int) (string, error) {
+	var fallback string
+	for _, a := range n.Status.Addresses {
+		ip := net.ParseIP(a.Address)
+		if ip == nil || ip.To4() == nil {
+			continue
+		}
+		if a.Type == corev1.NodeInternalIP {
+			return net.JoinHostPort(a.Address, strconv.Itoa(port)), nil
+		}
+		if fallback == "" {
+			fallback = a.Address
+		}
+	}
+	if fallback == "" {
+		return "", fmt.Errorf("storage node %s reports no IPv4 address", n.Name)
+	}
+	return net.JoinHostPort(fallback, strconv.Itoa(port)), nil
+}
+
+// chapUser is the CHAP user name: the session name, at most 63 characters.
+func chapUser(name string) string {
+	if len(name) > 63 {
+		return name[:63]
+	}
+	return name
+}
+
+const secretAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+
+// randomSecret returns n characters from crypto/rand (CHAP secrets of 12 to
+// 16 characters suit the Windows initiator).
+func randomSecret(n int) (string, error) {
+	b := make([]byte, n)
+	for i := range b {
+		k, err := rand.Int(rand.Reader, big.NewInt(int64(len(secretAlphabet))))
+		if err != nil {
+			return "", err
+		}
+		b[i] = secretAlphabet[k.Int64()]
+	}
+	return string(b), nil
+}
+
+// SetupWithManager registers the controller: sessions, their Secrets, and
+// the Machines, Images and Nodes they depend on.
+func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&bootv1.BootSession{}).
+		Owns(&corev1.Secret{}).
+		Watches(&bootv1.Image{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionImage))).
+		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionMachine))).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOnNode)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
+		Complete(r)
+}
+
+// sessionsOf maps a Machine or Image to the sessions that name it; for a
+// Machine also every session of it, so that a waiting one moves on.
+func (r *BootSessionReconciler) sessionsOf(index string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list bootv1.BootSessionList
+		if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{index: o.GetName()}); err != nil {
+			logf.FromContext(ctx).Error(err, "Listing sessions")
+			return nil
+		}
+		out := make([]reconcile.Request, 0, len(list.Items))
+		for _, s := range list.Items {
+			if !finished(&s) {
+				out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
+			}
+		}
+		return out
+	}
+}
+
+func (r *BootSessionReconciler) sessionsOnNode(ctx context.Context, o client.Object) []reconcile.Request {
+	var list bootv1.BootSessionList
+	if err := r.List(ctx, &list, client.MatchingFields{indexSessionNode: o.GetName()}); err != nil {
+		return nil
+	}
+	// Pending sessions may now find a node too.
+	var pending bootv1.BootSessionList
+	if err := r.List(ctx, &pending); err == nil {
+		for _, s := range pending.Items {
+			if s.Status.StorageNode == "" && !finished(&s) {
+				list.Items = append(list.Items, s)
+			}
+		}
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for _, s := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
+	}
+	return out
+}

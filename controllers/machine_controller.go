@@ -1,0 +1,238 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+)
+
+// SessionRequestedAnnotation is set by the boot agent on an AutoSession
+// Machine that network-booted without a session.
+const SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
+
+// MachineReconciler renders reservations, detects conflicts, keeps the
+// active session and the last boot's timeline, and answers AutoSession
+// requests.
+type MachineReconciler struct {
+	client.Client
+	Recorder record.EventRecorder
+	Options  Options
+}
+
+// Reconcile computes the Machine's status from the Machine, the other
+// Machines with its MAC or address, and its sessions.
+func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	m := &bootv1.Machine{}
+	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if m.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil
+	}
+	base := m.DeepCopy()
+
+	conflict, err := r.conflict(ctx, m)
+	if err != nil || m.Name == "" {
+		return ctrl.Result{}, err
+	}
+	var sessions bootv1.BootSessionList
+	if err := r.List(ctx, &sessions, client.InNamespace(m.Namespace), client.MatchingFields{indexSessionMachine: m.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	setMachineSessions(m, sessions.Items)
+	if err := r.autoSession(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	m.Status.Reservation = &bootv1.DHCPReservation{MAC: m.Spec.MAC, Hostname: m.Spec.Hostname}
+	if ip := m.Spec.IPv4; ip != nil {
+		m.Status.Reservation.Address, m.Status.Reservation.PrefixLength = ip.Address, ip.PrefixLength
+		m.Status.Reservation.Gateway, m.Status.Reservation.DNS = ip.Gateway, ip.DNS
+	}
+	switch {
+	case conflict != "":
+		setReady(&m.Status.Conditions, m.Generation, false, meta.FindStatusCondition(m.Status.Conditions, bootv1.ConflictCondition).Reason, conflict)
+	case m.Spec.IPv4 != nil && !gatewayInSubnet(m.Spec.IPv4):
+		setReady(&m.Status.Conditions, m.Generation, false, "InvalidReservation",
+			fmt.Sprintf("gateway %s is outside %s/%d", m.Spec.IPv4.Gateway, m.Spec.IPv4.Address, m.Spec.IPv4.PrefixLength))
+	default:
+		setReady(&m.Status.Conditions, m.Generation, true, bootv1.SucceededReason, "the reservation is served")
+	}
+	m.Status.ObservedGeneration = m.Generation
+	return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, m, client.MergeFrom(base)))
+}
+
+// conflict sets the Conflict condition (negative polarity) when another
+// Machine has the same MAC or address, and returns its message. A
+// discovered placeholder that shares the MAC of a real Machine is deleted
+// instead: the operator has now described that PC. If m itself is such a
+// placeholder, m.Name is cleared.
+func (r *MachineReconciler) conflict(ctx context.Context, m *bootv1.Machine) (string, error) {
+	var others []string
+	reason := bootv1.NoConflictReason
+	var same bootv1.MachineList
+	if err := r.List(ctx, &same, client.InNamespace(m.Namespace), client.MatchingFields{indexMachineMAC: m.Spec.MAC}); err != nil {
+		return "", err
+	}
+	for i := range same.Items {
+		o := &same.Items[i]
+		if o.Name == m.Name || o.DeletionTimestamp != nil {
+			continue
+		}
+		switch {
+		case o.Labels[bootv1.DiscoveredLabel] == "true" && m.Labels[bootv1.DiscoveredLabel] != "true":
+			r.Recorder.Eventf(m, corev1.EventTypeNormal, "DiscoveredReplaced", "Deleting discovered Machine %s: this Machine has its MAC", o.Name)
+			if err := r.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
+				return "", err
+			}
+			continue
+		case m.Labels[bootv1.DiscoveredLabel] == "true" && o.Labels[bootv1.DiscoveredLabel] != "true":
+			m.Name = ""
+			return "", client.IgnoreNotFound(r.Delete(ctx, m.DeepCopy()))
+		}
+		others = append(others, "MAC "+m.Spec.MAC+" of Machine "+o.Name)
+		reason = bootv1.DuplicateMACReason
+	}
+	if m.Spec.IPv4 != nil {
+		var sameIP bootv1.MachineList
+		if err := r.List(ctx, &sameIP, client.InNamespace(m.Namespace), client.MatchingFields{indexMachineIP: m.Spec.IPv4.Address}); err != nil {
+			return "", err
+		}
+		for _, o := range sameIP.Items {
+			if o.Name != m.Name && o.DeletionTimestamp == nil {
+				others = append(others, "address "+m.Spec.IPv4.Address+" of Machine "+o.Name)
+				if reason == bootv1.NoConflictReason {
+					reason = bootv1.DuplicateIPReason
+				}
+			}
+		}
+	}
+	sort.Strings(others)
+	msg := ""
+	prev := meta.FindStatusCondition(m.Status.Conditions, bootv1.ConflictCondition)
+	if len(others) > 0 {
+		msg = "conflicts with " + strings.Join(others, ", ") + "; this Machine gets no address until one is changed"
+		meta.SetStatusCondition(&m.Status.Conditions, metav1.Condition{Type: bootv1.ConflictCondition, Status: metav1.ConditionTrue,
+			Reason: reason, Message: msg, ObservedGeneration: m.Generation})
+		if prev == nil || prev.Message != msg {
+			r.Recorder.Event(m, corev1.EventTypeWarning, reason, msg)
+		}
+	} else {
+		meta.SetStatusCondition(&m.Status.Conditions, metav1.Condition{Type: bootv1.ConflictCondition, Status: metav1.ConditionFalse,
+			Reason: bootv1.NoConflictReason, Message: "the MAC and the address are unique", ObservedGeneration: m.Generation})
+	}
+	return msg, nil
+}
+
+// setMachineSessions fills activeSession and lastBoot from the machine's
+// sessions.
+func setMachineSessions(m *bootv1.Machine, sessions []bootv1.BootSession) {
+	m.Status.ActiveSession = ""
+	var newest *bootv1.BootSession
+	var active *bootv1.BootSession
+	for i := range sessions {
+		s := &sessions[i]
+		if holdsMachine(s) && s.Status.StorageNode != "" && (active == nil || olderFirst(s, active)) {
+			active = s
+		}
+		if newest == nil || olderFirst(newest, s) {
+			newest = s
+		}
+	}
+	if active != nil {
+		m.Status.ActiveSession = active.Name
+	}
+	if newest != nil {
+		t := newest.Status.Timeline
+		created := newest.CreationTimestamp
+		m.Status.LastBoot = &bootv1.BootTimeline{Session: newest.Name, Created: &created, Ready: t.Ready, DHCP: t.DHCP,
+			ScriptServed: t.ScriptServed, ISCSILogin: t.ISCSILogin, Stopped: t.Stopped}
+	}
+}
+
+// autoSession answers the agent's request for a session: when the machine
+// is AutoSession with an image and has no unfinished session, it creates one,
+// then removes the request.
+func (r *MachineReconciler) autoSession(ctx context.Context, m *bootv1.Machine) error {
+	if _, asked := m.Annotations[SessionRequestedAnnotation]; !asked {
+		return nil
+	}
+	if m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Spec.ImageRef != nil && m.Status.ActiveSession == "" {
+		var list bootv1.BootSessionList
+		if err := r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingFields{indexSessionMachine: m.Name}); err != nil {
+			return err
+		}
+		busy := false
+		for i := range list.Items {
+			busy = busy || (!finished(&list.Items[i]) && !list.Items[i].Spec.Stopped)
+		}
+		if !busy {
+			s := &bootv1.BootSession{
+				ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: fmt.Sprintf("%s-%d", m.Name, time.Now().Unix()),
+					Labels: map[string]string{"boot.ggnet.io/auto-session": "true", "boot.ggnet.io/machine": m.Name}},
+				Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: *m.Spec.ImageRef,
+					Writeback: m.Spec.Writeback},
+			}
+			if s.Spec.Writeback == "" {
+				s.Spec.Writeback = bootv1.WritebackDiscard
+			}
+			if err := r.Create(ctx, s); client.IgnoreAlreadyExists(err) != nil {
+				return err
+			}
+			r.Recorder.Eventf(m, corev1.EventTypeNormal, "AutoSession", "Created BootSession %s from Image %s: the machine network-booted", s.Name, s.Spec.ImageRef.Name)
+		}
+	}
+	patch := client.MergeFrom(m.DeepCopy())
+	delete(m.Annotations, SessionRequestedAnnotation)
+	return client.IgnoreNotFound(r.Patch(ctx, m, patch))
+}
+
+// SetupWithManager registers the controller: Machines, and the sessions and
+// other Machines that change their status.
+func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&bootv1.Machine{}).
+		Watches(&bootv1.BootSession{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			s := o.(*bootv1.BootSession)
+			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}}
+		})).
+		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sharing)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
+		Complete(r)
+}
+
+// sharing maps a Machine to the Machines sharing its MAC or address, so that
+// a conflict clears on both sides.
+func (r *MachineReconciler) sharing(ctx context.Context, o client.Object) []reconcile.Request {
+	m := o.(*bootv1.Machine)
+	var out []reconcile.Request
+	add := func(field, value string) {
+		var list bootv1.MachineList
+		if r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingFields{field: value}) == nil {
+			for _, x := range list.Items {
+				if x.Name != m.Name {
+					out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&x)})
+				}
+			}
+		}
+	}
+	add(indexMachineMAC, m.Spec.MAC)
+	if m.Spec.IPv4 != nil {
+		add(indexMachineIP, m.Spec.IPv4.Address)
+	}
+	return out
+}

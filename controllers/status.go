@@ -1,0 +1,119 @@
+package controllers
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+)
+
+// finished reports whether a session has ended for good.
+func finished(s *bootv1.BootSession) bool {
+	return s.Status.Phase == bootv1.SessionStopped || s.Status.Phase == bootv1.SessionFailed
+}
+
+// holdsMachine reports whether a session counts as the machine's active
+// session: not finished, not stopped, not waiting behind another one.
+func holdsMachine(s *bootv1.BootSession) bool {
+	if finished(s) || s.DeletionTimestamp != nil {
+		return false
+	}
+	if s.Spec.Stopped {
+		// A stopping session still holds its target until it is torn down.
+		return s.Status.StorageNode != ""
+	}
+	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition)
+	return c == nil || c.Reason != bootv1.MachineBusyReason
+}
+
+// olderFirst orders sessions by creation, then name: the first one of a
+// machine gets it, the others wait.
+func olderFirst(a, b *bootv1.BootSession) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Name < b.Name
+}
+
+// setReady sets the Ready condition.
+func setReady(conds *[]metav1.Condition, gen int64, ok bool, reason, msg string) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(conds, metav1.Condition{Type: bootv1.ReadyCondition, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
+}
+
+// phaseOf computes a Ready session's phase from the boot progress the agents
+// recorded.
+func phaseOf(s *bootv1.BootSession) bootv1.BootSessionPhase {
+	switch {
+	case s.Status.Timeline.ISCSILogin != nil:
+		return bootv1.SessionActive
+	case s.Status.Timeline.ScriptServed != nil:
+		return bootv1.SessionBooting
+	default:
+		return bootv1.SessionReady
+	}
+}
+
+// scheduleNode picks a storage node for a session: among the nodes with a
+// Ready replica of the image (and, when pinned, only the pin), the one with
+// the fewest active sessions, then by name. It returns "" when none fits.
+func scheduleNode(replicas []bootv1.ImageReplica, pin string, load map[string]int, exists func(string) bool) string {
+	best := ""
+	for _, r := range replicas {
+		if r.State != bootv1.ReplicaReady || (pin != "" && r.Node != pin) || !exists(r.Node) {
+			continue
+		}
+		if best == "" || load[r.Node] < load[best] || (load[r.Node] == load[best] && r.Node < best) {
+			best = r.Node
+		}
+	}
+	return best
+}
+
+// summarizeImage computes an Image's phase, ready count and Ready condition
+// from its replicas.
+func summarizeImage(img *bootv1.Image) {
+	var ready, failed int32
+	img.Status.SizeBytes, img.Status.SHA256 = 0, ""
+	for _, r := range img.Status.Replicas {
+		switch r.State {
+		case bootv1.ReplicaReady:
+			ready++
+			if img.Status.SizeBytes == 0 {
+				img.Status.SizeBytes, img.Status.SHA256 = r.SizeBytes, r.SHA256
+			}
+		case bootv1.ReplicaFailed:
+			failed++
+		}
+	}
+	img.Status.ReadyReplicas = ready
+	n := int32(len(img.Status.Replicas))
+	switch {
+	case img.DeletionTimestamp != nil:
+		img.Status.Phase = bootv1.ImageDeleting
+	case ready > 0:
+		img.Status.Phase = bootv1.ImageReady
+		setReady(&img.Status.Conditions, img.Generation, true, bootv1.SucceededReason, plural(ready, "storage node holds", "storage nodes hold")+" a Ready replica")
+	case n > 0 && failed == n:
+		img.Status.Phase = bootv1.ImageFailed
+		setReady(&img.Status.Conditions, img.Generation, false, bootv1.ReplicaFailedReason, "every replica failed; see status.replicas")
+	case n > 0:
+		img.Status.Phase = bootv1.ImageReplicating
+		setReady(&img.Status.Conditions, img.Generation, false, bootv1.NoReadyReplicaReason, "replicas are being made")
+	default:
+		img.Status.Phase = bootv1.ImagePending
+		setReady(&img.Status.Conditions, img.Generation, false, bootv1.NoReadyReplicaReason, "no storage node has reported a replica yet")
+	}
+}
+
+func plural(n int32, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
