@@ -43,6 +43,10 @@ type recorder struct {
 	dropped prometheus.Counter
 	writes  *prometheus.CounterVec
 
+	// dhcpLimit bounds the DHCP timeline writes: a boot storm of hundreds of
+	// PCs must not turn into as many API writes at once.
+	dhcpLimit *rate.Limiter
+
 	discovery          bool
 	discoveryNamespace string
 	discoverLimit      *rate.Limiter
@@ -61,6 +65,7 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 			Help: "Writes of boot progress to the API server by kind and result.",
 		}, []string{"kind", "result"}),
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
+		dhcpLimit:     rate.NewLimiter(rate.Limit(20), 40),
 	}
 	if reg != nil {
 		reg.MustRegister(r.dropped, r.writes)
@@ -131,6 +136,10 @@ func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType) {
 	}
 	s, ok := r.tbl.Session(mac)
 	if !ok {
+		return
+	}
+	if !r.dhcpLimit.Allow() {
+		r.dropped.Inc()
 		return
 	}
 	r.enqueue("dhcp/"+s.Key, func(ctx context.Context) error {

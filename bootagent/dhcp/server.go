@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -135,33 +136,63 @@ func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
 	return nil
 }
 
+// batch is how many packets a worker reads (recvmmsg) and sends (sendmmsg)
+// per system call under load.
+const batch = 32
+
 func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
-	buf := make([]byte, 1500)
+	pc := ipv4.NewPacketConn(conn)
+	in := make([]ipv4.Message, batch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, 1500)}
+	}
+	out := make([]ipv4.Message, 0, batch)
 	for {
-		n, peer, err := conn.ReadFromUDP(buf)
+		n, err := pc.ReadBatch(in, 0)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.log.Error(err, "Reading DHCP packet")
+			s.log.Error(err, "Reading DHCP packets")
 			continue
 		}
-		s.handle(conn, buf[:n], peer)
+		out = out[:0]
+		for i := range n {
+			peer, _ := in[i].Addr.(*net.UDPAddr)
+			if reply, dst := s.handle(in[i].Buffers[0][:in[i].N], peer); reply != nil {
+				out = append(out, ipv4.Message{Buffers: [][]byte{reply}, Addr: dst})
+			}
+		}
+		for len(out) > 0 {
+			sent, err := pc.WriteBatch(out, 0)
+			if err != nil {
+				s.metrics.packet("reply", ResultSendFailed)
+				s.log.V(1).Info("Sending DHCP replies failed", "error", err.Error())
+				sent = max(sent, 1) // skip the reply that failed
+			}
+			out = out[sent:]
+		}
 	}
 }
 
-// handle answers one packet; it never panics on input.
-func (s *Server) handle(conn *net.UDPConn, pkt []byte, peer *net.UDPAddr) {
+// handle builds the answer to one packet and where it goes, or nil; it never
+// panics on input.
+func (s *Server) handle(pkt []byte, peer *net.UDPAddr) ([]byte, *net.UDPAddr) {
 	start := time.Now()
 	req, err := dhcpv4.FromBytes(pkt)
 	if err != nil {
 		s.metrics.packet("unknown", ResultMalformed)
 		s.log.V(2).Info("Dropping malformed DHCP packet", "peer", peer, "interface", s.iface, "error", err.Error())
-		return
+		return nil, nil
 	}
 	msgType := req.MessageType()
 	resp, result := Reply(req, s.backend, &s.cfg, s.proxyPort)
-	log := s.log.WithValues("mac", req.ClientHWAddr.String(), "xid", req.TransactionID.String(), "interface", s.iface)
+	// Per-packet logs are verbose only; building their keys costs more than
+	// answering the packet.
+	log := logr.Discard()
+	if s.log.V(1).Enabled() {
+		log = s.log.WithValues("mac", req.ClientHWAddr.String(), "xid", req.TransactionID.String(), "interface", s.iface)
+	}
 	if resp == nil {
 		s.metrics.packet(msgType.String(), result)
 		if result == ResultUnknownMAC && s.observer != nil {
@@ -170,20 +201,16 @@ func (s *Server) handle(conn *net.UDPConn, pkt []byte, peer *net.UDPAddr) {
 			}
 		}
 		log.V(2).Info("Not answering DHCP request", "type", msgType.String(), "result", string(result))
-		return
+		return nil, nil
 	}
 	dst := replyAddr(req, resp, peer, s.proxyPort)
-	if _, err := conn.WriteToUDP(resp.ToBytes(), dst); err != nil {
-		s.metrics.packet(msgType.String(), ResultSendFailed)
-		log.Error(err, "Sending DHCP reply", "to", dst.String())
-		return
-	}
 	s.metrics.packet(msgType.String(), result)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
 	if s.observer != nil && result != ResultNak {
 		s.observer.Answered(req.ClientHWAddr, resp.MessageType())
 	}
-	log.V(1).Info("Answered DHCP request", "type", msgType.String(), "reply", resp.MessageType().String(), "to", dst.String())
+	log.V(1).Info("Answering DHCP request", "type", msgType.String(), "reply", resp.MessageType().String(), "to", dst.String())
+	return resp.ToBytes(), dst
 }
 
 // replyAddr picks where a reply goes (RFC 2131 4.1): a relay's giaddr, a
@@ -223,7 +250,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"type", "result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ggnet_dhcp_reply_seconds",
-			Help:    "Time from reading a DHCP request to sending its reply.",
+			Help:    "Time from reading a DHCP request to its reply being ready to send.",
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3},
 		}),
 	}

@@ -73,23 +73,42 @@ type entry struct {
 	changed chan struct{}
 }
 
+// macKey is a MAC as a map key: no allocation per lookup.
+type macKey [6]byte
+
+func keyOf(mac net.HardwareAddr) (macKey, bool) {
+	var k macKey
+	if len(mac) != 6 {
+		return k, false
+	}
+	copy(k[:], mac)
+	return k, true
+}
+
+func keyOfString(s string) (macKey, bool) {
+	mac, err := net.ParseMAC(s)
+	if err != nil {
+		return macKey{}, false
+	}
+	return keyOf(mac)
+}
+
 // Table is safe for concurrent use.
 type Table struct {
-	mu sync.RWMutex
-	// byMAC is keyed by the MAC's canonical string form.
-	byMAC map[string]*entry
+	mu    sync.RWMutex
+	byMAC map[macKey]*entry
 	// machineMAC and sessionMAC remember each object's MAC so that a MAC
 	// change or a delete finds the old entry.
-	machineMAC map[string]string
-	sessionMAC map[string]string
+	machineMAC map[string]macKey
+	sessionMAC map[string]macKey
 }
 
 // New returns an empty table.
 func New() *Table {
-	return &Table{byMAC: map[string]*entry{}, machineMAC: map[string]string{}, sessionMAC: map[string]string{}}
+	return &Table{byMAC: map[macKey]*entry{}, machineMAC: map[string]macKey{}, sessionMAC: map[string]macKey{}}
 }
 
-func (t *Table) entryLocked(mac string) *entry {
+func (t *Table) entryLocked(mac macKey) *entry {
 	e := t.byMAC[mac]
 	if e == nil {
 		e = &entry{machines: map[string]*Machine{}, sessions: map[string]*Session{}, changed: make(chan struct{})}
@@ -98,7 +117,7 @@ func (t *Table) entryLocked(mac string) *entry {
 	return e
 }
 
-func (t *Table) notifyLocked(mac string) {
+func (t *Table) notifyLocked(mac macKey) {
 	e := t.byMAC[mac]
 	if e == nil {
 		return
@@ -116,9 +135,14 @@ func (t *Table) notifyLocked(mac string) {
 	}
 }
 
-// UpsertMachine adds or replaces a machine.
+// UpsertMachine adds or replaces a machine; one without a valid MAC is
+// removed.
 func (t *Table) UpsertMachine(m Machine) {
-	mac := m.Reservation.MAC.String()
+	mac, ok := keyOf(m.Reservation.MAC)
+	if !ok {
+		t.DeleteMachine(m.Key)
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.machineMAC[m.Key]; ok && old != mac {
@@ -147,23 +171,25 @@ func (t *Table) DeleteMachine(key string) {
 	}
 }
 
-// UpsertSession adds or replaces a session.
+// UpsertSession adds or replaces a session; one without a valid MAC (not
+// yet checked by the controller) is held under no MAC.
 func (t *Table) UpsertSession(s Session) {
+	mac, valid := keyOfString(s.MAC)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.sessionMAC[s.Key]; ok && old != s.MAC {
+	if old, ok := t.sessionMAC[s.Key]; ok && (!valid || old != mac) {
 		if e := t.byMAC[old]; e != nil {
 			delete(e.sessions, s.Key)
 			t.notifyLocked(old)
 		}
 	}
-	if s.MAC == "" {
+	if !valid {
 		delete(t.sessionMAC, s.Key)
 		return
 	}
-	t.sessionMAC[s.Key] = s.MAC
-	t.entryLocked(s.MAC).sessions[s.Key] = &s
-	t.notifyLocked(s.MAC)
+	t.sessionMAC[s.Key] = mac
+	t.entryLocked(mac).sessions[s.Key] = &s
+	t.notifyLocked(mac)
 }
 
 // DeleteSession removes a session by key.
@@ -183,9 +209,10 @@ func (t *Table) DeleteSession(key string) {
 
 // LookupMAC implements dhcp.Backend.
 func (t *Table) LookupMAC(mac net.HardwareAddr) (dhcp.Reservation, bool) {
+	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	e := t.byMAC[mac.String()]
+	e := t.byMAC[k]
 	if e == nil || e.machine == nil {
 		return dhcp.Reservation{}, false
 	}
@@ -194,9 +221,10 @@ func (t *Table) LookupMAC(mac net.HardwareAddr) (dhcp.Reservation, bool) {
 
 // Machine returns the machine with this MAC.
 func (t *Table) Machine(mac net.HardwareAddr) (Machine, bool) {
+	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	e := t.byMAC[mac.String()]
+	e := t.byMAC[k]
 	if e == nil || e.machine == nil {
 		return Machine{}, false
 	}
@@ -205,12 +233,13 @@ func (t *Table) Machine(mac net.HardwareAddr) (Machine, bool) {
 
 // Session returns the newest bootable session of this MAC.
 func (t *Table) Session(mac net.HardwareAddr) (Session, bool) {
+	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return t.sessionLocked(mac.String())
+	return t.sessionLocked(k)
 }
 
-func (t *Table) sessionLocked(mac string) (Session, bool) {
+func (t *Table) sessionLocked(mac macKey) (Session, bool) {
 	e := t.byMAC[mac]
 	if e == nil {
 		return Session{}, false
@@ -233,9 +262,10 @@ func (t *Table) sessionLocked(mac string) (Session, bool) {
 // HasSession reports whether the MAC has any session, bootable or not
 // (one may be on its way to Ready).
 func (t *Table) HasSession(mac net.HardwareAddr) bool {
+	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	e := t.byMAC[mac.String()]
+	e := t.byMAC[k]
 	return e != nil && len(e.sessions) > 0
 }
 
@@ -248,9 +278,10 @@ func (t *Table) Script(mac net.HardwareAddr) (string, bool) {
 // Changed returns a channel closed at the next change of this MAC's machine
 // or sessions, for long polls.
 func (t *Table) Changed(mac net.HardwareAddr) <-chan struct{} {
+	k, _ := keyOf(mac)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.entryLocked(mac.String()).changed
+	return t.entryLocked(k).changed
 }
 
 // Len returns the numbers of machines and sessions held.

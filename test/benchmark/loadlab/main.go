@@ -31,11 +31,14 @@ import (
 	"github.com/ggnet/ggnet/internal/testenv"
 )
 
+var advertise string
+
 func main() {
 	n := flag.Int("n", 10000, "Machines and BootSessions to load.")
 	agentBin := flag.String("agent", "bin/bootagent", "Boot agent binary.")
 	probe := flag.String("probe", "http://127.0.0.1:8880/readyz", "The agent's readyz URL.")
 	cpu := flag.String("cpu", "0", "CPU list for the agent (taskset).")
+	flag.StringVar(&advertise, "advertise-address", "198.51.100.1", "A non-loopback address of this namespace for kube-apiserver to advertise.")
 	flag.Parse()
 	if err := run(*n, *agentBin, *probe, *cpu, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "loadlab:", err)
@@ -54,7 +57,7 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 		e.ControlPlaneStopTimeout = time.Second
 		// Inside a namespace without a default route kube-apiserver cannot
 		// guess an address to advertise.
-		e.ControlPlane.GetAPIServer().Configure().Set("advertise-address", "127.0.0.1")
+		e.ControlPlane.GetAPIServer().Configure().Set("advertise-address", advertise)
 	})
 	if err != nil {
 		return err

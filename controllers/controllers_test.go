@@ -1,0 +1,321 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/fixture"
+	"github.com/ggnet/ggnet/internal/ipxe"
+)
+
+func readyReason(conds []metav1.Condition) string {
+	if c := meta.FindStatusCondition(conds, bootv1.ReadyCondition); c != nil {
+		return c.Status.String() + "/" + c.Reason
+	}
+	return ""
+}
+
+func (s sessionView) String() string { return fmt.Sprintf("%s %s", s.Phase, s.Ready) }
+
+type sessionView struct {
+	Phase bootv1.BootSessionPhase
+	Ready string
+}
+
+func view(ctx context.Context, s *bootv1.BootSession) func() sessionView {
+	return func() sessionView {
+		_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s)
+		return sessionView{s.Status.Phase, readyReason(s.Status.Conditions)}
+	}
+}
+
+func kstatus(obj client.Object) status.Status {
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	Expect(err).NotTo(HaveOccurred())
+	res, err := status.Compute(&unstructured.Unstructured{Object: u})
+	Expect(err).NotTo(HaveOccurred())
+	return res.Status
+}
+
+func events(ctx context.Context, ns, name string) []string {
+	var list corev1.EventList
+	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+	var out []string
+	for _, e := range list.Items {
+		if e.InvolvedObject.Name == name {
+			out = append(out, e.Reason+": "+e.Message)
+		}
+	}
+	return out
+}
+
+var _ = Describe("BootSession", func() {
+	var (
+		ctx  context.Context
+		ns   string
+		node string
+		img  *bootv1.Image
+	)
+	BeforeEach(func() {
+		ctx = context.Background()
+		ns = newNamespace(ctx)
+		node = "storage-" + ns
+		storageNode(ctx, node, "10.20.0.5")
+		img = fixture.Image(ns, "win11")
+		Expect(k8sClient.Create(ctx, img)).To(Succeed())
+		readyReplica(ctx, img, node)
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-1"))).To(Succeed())
+	})
+
+	It("goes from Pending to Ready with a target, credentials and a script, and stops cleanly", func() {
+		s := fixture.Session(ns, "seat-1-a", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+
+		Expect(s.Status.StorageNode).To(Equal(node))
+		Expect(s.Status.MAC).To(Equal("52:54:00:12:34:56"))
+		Expect(s.Status.Target.IQN).To(Equal("iqn.2026-11.io.ggnet:" + ns + ":seat-1-a"))
+		Expect(s.Status.Target.Portal).To(Equal("10.20.0.5:3260"))
+		Expect(s.Status.InitiatorIQN).To(Equal("iqn.2026-11.io.ggnet:initiator:" + ns + ":seat-1"))
+		Expect(s.Status.Timeline.Scheduled).NotTo(BeNil())
+		Expect(s.Status.Timeline.StorageReady).NotTo(BeNil())
+		Expect(s.Status.Timeline.Ready).NotTo(BeNil())
+		Expect(s.Status.ObservedGeneration).To(Equal(s.Generation))
+		Expect(kstatus(s)).To(Equal(status.CurrentStatus))
+
+		var sec corev1.Secret
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
+		Expect(sec.OwnerReferences).To(HaveLen(1))
+		Expect(sec.OwnerReferences[0].Name).To(Equal(s.Name))
+		info, err := ipxe.Parse(s.Status.Script)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(info.TargetIQN).To(Equal(s.Status.Target.IQN))
+		Expect(info.Username).To(Equal(string(sec.Data["username"])))
+		Expect(info.Password).To(Equal(string(sec.Data["password"])))
+		Expect(info.Password).To(HaveLen(16))
+		Expect(events(ctx, ns, s.Name)).To(ContainElements(ContainSubstring("Scheduled: Scheduled on storage node "+node), ContainSubstring("Succeeded: Ready to boot")))
+		Expect(s.Status.Script).NotTo(ContainSubstring("Secret"))
+
+		m := &bootv1.Machine{}
+		m.Namespace, m.Name = ns, "seat-1"
+		Eventually(func() string { return get(ctx, m)().Status.ActiveSession }, eventually).Should(Equal("seat-1-a"))
+		Expect(kstatus(m)).To(Equal(status.CurrentStatus))
+
+		By("moving to Booting and Active as the agents record progress")
+		now := metav1.Now()
+		s.Status.Timeline.ScriptServed = &now
+		Expect(k8sClient.Status().Update(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionBooting, "True/Succeeded"}))
+		s.Status.Timeline.ISCSILogin = &now
+		Expect(k8sClient.Status().Update(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionActive, "True/Succeeded"}))
+
+		By("stopping")
+		s.Spec.Stopped = true
+		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+		Expect(s.Status.Script).To(BeEmpty())
+		Expect(s.Status.Timeline.Stopped).NotTo(BeNil())
+		Eventually(func() string { return get(ctx, m)().Status.ActiveSession }, eventually).Should(BeEmpty())
+		Expect(m.Status.LastBoot.Session).To(Equal("seat-1-a"))
+		Expect(m.Status.LastBoot.ISCSILogin).NotTo(BeNil())
+
+		By("deleting: every finalizer is released")
+		Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s) }, eventually).ShouldNot(Succeed())
+	})
+
+	It("lets one session per machine run; the next waits, naming the active one", func() {
+		a := fixture.Session(ns, "a", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, a)).To(Succeed())
+		Eventually(view(ctx, a), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		b := fixture.Session(ns, "b", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, b)).To(Succeed())
+		Eventually(view(ctx, b), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineBusy"}))
+		Expect(meta.FindStatusCondition(b.Status.Conditions, bootv1.ReadyCondition).Message).To(ContainSubstring("in session a"))
+		Expect(events(ctx, ns, "b")).To(ContainElement(ContainSubstring("MachineBusy")))
+		Consistently(view(ctx, b), 2*time.Second).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineBusy"}))
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(a), a)).To(Succeed())
+		a.Spec.Stopped = true
+		Expect(k8sClient.Update(ctx, a)).To(Succeed())
+		Eventually(view(ctx, b), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+	})
+
+	It("waits for missing references and an image without a Ready replica", func() {
+		s := fixture.Session(ns, "s", "seat-9", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineNotFound"}))
+		Expect(kstatus(s)).To(Equal(status.InProgressStatus))
+
+		s2 := fixture.Session(ns, "s2", "seat-1", "win10")
+		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
+		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/ImageNotFound"}))
+		win10 := fixture.Image(ns, "win10")
+		Expect(k8sClient.Create(ctx, win10)).To(Succeed())
+		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/ImageNotReady"}))
+		readyReplica(ctx, win10, node)
+		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+	})
+
+	It("stays Pending when the pinned node has no replica, and schedules on the least loaded node", func() {
+		other := "other-" + ns
+		storageNode(ctx, other, "10.20.0.6")
+		s := fixture.Session(ns, "pinned", "seat-1", "win11", fixture.WithStorageNode(other))
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/NoStorageNode"}))
+		Expect(meta.FindStatusCondition(s.Status.Conditions, bootv1.ScheduledCondition).Message).To(ContainSubstring(other + " does not hold a Ready replica"))
+
+		readyReplica(ctx, img, other)
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(s.Status.StorageNode).To(Equal(other))
+
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-2", fixture.WithMAC("52:54:00:00:00:02"), fixture.WithAddress("10.20.0.32")))).To(Succeed())
+		s2 := fixture.Session(ns, "free", "seat-2", "win11")
+		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
+		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(s2.Status.StorageNode).To(Equal(node), "the node without sessions")
+	})
+
+	It("fails sessions whose storage node disappears or whose storage fails", func() {
+		s := fixture.Session(ns, "s", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(k8sClient.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionFailed, "False/StorageNodeLost"}))
+		Expect(meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition).Message).To(ContainSubstring("no longer exists"))
+
+		broken := "broken-" + ns
+		storageNode(ctx, broken, "10.20.0.7")
+		readyReplica(ctx, img, broken)
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-2", fixture.WithMAC("52:54:00:00:00:02"), fixture.WithAddress("10.20.0.32")))).To(Succeed())
+		s2 := fixture.Session(ns, "s2", "seat-2", "win11", fixture.WithStorageNode(broken))
+		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
+		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionFailed, "False/StorageFailed"}))
+	})
+
+	It("deletes a finished session once its TTL passed", func() {
+		s := fixture.Session(ns, "s", "seat-1", "win11")
+		ttl := int32(1)
+		s.Spec.TTLSecondsAfterFinished = &ttl
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		s.Spec.Stopped = true
+		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &bootv1.BootSession{}) }, eventually).ShouldNot(Succeed())
+	})
+})
+
+var _ = Describe("Machine", func() {
+	var (
+		ctx context.Context
+		ns  string
+	)
+	BeforeEach(func() {
+		ctx = context.Background()
+		ns = newNamespace(ctx)
+	})
+
+	It("renders the reservation and flags duplicate MACs and addresses on both sides", func() {
+		a := fixture.Machine(ns, "seat-1")
+		Expect(k8sClient.Create(ctx, a)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, a)().Status.Conditions) }, eventually).Should(Equal("True/Succeeded"))
+		Expect(a.Status.Reservation.Address).To(Equal("10.20.0.31"))
+		Expect(kstatus(a)).To(Equal(status.CurrentStatus))
+
+		b := fixture.Machine(ns, "seat-2", fixture.WithAddress("10.20.0.32"))
+		Expect(k8sClient.Create(ctx, b)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, b)().Status.Conditions) }, eventually).Should(Equal("False/DuplicateMAC"))
+		Eventually(func() string { return readyReason(get(ctx, a)().Status.Conditions) }, eventually).Should(Equal("False/DuplicateMAC"))
+		Expect(meta.FindStatusCondition(a.Status.Conditions, bootv1.ConflictCondition).Message).To(ContainSubstring("Machine seat-2"))
+		Expect(events(ctx, ns, "seat-2")).To(ContainElement(ContainSubstring("DuplicateMAC: conflicts with MAC 52:54:00:12:34:56 of Machine seat-1")))
+
+		c := fixture.Machine(ns, "seat-3", fixture.WithMAC("52:54:00:00:00:03"), fixture.WithAddress("10.20.0.32"))
+		Expect(k8sClient.Create(ctx, c)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, c)().Status.Conditions) }, eventually).Should(Equal("False/DuplicateIP"))
+
+		By("clearing once the duplicate is gone")
+		Expect(k8sClient.Delete(ctx, b)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, a)().Status.Conditions) }, eventually).Should(Equal("True/Succeeded"))
+		Eventually(func() string { return readyReason(get(ctx, c)().Status.Conditions) }, eventually).Should(Equal("True/Succeeded"))
+	})
+
+	It("refuses a gateway outside the subnet with a condition", func() {
+		m := fixture.Machine(ns, "seat-1", func(m *bootv1.Machine) { m.Spec.IPv4.Gateway = "10.21.0.1" })
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, m)().Status.Conditions) }, eventually).Should(Equal("False/InvalidReservation"))
+		Expect(meta.FindStatusCondition(m.Status.Conditions, bootv1.ReadyCondition).Message).To(Equal("gateway 10.21.0.1 is outside 10.20.0.31/24"))
+	})
+
+	It("replaces a discovered placeholder when the operator adds the real machine", func() {
+		d := fixture.Machine(ns, "discovered-525400123456", func(m *bootv1.Machine) {
+			m.Labels = map[string]string{bootv1.DiscoveredLabel: "true"}
+			m.Spec.IPv4 = nil
+			m.Spec.BootPolicy = bootv1.BootPolicyLocalBoot
+		})
+		Expect(k8sClient.Create(ctx, d)).To(Succeed())
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-1"))).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(d), d) }, eventually).ShouldNot(Succeed())
+	})
+
+	It("creates a session when the agent asks for an AutoSession machine", func() {
+		m := fixture.Machine(ns, "seat-1", fixture.WithImage("win11"), fixture.WithBootPolicy(bootv1.BootPolicyAutoSession))
+		m.Annotations = map[string]string{SessionRequestedAnnotation: "2026-11-26T12:00:00Z"}
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		var list bootv1.BootSessionList
+		Eventually(func() int {
+			_ = k8sClient.List(ctx, &list, client.InNamespace(ns))
+			return len(list.Items)
+		}, eventually).Should(Equal(1))
+		Expect(list.Items[0].Spec.MachineRef.Name).To(Equal("seat-1"))
+		Expect(list.Items[0].Spec.ImageRef.Name).To(Equal("win11"))
+		Eventually(func() map[string]string { return get(ctx, m)().Annotations }, eventually).ShouldNot(HaveKey(SessionRequestedAnnotation))
+		Consistently(func() int {
+			_ = k8sClient.List(ctx, &list, client.InNamespace(ns))
+			return len(list.Items)
+		}, time.Second).Should(Equal(1), "one request, one session")
+	})
+})
+
+var _ = Describe("Image", func() {
+	It("summarizes replicas and blocks deletion while a session uses it", func() {
+		ctx := context.Background()
+		ns := newNamespace(ctx)
+		node := "storage-" + ns
+		storageNode(ctx, node, "10.20.0.5")
+		img := fixture.Image(ns, "win11")
+		Expect(k8sClient.Create(ctx, img)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("False/NoReadyReplica"))
+		Expect(img.Status.Phase).To(Equal(bootv1.ImagePending))
+		readyReplica(ctx, img, node)
+		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("True/Succeeded"))
+		Expect(img.Status.ReadyReplicas).To(Equal(int32(1)))
+		Expect(img.Status.SizeBytes).To(Equal(int64(10 << 30)))
+		Expect(kstatus(img)).To(Equal(status.CurrentStatus))
+
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-1"))).To(Succeed())
+		s := fixture.Session(ns, "s", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+
+		Expect(k8sClient.Delete(ctx, img)).To(Succeed())
+		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("False/InUse"))
+		Expect(events(ctx, ns, "win11")).To(ContainElement(ContainSubstring("InUse: deletion waits for 1 unfinished session")))
+
+		s.Spec.Stopped = true
+		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img) }, eventually).ShouldNot(Succeed())
+	})
+})

@@ -1,0 +1,139 @@
+package controllers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/testenv"
+)
+
+func TestControllers(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Controllers suite (real kube-apiserver, stand-in storage agent)")
+}
+
+var (
+	env       *envtest.Environment
+	k8sClient client.Client
+	cancelMgr context.CancelFunc
+)
+
+var _ = BeforeSuite(func() {
+	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	e, cfg, err := testenv.Start()
+	Expect(err).NotTo(HaveOccurred())
+	env = e
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: testenv.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelMgr = cancel
+	// The same indexes and reconcilers as cmd/manager.
+	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260})).To(Succeed())
+	Expect((&standInStorage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
+	go func() {
+		defer GinkgoRecover()
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}()
+	k8sClient = mgr.GetClient()
+	Expect(mgr.GetCache().WaitForCacheSync(ctx)).To(BeTrue())
+})
+
+var _ = AfterSuite(func() {
+	if cancelMgr != nil {
+		cancelMgr()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
+
+// standInStorage plays the storage agent through the API: for each session
+// scheduled on a node it holds the storage finalizer and reports
+// StorageReady with its own field owner; on stop or delete it tears down
+// (instantly) and releases the finalizer. Nodes named "broken-*" fail.
+type standInStorage struct{ client.Client }
+
+func (s *standInStorage) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).Named("stand-in-storage").For(&bootv1.BootSession{}).Complete(s)
+}
+
+func (s *standInStorage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	bs := &bootv1.BootSession{}
+	if err := s.Get(ctx, req.NamespacedName, bs); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if bs.Status.StorageNode == "" {
+		return ctrl.Result{}, nil
+	}
+	if bs.Spec.Stopped || bs.DeletionTimestamp != nil {
+		if controllerutil.RemoveFinalizer(bs, bootv1.StorageFinalizer) {
+			return ctrl.Result{}, client.IgnoreNotFound(s.Update(ctx, bs))
+		}
+		return ctrl.Result{}, nil
+	}
+	if controllerutil.AddFinalizer(bs, bootv1.StorageFinalizer) {
+		if err := s.Update(ctx, bs); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	base := bs.DeepCopy()
+	cond := metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionTrue, Reason: bootv1.SucceededReason, Message: "target ready"}
+	if len(bs.Status.StorageNode) > 7 && bs.Status.StorageNode[:7] == "broken-" {
+		cond = metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionFalse, Reason: bootv1.StorageFailedReason, Message: "disk full"}
+	}
+	if meta.SetStatusCondition(&bs.Status.Conditions, cond) {
+		return ctrl.Result{}, client.IgnoreNotFound(s.Status().Patch(ctx, bs, client.MergeFrom(base), client.FieldOwner("stand-in-storage")))
+	}
+	return ctrl.Result{}, nil
+}
+
+func newNamespace(ctx context.Context) string {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-ctrl-"}}
+	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+	return ns.Name
+}
+
+// storageNode makes a Node with an InternalIP; nodes are cluster-scoped, so
+// each spec uses its own names.
+func storageNode(ctx context.Context, name, ip string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	Expect(k8sClient.Create(ctx, n)).To(Succeed())
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	Expect(k8sClient.Status().Update(ctx, n)).To(Succeed())
+	DeferCleanup(func() { _ = k8sClient.Delete(context.Background(), n) })
+	return n
+}
+
+// readyReplica plays the storage agent's image part: a Ready replica on node.
+func readyReplica(ctx context.Context, img *bootv1.Image, nodes ...string) {
+	Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img)).To(Succeed())
+	for _, n := range nodes {
+		now := metav1.Now()
+		img.Status.Replicas = append(img.Status.Replicas, bootv1.ImageReplica{Node: n, State: bootv1.ReplicaReady,
+			Path: "/var/lib/ggnet/images/" + img.Name + ".raw", SizeBytes: 10 << 30, SHA256: "ab", LastTransitionTime: &now})
+	}
+	Expect(k8sClient.Status().Update(ctx, img)).To(Succeed())
+}
+
+func get[T client.Object](ctx context.Context, obj T) func() T {
+	return func() T {
+		_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(obj), obj)
+		return obj
+	}
+}
+
+const eventually = 20 * time.Second
