@@ -22,7 +22,7 @@ import (
 
 func readyReason(conds []metav1.Condition) string {
 	if c := meta.FindStatusCondition(conds, bootv1.ReadyCondition); c != nil {
-		return c.Status.String() + "/" + c.Reason
+		return string(c.Status) + "/" + c.Reason
 	}
 	return ""
 }
@@ -115,16 +115,13 @@ var _ = Describe("BootSession", func() {
 
 		By("moving to Booting and Active as the agents record progress")
 		now := metav1.Now()
-		s.Status.Timeline.ScriptServed = &now
-		Expect(k8sClient.Status().Update(ctx, s)).To(Succeed())
+		change(ctx, s, true, func(x *bootv1.BootSession) { x.Status.Timeline.ScriptServed = &now })
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionBooting, "True/Succeeded"}))
-		s.Status.Timeline.ISCSILogin = &now
-		Expect(k8sClient.Status().Update(ctx, s)).To(Succeed())
+		change(ctx, s, true, func(x *bootv1.BootSession) { x.Status.Timeline.ISCSILogin = &now })
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionActive, "True/Succeeded"}))
 
 		By("stopping")
-		s.Spec.Stopped = true
-		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		change(ctx, s, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
 		Expect(s.Status.Script).To(BeEmpty())
 		Expect(s.Status.Timeline.Stopped).NotTo(BeNil())
@@ -148,9 +145,7 @@ var _ = Describe("BootSession", func() {
 		Expect(events(ctx, ns, "b")).To(ContainElement(ContainSubstring("MachineBusy")))
 		Consistently(view(ctx, b), 2*time.Second).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineBusy"}))
 
-		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(a), a)).To(Succeed())
-		a.Spec.Stopped = true
-		Expect(k8sClient.Update(ctx, a)).To(Succeed())
+		change(ctx, a, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
 		Eventually(view(ctx, b), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
 	})
 
@@ -212,8 +207,7 @@ var _ = Describe("BootSession", func() {
 		s.Spec.TTLSecondsAfterFinished = &ttl
 		Expect(k8sClient.Create(ctx, s)).To(Succeed())
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
-		s.Spec.Stopped = true
-		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		change(ctx, s, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &bootv1.BootSession{}) }, eventually).ShouldNot(Succeed())
 	})
 })
@@ -314,8 +308,7 @@ var _ = Describe("Image", func() {
 		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("False/InUse"))
 		Expect(events(ctx, ns, "win11")).To(ContainElement(ContainSubstring("InUse: deletion waits for 1 unfinished session")))
 
-		s.Spec.Stopped = true
-		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		change(ctx, s, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img) }, eventually).ShouldNot(Succeed())
 	})
 })

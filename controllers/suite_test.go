@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/util/retry"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -48,7 +49,9 @@ var _ = BeforeSuite(func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())
 	}()
-	k8sClient = mgr.GetClient()
+	// The specs read and write straight to the API server, not the cache.
+	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	Expect(err).NotTo(HaveOccurred())
 	Expect(mgr.GetCache().WaitForCacheSync(ctx)).To(BeTrue())
 })
 
@@ -120,13 +123,29 @@ func storageNode(ctx context.Context, name, ip string) *corev1.Node {
 
 // readyReplica plays the storage agent's image part: a Ready replica on node.
 func readyReplica(ctx context.Context, img *bootv1.Image, nodes ...string) {
-	Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img)).To(Succeed())
-	for _, n := range nodes {
-		now := metav1.Now()
-		img.Status.Replicas = append(img.Status.Replicas, bootv1.ImageReplica{Node: n, State: bootv1.ReplicaReady,
-			Path: "/var/lib/ggnet/images/" + img.Name + ".raw", SizeBytes: 10 << 30, SHA256: "ab", LastTransitionTime: &now})
-	}
-	Expect(k8sClient.Status().Update(ctx, img)).To(Succeed())
+	change(ctx, img, true, func(img *bootv1.Image) {
+		for _, n := range nodes {
+			now := metav1.Now()
+			img.Status.Replicas = append(img.Status.Replicas, bootv1.ImageReplica{Node: n, State: bootv1.ReplicaReady,
+				Path: "/var/lib/ggnet/images/" + img.Name + ".raw", SizeBytes: 10 << 30, SHA256: "ab", LastTransitionTime: &now})
+		}
+	})
+}
+
+// change re-reads obj and applies mutate until the update does not conflict
+// with the controllers' own writes; status selects the status subresource.
+func change[T client.Object](ctx context.Context, obj T, status bool, mutate func(T)) {
+	GinkgoHelper()
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		mutate(obj)
+		if status {
+			return k8sClient.Status().Update(ctx, obj)
+		}
+		return k8sClient.Update(ctx, obj)
+	})).To(Succeed())
 }
 
 func get[T client.Object](ctx context.Context, obj T) func() T {

@@ -21,4 +21,6 @@ if ((passed == 0)) || grep -qE '\[no tests to run\]' "$log"; then
   echo "make test: no tests ran" >&2
   exit 1
 fi
-echo "make test: ${passed} packages passed"
+# A short run of every fuzz target (make fuzz runs them longer).
+./hack/fuzz.sh "${FUZZTIME:-5s}"
+echo "make test: ${passed} packages passed, fuzz targets ran"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# TFTP benchmark (root): 200 concurrent curl clients fetch a 1 MiB file from
+# the GGnet boot agent and from tftpd-hpa, each pinned to CPU0 in pb-srv;
+# clients on CPU1 in pb-cli (shared/bench-peers).  usage: tftp.sh [N] [BLKSIZE]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+N=${1:-200}; B=${2:-1468}
+out=/tmp/ggnet-bench/tftp; rm -rf "$out"; mkdir -p "$out/root"
+head -c 1048576 /dev/urandom > "$out/root/boot-1MiB.bin"
+export KUBEBUILDER_ASSETS=$(./hack/envtest-bins.sh)
+make -s build
+go build -o bin/loadlab ./test/benchmark/loadlab
+bench=test/benchmark
+$bench/netns.sh up
+trap '$bench/netns.sh down; pkill -f "bin/loadlab" || true; pkill -f "in.tftpd -L" || true' EXIT
+clients() { ip netns exec pb-cli taskset -c 1 bash $bench/peers/tftp-clients.sh conc "$N" "$B"; }
+
+echo "== GGnet boot agent TFTP, $N clients, blksize $B"
+ip netns exec pb-srv bin/loadlab -n 0 -agent bin/bootagent -cpu 0 -probe http://198.51.100.1:8880/readyz -- \
+  --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 \
+  --ipxe-root="$out/root" > "$out/loadlab.txt" 2>&1 &
+lab=$!
+for _ in $(seq 600); do grep -q READY "$out/loadlab.txt" && break; kill -0 $lab 2>/dev/null || { cat "$out/loadlab.txt"; exit 1; }; sleep 0.5; done
+for _ in 1 2 3; do clients; done
+kill -TERM $lab || true; wait $lab || true
+
+echo "== tftpd-hpa, $N clients, blksize $B"
+ip netns exec pb-srv taskset -c 0 in.tftpd -L -s -a 198.51.100.1:69 "$out/root" &
+t=$!; sleep 1
+for _ in 1 2 3; do clients; done
+kill $t || true; wait $t 2>/dev/null || true
