@@ -10,17 +10,20 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
@@ -62,7 +65,7 @@ func (r *BootSessionReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	}
 	if controllerutil.AddFinalizer(s, bootv1.SessionFinalizer) {
 		if err := r.Update(ctx, s); err != nil {
-			return ctrl.Result{}, err
+			return requeueOnConflict(ctrl.Result{}, err)
 		}
 	}
 	base := s.DeepCopy()
@@ -70,9 +73,13 @@ func (r *BootSessionReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		if retErr == nil {
 			s.Status.ObservedGeneration = s.Generation
 		}
-		if err := r.Status().Patch(ctx, s, client.MergeFrom(base)); err != nil && retErr == nil {
+		if equality.Semantic.DeepEqual(base.Status, s.Status) {
+			return // nothing to write: the API server is the bottleneck at scale
+		}
+		if err := r.Status().Patch(ctx, s, statusPatch(base)); err != nil && retErr == nil {
 			retErr = client.IgnoreNotFound(err)
 		}
+		res, retErr = requeueOnConflict(res, retErr)
 	}()
 
 	sc := &sessionScope{session: s}
@@ -99,7 +106,10 @@ func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSes
 	prev := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition)
 	s.Status.Phase = phase
 	setReady(&s.Status.Conditions, s.Generation, false, reason, msg)
-	if prev == nil || prev.Reason != reason {
+	// Waiting for the storage agent is the expected step after Scheduled,
+	// whose Event already says where; at scale these Events would be a
+	// large share of all API writes.
+	if (prev == nil || prev.Reason != reason) && reason != bootv1.WaitingForStorageReason {
 		typ := corev1.EventTypeNormal
 		if phase == bootv1.SessionFailed || reason == bootv1.MachineBusyReason {
 			typ = corev1.EventTypeWarning
@@ -141,7 +151,7 @@ func (r *BootSessionReconciler) reconcileRefs(ctx context.Context, sc *sessionSc
 func (r *BootSessionReconciler) reconcileExclusive(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	var list bootv1.BootSessionList
-	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{indexSessionMachine: s.Spec.MachineRef.Name}); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{indexSessionMachine: s.Spec.MachineRef.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return false, err
 	}
 	for i := range list.Items {
@@ -182,14 +192,17 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		sc.node = node
 		return true, nil
 	}
-	var all bootv1.BootSessionList
-	if err := r.List(ctx, &all); err != nil {
-		return false, err
-	}
 	load := map[string]int{}
-	for i := range all.Items {
-		if o := &all.Items[i]; o.Status.StorageNode != "" && !finished(o) {
-			load[o.Status.StorageNode]++
+	for _, rep := range sc.image.Status.Replicas {
+		var on bootv1.BootSessionList
+		// Read-only: no deep copy of every session on the node.
+		if err := r.List(ctx, &on, client.MatchingFields{indexSessionNode: rep.Node}, client.UnsafeDisableDeepCopy); err != nil {
+			return false, err
+		}
+		for i := range on.Items {
+			if !finished(&on.Items[i]) {
+				load[rep.Node]++
+			}
 		}
 	}
 	nodes := map[string]*corev1.Node{}
@@ -350,12 +363,12 @@ func (r *BootSessionReconciler) reconcileDelete(ctx context.Context, s *bootv1.B
 		if s.Status.Phase != bootv1.SessionStopping {
 			base := s.DeepCopy()
 			r.wait(s, bootv1.SessionStopping, bootv1.StoppingReason, "deleting: waiting for the storage node to remove the target")
-			return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, s, client.MergeFrom(base)))
+			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, s, statusPatch(base))))
 		}
 		return ctrl.Result{}, nil
 	}
 	if controllerutil.RemoveFinalizer(s, bootv1.SessionFinalizer) {
-		return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, s))
+		return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, s)))
 	}
 	return ctrl.Result{}, nil
 }
@@ -413,8 +426,10 @@ func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Secret{}).
 		Watches(&bootv1.Image{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionImage))).
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionMachine))).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOnNode)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
+		// Nodes matter when they come or go, not at every heartbeat.
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOnNode),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
+		WithOptions(controllerOptions(r.Options)).
 		Complete(r)
 }
 
@@ -439,12 +454,12 @@ func (r *BootSessionReconciler) sessionsOf(index string) handler.MapFunc {
 
 func (r *BootSessionReconciler) sessionsOnNode(ctx context.Context, o client.Object) []reconcile.Request {
 	var list bootv1.BootSessionList
-	if err := r.List(ctx, &list, client.MatchingFields{indexSessionNode: o.GetName()}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{indexSessionNode: o.GetName()}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
 	// Pending sessions may now find a node too.
 	var pending bootv1.BootSessionList
-	if err := r.List(ctx, &pending); err == nil {
+	if err := r.List(ctx, &pending, client.UnsafeDisableDeepCopy); err == nil {
 		for _, s := range pending.Items {
 			if s.Status.StorageNode == "" && !finished(&s) {
 				list.Items = append(list.Items, s)

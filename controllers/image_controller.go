@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -31,7 +32,7 @@ func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	}
 	if img.DeletionTimestamp == nil && controllerutil.AddFinalizer(img, bootv1.ImageFinalizer) {
 		if err := r.Update(ctx, img); err != nil {
-			return ctrl.Result{}, err
+			return requeueOnConflict(ctrl.Result{}, err)
 		}
 	}
 	base := img.DeepCopy()
@@ -53,7 +54,7 @@ func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 				r.Recorder.Event(img, corev1.EventTypeWarning, bootv1.InUseReason, msg)
 			}
 			setReady(&img.Status.Conditions, img.Generation, false, bootv1.InUseReason, msg)
-			return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, client.MergeFrom(base)))
+			return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base)))
 		}
 		if controllerutil.RemoveFinalizer(img, bootv1.ImageFinalizer) {
 			return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, img))
@@ -61,7 +62,10 @@ func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, nil
 	}
 	img.Status.ObservedGeneration = img.Generation
-	return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, client.MergeFrom(base)))
+	if equality.Semantic.DeepEqual(base.Status, img.Status) {
+		return ctrl.Result{}, nil
+	}
+	return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base))))
 }
 
 // SetupWithManager registers the controller; sessions wake their image so a

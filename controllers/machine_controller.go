@@ -8,12 +8,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -55,7 +55,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	setMachineSessions(m, sessions.Items)
 	if err := r.autoSession(ctx, m); err != nil {
-		return ctrl.Result{}, err
+		return requeueOnConflict(ctrl.Result{}, err)
 	}
 
 	m.Status.Reservation = &bootv1.DHCPReservation{MAC: m.Spec.MAC, Hostname: m.Spec.Hostname}
@@ -73,6 +73,9 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		setReady(&m.Status.Conditions, m.Generation, true, bootv1.SucceededReason, "the reservation is served")
 	}
 	m.Status.ObservedGeneration = m.Generation
+	if equality.Semantic.DeepEqual(base.Status, m.Status) {
+		return ctrl.Result{}, nil
+	}
 	return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, m, client.MergeFrom(base)))
 }
 
@@ -211,7 +214,7 @@ func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}}
 		})).
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sharing)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
+		WithOptions(controllerOptions(r.Options)).
 		Complete(r)
 }
 

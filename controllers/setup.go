@@ -2,7 +2,15 @@ package controllers
 
 import (
 	"context"
+	"time"
+
 	"flag"
+	"golang.org/x/time/rate"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 )
@@ -38,4 +46,32 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	return (&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("image-controller")}).SetupWithManager(mgr)
+}
+
+// controllerOptions bounds concurrency and makes retries quick: conflicts
+// with the agents' writes are normal and retried at once, not after the
+// default 10-per-second bucket.
+func controllerOptions(o Options) controller.Options {
+	return controller.Options{
+		MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		RateLimiter: workqueue.NewTypedMaxOfRateLimiter(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, 5*time.Minute),
+			&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(500), 5000)},
+		),
+	}
+}
+
+// statusPatch patches status with optimistic locking: the storage agent
+// writes its own conditions into the same list, and a plain merge patch of
+// a list would overwrite them.
+func statusPatch(base client.Object) client.Patch {
+	return client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})
+}
+
+// requeueOnConflict turns a write conflict into a quiet, immediate retry.
+func requeueOnConflict(res ctrl.Result, err error) (ctrl.Result, error) {
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{Requeue: true}, nil
+	}
+	return res, err
 }

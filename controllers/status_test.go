@@ -18,14 +18,14 @@ func TestScheduleNode(t *testing.T) {
 		exists   func(string) bool
 		want     string
 	}{
-		"fewest sessions":         {[]bootv1.ImageReplica{ready("a"), ready("b")}, "", map[string]int{"a": 3, "b": 1}, all, "b"},
-		"tie by name":             {[]bootv1.ImageReplica{ready("b"), ready("a")}, "", nil, all, "a"},
-		"only Ready replicas":     {[]bootv1.ImageReplica{{Node: "a", State: bootv1.ReplicaDownloading}, ready("b")}, "", map[string]int{"b": 9}, all, "b"},
-		"pin wins":                {[]bootv1.ImageReplica{ready("a"), ready("b")}, "b", map[string]int{"b": 9}, all, "b"},
-		"pin without replica":     {[]bootv1.ImageReplica{ready("a")}, "b", nil, all, ""},
-		"no replica":              {nil, "", nil, all, ""},
-		"node gone":               {[]bootv1.ImageReplica{ready("a"), ready("b")}, "", map[string]int{"b": 5}, func(n string) bool { return n != "a" }, "b"},
-		"failed replica skipped":  {[]bootv1.ImageReplica{{Node: "a", State: bootv1.ReplicaFailed}}, "", nil, all, ""},
+		"fewest sessions":        {[]bootv1.ImageReplica{ready("a"), ready("b")}, "", map[string]int{"a": 3, "b": 1}, all, "b"},
+		"tie by name":            {[]bootv1.ImageReplica{ready("b"), ready("a")}, "", nil, all, "a"},
+		"only Ready replicas":    {[]bootv1.ImageReplica{{Node: "a", State: bootv1.ReplicaDownloading}, ready("b")}, "", map[string]int{"b": 9}, all, "b"},
+		"pin wins":               {[]bootv1.ImageReplica{ready("a"), ready("b")}, "b", map[string]int{"b": 9}, all, "b"},
+		"pin without replica":    {[]bootv1.ImageReplica{ready("a")}, "b", nil, all, ""},
+		"no replica":             {nil, "", nil, all, ""},
+		"node gone":              {[]bootv1.ImageReplica{ready("a"), ready("b")}, "", map[string]int{"b": 5}, func(n string) bool { return n != "a" }, "b"},
+		"failed replica skipped": {[]bootv1.ImageReplica{{Node: "a", State: bootv1.ReplicaFailed}}, "", nil, all, ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			NewWithT(t).Expect(scheduleNode(tc.replicas, tc.pin, tc.load, tc.exists)).To(Equal(tc.want))

@@ -8,17 +8,16 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/client-go/util/retry"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/standin"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
 
@@ -44,7 +43,7 @@ var _ = BeforeSuite(func() {
 	cancelMgr = cancel
 	// The same indexes and reconcilers as cmd/manager.
 	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260})).To(Succeed())
-	Expect((&standInStorage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&standin.Storage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())
@@ -63,46 +62,6 @@ var _ = AfterSuite(func() {
 		Expect(env.Stop()).To(Succeed())
 	}
 })
-
-// standInStorage plays the storage agent through the API: for each session
-// scheduled on a node it holds the storage finalizer and reports
-// StorageReady with its own field owner; on stop or delete it tears down
-// (instantly) and releases the finalizer. Nodes named "broken-*" fail.
-type standInStorage struct{ client.Client }
-
-func (s *standInStorage) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).Named("stand-in-storage").For(&bootv1.BootSession{}).Complete(s)
-}
-
-func (s *standInStorage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	bs := &bootv1.BootSession{}
-	if err := s.Get(ctx, req.NamespacedName, bs); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
-	if bs.Status.StorageNode == "" {
-		return ctrl.Result{}, nil
-	}
-	if bs.Spec.Stopped || bs.DeletionTimestamp != nil {
-		if controllerutil.RemoveFinalizer(bs, bootv1.StorageFinalizer) {
-			return ctrl.Result{}, client.IgnoreNotFound(s.Update(ctx, bs))
-		}
-		return ctrl.Result{}, nil
-	}
-	if controllerutil.AddFinalizer(bs, bootv1.StorageFinalizer) {
-		if err := s.Update(ctx, bs); err != nil {
-			return ctrl.Result{}, err
-		}
-	}
-	base := bs.DeepCopy()
-	cond := metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionTrue, Reason: bootv1.SucceededReason, Message: "target ready"}
-	if len(bs.Status.StorageNode) > 7 && bs.Status.StorageNode[:7] == "broken-" {
-		cond = metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionFalse, Reason: bootv1.StorageFailedReason, Message: "disk full"}
-	}
-	if meta.SetStatusCondition(&bs.Status.Conditions, cond) {
-		return ctrl.Result{}, client.IgnoreNotFound(s.Status().Patch(ctx, bs, client.MergeFrom(base), client.FieldOwner("stand-in-storage")))
-	}
-	return ctrl.Result{}, nil
-}
 
 func newNamespace(ctx context.Context) string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-ctrl-"}}

@@ -68,8 +68,8 @@ func ipxeRoot() string {
 func startAgent(cfg *rest.Config, namespace string, mutate ...func(*Config)) *Agent {
 	c := Config{Namespace: namespace, Boot: BootConfig{
 		DHCPListen: "127.0.0.1:0", TFTPListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		DHCP: dhcp.Config{Mode: dhcp.ModeReservation, ServerIP: net.IPv4(127, 0, 0, 1)},
-		HTTP: httpboot.Config{BaseURL: "http://127.0.0.1:8880", IPXERoot: ipxeRoot(), LongPoll: 20 * time.Second},
+		DHCP:      dhcp.Config{Mode: dhcp.ModeReservation, ServerIP: net.IPv4(127, 0, 0, 1)},
+		HTTP:      httpboot.Config{BaseURL: "http://127.0.0.1:8880", IPXERoot: ipxeRoot(), LongPoll: 20 * time.Second},
 		Discovery: true, DiscoveryNamespace: namespace,
 	}}
 	for _, m := range mutate {

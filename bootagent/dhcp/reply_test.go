@@ -159,16 +159,16 @@ func TestReservationRefusals(t *testing.T) {
 		result Result
 		check  func(g Gomega, resp *dhcpv4.DHCPv4)
 	}{
-		"unknown MAC is ignored":      {req: discover(macUnknown, biosPXE()...), result: ResultUnknownMAC},
-		"machine without an address":  {req: discover(macNoAddr, biosPXE()...), result: ResultNoAddress},
+		"unknown MAC is ignored":     {req: discover(macUnknown, biosPXE()...), result: ResultUnknownMAC},
+		"machine without an address": {req: discover(macNoAddr, biosPXE()...), result: ResultNoAddress},
 		"request for another address": {req: request(macKnown, net.IPv4(10, 20, 0, 99), cfg.ServerIP), result: ResultNak, check: func(g Gomega, r *dhcpv4.DHCPv4) {
 			g.Expect(r.MessageType()).To(Equal(dhcpv4.MessageTypeNak))
 			g.Expect(r.Message()).To(ContainSubstring("not reserved"))
 			g.Expect(r.YourIPAddr.IsUnspecified()).To(BeTrue())
 		}},
 		"request to another server": {req: request(macKnown, net.IPv4(10, 20, 0, 131), other), result: ResultOtherServer},
-		"release is not answered": {req: discover(macKnown, dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease)), result: ResultIgnoredType},
-		"a reply is not a request": {req: discover(macKnown, dhcpv4.WithReply(discover(macKnown))), result: ResultNotBootReply},
+		"release is not answered":   {req: discover(macKnown, dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease)), result: ResultIgnoredType},
+		"a reply is not a request":  {req: discover(macKnown, dhcpv4.WithReply(discover(macKnown))), result: ResultNotBootReply},
 		"non-PXE client gets an address and no boot file": {req: discover(macKnown), result: ResultOffer, check: func(g Gomega, r *dhcpv4.DHCPv4) {
 			g.Expect(r.YourIPAddr.String()).To(Equal("10.20.0.131"))
 			g.Expect(r.BootFileName).To(BeEmpty())

@@ -176,7 +176,7 @@ func TestServerProxy(t *testing.T) {
 type observerFunc func(net.HardwareAddr)
 
 func (f observerFunc) Answered(net.HardwareAddr, dhcpv4.MessageType) {}
-func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)     { f(mac) }
+func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)        { f(mac) }
 
 func FuzzReply(f *testing.F) {
 	f.Add(discover(macKnown, biosPXE()...).ToBytes(), false)

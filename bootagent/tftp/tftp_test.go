@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pin/tftp/v3"
 	. "github.com/onsi/gomega"
+	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )

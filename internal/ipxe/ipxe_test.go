@@ -12,7 +12,7 @@ func session() Session {
 		Name: "cafe/seat-031-evening", Image: "win11-games",
 		Portal: "10.20.0.5", TargetIQN: "iqn.2026-11.io.ggnet:cafe:seat-031-evening", LUN: 1,
 		InitiatorIQN: "iqn.2026-11.io.ggnet:initiator:cafe:seat-031",
-		Username: "seat-031-evening", Password: "Xk2p9QvL0aB7cD4e",
+		Username:     "seat-031-evening", Password: "Xk2p9QvL0aB7cD4e",
 	}
 }
 

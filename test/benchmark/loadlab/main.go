@@ -15,8 +15,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -74,7 +72,7 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 		return err
 	}
 	start := time.Now()
-	if err := parallel(n, 32, func(k int) error {
+	if err := testbin.Parallel(n, 32, func(k int) error {
 		name := fmt.Sprintf("seat-%05d", k)
 		m := &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: bootv1.MachineSpec{
 			MAC: mac(k), Hostname: name,
@@ -136,55 +134,12 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 	}
 	fmt.Printf("agent ready (caches synced) after %s\n", time.Since(start).Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
-	fmt.Printf("agent RSS with %d Machines and %d sessions: %s\n", n, n, rss(agent.Process.Pid))
+	fmt.Printf("agent RSS with %d Machines and %d sessions: %s\n", n, n, testbin.RSS(agent.Process.Pid))
 	fmt.Println("READY")
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 	<-sig
-	fmt.Printf("agent RSS at the end: %s\n", rss(agent.Process.Pid))
+	fmt.Printf("agent RSS at the end: %s\n", testbin.RSS(agent.Process.Pid))
 	return nil
-}
-
-func parallel(n, workers int, f func(int) error) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		ferr error
-		next = make(chan int)
-	)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range next {
-				if err := f(k); err != nil {
-					mu.Lock()
-					if ferr == nil {
-						ferr = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for k := range n {
-		next <- k
-	}
-	close(next)
-	wg.Wait()
-	return ferr
-}
-
-func rss(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return "?"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			return strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:"))
-		}
-	}
-	return "?"
 }
