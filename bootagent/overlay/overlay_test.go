@@ -43,7 +43,7 @@ func TestReflinkOverlays(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(created).To(BeFalse())
 	got, _ = os.ReadFile(path)
-	g.Expect(string(got[4096:4096+13])).To(Equal("SESSION WRITE"))
+	g.Expect(string(got[4096 : 4096+13])).To(Equal("SESSION WRITE"))
 
 	list, err := s.List()
 	g.Expect(err).NotTo(HaveOccurred())
