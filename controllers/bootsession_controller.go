@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"hash/fnv"
 	"math/big"
 	"net"
 	"strconv"
@@ -256,9 +257,9 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 			return false, perr
 		}
 		sec = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{"boot.ggnet.io/session": s.Name}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{SecretLabel: s.Name}},
 			Type:       corev1.SecretTypeOpaque,
-			StringData: map[string]string{"username": chapUser(s.Name), "password": pw},
+			StringData: map[string]string{"username": chapUser(s.Namespace, s.Name), "password": pw},
 		}
 		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
 			return false, err
@@ -266,7 +267,7 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 		if err := r.Create(ctx, sec); err != nil {
 			return false, err
 		}
-		sec.Data = map[string][]byte{"username": []byte(chapUser(s.Name)), "password": []byte(pw)}
+		sec.Data = map[string][]byte{"username": []byte(chapUser(s.Namespace, s.Name)), "password": []byte(pw)}
 	} else if err != nil {
 		return false, err
 	}
@@ -394,12 +395,17 @@ func nodePortal(n *corev1.Node, port int) (string, error) {
 	return net.JoinHostPort(fallback, strconv.Itoa(port)), nil
 }
 
-// chapUser is the CHAP user name: the session name, at most 63 characters.
-func chapUser(name string) string {
-	if len(name) > 63 {
-		return name[:63]
+// chapUser is the CHAP user name, unique on a storage node (tgt's accounts
+// are node-wide): namespace-name, cut to 63 characters with a hash of the
+// whole when longer.
+func chapUser(namespace, name string) string {
+	u := namespace + "-" + name
+	if len(u) <= 63 {
+		return u
 	}
-	return name
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(u))
+	return fmt.Sprintf("%s-%08x", u[:54], h.Sum32())
 }
 
 const secretAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"

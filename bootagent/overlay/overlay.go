@@ -63,6 +63,9 @@ func probe(dir string) error {
 	return nil
 }
 
+// Dir is the directory of all overlays.
+func (s *Store) Dir() string { return s.dir }
+
 // Path is where the overlay named name of a namespace lives.
 func (s *Store) Path(namespace, name string) string {
 	return filepath.Join(s.dir, namespace, name+".raw")

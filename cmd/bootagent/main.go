@@ -26,9 +26,10 @@ func main() {
 		bootRole, storage    bool
 		ifaces, mode, server string
 		fallback             string
+		st                   storageFlags
 	)
 	b := &cfg.Boot
-	flag.BoolVar(&bootRole, "boot", true, "Run the boot role: DHCP, TFTP and HTTP iPXE services.")
+	flag.BoolVar(&bootRole, "boot", false, "Run the boot role: DHCP, TFTP and HTTP iPXE services.")
 	flag.BoolVar(&storage, "storage", false, "Run the storage role: image replicas, overlays and iSCSI targets.")
 	flag.StringVar(&cfg.Namespace, "namespace", "", "Watch only this namespace (default: all).")
 	flag.StringVar(&ifaces, "dhcp-interfaces", "", "Comma-separated boot network interfaces to answer DHCP on (default: any, unbound).")
@@ -48,6 +49,7 @@ func main() {
 	flag.DurationVar(&b.HTTP.LongPoll, "long-poll", 60*time.Second, "How long an AutoSession script request waits for its session.")
 	flag.BoolVar(&b.Discovery, "discovery", false, "Record unknown PXE clients as Machines awaiting approval.")
 	flag.StringVar(&b.DiscoveryNamespace, "discovery-namespace", "", "Namespace of discovered Machines.")
+	st.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -58,11 +60,24 @@ func main() {
 		log.Error(err, msg)
 		os.Exit(1)
 	}
+	if !bootRole && !storage {
+		fail(errors.New("no role: pass --boot, --storage or both"), "Unable to start")
+	}
+	ctx := ctrl.SetupSignalHandler()
+	restCfg := ctrl.GetConfigOrDie()
+	roles := make(chan error, 2)
 	if storage {
-		fail(errors.New("the storage role is not part of this build yet"), "Unable to start")
+		role, err := st.role(ctx, restCfg, cfg.Namespace, log.WithName("storage"))
+		if err != nil {
+			fail(err, "Unable to configure the storage role")
+		}
+		go func() { roles <- role.Run(ctx) }()
 	}
 	if !bootRole {
-		fail(errors.New("no role: pass --boot"), "Unable to start")
+		if err := <-roles; err != nil {
+			fail(err, "Storage role stopped")
+		}
+		return
 	}
 	if ifaces != "" {
 		b.Interfaces = strings.Split(ifaces, ",")
@@ -78,12 +93,13 @@ func main() {
 		b.HTTP.BaseURL = "http://" + net.JoinHostPort(server, port)
 	}
 
-	a, err := agent.New(ctrl.GetConfigOrDie(), cfg, log)
+	a, err := agent.New(restCfg, cfg, log)
 	if err != nil {
 		fail(err, "Unable to configure the boot agent")
 	}
 	log.Info("Starting boot agent")
-	if err := a.Run(ctrl.SetupSignalHandler()); err != nil {
+	go func() { roles <- a.Run(ctx) }()
+	if err := <-roles; err != nil {
 		fail(err, "Boot agent stopped")
 	}
 }

@@ -6,12 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 )
 
 // XFS mounts a fresh XFS (reflink=1) of size bytes on a loop device and
 // returns its mount point; it is unmounted when the test ends.
-func XFS(t testing.TB, size int64) string {
+func XFS(t T, size int64) string {
 	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "xfs.img")
@@ -34,7 +33,7 @@ func XFS(t testing.TB, size int64) string {
 }
 
 // Tmpfs mounts a tmpfs (no reflink support) and returns its mount point.
-func Tmpfs(t testing.TB) string {
+func Tmpfs(t T) string {
 	t.Helper()
 	mnt := t.TempDir()
 	run(t, "mount", "-t", "tmpfs", "-o", "size=64m", "ggnet-test", mnt)
@@ -42,9 +41,18 @@ func Tmpfs(t testing.TB) string {
 	return mnt
 }
 
-func run(t testing.TB, name string, args ...string) {
+func run(t T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %v (the storage tests run as root with xfsprogs installed): %v\n%s", name, args, err, out)
 	}
+}
+
+// T is what the helpers need of a test: *testing.T or GinkgoT().
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
 }

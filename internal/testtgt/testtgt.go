@@ -9,7 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"syscall"
-	"testing"
+
 	"time"
 )
 
@@ -22,7 +22,7 @@ type TGTD struct {
 }
 
 // Start runs tgtd until the test ends (or Kill).
-func Start(t testing.TB) *TGTD {
+func Start(t T) *TGTD {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,7 +36,7 @@ func Start(t testing.TB) *TGTD {
 	return d
 }
 
-func (d *TGTD) start(t testing.TB) {
+func (d *TGTD) start(t T) {
 	t.Helper()
 	d.cmd = exec.Command("tgtd", "-f", "-C", strconv.Itoa(d.ControlPort), "--iscsi", "portal="+d.Portal)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -67,8 +67,17 @@ func (d *TGTD) Kill() {
 
 // Restart kills tgtd and starts a new one on the same ports: it comes back
 // with no targets.
-func (d *TGTD) Restart(t testing.TB) {
+func (d *TGTD) Restart(t T) {
 	t.Helper()
 	d.Kill()
 	d.start(t)
+}
+
+// T is what the helpers need of a test: *testing.T or GinkgoT().
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
 }

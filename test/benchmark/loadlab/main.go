@@ -117,7 +117,7 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		return err
 	}
-	args := append([]string{"-c", cpu, agentBin, "--kubeconfig", kubeconfig, "--namespace", ns}, agentArgs...)
+	args := append([]string{"-c", cpu, agentBin, "--boot", "--kubeconfig", kubeconfig, "--namespace", ns}, agentArgs...)
 	agent := exec.Command("taskset", args...)
 	logf, err := os.Create(filepath.Join(os.TempDir(), "loadlab-agent.log"))
 	if err != nil {

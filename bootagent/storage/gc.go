@@ -1,0 +1,97 @@
+package storage
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+)
+
+// collectGarbage runs after the caches synced and then every Resync: it
+// removes the GGnet targets and Discard overlays on this node that no live
+// session wants — what a crash in the middle of a teardown, or sessions
+// deleted while the agent was down, leave behind. Persist overlays are never
+// collected, and nothing a live session uses is ever removed.
+func (r *Role) collectGarbage(ctx context.Context) error {
+	if !r.mgr.GetCache().WaitForCacheSync(ctx) {
+		return nil
+	}
+	t := time.NewTicker(r.cfg.Resync)
+	defer t.Stop()
+	for {
+		if err := r.collectOnce(ctx); err != nil {
+			r.log.Error(err, "Collecting garbage")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Role) collectOnce(ctx context.Context) error {
+	r.gcMu.Lock()
+	defer r.gcMu.Unlock()
+	var list bootv1.BootSessionList
+	if err := r.mgr.GetClient().List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return err
+	}
+	wantTargets := map[string]bool{}
+	wantOverlays := map[string]bool{}
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Status.StorageNode != r.cfg.NodeName {
+			continue
+		}
+		live := !s.Spec.Stopped && s.DeletionTimestamp == nil && s.Status.Phase != bootv1.SessionFailed
+		// A session still tearing down keeps its files until its own
+		// reconcile has done it.
+		if live || hasFinalizer(s) {
+			if s.Status.Target != nil {
+				wantTargets[s.Status.Target.IQN] = true
+			}
+			rel, _ := filepath.Rel(r.overlays.Dir(), r.OverlayPath(s))
+			wantOverlays[rel] = true
+		}
+	}
+	targets, err := r.cfg.Driver.List(ctx, r.cfg.IQNPrefix)
+	if err != nil {
+		return err
+	}
+	for _, t := range targets {
+		if !wantTargets[t.IQN] {
+			r.log.Info("Removing a target no session wants", "iqn", t.IQN)
+			if err := r.cfg.Driver.Remove(ctx, t.IQN); err != nil {
+				return err
+			}
+		}
+	}
+	files, err := r.overlays.List()
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if strings.HasPrefix(filepath.Base(f), "persist-") || wantOverlays[f] {
+			continue
+		}
+		r.log.Info("Removing an overlay no session wants", "overlay", f)
+		if err := r.overlays.Remove(filepath.Join(r.overlays.Dir(), f)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hasFinalizer(s *bootv1.BootSession) bool {
+	for _, f := range s.Finalizers {
+		if f == bootv1.StorageFinalizer {
+			return true
+		}
+	}
+	return false
+}

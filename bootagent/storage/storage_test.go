@@ -1,0 +1,241 @@
+package storage
+
+import (
+	"context"
+	"os"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/fixture"
+	"github.com/ggnet/ggnet/internal/ipxe"
+)
+
+const eventually = 30 * time.Second
+
+type lab struct {
+	ctx context.Context
+	ns  string
+}
+
+func newLab() *lab {
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-storage-"}}
+	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+	return &lab{ctx: ctx, ns: ns.Name}
+}
+
+// image creates an Image from a file on the node and waits for this node's
+// replica.
+func (l *lab) image(name string, size int64) *bootv1.Image {
+	img := fixture.Image(l.ns, name, func(i *bootv1.Image) { i.Spec.Source.Path.Path = goldenImage(size) })
+	Expect(k8sClient.Create(l.ctx, img)).To(Succeed())
+	Eventually(func() int32 {
+		_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(img), img)
+		return img.Status.ReadyReplicas
+	}, eventually).Should(Equal(int32(1)))
+	return img
+}
+
+func (l *lab) session(name, machine, image string, wb bootv1.WritebackPolicy) *bootv1.BootSession {
+	s := fixture.Session(l.ns, name, machine, image, fixture.WithWriteback(wb))
+	Expect(k8sClient.Create(l.ctx, s)).To(Succeed())
+	Eventually(func() string {
+		_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
+		return string(s.Status.Phase)
+	}, eventually).Should(Equal("Ready"))
+	return s
+}
+
+func (l *lab) stop(s *bootv1.BootSession) {
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s); err != nil {
+			return err
+		}
+		s.Spec.Stopped = true
+		return k8sClient.Update(l.ctx, s)
+	})).To(Succeed())
+	Eventually(func() string {
+		_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
+		return string(s.Status.Phase)
+	}, eventually).Should(Equal("Stopped"))
+}
+
+func credentials(s *bootv1.BootSession) ipxe.Info {
+	info, err := ipxe.Parse(s.Status.Script)
+	Expect(err).NotTo(HaveOccurred())
+	return info
+}
+
+func targets() []target.Target {
+	list, err := (&target.TGT{ControlPort: tgtd.ControlPort}).List(context.Background(), "iqn.2026-11.io.ggnet:")
+	Expect(err).NotTo(HaveOccurred())
+	return list
+}
+
+func targetIQNs() []string {
+	var out []string
+	for _, t := range targets() {
+		out = append(out, t.IQN)
+	}
+	return out
+}
+
+var _ = Describe("Storage role", Ordered, func() {
+	It("places a replica, makes an overlay and a target that only the session's initiator with its CHAP secret can use", func() {
+		runRole()
+		l := newLab()
+		img := l.image("win11", 256<<20)
+		rep := img.Status.Replicas[0]
+		Expect(rep.Node).To(Equal(nodeName))
+		Expect(rep.SizeBytes).To(Equal(int64(256 << 20)))
+		Expect(rep.SHA256).To(HaveLen(64))
+
+		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		s := l.session("seat-1-a", "seat-1", "win11", bootv1.WritebackDiscard)
+		c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
+		Expect(c.Status).To(Equal(metav1.ConditionTrue))
+		Expect(s.Status.OverlayPath).To(HavePrefix(dataDir + "/overlays/" + l.ns + "/seat-1-a-"))
+		Expect(s.Finalizers).To(ContainElement(bootv1.StorageFinalizer))
+
+		info := credentials(s)
+		out, err := iscsiTool("iscsi-ls", info.InitiatorIQN, info.Username, info.Password, "")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("Target:" + info.TargetIQN))
+		out, err = iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("Total size:268435456"), "the LUN has the image's size")
+		out, err = iscsiTool("iscsi-inq", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
+		Expect(err).NotTo(HaveOccurred(), out)
+		_, err = iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, "WrongSecret123", info.TargetIQN+"/1")
+		Expect(err).To(HaveOccurred(), "a wrong CHAP secret is refused")
+		_, err = iscsiTool("iscsi-readcapacity16", "iqn.2026-11.io.ggnet:initiator:"+l.ns+":intruder", info.Username, info.Password, info.TargetIQN+"/1")
+		Expect(err).To(HaveOccurred(), "another initiator is refused")
+
+		By("backing the LUN with the overlay, never the image")
+		Expect(targets()).To(ContainElement(HaveField("Path", s.Status.OverlayPath)))
+		f, err := os.OpenFile(s.Status.OverlayPath, os.O_WRONLY, 0)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = f.WriteAt([]byte("SESSION WRITE"), 0)
+		Expect(err).NotTo(HaveOccurred())
+		f.Close()
+		golden, _ := os.ReadFile(rep.Path)
+		Expect(string(golden[:18])).To(Equal("GGNET GOLDEN IMAGE"))
+
+		By("stopping: the target and the Discard overlay go, the finalizer is released")
+		overlay := s.Status.OverlayPath
+		l.stop(s)
+		Expect(targetIQNs()).NotTo(ContainElement(info.TargetIQN))
+		_, err = os.Stat(overlay)
+		Expect(os.IsNotExist(err)).To(BeTrue())
+		Expect(s.Finalizers).NotTo(ContainElement(bootv1.StorageFinalizer))
+	})
+
+	It("keeps a Persist overlay for the machine's next session", func() {
+		runRole()
+		l := newLab()
+		l.image("win11", 64<<20)
+		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		a := l.session("a", "seat-1", "win11", bootv1.WritebackPersist)
+		f, _ := os.OpenFile(a.Status.OverlayPath, os.O_WRONLY, 0)
+		_, _ = f.WriteAt([]byte("SAVED GAME"), 4096)
+		f.Close()
+		l.stop(a)
+		b := l.session("b", "seat-1", "win11", bootv1.WritebackPersist)
+		Expect(b.Status.OverlayPath).To(Equal(a.Status.OverlayPath))
+		got, _ := os.ReadFile(b.Status.OverlayPath)
+		Expect(string(got[4096:4106])).To(Equal("SAVED GAME"))
+		l.stop(b)
+		_, err := os.Stat(b.Status.OverlayPath)
+		Expect(err).NotTo(HaveOccurred(), "Persist overlays survive the stop")
+	})
+
+	It("survives its own restart and a tgtd restart, and collects what no session wants", func() {
+		stop := runRole()
+		l := newLab()
+		l.image("win11", 64<<20)
+		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-2", fixture.WithMAC("52:54:00:00:00:02"), fixture.WithAddress("10.20.0.32")))).To(Succeed())
+		live := l.session("live", "seat-1", "win11", bootv1.WritebackDiscard)
+		gone := l.session("gone", "seat-2", "win11", bootv1.WritebackDiscard)
+		liveOverlay, goneOverlay := live.Status.OverlayPath, gone.Status.OverlayPath
+		f, _ := os.OpenFile(liveOverlay, os.O_WRONLY, 0)
+		_, _ = f.WriteAt([]byte("LIVE DATA"), 0)
+		f.Close()
+
+		By("killing the agent; meanwhile one session is stopped and a stray target appears")
+		stop()
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8sClient.Get(l.ctx, client.ObjectKeyFromObject(gone), gone); err != nil {
+				return err
+			}
+			gone.Spec.Stopped = true
+			return k8sClient.Update(l.ctx, gone)
+		})).To(Succeed())
+		stray := target.Target{IQN: "iqn.2026-11.io.ggnet:" + l.ns + ":stray", LUN: 1, Path: liveOverlay,
+			InitiatorIQN: "iqn.2026-11.io.ggnet:initiator:x", CHAPUser: l.ns + "-stray", CHAPPassword: "0123456789abcd"}
+		foreign := stray
+		foreign.IQN, foreign.CHAPUser = "iqn.2003-01.org.example:not-ours", l.ns+"-foreign"
+		d := &target.TGT{ControlPort: tgtd.ControlPort}
+		Expect(d.Ensure(l.ctx, stray)).To(Succeed())
+		Expect(d.Ensure(l.ctx, foreign)).To(Succeed())
+
+		By("restarting the agent")
+		runRole()
+		Eventually(targetIQNs, eventually).ShouldNot(ContainElement(stray.IQN))
+		Eventually(targetIQNs, eventually).ShouldNot(ContainElement(gone.Status.Target.IQN))
+		Eventually(func() bool { _, err := os.Stat(goneOverlay); return os.IsNotExist(err) }, eventually).Should(BeTrue())
+		Expect(targetIQNs()).To(ContainElement(live.Status.Target.IQN))
+		foreignLeft, err := d.List(l.ctx, "iqn.2003-01.org.example:")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(foreignLeft).To(HaveLen(1), "targets that are not GGnet's are never touched")
+		got, _ := os.ReadFile(liveOverlay)
+		Expect(string(got[:9])).To(Equal("LIVE DATA"), "the live session's overlay was kept")
+		Expect(d.Remove(l.ctx, foreign.IQN)).To(Succeed())
+
+		By("restarting tgtd: every target comes back")
+		tgtd.Restart(GinkgoT())
+		Eventually(targetIQNs, eventually).Should(ContainElement(live.Status.Target.IQN))
+		info := credentials(live)
+		Eventually(func() error {
+			_, err := iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
+			return err
+		}, eventually).Should(Succeed())
+		got, _ = os.ReadFile(liveOverlay)
+		Expect(string(got[:9])).To(Equal("LIVE DATA"))
+	})
+
+	It("records the initiator's iSCSI login and logout", func() {
+		runRole()
+		l := newLab()
+		l.image("win11", 64<<20)
+		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		s := l.session("s", "seat-1", "win11", bootv1.WritebackDiscard)
+		info := credentials(s)
+		// iscsi-perf stays logged in while it reads.
+		cmd := iscsiPerf(info)
+		Expect(cmd.Start()).To(Succeed())
+		Eventually(func() *metav1.Time {
+			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
+			return s.Status.Timeline.ISCSILogin
+		}, eventually).ShouldNot(BeNil())
+		Eventually(func() string {
+			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
+			return string(s.Status.Phase)
+		}, eventually).Should(Equal("Active"))
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		Eventually(func() *metav1.Time {
+			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
+			return s.Status.Timeline.ISCSILogout
+		}, eventually).ShouldNot(BeNil())
+	})
+})

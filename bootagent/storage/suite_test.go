@@ -1,0 +1,147 @@
+package storage
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/ipxe"
+	"github.com/ggnet/ggnet/controllers"
+	"github.com/ggnet/ggnet/internal/testenv"
+	"github.com/ggnet/ggnet/internal/testfs"
+	"github.com/ggnet/ggnet/internal/testtgt"
+)
+
+func TestStorage(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Storage role suite (real kube-apiserver, tgtd, XFS with reflink)")
+}
+
+var (
+	env       *envtest.Environment
+	restCfg   *rest.Config
+	k8sClient client.Client
+	tgtd      *testtgt.TGTD
+	dataDir   string
+	nodeName  = "storage-1"
+	log       logr.Logger
+)
+
+var _ = BeforeSuite(func() {
+	log = zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true))
+	ctrl.SetLogger(log)
+	var err error
+	env, restCfg, err = testenv.Start()
+	Expect(err).NotTo(HaveOccurred())
+	k8sClient, err = client.New(restCfg, client.Options{Scheme: testenv.Scheme()})
+	Expect(err).NotTo(HaveOccurred())
+
+	// tgtd and the data directory live for the whole suite.
+	t := GinkgoT()
+	tgtd = testtgt.Start(t)
+	dataDir = testfs.XFS(t, 2<<30)
+
+	// The storage node, reachable on loopback at tgtd's portal.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"ggnet.io/storage": "true"}}}
+	Expect(k8sClient.Create(context.Background(), node)).To(Succeed())
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}
+	Expect(k8sClient.Status().Update(context.Background(), node)).To(Succeed())
+
+	// The real controllers, pointed at tgtd's port.
+	_, port, _ := splitPort(tgtd.Portal)
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{Scheme: testenv.Scheme(), Cache: controllers.CacheOptions(),
+		Metrics: metricsserver.Options{BindAddress: "0"}})
+	Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	stopManager = cancel
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{MaxConcurrentReconciles: 2, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: port})).To(Succeed())
+	go func() {
+		defer GinkgoRecover()
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}()
+})
+
+var stopManager context.CancelFunc
+
+var _ = AfterSuite(func() {
+	if stopManager != nil {
+		stopManager()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
+
+func splitPort(portal string) (string, int, error) {
+	i := len(portal) - 1
+	for portal[i] != ':' {
+		i--
+	}
+	p, err := strconv.Atoi(portal[i+1:])
+	return portal[:i], p, err
+}
+
+// runRole starts the storage role and returns a func that stops it (as a
+// crash would: nothing is cleaned up on the way out).
+func runRole() (stop func()) {
+	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
+		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second}, log.WithName("storage"))
+	Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer GinkgoRecover()
+		defer close(done)
+		Expect(r.Run(ctx)).To(Succeed())
+	}()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			Eventually(done, 20*time.Second).Should(BeClosed())
+		}
+	}
+	DeferCleanup(stop)
+	return stop
+}
+
+// goldenImage writes a file to import as an image.
+func goldenImage(size int64) string {
+	p := filepath.Join(GinkgoT().TempDir(), "golden.raw")
+	f, err := os.Create(p)
+	Expect(err).NotTo(HaveOccurred())
+	_, err = f.WriteAt([]byte("GGNET GOLDEN IMAGE"), 0)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(f.Truncate(size)).To(Succeed())
+	Expect(f.Close()).To(Succeed())
+	return p
+}
+
+func iscsiTool(tool, initiator, user, password, path string) (string, error) {
+	out, err := exec.Command(tool, "-i", initiator, "iscsi://"+user+"%"+password+"@"+tgtd.Portal+"/"+path).CombinedOutput()
+	return string(out), err
+}
+
+// iscsiPerf starts a reader that stays logged in until killed.
+func iscsiPerf(info ipxe.Info) *exec.Cmd {
+	return exec.Command("iscsi-perf", "-i", info.InitiatorIQN, "-t", "600",
+		"iscsi://"+info.Username+"%"+info.Password+"@"+tgtd.Portal+"/"+info.TargetIQN+"/1")
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+
+	"github.com/ggnet/ggnet/bootagent/storage"
+	"github.com/ggnet/ggnet/bootagent/target"
+)
+
+// storageFlags are the storage role's flags.
+type storageFlags struct {
+	nodeName, dataDir, driver, lioRoot, portal, iqnPrefix string
+	reserveMiB                                            uint64
+	controlPort                                           int
+	startTGTD                                             bool
+}
+
+func (f *storageFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.nodeName, "node-name", "", "This node's name (from the downward API: spec.nodeName).")
+	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/ggnet", "Data directory for replicas and overlays; must be XFS with reflink or btrfs.")
+	fs.Uint64Var(&f.reserveMiB, "reserve-mib", 10240, "Free space in MiB kept for running sessions; new overlays are refused below it.")
+	fs.StringVar(&f.driver, "target-driver", "tgt", "iSCSI target driver: tgt (tgtd) or lio (kernel, configfs).")
+	fs.IntVar(&f.controlPort, "tgt-control-port", 0, "tgtd control port (tgtadm -C).")
+	fs.BoolVar(&f.startTGTD, "start-tgtd", false, "Run and supervise tgtd from the agent.")
+	fs.StringVar(&f.portal, "portal", "0.0.0.0:3260", "iSCSI portal ip:port (tgtd --iscsi portal=, LIO np).")
+	fs.StringVar(&f.lioRoot, "lio-configfs", "/sys/kernel/config", "configfs mount for the LIO driver.")
+	fs.StringVar(&f.iqnPrefix, "iqn-prefix", "iqn.2026-11.io.ggnet:", "Targets whose IQN starts with this belong to GGnet.")
+}
+
+func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace string, log logr.Logger) (*storage.Role, error) {
+	var d target.Driver
+	switch f.driver {
+	case "tgt":
+		d = &target.TGT{ControlPort: f.controlPort}
+		if f.startTGTD {
+			go target.SuperviseTGTD(ctx, f.controlPort, f.portal, log.WithName("tgtd"))
+		}
+	case "lio":
+		d = &target.LIO{Root: f.lioRoot, Portal: f.portal}
+	default:
+		return nil, fmt.Errorf("--target-driver %q: want tgt or lio", f.driver)
+	}
+	return storage.New(cfg, storage.Config{
+		NodeName: f.nodeName, DataDir: f.dataDir, Reserve: f.reserveMiB << 20,
+		IQNPrefix: f.iqnPrefix, Driver: d, Namespace: namespace,
+	}, log)
+}
