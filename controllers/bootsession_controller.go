@@ -429,7 +429,6 @@ func randomSecret(n int) (string, error) {
 func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&bootv1.BootSession{}).
-		Owns(&corev1.Secret{}).
 		Watches(&bootv1.Image{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionImage))).
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionMachine))).
 		// Nodes matter when they come or go, not at every heartbeat.

@@ -8,7 +8,6 @@ import (
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -83,16 +82,15 @@ func requeueOnConflict(res ctrl.Result, err error) (ctrl.Result, error) {
 // only those.
 const SecretLabel = "boot.ggnet.io/session"
 
-// CacheOptions is the manager's cache: managed fields stripped, and of all
-// the cluster's Secrets only the CHAP Secrets of sessions. With 10,000
-// sessions this is the difference between 390 and well under 200 MB.
+// CacheOptions is the manager's cache: managed fields stripped (with
+// 10,000 sessions: 390 MB of RSS without, 286 MB with).
 func CacheOptions() cache.Options {
-	sel, err := labels.Parse(SecretLabel)
-	if err != nil {
-		panic(err)
-	}
-	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject:         map[client.Object]cache.ByObject{&corev1.Secret{}: {Label: sel}},
-	}
+	return cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+}
+
+// ClientOptions makes the manager read Secrets straight from the API server:
+// it reads a session's CHAP Secret once, when it renders the script, and
+// caching every Secret of the cluster would cost more than those reads.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
 }

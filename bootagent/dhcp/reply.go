@@ -354,6 +354,10 @@ func setBootOptions(resp *dhcpv4.DHCPv4, client Client, bf BootFile, cfg *Config
 	case client.HTTP:
 		// UEFI HTTP boot ignores offers without HTTPClient in option 60.
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
+	case client.IPXE && !proxy:
+		// iPXE waits several seconds for a ProxyDHCP answer when the
+		// reply says PXEClient; from the server that hands out the address
+		// and the script URL there is nothing more to wait for.
 	case client.PXE:
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
 		if proxy {

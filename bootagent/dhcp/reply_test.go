@@ -101,7 +101,7 @@ func TestReservationBootFiles(t *testing.T) {
 		"UEFI x86-64 PXE (9)":   {mods: uefiPXE(iana.EFI_X86_64), file: "ipxe.efi", siaddr: true, class: "PXEClient"},
 		"UEFI PXE, snponly":     {mods: uefiPXE(iana.EFI_X86_64), cfg: func(c *Config) { c.UEFIFile = "snponly.efi" }, file: "snponly.efi", siaddr: true, class: "PXEClient"},
 		"UEFI HTTP boot":        {mods: uefiHTTP(), file: "http://10.20.0.2:8880/ipxe/ipxe.efi", class: "HTTPClient"},
-		"iPXE":                  {mods: ipxeClient(), file: "http://10.20.0.2:8880/boot/52:54:00:12:34:31.ipxe", class: "PXEClient"},
+		"iPXE":                  {mods: ipxeClient(), file: "http://10.20.0.2:8880/boot/52:54:00:12:34:31.ipxe", class: ""},
 		"BIOS forced on UEFI":   {mods: uefiPXE(iana.EFI_X86_64), override: FirmwareBIOS, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
 		"UEFI forced, no arch":  {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, override: FirmwareUEFI, file: "ipxe.efi", siaddr: true, class: "PXEClient"},
 		"PXE without option 93": {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},

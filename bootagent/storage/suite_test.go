@@ -22,8 +22,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ggnet/ggnet/bootagent/target"
-	"github.com/ggnet/ggnet/internal/ipxe"
 	"github.com/ggnet/ggnet/controllers"
+	"github.com/ggnet/ggnet/internal/ipxe"
 	"github.com/ggnet/ggnet/internal/testenv"
 	"github.com/ggnet/ggnet/internal/testfs"
 	"github.com/ggnet/ggnet/internal/testtgt"
@@ -66,7 +66,7 @@ var _ = BeforeSuite(func() {
 
 	// The real controllers, pointed at tgtd's port.
 	_, port, _ := splitPort(tgtd.Portal)
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{Scheme: testenv.Scheme(), Cache: controllers.CacheOptions(),
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{Scheme: testenv.Scheme(), Cache: controllers.CacheOptions(), Client: controllers.ClientOptions(),
 		Metrics: metricsserver.Options{BindAddress: "0"}})
 	Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())

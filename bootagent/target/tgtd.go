@@ -4,44 +4,46 @@ import (
 	"context"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 )
 
-// SuperviseTGTD runs tgtd in the foreground and starts it again whenever it
-// exits, until ctx ends. tgtd comes back empty; the storage role's resync
-// rebuilds every target from the desired state.
+// SuperviseTGTD keeps a tgtd running on controlPort until ctx ends. tgtd is
+// started in a session of its own and is not stopped with the agent: a
+// restart of the agent must not cut the machines off their disks. When tgtd
+// dies it is started again; it comes back empty and the storage role's
+// resync rebuilds every target from the desired state.
 func SuperviseTGTD(ctx context.Context, controlPort int, portal string, log logr.Logger) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		args := []string{"-f", "-C", strconv.Itoa(controlPort)}
-		if portal != "" {
-			args = append(args, "--iscsi", "portal="+portal)
-		}
-		start := time.Now()
-		cmd := exec.CommandContext(ctx, "tgtd", args...)
-		log.Info("Starting tgtd", "controlPort", controlPort, "portal", portal)
-		err := cmd.Run()
+	check := func() bool {
+		return exec.CommandContext(ctx, "tgtadm", "-C", strconv.Itoa(controlPort), "--lld", "iscsi",
+			"--mode", "target", "--op", "show").Run() == nil
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(start) > time.Minute {
-			backoff = 100 * time.Millisecond
+		if !check() {
+			args := []string{"-f", "-C", strconv.Itoa(controlPort)}
+			if portal != "" {
+				args = append(args, "--iscsi", "portal="+portal)
+			}
+			cmd := exec.Command("tgtd", args...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			log.Info("Starting tgtd", "controlPort", controlPort, "portal", portal)
+			if err := cmd.Start(); err != nil {
+				log.Error(err, "Starting tgtd")
+			} else {
+				go func() { _ = cmd.Wait() }()
+			}
 		}
-		log.Info("tgtd exited; starting it again", "error", errString(err), "after", backoff.String())
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

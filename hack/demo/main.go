@@ -1,0 +1,186 @@
+// Command demo is `make demo`: inside a network namespace of its own it
+// starts the lab (API server, manager, boot agent with both roles, tgtd, an
+// XFS reflink data directory), creates a demo Image, a Machine and a
+// BootSession, boots a QEMU VM from the network, streams what it prints,
+// shows the session's timeline, stops the session and shows the cleanup.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/test/e2e/lab"
+)
+
+const mac = "52:54:00:67:67:01"
+
+// t adapts the lab's helpers to a program: failures end it, cleanups run
+// at the end.
+type t struct {
+	cleanups []func()
+	keep     bool
+}
+
+func (*t) Helper()                     {}
+func (x *t) Fatal(a ...any)            { fmt.Fprintln(os.Stderr, a...); x.done(); os.Exit(1) }
+func (x *t) Fatalf(f string, a ...any) { x.Fatal(fmt.Sprintf(f, a...)) }
+func (x *t) Cleanup(f func())          { x.cleanups = append(x.cleanups, f) }
+func (x *t) TempDir() string {
+	d, _ := os.MkdirTemp("", "ggnet-demo-")
+	x.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+func (x *t) done() {
+	if x.keep {
+		return
+	}
+	slices.Reverse(x.cleanups)
+	for _, f := range x.cleanups {
+		f()
+	}
+	x.cleanups = nil
+}
+
+func main() {
+	keep := flag.Bool("keep", false, "Leave the lab running.")
+	bin := flag.String("bin", "bin", "Directory of the manager and bootagent binaries.")
+	flag.Parse()
+	if code, ran := lab.InNetns("ggnet-demo", *keep); ran {
+		os.Exit(code)
+	}
+	ctrl.SetLogger(logr.Discard())
+	tt := &t{keep: *keep}
+	defer tt.done()
+	if err := run(tt, *bin, *keep); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		tt.done()
+		os.Exit(1)
+	}
+}
+
+func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+
+func run(tt *t, bin string, keep bool) error {
+	ctx := context.Background()
+	abs, _ := filepath.Abs(bin)
+	step("Starting the lab: etcd, kube-apiserver, manager, boot agent (boot and storage roles), tgtd, XFS on a loop device")
+	l, err := lab.Start(ctx, tt, abs)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    lab directory %s, network %s/24 on bridge %s, VM tap %s\n", l.Dir, lab.ServerIP, lab.Bridge, lab.Tap)
+	kubectl := func(args ...string) {
+		cmd := exec.Command(filepath.Join(l.Env.BinaryAssetsDirectory, "kubectl"), append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		fmt.Print(indent(string(out)))
+	}
+	kubectl("get", "images", "-n", lab.Namespace, "-o", "wide")
+
+	step("Creating Machine seat-1 (MAC %s) and BootSession seat-1-demo", mac)
+	if _, err := l.Machine(ctx, "seat-1", mac, "10.99.0.101", bootv1.BootPolicyManual, bootv1.WritebackDiscard); err != nil {
+		return err
+	}
+	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-1-demo"}, Spec: bootv1.BootSessionSpec{
+		MachineRef: bootv1.LocalObjectReference{Name: "seat-1"}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: bootv1.WritebackDiscard}}
+	if err := l.Client.Create(ctx, s); err != nil {
+		return err
+	}
+	if err := waitPhase(ctx, l, s, bootv1.SessionReady, time.Minute); err != nil {
+		return err
+	}
+	kubectl("get", "ggnet", "-n", lab.Namespace)
+
+	step("Powering on a QEMU VM (TCG) that boots from the network")
+	vm, err := l.PowerOn(mac)
+	if err != nil {
+		return err
+	}
+	boot, err := vm.WaitBoot(3 * time.Minute)
+	fmt.Print(indent(lastLines(boot.Serial, 6)))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    booted from iSCSI in %s (power-on to marker); boot counter %d\n", boot.Elapsed.Round(100*time.Millisecond), boot.Count)
+
+	step("The session's timeline")
+	_ = waitPhase(ctx, l, s, bootv1.SessionActive, 30*time.Second)
+	printTimeline(s)
+
+	step("Stopping the session: the target and the overlay go")
+	vm.PowerOff()
+	_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+	overlay := s.Status.OverlayPath
+	s.Spec.Stopped = true
+	if err := l.Client.Update(ctx, s); err != nil {
+		return err
+	}
+	if err := waitPhase(ctx, l, s, bootv1.SessionStopped, time.Minute); err != nil {
+		return err
+	}
+	_, statErr := os.Stat(overlay)
+	fmt.Printf("    phase %s; overlay %s removed: %v\n", s.Status.Phase, overlay, os.IsNotExist(statErr))
+	kubectl("get", "machines", "-n", lab.Namespace)
+
+	if keep {
+		step("The lab keeps running")
+		fmt.Printf("    kubectl:   ip netns exec ggnet-demo %s/kubectl --kubeconfig %s get ggnet -A\n", l.Env.BinaryAssetsDirectory, l.Kubeconfig)
+		fmt.Printf("    tear down: make demo-down\n")
+		return nil
+	}
+	step("Tearing the lab down")
+	return nil
+}
+
+func waitPhase(ctx context.Context, l *lab.Lab, s *bootv1.BootSession, phase bootv1.BootSessionPhase, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err == nil && s.Status.Phase == phase {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("session %s is %s, not %s, after %s", s.Name, s.Status.Phase, phase, timeout)
+}
+
+func printTimeline(s *bootv1.BootSession) {
+	tl := s.Status.Timeline
+	created := s.CreationTimestamp
+	for _, e := range []struct {
+		name string
+		t    *metav1.Time
+	}{{"created", &created}, {"scheduled", tl.Scheduled}, {"storage ready", tl.StorageReady}, {"Ready", tl.Ready},
+		{"DHCP", tl.DHCP}, {"script served", tl.ScriptServed}, {"iSCSI login", tl.ISCSILogin}} {
+		if e.t == nil {
+			fmt.Printf("    %-14s -\n", e.name)
+			continue
+		}
+		fmt.Printf("    %-14s %s (+%s)\n", e.name, e.t.Format(time.TimeOnly), e.t.Sub(created.Time).Round(time.Second))
+	}
+	fmt.Printf("    phase %s on %s, target %s\n", s.Status.Phase, s.Status.StorageNode, s.Status.Target.IQN)
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("    " + l + "\n")
+	}
+	return b.String()
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

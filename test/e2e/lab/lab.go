@@ -1,0 +1,301 @@
+// Package lab is GGnet's local netboot lab, shared by `make demo` and the
+// end-to-end suite. Everything runs inside a network namespace of its own:
+// a bridge with the agent's address, a tap for the VM, etcd and
+// kube-apiserver (the envtest binaries), the manager and the boot agent with
+// both roles as processes, tgtd, and an XFS reflink data directory on a loop
+// device. Nothing reaches any other network.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/testbin"
+	"github.com/ggnet/ggnet/internal/testenv"
+	"github.com/ggnet/ggnet/internal/testfs"
+)
+
+// Addresses and names inside the lab.
+const (
+	ServerIP  = "10.99.0.1"
+	Bridge    = "ggbr0"
+	Tap       = "ggtap0"
+	NodeName  = "lab-storage"
+	Namespace = "lab"
+	HTTPBase  = "http://" + ServerIP + ":8880"
+	netnsEnv  = "GGNET_LAB_NETNS"
+)
+
+// InNetns re-runs this program inside a new network namespace unless it
+// already runs in one the lab made. It returns the child's exit code and
+// true when it re-ran; the caller exits with that code. With keep, the
+// namespace is left for the processes that stay.
+func InNetns(name string, keep bool) (int, bool) {
+	if os.Getenv(netnsEnv) != "" {
+		return 0, false
+	}
+	_ = exec.Command("ip", "netns", "del", name).Run()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "making network namespace %s (the lab runs as root): %v %s\n", name, err, out)
+		return 1, true
+	}
+	if !keep {
+		defer exec.Command("ip", "netns", "del", name).Run()
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", name, os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), netnsEnv+"="+name)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), true
+		}
+		fmt.Fprintln(os.Stderr, err)
+		return 1, true
+	}
+	return 0, true
+}
+
+// Lab is a running lab.
+type Lab struct {
+	Dir        string
+	Env        *envtest.Environment
+	Config     *rest.Config
+	Client     client.Client
+	Kubeconfig string
+	DataDir    string
+	t          testfs.T
+	procs      map[string]*exec.Cmd
+	bin        string
+	// tgtPort is the control port of the lab's tgtd, which the agent runs
+	// and — by design — leaves running when it stops.
+	tgtPort int
+}
+
+// Start brings the lab up: network, API server, storage node, manager,
+// agent, and the demo Image (Ready on the node). bin holds manager and
+// bootagent.
+func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
+	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
+	t.Cleanup(func() { _ = exec.Command("pkill", "-f", fmt.Sprintf("tgtd -f -C %d ", l.tgtPort)).Run() })
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", Bridge, "type", "bridge"},
+		{"addr", "add", ServerIP + "/24", "dev", Bridge},
+		{"link", "set", Bridge, "up"},
+		{"tuntap", "add", Tap, "mode", "tap"},
+		{"link", "set", Tap, "master", Bridge},
+		{"link", "set", Tap, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("ip %s: %v %s", strings.Join(args, " "), err, out)
+		}
+	}
+	l.DataDir = testfs.XFS(t, 4<<30)
+
+	env, cfg, err := testenv.Start(func(e *envtest.Environment) {
+		e.ControlPlaneStopTimeout = 2 * time.Second
+		e.ControlPlane.GetAPIServer().Configure().Set("advertise-address", ServerIP)
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.Env, l.Config = env, cfg
+	t.Cleanup(func() { _ = env.Stop() })
+	if l.Client, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()}); err != nil {
+		return nil, err
+	}
+	user, err := env.AddUser(envtest.User{Name: "lab-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return nil, err
+	}
+	l.Kubeconfig = filepath.Join(l.Dir, "kubeconfig")
+	if err := os.WriteFile(l.Kubeconfig, kc, 0o600); err != nil {
+		return nil, err
+	}
+
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{"ggnet.io/storage": "true"}}}
+	if err := l.Client.Create(ctx, node); err != nil {
+		return nil, err
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ServerIP}}
+	if err := l.Client.Status().Update(ctx, node); err != nil {
+		return nil, err
+	}
+	if err := l.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil {
+		return nil, err
+	}
+
+	if err := l.StartManager(); err != nil {
+		return nil, err
+	}
+	if err := l.StartAgent(); err != nil {
+		return nil, err
+	}
+
+	disk := filepath.Join(l.Dir, "demo.raw")
+	if err := WriteDemoDisk(disk, 64<<20); err != nil {
+		return nil, err
+	}
+	img := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "demo"},
+		Spec: bootv1.ImageSpec{Source: bootv1.ImageSource{Path: &bootv1.PathSource{Path: disk}}, Format: bootv1.ImageFormatRaw}}
+	if err := l.Client.Create(ctx, img); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for img.Status.ReadyReplicas == 0 {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the demo Image did not become Ready; see %s", l.Dir)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(img), img); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) start(name string, args ...string) error {
+	logf, err := os.Create(filepath.Join(l.Dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(l.bin, name), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	l.procs[name] = cmd
+	l.t.Cleanup(func() { l.Kill(name) })
+	return nil
+}
+
+// Kill stops a process of the lab (manager or bootagent) hard.
+func (l *Lab) Kill(name string) {
+	if cmd := l.procs[name]; cmd != nil && cmd.Process != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		delete(l.procs, name)
+	}
+}
+
+// StartManager runs the manager.
+func (l *Lab) StartManager() error {
+	if err := l.start("manager", "--kubeconfig", l.Kubeconfig, "--leader-elect=false",
+		"--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
+		return err
+	}
+	_, err := testbin.WaitHTTP("http://127.0.0.1:18081/readyz", 60*time.Second)
+	return err
+}
+
+// StartAgent runs the boot agent with both roles; it runs tgtd.
+func (l *Lab) StartAgent() error {
+	if err := l.start("bootagent", "--boot", "--storage", "--kubeconfig", l.Kubeconfig,
+		"--node-name", NodeName, "--data-dir", l.DataDir, "--reserve-mib", "16",
+		"--start-tgtd", "--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP+":3260",
+		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP+":8880",
+		"--tftp-listen", ServerIP+":69", "--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"); err != nil {
+		return err
+	}
+	_, err := testbin.WaitHTTP(HTTPBase+"/readyz", 60*time.Second)
+	return err
+}
+
+// Machine creates a Machine for the VM.
+func (l *Lab) Machine(ctx context.Context, name, mac, ip string, policy bootv1.BootPolicy, wb bootv1.WritebackPolicy) (*bootv1.Machine, error) {
+	m := &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: name}, Spec: bootv1.MachineSpec{
+		MAC: mac, Hostname: name, IPv4: &bootv1.IPv4Reservation{Address: ip, PrefixLength: 24},
+		ImageRef: &bootv1.LocalObjectReference{Name: "demo"}, BootPolicy: policy, Writeback: wb,
+	}}
+	return m, l.Client.Create(ctx, m)
+}
+
+// Boot is one VM boot.
+type Boot struct {
+	// Count is the boot counter the disk printed (0 when it did not boot).
+	Count int
+	// Elapsed is power-on to marker.
+	Elapsed time.Duration
+	Serial  string
+}
+
+// VM is a running QEMU.
+type VM struct {
+	cmd    *exec.Cmd
+	serial string
+	start  time.Time
+}
+
+// PowerOn starts a QEMU VM (TCG) that network-boots through the lab's tap.
+func (l *Lab) PowerOn(mac string) (*VM, error) {
+	serial := filepath.Join(l.Dir, fmt.Sprintf("serial-%d.txt", time.Now().UnixNano()))
+	cmd := exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-display", "none",
+		"-serial", "file:"+serial, "-monitor", "none", "-no-reboot",
+		"-netdev", "tap,id=n0,ifname="+Tap+",script=no,downscript=no",
+		// e1000 with its iPXE ROM from Debian's ipxe-qemu (virtio's ROM is not
+		// offered by SeaBIOS here).
+		"-device", "e1000,netdev=n0,mac="+mac,
+		"-boot", "n")
+	logf, err := os.Create(serial + ".qemu.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	vm := &VM{cmd: cmd, serial: serial, start: time.Now()}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	l.t.Cleanup(vm.PowerOff)
+	return vm, nil
+}
+
+// Serial returns what the VM printed so far.
+func (vm *VM) Serial() string {
+	b, _ := os.ReadFile(vm.serial)
+	return string(bytes.ReplaceAll(b, []byte("\r"), nil))
+}
+
+// WaitBoot waits for the disk's marker and returns the boot.
+func (vm *VM) WaitBoot(timeout time.Duration) (Boot, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		s := vm.Serial()
+		if i := strings.Index(s, Marker); i >= 0 {
+			rest := s[i+len(Marker):]
+			if j := strings.IndexByte(rest, '\n'); j >= 0 {
+				var n int
+				_, _ = fmt.Sscanf(rest[:j], "%d", &n)
+				return Boot{Count: n, Elapsed: time.Since(vm.start), Serial: s}, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return Boot{Serial: vm.Serial()}, fmt.Errorf("no %q from the VM after %s", Marker, timeout)
+}
+
+// PowerOff stops the VM.
+func (vm *VM) PowerOff() {
+	if vm.cmd.Process != nil {
+		_ = vm.cmd.Process.Kill()
+		_ = vm.cmd.Wait()
+	}
+}
