@@ -140,6 +140,11 @@ const (
 	// StorageReadyCondition is set by the storage agent: True once the overlay,
 	// target, ACL and CHAP exist.
 	StorageReadyCondition = "StorageReady"
+	// BootFailedCondition (negative polarity) is set True by the boot agent
+	// when the machine's iPXE reported that it could not sanboot the target
+	// (wrong credentials, unreachable portal); the message has iPXE's error.
+	BootFailedCondition = "BootFailed"
+	SANBootFailedReason = "SANBootFailed"
 
 	MachineNotFoundReason    = "MachineNotFound"
 	ImageNotFoundReason      = "ImageNotFound"

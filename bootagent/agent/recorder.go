@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -161,6 +162,26 @@ func (r *recorder) stamp(ctx context.Context, key, field string) error {
 	}
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"timeline": map[string]any{field: metav1.Now()}}})
 	return r.c.Status().Patch(ctx, &s, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner))
+}
+
+// BootFailed implements httpboot.Recorder: it applies the session's
+// BootFailed condition with the boot agent's field manager.
+func (r *recorder) BootFailed(sessionKey, errno string) {
+	r.enqueue("failed/"+sessionKey, func(ctx context.Context) error {
+		ns, name, _ := strings.Cut(sessionKey, "/")
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion(bootv1.GroupVersion.String())
+		u.SetKind("BootSession")
+		u.SetNamespace(ns)
+		u.SetName(name)
+		u.Object["status"] = map[string]any{"conditions": []any{map[string]any{
+			"type": bootv1.BootFailedCondition, "status": "True", "reason": bootv1.SANBootFailedReason,
+			"message":            "the machine's iPXE could not boot from the iSCSI target (iPXE error " + errno + "): check the CHAP Secret, the initiator and the portal",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+		}}}
+		r.log.Info("Recording a failed boot", "BootSession", sessionKey, "errno", errno)
+		return r.result("bootFailed", r.c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership))
+	})
 }
 
 // RequestSession implements httpboot.Recorder: it annotates the Machine so

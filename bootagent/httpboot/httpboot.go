@@ -36,6 +36,9 @@ type Recorder interface {
 	// RequestSession asks for a session for an AutoSession machine; it is
 	// idempotent and must not block.
 	RequestSession(m table.Machine)
+	// BootFailed records that the session's iPXE could not sanboot, with
+	// iPXE's error number.
+	BootFailed(sessionKey, errno string)
 }
 
 // Config of the handler.
@@ -129,11 +132,18 @@ const (
 	ResultLocalBoot  = "local-boot"
 	ResultBadRequest = "bad-request"
 	ResultTimeout    = "timeout"
+	ResultBootFailed = "boot-failed"
 )
 
 func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	result, status, body := h.script(r.Context(), r.PathValue("file"))
+	var result, body string
+	var status int
+	if failed, ok := r.URL.Query()["failed"]; ok {
+		result, status, body = h.failed(r.PathValue("file"), failed[0])
+	} else {
+		result, status, body = h.script(r.Context(), r.PathValue("file"))
+	}
 	h.requests.WithLabelValues(result).Inc()
 	h.latency.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	h.log.V(1).Info("Served iPXE script", "file", r.PathValue("file"), "peer", r.RemoteAddr, "result", result)
@@ -183,6 +193,33 @@ func (h *Handler) script(ctx context.Context, file string) (result string, statu
 			return ResultTimeout, http.StatusOK, h.fallback(mac, fmt.Sprintf("the session of %s is not ready yet", m.Name), ipxe.FailureRetry)
 		}
 	}
+}
+
+// failed records a sanboot failure the script reported and sends the machine
+// to its next boot device instead of into a loop.
+func (h *Handler) failed(file, errno string) (string, int, string) {
+	base, _ := strings.CutSuffix(file, ".ipxe")
+	mac, err := net.ParseMAC(strings.ReplaceAll(base, "-", ":"))
+	if err != nil || len(mac) != 6 || !isErrno(errno) {
+		return ResultBadRequest, http.StatusBadRequest, "want /boot/<mac>.ipxe?failed=0x<errno>\n"
+	}
+	if s, ok := h.sessions.Session(mac); ok {
+		h.recorder.BootFailed(s.Key, errno)
+	}
+	return ResultBootFailed, http.StatusOK, h.fallback(mac, "the boot failed (iPXE error "+errno+"); see the BootSession", ipxe.FailureExit)
+}
+
+func isErrno(s string) bool {
+	hex, ok := strings.CutPrefix(s, "0x")
+	if !ok || len(hex) == 0 || len(hex) > 8 {
+		return false
+	}
+	for _, c := range hex {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *Handler) fallback(mac net.HardwareAddr, reason string, on ipxe.Failure) string {

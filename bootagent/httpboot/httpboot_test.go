@@ -23,6 +23,7 @@ type recorder struct {
 	mu        sync.Mutex
 	served    []string
 	requested []string
+	failed    []string
 	onRequest func(table.Machine)
 }
 
@@ -40,6 +41,12 @@ func (r *recorder) RequestSession(m table.Machine) {
 	if f != nil {
 		f(m)
 	}
+}
+
+func (r *recorder) BootFailed(key, errno string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failed = append(r.failed, key+" "+errno)
 }
 
 func machine(name, mac string, policy table.Policy) table.Machine {
@@ -112,7 +119,12 @@ func TestScripts(t *testing.T) {
 		"not .ipxe":    {"/boot/52:54:00:00:00:01.txt", 400, nil},
 		"iPXE binary":  {"/ipxe/ipxe.efi", 200, func(g Gomega, b string) { g.Expect(b).To(Equal("EFI binary")) }},
 		"missing file": {"/ipxe/snponly.efi", 404, nil},
-		"traversal":    {"/ipxe/..%2fsecret", 404, nil},
+		"failure report": {"/boot/52:54:00:00:00:01.ipxe?failed=0x0216eb3c", 200, func(g Gomega, b string) {
+			g.Expect(b).To(ContainSubstring("the boot failed (iPXE error 0x0216eb3c)"))
+			g.Expect(b).To(HaveSuffix("exit 1\n"))
+		}},
+		"bad failure report": {"/boot/52:54:00:00:00:01.ipxe?failed=$(reboot)", 400, nil},
+		"traversal":          {"/ipxe/..%2fsecret", 404, nil},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
@@ -125,6 +137,7 @@ func TestScripts(t *testing.T) {
 	}
 	g := NewWithT(t)
 	g.Expect(rec.served).To(ConsistOf("cafe/s1", "cafe/s1"))
+	g.Expect(rec.failed).To(ConsistOf("cafe/s1 0x0216eb3c"))
 	g.Expect(rec.requested).To(BeEmpty())
 }
 

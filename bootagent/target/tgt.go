@@ -24,6 +24,10 @@ type TGT struct {
 	Tgtadm string
 
 	mu sync.Mutex
+	// applied remembers the CHAP password set on each target's account:
+	// tgtd cannot show it, and re-making the account at every resync would
+	// refuse logins that land in between.
+	applied map[string]string
 }
 
 func (d *TGT) run(ctx context.Context, args ...string) (string, error) {
@@ -127,7 +131,10 @@ func (d *TGT) Ensure(ctx context.Context, t Target) error {
 	}
 	if cur != nil {
 		if cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.acls, t.InitiatorIQN) && equal(cur.accounts, t.CHAPUser) {
-			// The account's password cannot be read back; set it again.
+			if d.applied[t.IQN] == t.CHAPPassword {
+				return nil
+			}
+			// Not set by this process (a restart), or a new password.
 			return d.account(ctx, t, strconv.Itoa(cur.tid))
 		}
 		if err := d.removeLocked(ctx, cur); err != nil {
@@ -161,8 +168,14 @@ func (d *TGT) account(ctx context.Context, t Target, tid string) error {
 	if _, err := d.run(ctx, "--mode", "account", "--op", "new", "--user", t.CHAPUser, "--password", t.CHAPPassword); err != nil {
 		return err
 	}
-	_, err := d.run(ctx, "--mode", "account", "--op", "bind", "--tid", tid, "--user", t.CHAPUser)
-	return err
+	if _, err := d.run(ctx, "--mode", "account", "--op", "bind", "--tid", tid, "--user", t.CHAPUser); err != nil {
+		return err
+	}
+	if d.applied == nil {
+		d.applied = map[string]string{}
+	}
+	d.applied[t.IQN] = t.CHAPPassword
+	return nil
 }
 
 func equal(list []string, one string) bool { return len(list) == 1 && list[0] == one }
@@ -192,6 +205,7 @@ func (d *TGT) removeLocked(ctx context.Context, t *tgtTarget) error {
 	if _, err := d.run(ctx, "--mode", "target", "--op", "delete", "--force", "--tid", tid); err != nil {
 		return err
 	}
+	delete(d.applied, t.iqn)
 	var errs []error
 	for _, a := range t.accounts {
 		if _, err := d.run(ctx, "--mode", "account", "--op", "delete", "--user", a); err != nil {

@@ -51,6 +51,10 @@ const (
 	FailureRetry Failure = "retry"
 )
 
+// ReportURL is how a session script reports a failed sanboot: the script's
+// own URL with the iPXE error number, which the agent records on the session.
+const ReportURL = "${filename}?failed=${errno}"
+
 // Info is what Parse reads back from a session script.
 type Info struct {
 	Server       string
@@ -123,6 +127,9 @@ func Render(s Session) (string, error) {
 	w("set initiator-iqn %s", s.InitiatorIQN)
 	w("set username %s", s.Username)
 	w("set password %s", s.Password)
+	// iPXE retries a failing SAN device ten times by default, for minutes;
+	// this script has its own retries with a message each.
+	w("set san-retries 1")
 	for i := 1; i <= s.Retries+1; i++ {
 		w(":attempt%d", i)
 		w("sanboot %s || goto failed%d", uri, i)
@@ -133,6 +140,9 @@ func Render(s Session) (string, error) {
 		}
 	}
 	w("echo GGnet: cannot boot %s from iSCSI target %s at %s (${errno})", s.Name, s.TargetIQN, s.Portal)
+	// Tell the agent that served this script (its URL is iPXE's filename);
+	// its answer says what to do next. Without an answer, go on below.
+	w("chain --replace --autofree %s ||", ReportURL)
 	switch s.OnFailure {
 	case FailureReboot:
 		w("echo GGnet: rebooting in 10 s")

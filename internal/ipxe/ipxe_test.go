@@ -24,6 +24,7 @@ func TestRenderParsesBack(t *testing.T) {
 	g.Expect(script).To(ContainSubstring("sanboot iscsi:10.20.0.5::3260:1:iqn.2026-11.io.ggnet:cafe:seat-031-evening || goto failed1"))
 	g.Expect(strings.Count(script, "sanboot ")).To(Equal(4), "three retries after the first attempt")
 	g.Expect(script).To(ContainSubstring("exit 1"))
+	g.Expect(script).To(ContainSubstring("chain --replace --autofree ${filename}?failed=${errno} ||\n"), "a failed boot is reported")
 	info, err := Parse(script)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(info).To(Equal(Info{
@@ -98,6 +99,7 @@ func TestValidate(t *testing.T) {
 		"duplicate label": {"#!ipxe\n:a\n:a\n", "defined twice"},
 		"and":             {"#!ipxe\nsleep 1 && reboot\n", "&&"},
 		"or not goto":     {"#!ipxe\nsleep 1 || reboot\n", "|| goto"},
+		"other variables": {"#!ipxe\nchain ${next-server}/x\n", "chain wants"},
 		"http sanboot":    {"#!ipxe\nsanboot http://x/disk.img\n", "iscsi: URI"},
 		"bad LUN":         {"#!ipxe\nsanboot iscsi:10.0.0.1::3260:x:iqn.2026-11.io.ggnet:a\n", "bad LUN"},
 		"bad protocol":    {"#!ipxe\nsanboot iscsi:10.0.0.1:17:3260:0:iqn.2026-11.io.ggnet:a\n", "protocol"},

@@ -51,7 +51,9 @@ func Validate(script string) error {
 			continue
 		}
 		cmd, orGoto, hasOr := strings.Cut(line, "||")
-		if hasOr {
+		if hasOr && strings.TrimSpace(orGoto) == "" {
+			// "cmd ||": go on whatever cmd did.
+		} else if hasOr {
 			f := strings.Fields(orGoto)
 			if len(f) != 2 || f[0] != "goto" {
 				return fmt.Errorf("line %d: only \"|| goto <label>\" may follow a command", n)
@@ -94,7 +96,7 @@ func Validate(script string) error {
 			}
 		case "chain":
 			url := args[len(args)-1]
-			if !safeURL(url) {
+			if url != ReportURL && !safeURL(url) {
 				return fmt.Errorf("line %d: chain wants an http(s) or tftp URL", n)
 			}
 			for _, o := range args[:len(args)-1] {
@@ -202,7 +204,7 @@ func isLabel(s string) bool {
 
 func isSettingName(s string) bool {
 	switch s {
-	case "initiator-iqn", "username", "password", "reverse-username", "reverse-password":
+	case "initiator-iqn", "username", "password", "reverse-username", "reverse-password", "san-retries":
 		return true
 	}
 	return false

@@ -91,7 +91,8 @@ type Lab struct {
 // bootagent.
 func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
-	t.Cleanup(func() { _ = exec.Command("pkill", "-f", fmt.Sprintf("tgtd -f -C %d ", l.tgtPort)).Run() })
+	// tgtd ignores SIGTERM while it has targets.
+	t.Cleanup(func() { _ = exec.Command("pkill", "-9", "-f", fmt.Sprintf("tgtd -f -C %d ", l.tgtPort)).Run() })
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", Bridge, "type", "bridge"},
@@ -248,7 +249,9 @@ type VM struct {
 // PowerOn starts a QEMU VM (TCG) that network-boots through the lab's tap.
 func (l *Lab) PowerOn(mac string) (*VM, error) {
 	serial := filepath.Join(l.Dir, fmt.Sprintf("serial-%d.txt", time.Now().UnixNano()))
-	cmd := exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-display", "none",
+	// -nographic makes SeaBIOS mirror the screen (iPXE's messages) to the
+	// serial port, which goes to a file with the disk's own output.
+	cmd := exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-nographic",
 		"-serial", "file:"+serial, "-monitor", "none", "-no-reboot",
 		"-netdev", "tap,id=n0,ifname="+Tap+",script=no,downscript=no",
 		// e1000 with its iPXE ROM from Debian's ipxe-qemu (virtio's ROM is not
@@ -299,3 +302,6 @@ func (vm *VM) PowerOff() {
 		_ = vm.cmd.Wait()
 	}
 }
+
+// TGTPort is the control port of the lab's tgtd.
+func (l *Lab) TGTPort() int { return l.tgtPort }

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/testbin"
+	"github.com/ggnet/ggnet/test/e2e/lab"
+)
+
+// TestMain runs the suite inside a network namespace of its own (it needs
+// root, QEMU and tgtd, like CI has).
+func TestMain(m *testing.M) {
+	if code, ran := lab.InNetns("ggnet-e2e-"+strconv.Itoa(os.Getpid()), false); ran {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "End to end: QEMU VMs netboot through GGnet")
+}
+
+var (
+	l   *lab.Lab
+	ctx = context.Background()
+)
+
+var _ = BeforeSuite(func() {
+	bin := GinkgoT().TempDir()
+	for _, pkg := range []string{"./cmd/manager", "./cmd/bootagent"} {
+		built := testbin.Build(GinkgoT(), pkg)
+		Expect(os.Rename(built, filepath.Join(bin, filepath.Base(pkg)))).To(Succeed())
+	}
+	var err error
+	l, err = lab.Start(ctx, GinkgoT(), bin)
+	Expect(err).NotTo(HaveOccurred())
+})
+
+var nextMAC = 0x10
+
+// machine makes a Machine with a MAC and address of its own.
+func machine(policy bootv1.BootPolicy, wb bootv1.WritebackPolicy) *bootv1.Machine {
+	nextMAC++
+	m, err := l.Machine(ctx, fmt.Sprintf("seat-%d", nextMAC), fmt.Sprintf("52:54:00:67:68:%02x", nextMAC),
+		fmt.Sprintf("10.99.0.%d", 100+nextMAC), policy, wb)
+	Expect(err).NotTo(HaveOccurred())
+	return m
+}
+
+func session(m *bootv1.Machine, name string, wb bootv1.WritebackPolicy) *bootv1.BootSession {
+	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: name}, Spec: bootv1.BootSessionSpec{
+		MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: wb}}
+	Expect(l.Client.Create(ctx, s)).To(Succeed())
+	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionReady))
+	return s
+}
+
+func phase(s *bootv1.BootSession) func() bootv1.BootSessionPhase {
+	return func() bootv1.BootSessionPhase {
+		_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+		return s.Status.Phase
+	}
+}
+
+// boot powers the machine on, waits for the disk's marker and powers off.
+func boot(m *bootv1.Machine) lab.Boot {
+	GinkgoHelper()
+	vm, err := l.PowerOn(m.Spec.MAC)
+	Expect(err).NotTo(HaveOccurred())
+	defer vm.PowerOff()
+	b, err := vm.WaitBoot(3 * time.Minute)
+	Expect(err).NotTo(HaveOccurred(), "serial:\n%s", b.Serial)
+	AddReportEntry("boot "+m.Name, fmt.Sprintf("power-on to marker %s, count %d", b.Elapsed.Round(100*time.Millisecond), b.Count))
+	GinkgoWriter.Printf("%s booted in %s (count %d)\n", m.Name, b.Elapsed.Round(100*time.Millisecond), b.Count)
+	return b
+}
+
+func stop(s *bootv1.BootSession) {
+	GinkgoHelper()
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
+			return err
+		}
+		s.Spec.Stopped = true
+		return l.Client.Update(ctx, s)
+	})).To(Succeed())
+	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionStopped))
+}
+
+func targetIQNs() []string {
+	list, err := (&target.TGT{ControlPort: l.TGTPort()}).List(ctx, "iqn.")
+	Expect(err).NotTo(HaveOccurred())
+	var out []string
+	for _, t := range list {
+		out = append(out, t.IQN)
+	}
+	return out
+}
+
+var _ = Describe("Netboot", Ordered, func() {
+	It("boots a VM from its session's iSCSI overlay, and stopping cleans up", func() {
+		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		s := session(m, "first", bootv1.WritebackDiscard)
+		b := boot(m)
+		Expect(b.Count).To(Equal(1))
+		Eventually(phase(s), 30*time.Second).Should(Equal(bootv1.SessionActive), "the iSCSI login is recorded")
+		Expect(s.Status.Timeline.DHCP).NotTo(BeNil())
+		Expect(s.Status.Timeline.ScriptServed).NotTo(BeNil())
+		Expect(s.Status.Timeline.ISCSILogin).NotTo(BeNil())
+
+		overlay, iqn := s.Status.OverlayPath, s.Status.Target.IQN
+		Expect(targetIQNs()).To(ContainElement(iqn))
+		stop(s)
+		Expect(targetIQNs()).NotTo(ContainElement(iqn))
+		_, err := os.Stat(overlay)
+		Expect(os.IsNotExist(err)).To(BeTrue(), "the Discard overlay is gone")
+		Eventually(func() string {
+			_ = l.Client.Get(ctx, client.ObjectKeyFromObject(m), m)
+			return m.Status.ActiveSession
+		}, 30*time.Second).Should(BeEmpty())
+	})
+
+	It("Discard: nothing reaches the image; Persist: the next session continues", func() {
+		d := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		for _, name := range []string{"discard-1", "discard-2"} {
+			s := session(d, name, bootv1.WritebackDiscard)
+			Expect(boot(d).Count).To(Equal(1), name)
+			stop(s)
+		}
+		p := machine(bootv1.BootPolicyManual, bootv1.WritebackPersist)
+		for i, name := range []string{"persist-1", "persist-2"} {
+			s := session(p, name, bootv1.WritebackPersist)
+			Expect(boot(p).Count).To(Equal(i+1), name)
+			stop(s)
+		}
+	})
+
+	It("AutoSession: a machine with a default image and no session boots at power-on", func() {
+		m := machine(bootv1.BootPolicyAutoSession, bootv1.WritebackDiscard)
+		Expect(boot(m).Count).To(Equal(1))
+		var list bootv1.BootSessionList
+		Expect(l.Client.List(ctx, &list, client.InNamespace(lab.Namespace), client.MatchingFields{"spec.machineRef.name": m.Name})).To(Succeed())
+		Expect(list.Items).To(HaveLen(1))
+		Expect(list.Items[0].Labels).To(HaveKeyWithValue("boot.ggnet.io/auto-session", "true"))
+		stop(&list.Items[0])
+	})
+
+	It("a wrong CHAP secret makes the boot fail and the session says so", func() {
+		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		s := session(m, "wrong-chap", bootv1.WritebackDiscard)
+		// The target gets another secret than the one in the machine's script
+		// (as after a botched rotation by hand).
+		var sec corev1.Secret
+		Expect(l.Client.Get(ctx, client.ObjectKey{Namespace: lab.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
+		user := string(sec.Data["username"])
+		tgtadm := func(args ...string) string {
+			out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), string(out))
+			return string(out)
+		}
+		tid := ""
+		for _, line := range strings.Split(tgtadm("--mode", "target", "--op", "show"), "\n") {
+			if num, iqn, ok := strings.Cut(strings.TrimPrefix(line, "Target "), ": "); ok && iqn == s.Status.Target.IQN {
+				tid = num
+			}
+		}
+		Expect(tid).NotTo(BeEmpty())
+		tgtadm("--mode", "account", "--op", "delete", "--user", user)
+		tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", "NotTheSecret1234")
+		tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user)
+
+		vm, err := l.PowerOn(m.Spec.MAC)
+		Expect(err).NotTo(HaveOccurred())
+		defer vm.PowerOff()
+		Eventually(func() string {
+			_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+			if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.BootFailedCondition); c != nil && c.Status == metav1.ConditionTrue {
+				return c.Message
+			}
+			return ""
+		}, 3*time.Minute, time.Second).Should(ContainSubstring("could not boot from the iSCSI target"), func() string { return vm.Serial() })
+		Expect(vm.Serial()).NotTo(ContainSubstring(lab.Marker))
+		stop(s)
+	})
+
+	It("the agent killed and restarted while the VM runs: the VM keeps its disk and the next boot works", func() {
+		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		s := session(m, "restart", bootv1.WritebackDiscard)
+		vm, err := l.PowerOn(m.Spec.MAC)
+		Expect(err).NotTo(HaveOccurred())
+		b, err := vm.WaitBoot(3 * time.Minute)
+		Expect(err).NotTo(HaveOccurred(), b.Serial)
+		conns := func() int {
+			c, err := (&target.TGT{ControlPort: l.TGTPort()}).Connections(ctx, s.Status.Target.IQN)
+			Expect(err).NotTo(HaveOccurred())
+			return len(c)
+		}
+		Expect(conns()).To(Equal(1), "the VM is logged in")
+
+		l.Kill("bootagent")
+		Expect(l.StartAgent()).To(Succeed())
+		Consistently(conns, 8*time.Second, time.Second).Should(Equal(1), "the VM keeps its iSCSI session through the agent's restart")
+		Expect(targetIQNs()).To(ContainElement(s.Status.Target.IQN))
+		_, err = os.Stat(s.Status.OverlayPath)
+		Expect(err).NotTo(HaveOccurred(), "the live overlay is kept")
+		vm.PowerOff()
+
+		stop(s)
+		s2 := session(m, "after-restart", bootv1.WritebackDiscard)
+		Expect(boot(m).Count).To(Equal(1))
+		stop(s2)
+	})
+})
