@@ -18,8 +18,12 @@ help: ## List the targets.
 ##@ Main jobs
 
 .PHONY: demo
-demo: ## Run the local lab: a QEMU VM netboots from an image through GGnet (root).
+demo: ## Run the local lab: a QEMU VM netboots from an image through GGnet (root; KEEP=1 leaves it running).
 	./hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Tear down a lab left by make demo KEEP=1.
+	./hack/demo-down.sh
 
 .PHONY: test
 test: deps vet envtest-bins ## Install what is missing, then run go vet and every test with -race.
