@@ -123,7 +123,8 @@ func Parse(script string) (Info, error) {
 	var info Info
 	found := false
 	for _, raw := range strings.Split(script, "\n") {
-		f := strings.Fields(strings.TrimSpace(raw))
+		cmd, _, _ := strings.Cut(raw, "||") // as Validate reads it
+		f := strings.Fields(strings.TrimSpace(cmd))
 		if len(f) == 0 {
 			continue
 		}
@@ -139,8 +140,7 @@ func Parse(script string) (Info, error) {
 			}
 		case f[0] == "sanboot" && !found:
 			for _, a := range f[1:] {
-				if strings.HasPrefix(a, "iscsi:") {
-					t, _ := parseSANURI(a)
+				if t, err := parseSANURI(a); err == nil {
 					info.Server, info.Port, info.LUN, info.TargetIQN = t.Server, t.Port, t.LUN, t.TargetIQN
 					found = true
 				}
