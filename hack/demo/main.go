@@ -108,8 +108,30 @@ func run(tt *t, bin string, keep bool) error {
 	if err != nil {
 		return err
 	}
+	// Stream what the VM prints (SeaBIOS, iPXE, then the demo disk) until
+	// the disk's marker.
+	done := make(chan struct{})
+	go func() {
+		printed := 0
+		for {
+			out := vm.Serial()
+			if i := strings.LastIndexByte(out, '\n'); i+1 > printed {
+				fmt.Print(indent(cleanConsole(out[printed : i+1])))
+				printed = i + 1
+			}
+			select {
+			case <-done:
+				if out := vm.Serial(); len(out) > printed {
+					fmt.Print(indent(cleanConsole(out[printed:])))
+				}
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
 	boot, err := vm.WaitBoot(3 * time.Minute)
-	fmt.Print(indent(lastLines(boot.Serial, 6)))
+	close(done)
+	time.Sleep(300 * time.Millisecond)
 	if err != nil {
 		return err
 	}
@@ -117,7 +139,7 @@ func run(tt *t, bin string, keep bool) error {
 
 	step("The session's timeline")
 	_ = waitPhase(ctx, l, s, bootv1.SessionActive, 30*time.Second)
-	printTimeline(s)
+	printTimeline(s, boot)
 
 	step("Stopping the session: the target and the overlay go")
 	vm.PowerOff()
@@ -155,7 +177,7 @@ func waitPhase(ctx context.Context, l *lab.Lab, s *bootv1.BootSession, phase boo
 	return fmt.Errorf("session %s is %s, not %s, after %s", s.Name, s.Status.Phase, phase, timeout)
 }
 
-func printTimeline(s *bootv1.BootSession) {
+func printTimeline(s *bootv1.BootSession, boot lab.Boot) {
 	tl := s.Status.Timeline
 	created := s.CreationTimestamp
 	for _, e := range []struct {
@@ -169,6 +191,7 @@ func printTimeline(s *bootv1.BootSession) {
 		}
 		fmt.Printf("    %-14s %s (+%s)\n", e.name, e.t.Format(time.TimeOnly), e.t.Sub(created.Time).Round(time.Second))
 	}
+	fmt.Printf("    %-14s %s after power-on (the disk printed its marker)\n", "booted", boot.Elapsed.Round(100*time.Millisecond))
 	fmt.Printf("    phase %s on %s, target %s\n", s.Status.Phase, s.Status.StorageNode, s.Status.Target.IQN)
 }
 
@@ -180,7 +203,17 @@ func indent(s string) string {
 	return b.String()
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+// cleanConsole drops the terminal escapes SeaBIOS and iPXE send.
+func cleanConsole(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == 0x1b:
+			for i++; i < len(s) && !(s[i] >= 'A' && s[i] <= 'Z' || s[i] >= 'a' && s[i] <= 'z'); i++ {
+			}
+		case c == '\n' || c >= 0x20 && c < 0x7f:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
