@@ -48,6 +48,15 @@ vet: ## go vet ./...
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and markers.
 	$(CONTROLLER_GEN) crd:maxDescLen=512 paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=ggnet-manager paths=./controllers/... output:rbac:artifacts:config=config/rbac/manager
+	$(CONTROLLER_GEN) rbac:roleName=ggnet-boot-agent paths=./bootagent/agent/... output:rbac:artifacts:config=config/rbac/boot-agent
+	$(CONTROLLER_GEN) rbac:roleName=ggnet-storage-agent paths=./bootagent/storage/... output:rbac:artifacts:config=config/rbac/storage-agent
+	# The chart renders the same CRDs and roles.
+	rm -f charts/ggnet/files/crds/*.yaml && cp config/crd/bases/*.yaml charts/ggnet/files/crds/
+	mkdir -p charts/ggnet/files/rbac
+	for r in manager boot-agent storage-agent; do cp config/rbac/$$r/role.yaml charts/ggnet/files/rbac/$$r.yaml; done
+	# config/deploy is the chart rendered with defaults, for kustomize users.
+	mkdir -p config/deploy
+	$$(./hack/helm.sh) template ggnet charts/ggnet -n ggnet-system --set crds.install=false > config/deploy/ggnet.yaml
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.

@@ -32,3 +32,4 @@ fi
 
 make -s -C "$root" "$root/bin/controller-gen-v0.23.0" >/dev/null
 "$root/hack/envtest-bins.sh" >/dev/null
+"$root/hack/helm.sh" >/dev/null

@@ -14,7 +14,10 @@ api_version=$(cd "$root" && go list -m -f '{{.Version}}' k8s.io/api)   # v0.37.2
 kube_version="v1${api_version#v0}"                                        # v1.37.2
 out="$root/bin/k8s/${kube_version#v}"
 
-if [[ -x "$out/kube-apiserver" && -x "$out/etcd" && -x "$out/kubectl" ]]; then
+# A binary without the version stamped in (older builds of this script)
+# reports v0.0.0-master, which kubectl and helm reject; build it again.
+stamped() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q "$kube_version"; }
+if stamped "$out/kube-apiserver" && [[ -x "$out/etcd" && -x "$out/kubectl" ]]; then
   echo "$out"
   exit 0
 fi
@@ -28,7 +31,12 @@ staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$k
 # The etcd server version kubernetes is tested with (its client/v3 requirement).
 etcd_version=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/client/v3 \(v[0-9.]*\).*#\1#p' "$kgomod" | head -n1)
 
-if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kubectl" ]]; then
+minor=${kube_version#v1.}; minor=${minor%%.*}
+ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+if ! stamped "$out/kube-apiserver" || [[ ! -x "$out/kubectl" ]]; then
   mkdir -p "$work/apiserver"
   (
     cd "$work/apiserver"
@@ -48,9 +56,9 @@ import (
 GO
     go mod tidy -e >/dev/null 2>&1 || true
     echo "Building kube-apiserver and kubectl ${kube_version} (a few minutes, once)" >&2
-    [[ -x "$out/kube-apiserver" ]] || CGO_ENABLED=0 go build -mod=mod -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    CGO_ENABLED=0 go build -mod=mod -ldflags "$ldflags" -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
     echo "Building kubectl ${kube_version}" >&2
-    CGO_ENABLED=0 go build -mod=mod -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
+    CGO_ENABLED=0 go build -mod=mod -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
   )
 fi
 

@@ -40,14 +40,15 @@ func main() {
 	ctrl.SetLogger(logr.Discard())
 	n := flag.Int("n", 1000, "Machines and BootSessions.")
 	manager := flag.String("manager", "bin/manager", "Manager binary.")
+	memLimit := flag.String("manager-gomemlimit", "", "GOMEMLIMIT for the manager process (as a Deployment would set from its memory limit).")
 	flag.Parse()
-	if err := run(*n, *manager); err != nil {
+	if err := run(*n, *manager, *memLimit); err != nil {
 		fmt.Fprintln(os.Stderr, "sessions:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, managerBin string) error {
+func run(n int, managerBin, memLimit string) error {
 	env, cfg, err := testenv.Start(func(e *envtest.Environment) { e.ControlPlaneStopTimeout = time.Second })
 	if err != nil {
 		return err
@@ -75,6 +76,9 @@ func run(n int, managerBin string) error {
 	}
 	mgrCmd := exec.CommandContext(ctx, managerBin, "--kubeconfig", kubeconfig, "--leader-elect=false",
 		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:18081", "--max-concurrent-reconciles=8")
+	if memLimit != "" {
+		mgrCmd.Env = append(os.Environ(), "GOMEMLIMIT="+memLimit)
+	}
 	logf, _ := os.Create(filepath.Join(dir, "manager.log"))
 	mgrCmd.Stdout, mgrCmd.Stderr = logf, logf
 	if err := mgrCmd.Start(); err != nil {

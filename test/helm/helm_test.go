@@ -1,0 +1,236 @@
+// Package helm tests the chart: lint, render with default, full and bad
+// values, and install into a real API server, then checks that each role
+// is allowed what it says and refused the rest (SubjectAccessReviews).
+package helm
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	authv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/ggnet/ggnet/internal/testenv"
+)
+
+var chart = filepath.Join(testenv.RepoRoot(), "charts", "ggnet")
+
+func helmBin(t *testing.T) string {
+	out, err := exec.Command(filepath.Join(testenv.RepoRoot(), "hack", "helm.sh")).Output()
+	if err != nil {
+		t.Fatalf("building helm (hack/helm.sh): %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func helm(t *testing.T, args ...string) (string, error) {
+	out, err := exec.Command(helmBin(t), args...).CombinedOutput()
+	return string(out), err
+}
+
+// objects parses rendered manifests.
+func objects(t *testing.T, manifests string) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	d := utilyaml.NewYAMLOrJSONDecoder(bytes.NewBufferString(manifests), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := d.Decode(&u.Object); err == io.EOF {
+			return out
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if len(u.Object) > 0 {
+			out = append(out, u)
+		}
+	}
+}
+
+func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && (name == "" || o.GetName() == name) {
+			return o
+		}
+	}
+	return nil
+}
+
+func TestLintAndTemplate(t *testing.T) {
+	g := NewWithT(t)
+	out, err := helm(t, "lint", chart)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+
+	out, err = helm(t, "template", "ggnet", chart, "-n", "ggnet-system")
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	objs := objects(t, out)
+	for _, crd := range []string{"machines.boot.ggnet.io", "images.boot.ggnet.io", "bootsessions.boot.ggnet.io"} {
+		o := find(objs, "CustomResourceDefinition", crd)
+		g.Expect(o).NotTo(BeNil(), crd)
+		g.Expect(o.GetAnnotations()).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+	}
+	g.Expect(find(objs, "Deployment", "ggnet-ggnet-manager")).NotTo(BeNil())
+	boot := find(objs, "DaemonSet", "ggnet-ggnet-boot")
+	g.Expect(boot).NotTo(BeNil())
+	hostNet, _, _ := unstructured.NestedBool(boot.Object, "spec", "template", "spec", "hostNetwork")
+	g.Expect(hostNet).To(BeTrue())
+	g.Expect(find(objs, "DaemonSet", "ggnet-ggnet-storage")).NotTo(BeNil())
+	g.Expect(find(objs, "ServiceMonitor", "")).To(BeNil())
+	for _, r := range []string{"ggnet-viewer", "ggnet-operator", "ggnet-admin"} {
+		g.Expect(find(objs, "ClusterRole", r)).NotTo(BeNil(), r)
+	}
+	g.Expect(find(objs, "ClusterRole", "ggnet-operator").GetLabels()).To(HaveKeyWithValue("rbac.authorization.k8s.io/aggregate-to-edit", "true"))
+
+	// Full values: every switch the other way.
+	full := filepath.Join(t.TempDir(), "full.yaml")
+	g.Expect(os.WriteFile(full, []byte(`
+crds: {install: true, keep: false}
+image: {registry: registry.cafe.internal/ggnet, tag: "0.1.0", pullPolicy: Always}
+imagePullSecrets: [{name: regcred}]
+manager:
+  replicas: 3
+  metrics: {serviceMonitor: {enabled: true, interval: 15s}}
+  nodeSelector: {node-role.kubernetes.io/control-plane: ""}
+agent:
+  boot:
+    dhcpMode: proxy
+    interfaces: [eno2]
+    uefiBootFile: snponly.efi
+    fallback: exit
+    discovery: {enabled: true, namespace: cafe}
+  storage:
+    targetDriver: lio
+    dataDir: /srv/ggnet
+userRoles: {enabled: true, aggregate: false}
+`), 0o600)).To(Succeed())
+	out, err = helm(t, "template", "ggnet", chart, "-n", "ggnet-system", "-f", full)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	objs = objects(t, out)
+	g.Expect(find(objs, "ServiceMonitor", "")).NotTo(BeNil())
+	g.Expect(find(objs, "CustomResourceDefinition", "machines.boot.ggnet.io").GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"))
+	g.Expect(out).To(ContainSubstring("--dhcp-mode=proxy"))
+	g.Expect(out).To(ContainSubstring("--dhcp-interfaces=eno2"))
+	g.Expect(out).To(ContainSubstring("containerPort: 4011"))
+	g.Expect(out).To(ContainSubstring("--discovery-namespace=cafe"))
+	g.Expect(out).To(ContainSubstring("image: registry.cafe.internal/ggnet/bootagent:0.1.0"))
+	g.Expect(out).To(ContainSubstring("privileged: true"), "LIO writes configfs")
+	g.Expect(out).To(ContainSubstring("path: /sys/kernel/config"))
+	g.Expect(find(objs, "ClusterRole", "ggnet-operator").GetLabels()).NotTo(HaveKey("rbac.authorization.k8s.io/aggregate-to-edit"))
+
+	// Bad values fail at install with a message.
+	for bad, want := range map[string]string{
+		"agent.boot.dhcpMode=magic":          "dhcpMode",
+		"agent.storage.targetDriver=iet":     "targetDriver",
+		"manager.replicas=0":                 "replicas",
+		"agent.storage.dataDir=relative/dir": "dataDir",
+		"typo=1":                             "typo",
+	} {
+		out, err := helm(t, "template", "ggnet", chart, "--set", bad)
+		g.Expect(err).To(HaveOccurred(), bad)
+		g.Expect(out).To(ContainSubstring(want), bad)
+	}
+}
+
+func TestInstall(t *testing.T) {
+	g := NewWithT(t)
+	env, cfg, err := testenv.Start(func(e *envtest.Environment) { e.CRDDirectoryPaths = nil; e.ErrorIfCRDPathMissing = false })
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() { _ = env.Stop() })
+	user, err := env.AddUser(envtest.User{Name: "installer", Groups: []string{"system:masters"}}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	kc, _ := user.KubeConfig()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	g.Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
+
+	out, err := helm(t, "install", "ggnet", chart, "-n", "ggnet-system", "--create-namespace", "--kubeconfig", kubeconfig)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	g.Expect(out).To(ContainSubstring("User roles: ggnet-viewer, ggnet-operator"), "NOTES.txt")
+
+	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(apiextensionsv1.AddToScheme(c.Scheme())).To(Succeed())
+	ctx := context.Background()
+	for _, name := range []string{"machines.boot.ggnet.io", "images.boot.ggnet.io", "bootsessions.boot.ggnet.io"} {
+		g.Eventually(func() bool {
+			var crd apiextensionsv1.CustomResourceDefinition
+			if c.Get(ctx, client.ObjectKey{Name: name}, &crd) != nil {
+				return false
+			}
+			for _, cond := range crd.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true
+				}
+			}
+			return false
+		}, 30*time.Second).Should(BeTrue(), name+" established")
+	}
+
+	// The kustomize bases (config/default: CRDs, namespace, the chart rendered
+	// with defaults) are accepted by the API server too.
+	assets, err := testenv.AssetsDir()
+	g.Expect(err).NotTo(HaveOccurred())
+	kout, err := exec.Command(filepath.Join(assets, "kubectl"), "--kubeconfig", kubeconfig, "apply", "--dry-run=server",
+		"-k", filepath.Join(testenv.RepoRoot(), "config", "default")).CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), string(kout))
+	g.Expect(string(kout)).To(ContainSubstring("daemonset.apps/ggnet-ggnet-boot"))
+
+	// User roles bound in a namespace, as a café admin would.
+	for user, role := range map[string]string{"vic": "ggnet-viewer", "olga": "ggnet-operator", "adam": "ggnet-admin"} {
+		g.Expect(c.Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ggnet-system", Name: user},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
+			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
+		})).To(Succeed())
+	}
+
+	sa := func(name string) string { return "system:serviceaccount:ggnet-system:ggnet-ggnet-" + name }
+	for _, tc := range []struct {
+		user, verb, group, resource, sub, ns string
+		allowed                               bool
+	}{
+		{sa("manager"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", true},
+		{sa("manager"), "create", "", "secrets", "", "cafe", true},
+		{sa("manager"), "create", "coordination.k8s.io", "leases", "", "ggnet-system", true},
+		{sa("manager"), "create", "", "pods", "", "cafe", false},
+		{sa("manager"), "delete", "", "nodes", "", "", false},
+		{sa("boot"), "create", "boot.ggnet.io", "machines", "", "cafe", true},
+		{sa("boot"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", true},
+		{sa("boot"), "delete", "boot.ggnet.io", "machines", "", "cafe", false},
+		{sa("boot"), "get", "", "secrets", "", "cafe", false},
+		{sa("boot"), "update", "boot.ggnet.io", "images", "", "cafe", false},
+		{sa("storage"), "get", "", "secrets", "", "cafe", true},
+		{sa("storage"), "patch", "boot.ggnet.io", "images", "status", "cafe", true},
+		{sa("storage"), "update", "boot.ggnet.io", "bootsessions", "", "cafe", true},
+		{sa("storage"), "create", "boot.ggnet.io", "machines", "", "cafe", false},
+		{sa("storage"), "create", "", "secrets", "", "cafe", false},
+		{"vic", "list", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
+		{"vic", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", false},
+		{"olga", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
+		{"olga", "patch", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
+		{"olga", "create", "boot.ggnet.io", "machines", "", "ggnet-system", false},
+		{"olga", "create", "boot.ggnet.io", "bootsessions", "", "other", false},
+		{"adam", "create", "boot.ggnet.io", "machines", "", "ggnet-system", true},
+		{"adam", "delete", "boot.ggnet.io", "images", "", "ggnet-system", true},
+		{"adam", "get", "", "secrets", "", "ggnet-system", false},
+	} {
+		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: tc.user,
+			ResourceAttributes: &authv1.ResourceAttributes{Namespace: tc.ns, Verb: tc.verb, Group: tc.group, Resource: tc.resource, Subresource: tc.sub}}}
+		if strings.HasPrefix(tc.user, "system:serviceaccount:") {
+			sar.Spec.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:ggnet-system"}
+		}
+		g.Expect(c.Create(ctx, sar)).To(Succeed())
+		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "%s %s %s/%s %s in %q", tc.user, tc.verb, tc.resource, tc.sub, tc.group, tc.ns)
+	}
+}
