@@ -198,7 +198,7 @@ func TestInstall(t *testing.T) {
 	sa := func(name string) string { return "system:serviceaccount:ggnet-system:ggnet-ggnet-" + name }
 	for _, tc := range []struct {
 		user, verb, group, resource, sub, ns string
-		allowed                               bool
+		allowed                              bool
 	}{
 		{sa("manager"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", true},
 		{sa("manager"), "create", "", "secrets", "", "cafe", true},
