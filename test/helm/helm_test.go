@@ -82,6 +82,7 @@ func TestLintAndTemplate(t *testing.T) {
 		g.Expect(o.GetAnnotations()).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
 	}
 	g.Expect(find(objs, "Deployment", "ggnet-ggnet-manager")).NotTo(BeNil())
+	g.Expect(out).To(ContainSubstring(`{name: GOMEMLIMIT, value: "200MiB"}`))
 	boot := find(objs, "DaemonSet", "ggnet-ggnet-boot")
 	g.Expect(boot).NotTo(BeNil())
 	hostNet, _, _ := unstructured.NestedBool(boot.Object, "spec", "template", "spec", "hostNetwork")
@@ -136,6 +137,7 @@ userRoles: {enabled: true, aggregate: false}
 		"manager.replicas=0":                 "replicas",
 		"agent.storage.dataDir=relative/dir": "dataDir",
 		"typo=1":                             "typo",
+		"manager.goMemLimit=lots":            "goMemLimit",
 	} {
 		out, err := helm(t, "template", "ggnet", chart, "--set", bad)
 		g.Expect(err).To(HaveOccurred(), bad)
