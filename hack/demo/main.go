@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -22,37 +21,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/test/e2e/lab"
 )
 
 const mac = "52:54:00:67:67:01"
-
-// t adapts the lab's helpers to a program: failures end it, cleanups run
-// at the end.
-type t struct {
-	cleanups []func()
-	keep     bool
-}
-
-func (*t) Helper()                     {}
-func (x *t) Fatal(a ...any)            { fmt.Fprintln(os.Stderr, a...); x.done(); os.Exit(1) }
-func (x *t) Fatalf(f string, a ...any) { x.Fatal(fmt.Sprintf(f, a...)) }
-func (x *t) Cleanup(f func())          { x.cleanups = append(x.cleanups, f) }
-func (x *t) TempDir() string {
-	d, _ := os.MkdirTemp("", "ggnet-demo-")
-	x.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-func (x *t) done() {
-	if x.keep {
-		return
-	}
-	slices.Reverse(x.cleanups)
-	for _, f := range x.cleanups {
-		f()
-	}
-	x.cleanups = nil
-}
 
 func main() {
 	keep := flag.Bool("keep", false, "Leave the lab running.")
@@ -62,18 +35,18 @@ func main() {
 		os.Exit(code)
 	}
 	ctrl.SetLogger(logr.Discard())
-	tt := &t{keep: *keep}
-	defer tt.done()
+	tt := &testbin.Program{Keep: *keep}
+	defer tt.Done()
 	if err := run(tt, *bin, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
-		tt.done()
+		tt.Done()
 		os.Exit(1)
 	}
 }
 
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
-func run(tt *t, bin string, keep bool) error {
+func run(tt *testbin.Program, bin string, keep bool) error {
 	ctx := context.Background()
 	abs, _ := filepath.Abs(bin)
 	step("Starting the lab: etcd, kube-apiserver, manager, boot agent (boot and storage roles), tgtd, XFS on a loop device")

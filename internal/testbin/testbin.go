@@ -116,3 +116,43 @@ func RSS(pid int) string {
 	}
 	return "?"
 }
+
+// Program lets a program (the demo, a benchmark) use the test helpers: a
+// failure prints and exits after the cleanups, which run in reverse order at
+// Done unless Keep is set.
+type Program struct {
+	Keep     bool
+	cleanups []func()
+}
+
+func (*Program) Helper() {}
+
+// Fatal prints, cleans up and exits.
+func (p *Program) Fatal(a ...any) { fmt.Fprintln(os.Stderr, a...); p.Done(); os.Exit(1) }
+
+// Fatalf prints, cleans up and exits.
+func (p *Program) Fatalf(f string, a ...any) { p.Fatal(fmt.Sprintf(f, a...)) }
+
+// Cleanup registers f for Done.
+func (p *Program) Cleanup(f func()) { p.cleanups = append(p.cleanups, f) }
+
+// TempDir makes a directory removed at Done.
+func (p *Program) TempDir() string {
+	d, err := os.MkdirTemp("", "ggnet-lab-")
+	if err != nil {
+		p.Fatal(err)
+	}
+	p.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// Done runs the cleanups, last first, unless Keep.
+func (p *Program) Done() {
+	if p.Keep {
+		return
+	}
+	for i := len(p.cleanups) - 1; i >= 0; i-- {
+		p.cleanups[i]()
+	}
+	p.cleanups = nil
+}

@@ -19,37 +19,19 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/overlay"
 	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testfs"
 	"github.com/ggnet/ggnet/internal/testtgt"
 )
 
-// t is enough of a test for the helpers; cleanups run at exit.
-type t struct{ cleanups []func() }
-
-func (*t) Helper()                   {}
-func (*t) Fatal(a ...any)            { fmt.Fprintln(os.Stderr, a...); os.Exit(1) }
-func (*t) Fatalf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...); os.Exit(1) }
-func (x *t) Cleanup(f func())        { x.cleanups = append(x.cleanups, f) }
-func (x *t) TempDir() string {
-	d, _ := os.MkdirTemp("", "ggnet-bench-")
-	x.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-func (x *t) done() {
-	slices.Reverse(x.cleanups)
-	for _, f := range x.cleanups {
-		f()
-	}
-}
-
-var tt = &t{}
+var tt = &testbin.Program{}
 
 func main() {
 	n := flag.Int("n", 500, "Targets to create and remove.")
 	gib := flag.Int64("image-gib", 10, "Size of the sparse image in GiB.")
 	readMiB := flag.Int64("read-mib", 1024, "Data written into the image for the read test, MiB.")
 	flag.Parse()
-	defer tt.done()
+	defer tt.Done()
 	ctx := context.Background()
 
 	data := testfs.XFS(tt, (*gib+4)<<30)
@@ -129,7 +111,7 @@ func errOut(err error, out []byte) error {
 func check(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "targets:", err)
-		tt.done()
+		tt.Done()
 		os.Exit(1)
 	}
 }
