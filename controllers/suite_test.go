@@ -17,6 +17,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/standin"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
@@ -37,7 +38,7 @@ var _ = BeforeSuite(func() {
 	e, cfg, err := testenv.Start()
 	Expect(err).NotTo(HaveOccurred())
 	env = e
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: testenv.Scheme(), Cache: CacheOptions(), Client: ClientOptions(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme.New(), Cache: CacheOptions(), Client: ClientOptions(), Metrics: metricsserver.Options{BindAddress: "0"}})
 	Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancelMgr = cancel
@@ -49,7 +50,7 @@ var _ = BeforeSuite(func() {
 		Expect(mgr.Start(ctx)).To(Succeed())
 	}()
 	// The specs read and write straight to the API server, not the cache.
-	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme.New()})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(mgr.GetCache().WaitForCacheSync(ctx)).To(BeTrue())
 })

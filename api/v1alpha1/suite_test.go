@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
 
@@ -31,7 +32,7 @@ var _ = BeforeSuite(func() {
 	e, cfg, err := testenv.Start()
 	Expect(err).NotTo(HaveOccurred())
 	env = e
-	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme.New()})
 	Expect(err).NotTo(HaveOccurred())
 })
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/bootagent/httpboot"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
 
@@ -38,7 +39,7 @@ var _ = BeforeSuite(func() {
 	var err error
 	env, restCfg, err = testenv.Start()
 	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(restCfg, client.Options{Scheme: testenv.Scheme()})
+	k8sClient, err = client.New(restCfg, client.Options{Scheme: scheme.New()})
 	Expect(err).NotTo(HaveOccurred())
 })
 

@@ -128,7 +128,6 @@ const (
 	ResultOtherServer  Result = "other-server"
 	ResultIgnoredType  Result = "ignored-type"
 	ResultMalformed    Result = "malformed"
-	ResultQueueFull    Result = "queue-full"
 	ResultSendFailed   Result = "send-failed"
 	ResultNotBootReply Result = "not-request"
 )
@@ -262,11 +261,7 @@ func reservationReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bo
 	default:
 		return nil, ResultIgnoredType
 	}
-	resp, err := dhcpv4.NewReplyFromRequest(req,
-		dhcpv4.WithMessageType(msgType),
-		dhcpv4.WithServerIP(cfg.ServerIP),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
-	)
+	resp, err := newReply(req, msgType, cfg)
 	if err != nil {
 		return nil, ResultMalformed
 	}
@@ -326,17 +321,23 @@ func proxyReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool, cf
 	default:
 		return nil, ResultIgnoredType
 	}
-	resp, err := dhcpv4.NewReplyFromRequest(req,
-		dhcpv4.WithMessageType(msgType),
-		dhcpv4.WithServerIP(cfg.ServerIP),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
-	)
+	resp, err := newReply(req, msgType, cfg)
 	if err != nil {
 		return nil, ResultMalformed
 	}
 	resp.YourIPAddr = net.IPv4zero
 	setBootOptions(resp, client, ChooseBootFile(client, r, cfg), cfg, true)
 	return resp, result
+}
+
+// newReply starts a reply from this server: message type, siaddr and server
+// identifier.
+func newReply(req *dhcpv4.DHCPv4, msgType dhcpv4.MessageType, cfg *Config) (*dhcpv4.DHCPv4, error) {
+	return dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(msgType),
+		dhcpv4.WithServerIP(cfg.ServerIP),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
+	)
 }
 
 // pxeDiscoveryControl is PXE vendor sub-option 6 = 8: no boot server

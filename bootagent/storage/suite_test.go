@@ -24,6 +24,7 @@ import (
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/controllers"
 	"github.com/ggnet/ggnet/internal/ipxe"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 	"github.com/ggnet/ggnet/internal/testfs"
 	"github.com/ggnet/ggnet/internal/testtgt"
@@ -50,7 +51,7 @@ var _ = BeforeSuite(func() {
 	var err error
 	env, restCfg, err = testenv.Start()
 	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(restCfg, client.Options{Scheme: testenv.Scheme()})
+	k8sClient, err = client.New(restCfg, client.Options{Scheme: scheme.New()})
 	Expect(err).NotTo(HaveOccurred())
 
 	// tgtd and the data directory live for the whole suite.
@@ -66,7 +67,7 @@ var _ = BeforeSuite(func() {
 
 	// The real controllers, pointed at tgtd's port.
 	_, port, _ := splitPort(tgtd.Portal)
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{Scheme: testenv.Scheme(), Cache: controllers.CacheOptions(), Client: controllers.ClientOptions(),
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{Scheme: scheme.New(), Cache: controllers.CacheOptions(), Client: controllers.ClientOptions(),
 		Metrics: metricsserver.Options{BindAddress: "0"}})
 	Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
@@ -55,7 +56,7 @@ func TestManagerStarts(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(body).To(ContainSubstring("leader_election_master_status"))
 
-	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Eventually(func() string {
 		var lease coordinationv1.Lease

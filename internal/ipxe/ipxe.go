@@ -198,15 +198,6 @@ func Fallback(reason string, on Failure, delay int, retryURL string) (string, er
 	return out, nil
 }
 
-// Chain is the one-line script that sends iPXE to a URL (for example a
-// machine's script URL on the agent).
-func Chain(url string) (string, error) {
-	if !safeURL(url) {
-		return "", fmt.Errorf("URL %q: want an http:// URL without spaces or $", url)
-	}
-	return "#!ipxe\nchain --replace --autofree " + url + "\n", nil
-}
-
 func validIQN(s string) bool {
 	if len(s) > 223 || !strings.HasPrefix(s, "iqn.") || len(s) < len("iqn.2026-11.a") {
 		return false

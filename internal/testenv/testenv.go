@@ -12,8 +12,6 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-
 	"github.com/ggnet/ggnet/internal/scheme"
 )
 
@@ -38,9 +36,6 @@ func AssetsDir() (string, error) {
 	return filepath.Dir(dirs[len(dirs)-1]), nil
 }
 
-// Scheme returns the scheme the binaries use.
-func Scheme() *k8sruntime.Scheme { return scheme.New() }
-
 // Start starts the API server with the CRDs from config/crd/bases; opts may
 // change the environment before it starts.
 func Start(opts ...func(*envtest.Environment)) (*envtest.Environment, *rest.Config, error) {
@@ -52,7 +47,7 @@ func Start(opts ...func(*envtest.Environment)) (*envtest.Environment, *rest.Conf
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
-		Scheme:                Scheme(),
+		Scheme:                scheme.New(),
 	}
 	for _, o := range opts {
 		o(env)

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
 
@@ -160,7 +161,7 @@ func TestInstall(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	g.Expect(out).To(ContainSubstring("User roles: ggnet-viewer, ggnet-operator"), "NOTES.txt")
 
-	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(apiextensionsv1.AddToScheme(c.Scheme())).To(Succeed())
 	ctx := context.Background()

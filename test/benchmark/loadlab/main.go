@@ -25,6 +25,7 @@ import (
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/ipxe"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
@@ -62,7 +63,7 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 	}
 	defer func() { _ = env.Stop() }()
 	cfg.QPS, cfg.Burst = 2000, 4000
-	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/standin"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testenv"
@@ -57,7 +58,7 @@ func run(n int, managerBin, memLimit string) error {
 	cfg.QPS, cfg.Burst = 1000, 2000
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func run(n int, managerBin, memLimit string) error {
 	}
 
 	// The stand-in storage agent, in this process.
-	sa, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: testenv.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	sa, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme.New(), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		return err
 	}
@@ -135,7 +136,7 @@ func run(n int, managerBin, memLimit string) error {
 	}
 
 	// Watch for Ready with a cache of our own.
-	wc, err := cache.New(cfg, cache.Options{Scheme: testenv.Scheme()})
+	wc, err := cache.New(cfg, cache.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}

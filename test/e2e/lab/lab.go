@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testenv"
 	"github.com/ggnet/ggnet/internal/testfs"
@@ -117,7 +118,7 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	}
 	l.Env, l.Config = env, cfg
 	t.Cleanup(func() { _ = env.Stop() })
-	if l.Client, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()}); err != nil {
+	if l.Client, err = client.New(cfg, client.Options{Scheme: scheme.New()}); err != nil {
 		return nil, err
 	}
 	user, err := env.AddUser(envtest.User{Name: "lab-admin", Groups: []string{"system:masters"}}, nil)
