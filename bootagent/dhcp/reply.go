@@ -1,14 +1,15 @@
 // Package dhcp is the boot agent's DHCP server: reservation mode (authoritative
 // for known Machines), proxyDHCP (boot information only, beside another DHCP
 // server, ports 67 and 4011) and relayed requests. Replies are built by pure
-// functions of (request, reservation, config); the socket loop is in server.go.
+// functions of (request, reservation, config) without allocating (wire.go);
+// the socket loop is in server.go.
 // The package never imports Kubernetes: it takes a Backend that looks up a MAC.
 package dhcp
 
 import (
-	"bytes"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -145,22 +146,6 @@ type Client struct {
 	HasArch bool
 }
 
-// ReadClient classifies a request.
-func ReadClient(req *dhcpv4.DHCPv4) Client {
-	var c Client
-	vc := req.ClassIdentifier()
-	c.PXE = strings.HasPrefix(vc, "PXEClient")
-	c.HTTP = strings.HasPrefix(vc, "HTTPClient")
-	if uc := req.GetOneOption(dhcpv4.OptionUserClassInformation); len(uc) > 0 {
-		// iPXE sends the plain string "iPXE"; RFC 3004 clients length-prefix it.
-		c.IPXE = bytes.Equal(uc, []byte("iPXE")) || bytes.Equal(uc, []byte("\x04iPXE"))
-	}
-	if archs := req.ClientArch(); len(archs) > 0 {
-		c.Arch, c.HasArch = archs[0], true
-	}
-	return c
-}
-
 // Booting reports whether the client asked for network boot information.
 func (c Client) Booting() bool { return c.PXE || c.HTTP || c.IPXE }
 
@@ -196,188 +181,252 @@ type BootFile struct {
 // (ending the chainload loop), UEFI HTTP clients an http URL of the UEFI iPXE
 // binary, UEFI PXE the UEFI binary, BIOS PXE undionly.kpxe.
 func ChooseBootFile(c Client, r Reservation, cfg *Config) BootFile {
+	name, http := appendBootFile(nil, c, r, cfg)
+	return BootFile{Name: string(name), HTTP: http}
+}
+
+// appendBootFile appends the boot file name of ChooseBootFile to dst.
+func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, bool) {
+	base := strings.TrimRight(cfg.HTTPBase, "/")
 	switch {
 	case c.IPXE:
-		return BootFile{Name: ScriptURL(cfg.HTTPBase, r.MAC), HTTP: true}
+		return appendScriptURL(dst, base, r.MAC), true
 	case c.HTTP:
-		return BootFile{Name: strings.TrimRight(cfg.HTTPBase, "/") + "/ipxe/" + cfg.UEFIFile, HTTP: true}
+		dst = append(dst, base...)
+		dst = append(dst, "/ipxe/"...)
+		return append(dst, cfg.UEFIFile...), true
 	case c.uefi(r.Firmware):
-		return BootFile{Name: cfg.UEFIFile}
+		return append(dst, cfg.UEFIFile...), false
 	default:
-		return BootFile{Name: cfg.BIOSFile}
+		return append(dst, cfg.BIOSFile...), false
 	}
 }
 
 // ScriptURL is the machine's iPXE script URL on the agent.
 func ScriptURL(httpBase string, mac net.HardwareAddr) string {
-	return strings.TrimRight(httpBase, "/") + "/boot/" + mac.String() + ".ipxe"
+	return string(appendScriptURL(nil, strings.TrimRight(httpBase, "/"), mac))
 }
 
-// Reply builds the reply to req, or nil with the reason it is not answered.
-// proxyPort is true for requests that arrived on port 4011.
-func Reply(req *dhcpv4.DHCPv4, backend Backend, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
-	if req.OpCode != dhcpv4.OpcodeBootRequest {
-		return nil, ResultNotBootReply
+func appendScriptURL(dst []byte, base string, mac net.HardwareAddr) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, base...)
+	dst = append(dst, "/boot/"...)
+	for i, b := range mac {
+		if i > 0 {
+			dst = append(dst, ':')
+		}
+		dst = append(dst, hex[b>>4], hex[b&0xf])
 	}
-	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
-		return nil, ResultMalformed
+	return append(dst, ".ipxe"...)
+}
+
+// replier builds replies; each server worker has its own, so a reply costs
+// no allocation.
+type replier struct {
+	w    replyWriter
+	name []byte // boot file name
+	tftp []byte // dotted server address for option 66
+}
+
+// reply answers req: the reply packet (valid until the next call) and its
+// message type, or nil with the reason it is not answered. proxyPort is true
+// for requests that arrived on port 4011.
+func (p *replier) reply(req *Request, backend Backend, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
+	if req.Op != dhcpv4.OpcodeBootRequest {
+		return nil, 0, ResultNotBootReply
 	}
-	r, known := backend.LookupMAC(req.ClientHWAddr)
-	client := ReadClient(req)
+	if req.HType != iana.HWTypeEthernet || req.HLen != 6 {
+		return nil, 0, ResultMalformed
+	}
+	r, known := backend.LookupMAC(req.MAC())
+	client := req.Client()
 	if cfg.Mode == ModeProxy || proxyPort {
-		return proxyReply(req, client, r, known, cfg, proxyPort)
+		return p.proxyReply(req, client, r, known, cfg, proxyPort)
 	}
-	return reservationReply(req, client, r, known, cfg)
+	return p.reservationReply(req, client, r, known, cfg)
 }
 
-func reservationReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool, cfg *Config) (*dhcpv4.DHCPv4, Result) {
+func (p *replier) reservationReply(req *Request, client Client, r Reservation, known bool, cfg *Config) ([]byte, dhcpv4.MessageType, Result) {
 	if !known {
-		return nil, ResultUnknownMAC
+		return nil, 0, ResultUnknownMAC
 	}
 	if r.Address == nil {
-		return nil, ResultNoAddress
+		return nil, 0, ResultNoAddress
 	}
 	var (
 		msgType dhcpv4.MessageType
 		result  Result
 	)
+	server := ip4Of(cfg.ServerIP)
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
 	case dhcpv4.MessageTypeRequest:
-		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(cfg.ServerIP) {
-			return nil, ResultOtherServer
+		if sid, ok := req.ip4(tServerID); ok && sid != server {
+			return nil, 0, ResultOtherServer
 		}
-		asked := req.RequestedIPAddress()
-		if asked == nil {
-			asked = req.ClientIPAddr
+		asked, ok := req.ip4(tRequestedIP)
+		if !ok {
+			asked = req.CIAddr
 		}
-		if !asked.Equal(r.Address) {
-			return nak(req, cfg, fmt.Sprintf("address %s is not reserved for %s", asked, req.ClientHWAddr)), ResultNak
+		if asked != ip4Of(r.Address) || r.Address.To4() == nil {
+			msg := fmt.Sprintf("address %s is not reserved for %s", net.IPv4(asked[0], asked[1], asked[2], asked[3]), req.MAC())
+			return p.nak(req, server, msg), dhcpv4.MessageTypeNak, ResultNak
 		}
 		msgType, result = dhcpv4.MessageTypeAck, ResultAck
 	case dhcpv4.MessageTypeInform:
 		msgType, result = dhcpv4.MessageTypeAck, ResultAck
 	default:
-		return nil, ResultIgnoredType
+		return nil, 0, ResultIgnoredType
 	}
-	resp, err := newReply(req, msgType, cfg)
-	if err != nil {
-		return nil, ResultMalformed
+	inform := req.MessageType() == dhcpv4.MessageTypeInform
+	boot := client.Booting() && !r.LocalBoot
+	var yiaddr [4]byte
+	if !inform {
+		yiaddr = ip4Of(r.Address)
 	}
-	if req.MessageType() != dhcpv4.MessageTypeInform {
-		resp.YourIPAddr = r.Address
-		resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(cfg.LeaseTime))
-		resp.UpdateOption(dhcpv4.OptRenewTimeValue(cfg.LeaseTime / 2))
-		resp.UpdateOption(dhcpv4.OptRebindingTimeValue(cfg.LeaseTime * 7 / 8))
-	}
+	w := p.header(req, client, r, cfg, boot, yiaddr, server)
 	if r.Mask != nil {
-		resp.UpdateOption(dhcpv4.OptSubnetMask(r.Mask))
+		mask := r.Mask
+		if len(mask) > net.IPv4len {
+			mask = mask[:net.IPv4len]
+		}
+		w.option(dhcpv4.OptionSubnetMask, mask)
 	}
 	if r.Gateway != nil {
-		resp.UpdateOption(dhcpv4.OptRouter(r.Gateway))
+		w.optionIPs(dhcpv4.OptionRouter, r.Gateway)
 	}
 	if len(r.DNS) > 0 {
-		resp.UpdateOption(dhcpv4.OptDNS(r.DNS...))
+		w.optionIPs(dhcpv4.OptionDomainNameServer, r.DNS...)
 	}
 	if r.Hostname != "" {
-		resp.UpdateOption(dhcpv4.OptHostName(r.Hostname))
+		w.optionString(dhcpv4.OptionHostName, r.Hostname)
 	}
-	if client.Booting() && !r.LocalBoot {
-		setBootOptions(resp, client, ChooseBootFile(client, r, cfg), cfg, false)
+	lease := uint32(cfg.LeaseTime / time.Second)
+	if !inform {
+		w.optionUint32(dhcpv4.OptionIPAddressLeaseTime, lease)
 	}
-	return resp, result
+	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(msgType))
+	w.option(dhcpv4.OptionServerIdentifier, server[:])
+	if !inform {
+		w.optionUint32(dhcpv4.OptionRenewTimeValue, uint32(cfg.LeaseTime/2/time.Second))
+		w.optionUint32(dhcpv4.OptionRebindingTimeValue, uint32(cfg.LeaseTime*7/8/time.Second))
+	}
+	p.bootOptions(req, client, cfg, boot, false)
+	return w.finish(req), msgType, result
 }
 
 // proxyReply answers a PXE client beside another DHCP server: no address, only
 // where to boot from. DISCOVER on 67 gets an OFFER; REQUEST (or INFORM) on
 // 4011 gets an ACK.
-func proxyReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
+func (p *replier) proxyReply(req *Request, client Client, r Reservation, known bool, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
 	if !client.Booting() {
-		return nil, ResultNotPXE
+		return nil, 0, ResultNotPXE
 	}
 	if !known {
-		return nil, ResultUnknownMAC
+		return nil, 0, ResultUnknownMAC
 	}
 	if r.LocalBoot {
-		return nil, ResultNotPXE
+		return nil, 0, ResultNotPXE
 	}
 	var (
 		msgType dhcpv4.MessageType
 		result  Result
 	)
+	server := ip4Of(cfg.ServerIP)
 	switch t := req.MessageType(); {
 	case t == dhcpv4.MessageTypeDiscover && !proxyPort:
 		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
 	case t == dhcpv4.MessageTypeRequest && !proxyPort:
 		// The client's REQUEST to the address-giving server; iPXE also looks
 		// at a proxy ACK to it.
-		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(cfg.ServerIP) {
-			return nil, ResultOtherServer
+		if sid, ok := req.ip4(tServerID); ok && sid != server {
+			return nil, 0, ResultOtherServer
 		}
 		msgType, result = dhcpv4.MessageTypeAck, ResultAck
 	case (t == dhcpv4.MessageTypeRequest || t == dhcpv4.MessageTypeInform) && proxyPort:
 		msgType, result = dhcpv4.MessageTypeAck, ResultAck
 	default:
-		return nil, ResultIgnoredType
+		return nil, 0, ResultIgnoredType
 	}
-	resp, err := newReply(req, msgType, cfg)
-	if err != nil {
-		return nil, ResultMalformed
+	w := p.header(req, client, r, cfg, true, [4]byte{}, server)
+	if client.PXE && !client.HTTP {
+		// PXE vendor sub-option 6 = 8: no boot server discovery, load the
+		// boot file named in the reply.
+		w.option(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl)
 	}
-	resp.YourIPAddr = net.IPv4zero
-	setBootOptions(resp, client, ChooseBootFile(client, r, cfg), cfg, true)
-	return resp, result
+	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(msgType))
+	w.option(dhcpv4.OptionServerIdentifier, server[:])
+	p.bootOptions(req, client, cfg, true, true)
+	return w.finish(req), msgType, result
 }
 
-// newReply starts a reply from this server: message type, siaddr and server
-// identifier.
-func newReply(req *dhcpv4.DHCPv4, msgType dhcpv4.MessageType, cfg *Config) (*dhcpv4.DHCPv4, error) {
-	return dhcpv4.NewReplyFromRequest(req,
-		dhcpv4.WithMessageType(msgType),
-		dhcpv4.WithServerIP(cfg.ServerIP),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
-	)
-}
-
-// pxeDiscoveryControl is PXE vendor sub-option 6 = 8: no boot server
-// discovery, load the boot file named in the reply.
 var pxeDiscoveryControl = []byte{6, 1, 8, 255}
 
-func setBootOptions(resp *dhcpv4.DHCPv4, client Client, bf BootFile, cfg *Config, proxy bool) {
-	resp.BootFileName = bf.Name
-	resp.UpdateOption(dhcpv4.OptBootFileName(bf.Name))
-	if !bf.HTTP {
-		resp.ServerIPAddr = cfg.ServerIP
-		resp.UpdateOption(dhcpv4.OptTFTPServerName(cfg.ServerIP.String()))
+// header chooses the boot file (when boot is set) and writes the reply's
+// header: siaddr is this server.
+func (p *replier) header(req *Request, client Client, r Reservation, cfg *Config, boot bool, yiaddr, server [4]byte) *replyWriter {
+	p.name = p.name[:0]
+	httpBoot := false
+	if boot {
+		p.name, httpBoot = appendBootFile(p.name, client, r, cfg)
 	}
-	switch {
-	case client.HTTP:
-		// UEFI HTTP boot ignores offers without HTTPClient in option 60.
-		resp.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
-	case client.IPXE && !proxy:
-		// iPXE waits several seconds for a ProxyDHCP answer when the
-		// reply says PXEClient; from the server that hands out the address
-		// and the script URL there is nothing more to wait for.
-	case client.PXE:
-		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
-		if proxy {
-			resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl))
+	p.tftp = p.tftp[:0]
+	if boot && !httpBoot {
+		p.tftp = appendIP4(p.tftp, server)
+	}
+	p.w.header(req, yiaddr, server, req.Flags, p.name)
+	return &p.w
+}
+
+// bootOptions writes options 60 to 67 (after 53 and 54, before 82): the
+// vendor class a PXE or HTTP client waits for, the copied client identifier,
+// the TFTP server and the boot file name.
+func (p *replier) bootOptions(req *Request, client Client, cfg *Config, boot, proxy bool) {
+	w := &p.w
+	if boot {
+		switch {
+		case client.HTTP:
+			// UEFI HTTP boot ignores offers without HTTPClient in option 60.
+			w.optionString(dhcpv4.OptionClassIdentifier, "HTTPClient")
+		case client.IPXE && !proxy:
+			// iPXE waits several seconds for a ProxyDHCP answer when the
+			// reply says PXEClient; from the server that hands out the
+			// address and the script URL there is nothing more to wait for.
+		case client.PXE:
+			w.optionString(dhcpv4.OptionClassIdentifier, "PXEClient")
 		}
+	}
+	if v := req.opts[tClientID]; v != nil {
+		// RFC 6842: the client identifier is echoed.
+		w.option(dhcpv4.OptionClientIdentifier, v)
+	}
+	if boot {
+		if len(p.tftp) > 0 {
+			w.option(dhcpv4.OptionTFTPServerName, p.tftp)
+		}
+		w.option(dhcpv4.OptionBootfileName, p.name)
 	}
 }
 
-func nak(req *dhcpv4.DHCPv4, cfg *Config, msg string) *dhcpv4.DHCPv4 {
-	resp, err := dhcpv4.NewReplyFromRequest(req,
-		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
-		dhcpv4.WithOption(dhcpv4.OptMessage(msg)),
-	)
-	if err != nil {
-		return nil
+func (p *replier) nak(req *Request, server [4]byte, msg string) []byte {
+	w := &p.w
+	w.header(req, [4]byte{}, [4]byte{}, req.Flags|0x8000, nil)
+	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(dhcpv4.MessageTypeNak))
+	w.option(dhcpv4.OptionServerIdentifier, server[:])
+	w.optionString(dhcpv4.OptionMessage, msg)
+	if v := req.opts[tClientID]; v != nil {
+		w.option(dhcpv4.OptionClientIdentifier, v)
 	}
-	resp.ClientIPAddr = net.IPv4zero
-	resp.YourIPAddr = net.IPv4zero
-	resp.SetBroadcast()
-	return resp
+	return w.finish(req)
+}
+
+func appendIP4(dst []byte, ip [4]byte) []byte {
+	for i, b := range ip {
+		if i > 0 {
+			dst = append(dst, '.')
+		}
+		dst = strconv.AppendUint(dst, uint64(b), 10)
+	}
+	return dst
 }

@@ -1,7 +1,9 @@
 package dhcp
 
 import (
+	"bytes"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -9,11 +11,12 @@ import (
 	. "github.com/onsi/gomega"
 )
 
-// mapBackend is the test Backend: a map from MAC to reservation.
+// mapBackend is the test Backend: a map from the MAC's six bytes to a
+// reservation.
 type mapBackend map[string]Reservation
 
 func (m mapBackend) LookupMAC(mac net.HardwareAddr) (Reservation, bool) {
-	r, ok := m[mac.String()]
+	r, ok := m[string(mac)]
 	return r, ok
 }
 
@@ -26,13 +29,56 @@ var (
 
 func backend() mapBackend {
 	return mapBackend{
-		macKnown.String(): {
+		string(macKnown): {
 			MAC: macKnown, Address: net.IPv4(10, 20, 0, 131).To4(), Mask: net.CIDRMask(24, 32),
 			Gateway: net.IPv4(10, 20, 0, 1).To4(), DNS: []net.IP{net.IPv4(10, 20, 0, 1).To4()}, Hostname: "seat-031",
 		},
-		macLocal.String():  {MAC: macLocal, Address: net.IPv4(10, 20, 0, 132).To4(), Mask: net.CIDRMask(24, 32), LocalBoot: true},
-		macNoAddr.String(): {MAC: macNoAddr},
+		string(macLocal):  {MAC: macLocal, Address: net.IPv4(10, 20, 0, 132).To4(), Mask: net.CIDRMask(24, 32), LocalBoot: true},
+		string(macNoAddr): {MAC: macNoAddr},
 	}
+}
+
+// answer runs req through the server's own parser and reply writer and
+// returns the reply as the library reads it. It fails the test unless the
+// reply is byte for byte the one the library-built reference gives
+// (reference_test.go).
+func answer(t testing.TB, req *dhcpv4.DHCPv4, b Backend, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
+	t.Helper()
+	got, gotType, result := wireAnswer(t, req.ToBytes(), b, cfg, proxyPort)
+	want, wantResult := referenceReply(req, b, cfg, proxyPort)
+	if result != wantResult {
+		t.Fatalf("result %s, the reference says %s", result, wantResult)
+	}
+	if want == nil || got == nil {
+		if want != nil || got != nil {
+			t.Fatalf("reply %v, the reference's %v", got != nil, want != nil)
+		}
+		return nil, result
+	}
+	if wantBytes := want.ToBytes(); !bytes.Equal(got, wantBytes) {
+		t.Fatalf("reply differs from the reference's:\n got %x\nwant %x", got, wantBytes)
+	}
+	resp, err := dhcpv4.FromBytes(got)
+	if err != nil {
+		t.Fatalf("reply does not parse: %v", err)
+	}
+	if resp.MessageType() != gotType {
+		t.Fatalf("reply type %s, the packet says %s", gotType, resp.MessageType())
+	}
+	return resp, result
+}
+
+// wireAnswer is the server's path from packet to reply.
+func wireAnswer(t testing.TB, pkt []byte, b Backend, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
+	t.Helper()
+	var (
+		req Request
+		rep replier
+	)
+	if err := req.Parse(pkt); err != nil {
+		t.Fatalf("parsing the request: %v", err)
+	}
+	return rep.reply(&req, b, cfg, proxyPort)
 }
 
 func config(mode Mode) *Config {
@@ -113,9 +159,9 @@ func TestReservationBootFiles(t *testing.T) {
 				tc.cfg(cfg)
 			}
 			b := backend()
-			r := b[macKnown.String()]
+			r := b[string(macKnown)]
 			r.Firmware = tc.override
-			b[macKnown.String()] = r
+			b[string(macKnown)] = r
 
 			for _, step := range []struct {
 				req  *dhcpv4.DHCPv4
@@ -124,7 +170,7 @@ func TestReservationBootFiles(t *testing.T) {
 				{discover(macKnown, tc.mods...), dhcpv4.MessageTypeOffer},
 				{request(macKnown, net.IPv4(10, 20, 0, 131), cfg.ServerIP, tc.mods...), dhcpv4.MessageTypeAck},
 			} {
-				resp, _ := Reply(step.req, b, cfg, false)
+				resp, _ := answer(t, step.req, b, cfg, false)
 				g.Expect(resp).NotTo(BeNil())
 				g.Expect(resp.MessageType()).To(Equal(step.want))
 				g.Expect(resp.TransactionID).To(Equal(step.req.TransactionID))
@@ -185,7 +231,7 @@ func TestReservationRefusals(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			resp, result := Reply(tc.req, backend(), cfg, false)
+			resp, result := answer(t, tc.req, backend(), cfg, false)
 			g.Expect(result).To(Equal(tc.result))
 			if tc.check == nil {
 				g.Expect(resp).To(BeNil())
@@ -201,7 +247,7 @@ func TestProxy(t *testing.T) {
 	cfg := config(ModeProxy)
 	t.Run("DISCOVER on 67 gets boot information and no address", func(t *testing.T) {
 		g := NewWithT(t)
-		resp, result := Reply(discover(macKnown, biosPXE()...), backend(), cfg, false)
+		resp, result := answer(t, discover(macKnown, biosPXE()...), backend(), cfg, false)
 		g.Expect(result).To(Equal(ResultOffer))
 		g.Expect(resp.MessageType()).To(Equal(dhcpv4.MessageTypeOffer))
 		g.Expect(resp.YourIPAddr.IsUnspecified()).To(BeTrue())
@@ -216,18 +262,18 @@ func TestProxy(t *testing.T) {
 		g := NewWithT(t)
 		req := request(macKnown, nil, nil, uefiPXE(iana.EFI_X86_64)...)
 		req.ClientIPAddr = net.IPv4(192, 168, 1, 50)
-		resp, result := Reply(req, backend(), cfg, true)
+		resp, result := answer(t, req, backend(), cfg, true)
 		g.Expect(result).To(Equal(ResultAck))
 		g.Expect(resp.BootFileName).To(Equal("ipxe.efi"))
 	})
 	t.Run("iPXE behind the café router gets its script", func(t *testing.T) {
 		g := NewWithT(t)
-		resp, _ := Reply(discover(macKnown, ipxeClient()...), backend(), cfg, false)
+		resp, _ := answer(t, discover(macKnown, ipxeClient()...), backend(), cfg, false)
 		g.Expect(resp.BootFileName).To(Equal("http://10.20.0.2:8880/boot/52:54:00:12:34:31.ipxe"))
 	})
 	t.Run("a machine without a reservation still boots", func(t *testing.T) {
 		g := NewWithT(t)
-		resp, result := Reply(discover(macNoAddr, biosPXE()...), backend(), cfg, false)
+		resp, result := answer(t, discover(macNoAddr, biosPXE()...), backend(), cfg, false)
 		g.Expect(result).To(Equal(ResultOffer))
 		g.Expect(resp.BootFileName).To(Equal("undionly.kpxe"))
 	})
@@ -242,7 +288,7 @@ func TestProxy(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			resp, result := Reply(tc.req, backend(), cfg, name == "DISCOVER on 4011")
+			resp, result := answer(t, tc.req, backend(), cfg, name == "DISCOVER on 4011")
 			g.Expect(resp).To(BeNil())
 			g.Expect(result).To(Equal(tc.result))
 		})
@@ -251,16 +297,22 @@ func TestProxy(t *testing.T) {
 
 func TestReplyAddr(t *testing.T) {
 	g := NewWithT(t)
-	ack := discover(macKnown, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
-	nakMsg := discover(macKnown, dhcpv4.WithMessageType(dhcpv4.MessageTypeNak))
-	relayed := discover(macKnown, dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1)))
-	g.Expect(replyAddr(relayed, ack, &net.UDPAddr{IP: net.IPv4(10, 30, 0, 1), Port: 67}, false).String()).To(Equal("10.30.0.1:67"))
-	g.Expect(replyAddr(discover(macKnown), ack, &net.UDPAddr{IP: net.IPv4zero, Port: 68}, false).String()).To(Equal("255.255.255.255:68"))
-	renew := discover(macKnown, dhcpv4.WithClientIP(net.IPv4(10, 20, 0, 131)))
-	g.Expect(replyAddr(renew, ack, &net.UDPAddr{IP: net.IPv4(10, 20, 0, 131), Port: 68}, false).String()).To(Equal("10.20.0.131:68"))
-	g.Expect(replyAddr(renew, nakMsg, &net.UDPAddr{IP: net.IPv4(10, 20, 0, 131), Port: 68}, false).String()).To(Equal("255.255.255.255:68"))
-	g.Expect(replyAddr(renew, ack, &net.UDPAddr{IP: net.IPv4(192, 168, 1, 50), Port: 4011}, true).String()).To(Equal("192.168.1.50:4011"))
-	g.Expect(replyAddr(discover(macKnown), ack, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, false).String()).To(Equal("127.0.0.1:40000"))
+	parse := func(d *dhcpv4.DHCPv4) *Request {
+		var r Request
+		g.Expect(r.Parse(d.ToBytes())).To(Succeed())
+		return &r
+	}
+	ack, nakType := dhcpv4.MessageTypeAck, dhcpv4.MessageTypeNak
+	peer := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	relayed := parse(discover(macKnown, dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1))))
+	g.Expect(replyAddr(relayed, ack, peer("10.30.0.1:67"), false).String()).To(Equal("10.30.0.1:67"))
+	g.Expect(replyAddr(parse(discover(macKnown)), ack, peer("0.0.0.0:68"), false).String()).To(Equal("255.255.255.255:68"))
+	g.Expect(replyAddr(parse(discover(macKnown)), ack, netip.AddrPort{}, false).String()).To(Equal("255.255.255.255:68"))
+	renew := parse(discover(macKnown, dhcpv4.WithClientIP(net.IPv4(10, 20, 0, 131))))
+	g.Expect(replyAddr(renew, ack, peer("10.20.0.131:68"), false).String()).To(Equal("10.20.0.131:68"))
+	g.Expect(replyAddr(renew, nakType, peer("10.20.0.131:68"), false).String()).To(Equal("255.255.255.255:68"))
+	g.Expect(replyAddr(renew, ack, peer("192.168.1.50:4011"), true).String()).To(Equal("192.168.1.50:4011"))
+	g.Expect(replyAddr(parse(discover(macKnown)), ack, peer("127.0.0.1:40000"), false).String()).To(Equal("127.0.0.1:40000"))
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -5,14 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +26,8 @@ const (
 )
 
 // Observer hears about answered and unknown clients. The agent uses it to
-// record boot progress and discovered machines; it must not block.
+// record boot progress and discovered machines; it must not block, and mac is
+// valid only during the call (it points into the worker's packet buffer).
 type Observer interface {
 	Answered(mac net.HardwareAddr, msg dhcpv4.MessageType)
 	Unknown(mac net.HardwareAddr, client Client)
@@ -140,15 +143,23 @@ func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
 // per system call under load.
 const batch = 32
 
+// worker is one worker's state: its socket batches, the parsed request and
+// the reply builder, all reused from packet to packet.
+type worker struct {
+	conn *batchConn
+	req  Request
+	rep  replier
+}
+
 func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
-	pc := ipv4.NewPacketConn(conn)
-	in := make([]ipv4.Message, batch)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, 1500)}
+	bc, err := newBatchConn(conn, batch)
+	if err != nil {
+		s.log.Error(err, "Using the DHCP socket")
+		return
 	}
-	out := make([]ipv4.Message, 0, batch)
+	w := &worker{conn: bc}
 	for {
-		n, err := pc.ReadBatch(in, 0)
+		n, err := bc.read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -156,82 +167,98 @@ func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
 			s.log.Error(err, "Reading DHCP packets")
 			continue
 		}
-		out = out[:0]
+		out := 0
 		for i := range n {
-			peer, _ := in[i].Addr.(*net.UDPAddr)
-			if reply, dst := s.handle(in[i].Buffers[0][:in[i].N], peer); reply != nil {
-				out = append(out, ipv4.Message{Buffers: [][]byte{reply}, Addr: dst})
+			pkt, peer, whole := bc.packet(i)
+			if !whole {
+				s.metrics.packet(dhcpv4.MessageTypeNone, ResultMalformed)
+				continue
+			}
+			if reply, dst := s.handle(w, pkt, peer, bc.outBuf(out)); reply != nil {
+				bc.queue(out, reply, dst)
+				out++
 			}
 		}
-		for len(out) > 0 {
-			sent, err := pc.WriteBatch(out, 0)
-			if err != nil {
-				s.metrics.packet("reply", ResultSendFailed)
-				s.log.V(1).Info("Sending DHCP replies failed", "error", err.Error())
-				sent = max(sent, 1) // skip the reply that failed
+		if out == 0 {
+			continue
+		}
+		if failed, err := bc.write(out); failed > 0 {
+			for range failed {
+				s.metrics.packet(dhcpv4.MessageTypeNone, ResultSendFailed)
 			}
-			out = out[sent:]
+			if err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.V(1).Info("Sending DHCP replies failed", "failed", failed, "error", err.Error())
+			}
 		}
 	}
 }
 
-// handle builds the answer to one packet and where it goes, or nil; it never
-// panics on input.
-func (s *Server) handle(pkt []byte, peer *net.UDPAddr) ([]byte, *net.UDPAddr) {
+// handle builds the answer to one packet in buf and where it goes, or nil;
+// it never panics on input and allocates nothing on the way to an OFFER or
+// ACK.
+func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) ([]byte, netip.AddrPort) {
 	start := time.Now()
-	req, err := dhcpv4.FromBytes(pkt)
-	if err != nil {
-		s.metrics.packet("unknown", ResultMalformed)
-		s.log.V(2).Info("Dropping malformed DHCP packet", "peer", peer, "interface", s.iface, "error", err.Error())
-		return nil, nil
+	req := &w.req
+	if err := req.Parse(pkt); err != nil {
+		s.metrics.packet(dhcpv4.MessageTypeNone, ResultMalformed)
+		if s.log.V(2).Enabled() {
+			s.log.V(2).Info("Dropping malformed DHCP packet", "peer", peer.String(), "interface", s.iface, "error", err.Error())
+		}
+		return nil, netip.AddrPort{}
 	}
 	msgType := req.MessageType()
-	resp, result := Reply(req, s.backend, &s.cfg, s.proxyPort)
-	// Per-packet logs are verbose only; building their keys costs more than
-	// answering the packet.
-	log := logr.Discard()
-	if s.log.V(1).Enabled() {
-		log = s.log.WithValues("mac", req.ClientHWAddr.String(), "xid", req.TransactionID.String(), "interface", s.iface)
-	}
+	w.rep.w.b = buf
+	resp, respType, result := w.rep.reply(req, s.backend, &s.cfg, s.proxyPort)
+	s.metrics.packet(msgType, result)
 	if resp == nil {
-		s.metrics.packet(msgType.String(), result)
 		if result == ResultUnknownMAC && s.observer != nil {
-			if c := ReadClient(req); c.Booting() {
-				s.observer.Unknown(req.ClientHWAddr, c)
+			if c := req.Client(); c.Booting() {
+				s.observer.Unknown(req.MAC(), c)
 			}
 		}
-		log.V(2).Info("Not answering DHCP request", "type", msgType.String(), "result", string(result))
-		return nil, nil
+		if s.log.V(2).Enabled() {
+			s.log.V(2).Info("Not answering DHCP request", "mac", req.MAC().String(), "type", msgType.String(), "result", string(result), "interface", s.iface)
+		}
+		return nil, netip.AddrPort{}
 	}
-	dst := replyAddr(req, resp, peer, s.proxyPort)
-	s.metrics.packet(msgType.String(), result)
+	dst := replyAddr(req, respType, peer, s.proxyPort)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
 	if s.observer != nil && result != ResultNak {
-		s.observer.Answered(req.ClientHWAddr, resp.MessageType())
+		s.observer.Answered(req.MAC(), respType)
 	}
-	log.V(1).Info("Answering DHCP request", "type", msgType.String(), "reply", resp.MessageType().String(), "to", dst.String())
-	return resp.ToBytes(), dst
+	// Per-packet logs are verbose only; building their values costs more
+	// than answering the packet.
+	if s.log.V(1).Enabled() {
+		s.log.V(1).Info("Answering DHCP request", "mac", req.MAC().String(), "xid", fmt.Sprintf("%x", req.Xid), "interface", s.iface,
+			"type", msgType.String(), "reply", respType.String(), "to", dst.String())
+	}
+	return resp, dst
 }
+
+var (
+	broadcast4 = netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), ClientPort)
+	zero4      [4]byte
+)
 
 // replyAddr picks where a reply goes (RFC 2131 4.1): a relay's giaddr, a
 // client's ciaddr, the source of a unicast request from a non-standard port
 // (a relay or test client on an ephemeral port), or broadcast.
-func replyAddr(req, resp *dhcpv4.DHCPv4, peer *net.UDPAddr, proxyPort bool) *net.UDPAddr {
-	fromOddPort := peer != nil && peer.Port != ClientPort && peer.Port != ServerPort && !peer.IP.IsUnspecified()
+func replyAddr(req *Request, respType dhcpv4.MessageType, peer netip.AddrPort, proxyPort bool) netip.AddrPort {
+	fromPeer := peer.IsValid() && !peer.Addr().IsUnspecified()
 	switch {
-	case fromOddPort:
+	case fromPeer && peer.Port() != ClientPort && peer.Port() != ServerPort:
 		return peer
-	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
-		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: ServerPort}
-	case proxyPort && peer != nil && !peer.IP.IsUnspecified():
+	case req.GIAddr != zero4:
+		return netip.AddrPortFrom(netip.AddrFrom4(req.GIAddr), ServerPort)
+	case proxyPort && fromPeer:
 		// PXE clients on 4011 have an address and wait on their source port.
 		return peer
-	case resp.MessageType() == dhcpv4.MessageTypeNak:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: ClientPort}
-	case !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil:
-		return &net.UDPAddr{IP: req.ClientIPAddr, Port: ClientPort}
+	case respType == dhcpv4.MessageTypeNak:
+		return broadcast4
+	case req.CIAddr != zero4:
+		return netip.AddrPortFrom(netip.AddrFrom4(req.CIAddr), ClientPort)
 	default:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: ClientPort}
+		return broadcast4
 	}
 }
 
@@ -239,6 +266,9 @@ func replyAddr(req, resp *dhcpv4.DHCPv4, peer *net.UDPAddr, proxyPort bool) *net
 type Metrics struct {
 	packets *prometheus.CounterVec
 	latency prometheus.Histogram
+	// counters caches the packet counters by message type and result, so a
+	// packet costs no label lookup.
+	counters [numTypeLabels][numResults]atomic.Pointer[prometheus.Counter]
 }
 
 // NewMetrics registers the DHCP metrics with reg (nil: not registered).
@@ -251,7 +281,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ggnet_dhcp_reply_seconds",
 			Help:    "Time from reading a DHCP request to its reply being ready to send.",
-			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3},
+			Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3},
 		}),
 	}
 	if reg != nil {
@@ -260,6 +290,37 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) packet(msgType string, r Result) {
-	m.packets.WithLabelValues(msgType, string(r)).Inc()
+// results lists every Result; its index is the counter's.
+var results = [...]Result{ResultOffer, ResultAck, ResultNak, ResultUnknownMAC, ResultNoAddress, ResultNotPXE,
+	ResultOtherServer, ResultIgnoredType, ResultMalformed, ResultSendFailed, ResultNotBootReply}
+
+const numResults = len(results)
+
+// numTypeLabels: message types 1 to 18 (RFC 2132, 4388, 6926, 7724) by
+// name, 0 as "unknown" (none or unreadable), anything else as "other", so
+// that a flood of odd types cannot grow the metric without bound.
+const numTypeLabels = 20
+
+func typeLabel(t dhcpv4.MessageType) (int, string) {
+	switch {
+	case t == dhcpv4.MessageTypeNone:
+		return 0, "unknown"
+	case t <= 18:
+		return int(t), t.String()
+	default:
+		return numTypeLabels - 1, "other"
+	}
+}
+
+func (m *Metrics) packet(t dhcpv4.MessageType, r Result) {
+	ri := slices.Index(results[:], r)
+	ti, label := typeLabel(t)
+	slot := &m.counters[ti][ri]
+	c := slot.Load()
+	if c == nil {
+		counter := m.packets.WithLabelValues(label, string(r))
+		slot.Store(&counter)
+		c = &counter
+	}
+	(*c).Inc()
 }

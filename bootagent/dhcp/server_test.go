@@ -1,8 +1,11 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -176,32 +179,69 @@ func TestServerProxy(t *testing.T) {
 type observerFunc func(net.HardwareAddr)
 
 func (f observerFunc) Answered(net.HardwareAddr, dhcpv4.MessageType) {}
-func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)        { f(mac) }
+func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)        { f(slices.Clone(mac)) }
 
+// FuzzReply feeds any bytes to the server's parser and reply writer and
+// checks them against the library: a packet parses exactly when
+// dhcpv4.FromBytes parses it, the client is classified the same, and the
+// reply, its result and where it goes are those of the library-built
+// reference, byte for byte.
 func FuzzReply(f *testing.F) {
 	f.Add(discover(macKnown, biosPXE()...).ToBytes(), false)
 	f.Add(request(macKnown, net.IPv4(10, 20, 0, 131), net.IPv4(10, 20, 0, 2), ipxeClient()...).ToBytes(), false)
 	f.Add(discover(macUnknown, uefiHTTP()...).ToBytes(), true)
+	relayed := discover(macKnown, append(uefiPXE(iana.EFI_X86_64), dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1)),
+		dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionRelayAgentInformation, []byte{1, 3, 'p', 'o', 'e'})),
+		dhcpv4.WithOption(dhcpv4.OptClientIdentifier([]byte{1, 0x52, 0x54, 0, 0x12, 0x34, 0x31})))...)
+	f.Add(relayed.ToBytes(), false)
+	f.Add(request(macKnown, net.IPv4(10, 20, 0, 99), nil).ToBytes(), false)
 	b := backend()
 	reservation, proxy := config(ModeReservation), config(ModeProxy)
+	var (
+		req Request
+		rep replier
+	)
 	f.Fuzz(func(t *testing.T, pkt []byte, proxyMode bool) {
-		req, err := dhcpv4.FromBytes(pkt)
+		ref, refErr := dhcpv4.FromBytes(pkt)
+		err := req.Parse(pkt)
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("Parse says %v, the library %v", err, refErr)
+		}
 		if err != nil {
 			return
+		}
+		if got, want := req.Client(), referenceClient(ref); got != want {
+			t.Fatalf("client %+v, the library reads %+v", got, want)
 		}
 		cfg := reservation
 		if proxyMode {
 			cfg = proxy
 		}
-		resp, result := Reply(req, b, cfg, len(pkt)%2 == 0)
+		proxyPort := len(pkt)%2 == 0
+		resp, respType, result := rep.reply(&req, b, cfg, proxyPort)
+		want, wantResult := referenceReply(ref, b, cfg, proxyPort)
+		if result != wantResult || (resp == nil) != (want == nil) {
+			t.Fatalf("result %s (reply %v), the reference %s (reply %v)", result, resp != nil, wantResult, want != nil)
+		}
 		if resp == nil {
 			return
 		}
-		if _, err := dhcpv4.FromBytes(resp.ToBytes()); err != nil {
-			t.Fatalf("reply (%s) does not parse back: %v", result, err)
+		if wantBytes := want.ToBytes(); !bytes.Equal(resp, wantBytes) {
+			t.Fatalf("reply differs from the reference's:\n got %x\nwant %x", resp, wantBytes)
 		}
-		if to := replyAddr(req, resp, &net.UDPAddr{IP: net.IPv4zero, Port: ClientPort}, false); to == nil || to.Port == 0 {
-			t.Fatalf("no reply address for %s", req.Summary())
+		if respType != want.MessageType() {
+			t.Fatalf("reply type %s, the reference's %s", respType, want.MessageType())
+		}
+		for _, peer := range []netip.AddrPort{{}, netip.MustParseAddrPort("0.0.0.0:68"), netip.MustParseAddrPort("10.9.8.7:68"),
+			netip.MustParseAddrPort("10.9.8.7:4011"), netip.MustParseAddrPort("10.9.8.7:40000")} {
+			var udp *net.UDPAddr
+			if peer.IsValid() {
+				udp = net.UDPAddrFromAddrPort(peer)
+			}
+			got, want := replyAddr(&req, respType, peer, proxyPort), referenceReplyAddr(ref, want, udp, proxyPort)
+			if got.String() != want.String() {
+				t.Fatalf("reply to %s from %s, the reference says %s", got, peer, want)
+			}
 		}
 	})
 }

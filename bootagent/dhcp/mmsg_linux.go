@@ -1,0 +1,167 @@
+package dhcp
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// mmsghdr is struct mmsghdr of recvmmsg(2) and sendmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
+// batchConn reads and writes batches of IPv4 datagrams on one UDP socket with
+// recvmmsg and sendmmsg, through the runtime's poller, into buffers it owns:
+// nothing is allocated per packet (golang.org/x/net's ReadBatch allocates an
+// address per datagram). One worker owns one batchConn.
+type batchConn struct {
+	rc syscall.RawConn
+
+	in      [][]byte // receive buffers, maxPacket each
+	rhdrs   []mmsghdr
+	riov    []unix.Iovec
+	rnames  []unix.RawSockaddrInet4
+	rn      int
+	rerr    error
+	readFn  func(uintptr) bool
+	out     [][]byte // reply buffers handed out by outBuf
+	shdrs   []mmsghdr
+	siov    []unix.Iovec
+	snames  []unix.RawSockaddrInet4
+	soff    int
+	scount  int
+	sent    int
+	serr    error
+	writeFn func(uintptr) bool
+}
+
+func newBatchConn(conn *net.UDPConn, size int) (*batchConn, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	b := &batchConn{rc: rc,
+		in: make([][]byte, size), rhdrs: make([]mmsghdr, size), riov: make([]unix.Iovec, size), rnames: make([]unix.RawSockaddrInet4, size),
+		out: make([][]byte, size), shdrs: make([]mmsghdr, size), siov: make([]unix.Iovec, size), snames: make([]unix.RawSockaddrInet4, size),
+	}
+	for i := range size {
+		b.in[i] = make([]byte, maxPacket)
+		b.riov[i].Base = &b.in[i][0]
+		b.riov[i].SetLen(maxPacket)
+		b.rhdrs[i].hdr.Iov = &b.riov[i]
+		b.rhdrs[i].hdr.SetIovlen(1)
+		b.rhdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.rnames[i]))
+
+		b.out[i] = make([]byte, 0, maxPacket)
+		b.shdrs[i].hdr.Iov = &b.siov[i]
+		b.shdrs[i].hdr.SetIovlen(1)
+		b.shdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.snames[i]))
+	}
+	b.readFn = b.recv
+	b.writeFn = b.send
+	return b, nil
+}
+
+func (b *batchConn) recv(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rhdrs[0])), uintptr(len(b.rhdrs)), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			b.rn, b.rerr = int(n), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // wait until readable
+		default:
+			b.rn, b.rerr = 0, e
+		}
+		return true
+	}
+}
+
+// read waits for at least one datagram and reads up to the batch size; it
+// returns how many were read.
+func (b *batchConn) read() (int, error) {
+	for i := range b.rhdrs {
+		b.rhdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+		b.rhdrs[i].hdr.Flags = 0
+	}
+	if err := b.rc.Read(b.readFn); err != nil {
+		return 0, err
+	}
+	return b.rn, b.rerr
+}
+
+// packet returns datagram i of the last read, its source, and whether it was
+// whole (a datagram larger than the buffer is cut).
+func (b *batchConn) packet(i int) ([]byte, netip.AddrPort, bool) {
+	h := &b.rhdrs[i]
+	var peer netip.AddrPort
+	if sa := &b.rnames[i]; sa.Family == unix.AF_INET && h.hdr.Namelen >= unix.SizeofSockaddrInet4 {
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
+		port := uint16(p[0])<<8 | uint16(p[1])
+		peer = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+	}
+	return b.in[i][:h.n], peer, h.hdr.Flags&unix.MSG_TRUNC == 0
+}
+
+// outBuf is the empty reply buffer for slot i.
+func (b *batchConn) outBuf(i int) []byte { return b.out[i][:0] }
+
+// queue sets reply slot i to pkt (which must live in outBuf(i)) for dst.
+func (b *batchConn) queue(i int, pkt []byte, dst netip.AddrPort) {
+	b.out[i] = pkt
+	b.siov[i].Base = unsafe.SliceData(pkt)
+	b.siov[i].SetLen(len(pkt))
+	sa := &b.snames[i]
+	sa.Family = unix.AF_INET
+	*(*[2]byte)(unsafe.Pointer(&sa.Port)) = [2]byte{byte(dst.Port() >> 8), byte(dst.Port())}
+	sa.Addr = dst.Addr().As4()
+	b.shdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+}
+
+func (b *batchConn) send(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.shdrs[b.soff])), uintptr(b.scount-b.soff), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			b.sent, b.serr = int(n), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // wait until writable
+		default:
+			b.sent, b.serr = 0, e
+		}
+		return true
+	}
+}
+
+// write sends reply slots 0..n-1. A datagram the kernel refuses (no route,
+// say) is skipped; write returns how many failed and the last error.
+func (b *batchConn) write(n int) (failed int, err error) {
+	b.soff, b.scount = 0, n
+	for b.soff < n {
+		if werr := b.rc.Write(b.writeFn); werr != nil {
+			return failed + n - b.soff, werr
+		}
+		if b.serr != nil || b.sent == 0 {
+			failed++
+			err = b.serr
+			if err == nil {
+				err = errors.New("sendmmsg sent nothing")
+			}
+			b.soff++
+			continue
+		}
+		b.soff += b.sent
+	}
+	return failed, err
+}
