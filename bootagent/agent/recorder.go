@@ -66,7 +66,7 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 			Help: "Writes of boot progress to the API server by kind and result.",
 		}, []string{"kind", "result"}),
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
-		dhcpLimit:     rate.NewLimiter(rate.Limit(20), 40),
+		dhcpLimit:     rate.NewLimiter(rate.Limit(20), 5),
 	}
 	if reg != nil {
 		reg.MustRegister(r.dropped, r.writes)

@@ -68,6 +68,9 @@ type entry struct {
 	// two Machines with one MAC are a conflict the controller reports.
 	machine  *Machine
 	machines map[string]*Machine
+	// session is the newest bootable one of sessions, kept on every change
+	// so that a DHCP ACK finds it without walking the map.
+	session  *Session
 	sessions map[string]*Session
 	// changed is closed and replaced on every change of this MAC.
 	changed chan struct{}
@@ -126,6 +129,15 @@ func (t *Table) notifyLocked(mac macKey) {
 	for _, m := range e.machines {
 		if e.machine == nil || m.better(e.machine) {
 			e.machine = m
+		}
+	}
+	e.session = nil
+	for _, s := range e.sessions {
+		if !s.Bootable || s.Script == "" {
+			continue
+		}
+		if e.session == nil || s.CreatedUnix > e.session.CreatedUnix || (s.CreatedUnix == e.session.CreatedUnix && s.Key > e.session.Key) {
+			e.session = s
 		}
 	}
 	close(e.changed)
@@ -241,22 +253,10 @@ func (t *Table) Session(mac net.HardwareAddr) (Session, bool) {
 
 func (t *Table) sessionLocked(mac macKey) (Session, bool) {
 	e := t.byMAC[mac]
-	if e == nil {
+	if e == nil || e.session == nil {
 		return Session{}, false
 	}
-	var best *Session
-	for _, s := range e.sessions {
-		if !s.Bootable || s.Script == "" {
-			continue
-		}
-		if best == nil || s.CreatedUnix > best.CreatedUnix || (s.CreatedUnix == best.CreatedUnix && s.Key > best.Key) {
-			best = s
-		}
-	}
-	if best == nil {
-		return Session{}, false
-	}
-	return *best, true
+	return *e.session, true
 }
 
 // HasSession reports whether the MAC has any session, bootable or not

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -100,18 +99,24 @@ func TestValidate(t *testing.T) {
 	g := NewWithT(t)
 	good := Target{IQN: prefix + "a", LUN: 1, Path: "/x", InitiatorIQN: prefix + "b", CHAPUser: "u", CHAPPassword: "0123456789ab"}
 	g.Expect(good.Validate()).To(Succeed())
-	for name, f := range map[string]func(*Target){
-		"short secret": func(t *Target) { t.CHAPPassword = "short" },
-		"LUN 0":        func(t *Target) { t.LUN = 0 },
-		"space":        func(t *Target) { t.Path = "/a b" },
-		"not iqn":      func(t *Target) { t.IQN = "eui.1" },
-		"comma":        func(t *Target) { t.CHAPUser = "a,b" },
+	for name, tc := range map[string]struct {
+		f    func(*Target)
+		says string
+	}{
+		"short secret":   {func(t *Target) { t.CHAPPassword = "short" }, "12 to 16 characters"},
+		"long secret":    {func(t *Target) { t.CHAPPassword = "0123456789abcdefg" }, "12 to 16 characters"},
+		"LUN 0":          {func(t *Target) { t.LUN = 0 }, "LUN 0 is the controller"},
+		"LUN 256":        {func(t *Target) { t.LUN = 256 }, "want 1 to 255"},
+		"space":          {func(t *Target) { t.Path = "/a b" }, "spaces, quotes or separators"},
+		"not iqn":        {func(t *Target) { t.IQN = "eui.1" }, "want iqn. names"},
+		"initiator eui":  {func(t *Target) { t.InitiatorIQN = "eui.1" }, "want iqn. names"},
+		"comma":          {func(t *Target) { t.CHAPUser = "a,b" }, "spaces, quotes or separators"},
+		"empty password": {func(t *Target) { t.CHAPPassword = "" }, "empty field"},
 	} {
 		x := good
-		f(&x)
-		g.Expect(x.Validate()).To(HaveOccurred(), name)
+		tc.f(&x)
+		g.Expect(x.Validate()).To(MatchError(ContainSubstring(tc.says)), name)
 	}
-	g.Expect(strings.Contains(good.IQN, ":")).To(BeTrue())
 }
 
 func TestParseShowConnections(t *testing.T) {
