@@ -51,8 +51,9 @@ type exchange struct {
 	serverID [4]byte
 }
 
-// hist counts latencies in microseconds; the last bucket holds the rest.
-type hist struct{ b [200001]uint32 }
+// hist counts latencies in microseconds up to 1 s; the last bucket holds
+// the rest.
+type hist struct{ b [1000001]uint32 }
 
 func (h *hist) add(ns int64) { h.b[min(ns/1000, int64(len(h.b)-1))]++ }
 

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,6 +38,7 @@ func main() {
 	agentBin := flag.String("agent", "bin/bootagent", "Boot agent binary.")
 	probe := flag.String("probe", "http://127.0.0.1:8880/readyz", "The agent's readyz URL.")
 	cpu := flag.String("cpu", "0", "CPU list for the agent (taskset).")
+	flag.StringVar(&agentEnv, "agent-env", "", "Extra environment of the agent, comma-separated KEY=VALUE (GOGC=50,GOMAXPROCS=2).")
 	flag.StringVar(&advertise, "advertise-address", "198.51.100.1", "A non-loopback address of this namespace for kube-apiserver to advertise.")
 	flag.Parse()
 	if err := run(*n, *agentBin, *probe, *cpu, flag.Args()); err != nil {
@@ -44,6 +46,8 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+var agentEnv string
 
 // MAC k as perfdhcp generates it from base 00:0c:01:00:00:00 with -R n.
 func mac(k int) string { return fmt.Sprintf("00:0c:01:%02x:%02x:%02x", k>>16&0xff, k>>8&0xff, k&0xff) }
@@ -120,6 +124,9 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 	}
 	args := append([]string{"-c", cpu, agentBin, "--boot", "--kubeconfig", kubeconfig, "--namespace", ns}, agentArgs...)
 	agent := exec.Command("taskset", args...)
+	if agentEnv != "" {
+		agent.Env = append(os.Environ(), strings.Split(agentEnv, ",")...)
+	}
 	logf, err := os.Create(filepath.Join(os.TempDir(), "loadlab-agent.log"))
 	if err != nil {
 		return err
