@@ -143,6 +143,39 @@ var _ = Describe("Boot agent", func() {
 		Eventually(func() string { return httpGet(a, "/boot/"+mac+".ipxe") }, 10*time.Second).Should(ContainSubstring("no boot session"))
 	})
 
+	It("records the DHCP ACK of every machine in a boot storm, paced, with the time of the ACK", func() {
+		const n = 40 // eight times the write burst: the rest must wait, not be lost
+		macs := make([]string, n)
+		sessions := make([]*bootv1.BootSession, n)
+		for i := range n {
+			macs[i] = fmt.Sprintf("52:54:00:aa:00:%02x", i)
+			name := fmt.Sprintf("seat-%02d", i)
+			Expect(k8sClient.Create(ctx, fixture.Machine(ns, name, fixture.WithMAC(macs[i]), fixture.WithAddress(fmt.Sprintf("10.20.1.%d", i+10))))).To(Succeed())
+			s := fixture.Session(ns, name+"-a", name, "win11")
+			Expect(k8sClient.Create(ctx, s)).To(Succeed())
+			s.Status.Phase, s.Status.MAC, s.Status.Script = bootv1.SessionReady, macs[i], script(ns, s.Name)
+			Expect(k8sClient.Status().Update(ctx, s)).To(Succeed())
+			sessions[i] = s
+		}
+		Eventually(func() int { _, s := a.Table().Len(); return s }, 10*time.Second).Should(Equal(n))
+
+		before := time.Now().Truncate(time.Second)
+		for _, hw := range macs {
+			_, err := dhcpClient(a, hw).Request(ctx, ipxeUserClass...)
+			Expect(err).NotTo(HaveOccurred())
+		}
+		after := time.Now()
+		Eventually(func(g Gomega) {
+			for _, s := range sessions {
+				var cur bootv1.BootSession
+				g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &cur)).To(Succeed())
+				g.Expect(cur.Status.Timeline.DHCP).NotTo(BeNil(), s.Name)
+				g.Expect(cur.Status.Timeline.DHCP.Time).To(BeTemporally(">=", before), s.Name)
+				g.Expect(cur.Status.Timeline.DHCP.Time).To(BeTemporally("<=", after), "%s: the ACK's time, not the write's", s.Name)
+			}
+		}, 15*time.Second, 250*time.Millisecond).Should(Succeed())
+	})
+
 	It("records an unknown PXE client once as a discovered machine", func() {
 		unknown := "52:54:00:aa:bb:cc"
 		c := dhcpClient(a, unknown)

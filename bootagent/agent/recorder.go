@@ -44,9 +44,16 @@ type recorder struct {
 	dropped prometheus.Counter
 	writes  *prometheus.CounterVec
 
-	// dhcpLimit bounds the DHCP timeline writes: a boot storm of hundreds of
-	// PCs must not turn into as many API writes at once.
-	dhcpLimit *rate.Limiter
+	// dhcpLimit paces the DHCP timeline writes: a boot storm of hundreds of
+	// PCs must not turn into as many API writes at once (each comes back as
+	// a watch event the agent decodes on the core that answers DHCP). The
+	// ACK times wait in dhcpPending, one per session, and are written at
+	// this pace with the time of the ACK, so a storm delays them but loses
+	// none unless maxPendingDHCP sessions are waiting.
+	dhcpLimit   *rate.Limiter
+	dhcpMu      sync.Mutex
+	dhcpPending map[string]time.Time
+	dhcpKick    chan struct{}
 
 	discovery          bool
 	discoveryNamespace string
@@ -67,6 +74,8 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 		}, []string{"kind", "result"}),
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
 		dhcpLimit:     rate.NewLimiter(rate.Limit(20), 5),
+		dhcpPending:   map[string]time.Time{},
+		dhcpKick:      make(chan struct{}, 1),
 	}
 	if reg != nil {
 		reg.MustRegister(r.dropped, r.writes)
@@ -74,9 +83,18 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 	return r
 }
 
-// run drains the queue with a few workers until ctx ends.
+// maxPendingDHCP bounds the DHCP ACK times waiting to be written.
+const maxPendingDHCP = 100000
+
+// run drains the queue with a few workers, and the DHCP times at their pace,
+// until ctx ends.
 func (r *recorder) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.runDHCP(ctx)
+	}()
 	for range workers {
 		wg.Add(1)
 		go func() {
@@ -126,11 +144,13 @@ func (r *recorder) result(kind string, err error) error {
 // ScriptServed implements httpboot.Recorder.
 func (r *recorder) ScriptServed(sessionKey string) {
 	r.enqueue("script/"+sessionKey, func(ctx context.Context) error {
-		return r.result("scriptServed", r.stamp(ctx, sessionKey, "scriptServed"))
+		return r.result("scriptServed", r.stamp(ctx, sessionKey, "scriptServed", time.Now()))
 	})
 }
 
-// Answered implements dhcp.Observer: it stamps the session's DHCP time.
+// Answered implements dhcp.Observer: it notes the time of a session's DHCP
+// ACK for runDHCP to write. It runs on the DHCP server's path: a table lookup
+// and a map insert, no allocation for a session already waiting.
 func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType) {
 	if msg != dhcpv4.MessageTypeAck {
 		return
@@ -139,17 +159,63 @@ func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType) {
 	if !ok {
 		return
 	}
-	if !r.dhcpLimit.Allow() {
-		r.dropped.Inc()
-		return
+	now := time.Now()
+	r.dhcpMu.Lock()
+	_, waiting := r.dhcpPending[s.Key]
+	full := !waiting && len(r.dhcpPending) >= maxPendingDHCP
+	if !waiting && !full {
+		r.dhcpPending[s.Key] = now
 	}
-	r.enqueue("dhcp/"+s.Key, func(ctx context.Context) error {
-		return r.result("dhcp", r.stamp(ctx, s.Key, "dhcp"))
-	})
+	r.dhcpMu.Unlock()
+	switch {
+	case full:
+		r.dropped.Inc()
+	case !waiting:
+		select {
+		case r.dhcpKick <- struct{}{}:
+		default:
+		}
+	}
 }
 
-// stamp sets status.timeline.<field> of a session to now once.
-func (r *recorder) stamp(ctx context.Context, key, field string) error {
+// runDHCP writes the waiting DHCP ACK times at dhcpLimit's pace.
+func (r *recorder) runDHCP(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.dhcpKick:
+		}
+		for {
+			r.dhcpMu.Lock()
+			var (
+				key string
+				at  time.Time
+			)
+			for k, t := range r.dhcpPending {
+				key, at = k, t
+				break
+			}
+			r.dhcpMu.Unlock()
+			if key == "" {
+				break
+			}
+			if r.dhcpLimit.Wait(ctx) != nil {
+				return
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_ = r.result("dhcp", r.stamp(wctx, key, "dhcp", at))
+			cancel()
+			r.dhcpMu.Lock()
+			delete(r.dhcpPending, key)
+			r.dhcpMu.Unlock()
+		}
+	}
+}
+
+// stamp sets status.timeline.<field> of a session to at, once (the DHCP
+// time again after a minute: a reboot of the same session).
+func (r *recorder) stamp(ctx context.Context, key, field string, at time.Time) error {
 	ns, name, _ := strings.Cut(key, "/")
 	var s bootv1.BootSession
 	if err := r.c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
@@ -157,10 +223,10 @@ func (r *recorder) stamp(ctx context.Context, key, field string) error {
 	}
 	t := s.Status.Timeline
 	switch {
-	case field == "scriptServed" && t.ScriptServed != nil, field == "dhcp" && t.DHCP != nil && time.Since(t.DHCP.Time) < time.Minute:
+	case field == "scriptServed" && t.ScriptServed != nil, field == "dhcp" && t.DHCP != nil && at.Sub(t.DHCP.Time) < time.Minute:
 		return nil
 	}
-	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"timeline": map[string]any{field: metav1.Now()}}})
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"timeline": map[string]any{field: metav1.NewTime(at)}}})
 	return r.c.Status().Patch(ctx, &s, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner))
 }
 
