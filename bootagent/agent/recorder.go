@@ -73,7 +73,7 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 			Help: "Writes of boot progress to the API server by kind and result.",
 		}, []string{"kind", "result"}),
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
-		dhcpLimit:     rate.NewLimiter(rate.Limit(20), 5),
+		dhcpLimit:     rate.NewLimiter(rate.Limit(5), 5),
 		dhcpPending:   map[string]time.Time{},
 		dhcpKick:      make(chan struct{}, 1),
 	}
