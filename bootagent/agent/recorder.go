@@ -44,9 +44,11 @@ type recorder struct {
 	dropped prometheus.Counter
 	writes  *prometheus.CounterVec
 
-	// dhcpLimit paces the DHCP timeline writes: a boot storm of hundreds of
-	// PCs must not turn into as many API writes at once (each comes back as
-	// a watch event the agent decodes on the core that answers DHCP). The
+	// dhcpLimit paces the DHCP timeline writes (5/s): a boot storm of
+	// hundreds of PCs must not turn into as many API writes at once. Each
+	// write, and the watch event it comes back as, holds the core that
+	// answers DHCP for a moment: at 20/s that delayed 2% of requests by
+	// ~2 ms (docs/benchmarks.md). The
 	// ACK times wait in dhcpPending, one per session, and are written at
 	// this pace with the time of the ACK, so a storm delays them but loses
 	// none unless maxPendingDHCP sessions are waiting.
