@@ -41,11 +41,11 @@ var cookie = [4]byte{99, 130, 83, 99}
 
 // exchange is one DORA's timestamps, in nanoseconds since start; 0 is not yet.
 type exchange struct {
-	seq        atomic.Uint64 // which exchange owns the slot (seq+1; 0 free)
-	discover   atomic.Int64
-	offer      atomic.Int64
-	request    atomic.Int64
-	ack        atomic.Int64
+	seq      atomic.Uint64 // which exchange owns the slot (seq+1; 0 free)
+	discover atomic.Int64
+	offer    atomic.Int64
+	request  atomic.Int64
+	ack      atomic.Int64
 	client   uint32
 	yiaddr   [4]byte
 	serverID [4]byte
