@@ -143,12 +143,11 @@ func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
 // per system call under load.
 const batch = 32
 
-// worker is one worker's state: its socket batches, the parsed request and
-// the reply builder, all reused from packet to packet.
+// worker is one worker's parsed request and reply builder, reused from
+// packet to packet (its socket batches are a batchConn).
 type worker struct {
-	conn *batchConn
-	req  Request
-	rep  replier
+	req Request
+	rep replier
 }
 
 func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
@@ -157,7 +156,7 @@ func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
 		s.log.Error(err, "Using the DHCP socket")
 		return
 	}
-	w := &worker{conn: bc}
+	w := &worker{}
 	for {
 		n, err := bc.read()
 		if err != nil {
