@@ -6,8 +6,8 @@ BIN               ?= $(CURDIR)/bin
 CONTROLLER_GEN_VERSION ?= v0.23.0
 CONTROLLER_GEN    ?= $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GO_TEST_FLAGS     ?=
-FUZZTIME          ?= 5s
-FUZZTIME_LONG     ?= 5m
+FUZZTIME          ?= 150000x
+FUZZTIME_LONG     ?= 10000000x
 
 export PATH := $(BIN):$(PATH)
 
@@ -73,7 +73,7 @@ envtest-bins: ## Build kube-apiserver and etcd from the Go module proxy into bin
 	./hack/envtest-bins.sh
 
 .PHONY: fuzz
-fuzz: ## Run every fuzz target for FUZZTIME_LONG each.
+fuzz: ## Run every fuzz target for FUZZTIME_LONG executions each (about 5 minutes).
 	./hack/fuzz.sh $(FUZZTIME_LONG)
 
 $(CONTROLLER_GEN):
