@@ -246,33 +246,26 @@ func (w *replyWriter) header(req *Request, yiaddr, siaddr [4]byte, flags uint16,
 }
 
 // option appends one option, split into 255-byte pieces when longer
-// (RFC 3396), as the library does.
+// (RFC 3396), as the library does; an empty value is written as length 0.
 func (w *replyWriter) option(code dhcpv4.OptionCode, data []byte) {
-	c := code.Code()
-	if len(data) == 0 {
-		w.b = append(w.b, c, 0)
-		return
-	}
-	for len(data) > 0 {
-		n := min(len(data), 255)
-		w.b = append(w.b, c, byte(n))
-		w.b = append(w.b, data[:n]...)
-		data = data[n:]
-	}
+	w.b = appendOption(w.b, code.Code(), data)
 }
 
 func (w *replyWriter) optionString(code dhcpv4.OptionCode, s string) {
-	if len(s) <= 255 {
-		w.b = append(w.b, code.Code(), byte(len(s)))
-		w.b = append(w.b, s...)
-		return
+	w.b = appendOption(w.b, code.Code(), s)
+}
+
+func appendOption[T string | []byte](b []byte, code byte, data T) []byte {
+	if len(data) == 0 {
+		return append(b, code, 0)
 	}
-	for len(s) > 0 {
-		n := min(len(s), 255)
-		w.b = append(w.b, code.Code(), byte(n))
-		w.b = append(w.b, s[:n]...)
-		s = s[n:]
+	for len(data) > 0 {
+		n := min(len(data), 255)
+		b = append(b, code, byte(n))
+		b = append(b, data[:n]...)
+		data = data[n:]
 	}
+	return b
 }
 
 func (w *replyWriter) optionIPs(code dhcpv4.OptionCode, ips ...net.IP) {

@@ -161,16 +161,7 @@ func (g *gen) now() int64 { return int64(time.Since(g.start)) }
 // send starts rate exchanges per second for d, in batches every
 // millisecond. It returns how many it started and its worst lag.
 func (g *gen) send(rate int, d time.Duration) (int, time.Duration) {
-	bufs := make([][pktLen]byte, batch)
-	hdrs, iovs := make([]mmsghdr, batch), make([]unix.Iovec, batch)
-	for i := range hdrs {
-		iovs[i].Base = &bufs[i][0]
-		iovs[i].SetLen(pktLen)
-		hdrs[i].hdr.Iov = &iovs[i]
-		hdrs[i].hdr.SetIovlen(1)
-		hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&g.server))
-		hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
-	}
+	bufs, hdrs := g.sendSlots()
 	total := int(float64(rate) * d.Seconds())
 	var behind time.Duration
 	seq := 0
@@ -203,6 +194,22 @@ func (g *gen) send(rate int, d time.Duration) (int, time.Duration) {
 		}
 	}
 	return seq, behind
+}
+
+// sendSlots makes a batch of packet buffers and the sendmmsg headers that
+// send them to the server.
+func (g *gen) sendSlots() ([][pktLen]byte, []mmsghdr) {
+	bufs := make([][pktLen]byte, batch)
+	hdrs, iovs := make([]mmsghdr, batch), make([]unix.Iovec, batch)
+	for i := range hdrs {
+		iovs[i].Base = &bufs[i][0]
+		iovs[i].SetLen(pktLen)
+		hdrs[i].hdr.Iov = &iovs[i]
+		hdrs[i].hdr.SetIovlen(1)
+		hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&g.server))
+		hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+	}
+	return bufs, hdrs
 }
 
 func (g *gen) sendBatch(hdrs []mmsghdr) {
@@ -252,16 +259,7 @@ func (g *gen) receive(stop *atomic.Bool) {
 		rh[i].hdr.Iov = &riov[i]
 		rh[i].hdr.SetIovlen(1)
 	}
-	out := make([][pktLen]byte, batch)
-	sh, siov := make([]mmsghdr, batch), make([]unix.Iovec, batch)
-	for i := range sh {
-		siov[i].Base = &out[i][0]
-		siov[i].SetLen(pktLen)
-		sh[i].hdr.Iov = &siov[i]
-		sh[i].hdr.SetIovlen(1)
-		sh[i].hdr.Name = (*byte)(unsafe.Pointer(&g.server))
-		sh[i].hdr.Namelen = unix.SizeofSockaddrInet4
-	}
+	out, sh := g.sendSlots()
 	for !stop.Load() {
 		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(g.fd), uintptr(unsafe.Pointer(&rh[0])), batch, unix.MSG_WAITFORONE, 0, 0)
 		if e != 0 {
