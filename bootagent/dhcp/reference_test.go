@@ -12,6 +12,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // referenceClient classifies a request through the library.
@@ -101,7 +103,7 @@ func refReservationReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known
 		resp.UpdateOption(dhcpv4.OptHostName(r.Hostname))
 	}
 	if client.Booting() && !r.LocalBoot {
-		refSetBootOptions(resp, client, ChooseBootFile(client, r, cfg), cfg, false)
+		refSetBootOptions(resp, client, refChooseBootFile(client, r, cfg), cfg, false)
 	}
 	return resp, result
 }
@@ -143,7 +145,7 @@ func refProxyReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool,
 		return nil, ResultMalformed
 	}
 	resp.YourIPAddr = net.IPv4zero
-	refSetBootOptions(resp, client, ChooseBootFile(client, r, cfg), cfg, true)
+	refSetBootOptions(resp, client, refChooseBootFile(client, r, cfg), cfg, true)
 	return resp, result
 }
 
@@ -155,6 +157,24 @@ func refNewReply(req *dhcpv4.DHCPv4, msgType dhcpv4.MessageType, cfg *Config) (*
 		dhcpv4.WithServerIP(cfg.ServerIP),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
 	)
+}
+
+// refChooseBootFile picks the boot file with plain strings: iPXE gets
+// HTTPBase + "/" + ipxe.ScriptPath(mac, token) (the script URL with the
+// reservation's token), UEFI HTTP the UEFI binary's URL, UEFI PXE the UEFI
+// binary, BIOS PXE the BIOS one.
+func refChooseBootFile(c Client, r Reservation, cfg *Config) BootFile {
+	base := strings.TrimRight(cfg.HTTPBase, "/")
+	switch {
+	case c.IPXE:
+		return BootFile{Name: base + "/" + ipxe.ScriptPath(r.MAC, r.Token), HTTP: true}
+	case c.HTTP:
+		return BootFile{Name: base + "/ipxe/" + cfg.UEFIFile, HTTP: true}
+	case c.uefi(r.Firmware):
+		return BootFile{Name: cfg.UEFIFile}
+	default:
+		return BootFile{Name: cfg.BIOSFile}
+	}
 }
 
 // pxeDiscoveryControl is PXE vendor sub-option 6 = 8: no boot server

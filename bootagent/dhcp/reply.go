@@ -15,6 +15,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // Mode is how the server answers.
@@ -52,6 +54,11 @@ type Reservation struct {
 	// LocalBoot machines get an address but no boot file, so their firmware
 	// falls through to the local disk.
 	LocalBoot bool
+	// Token is the script token in the iPXE script URL
+	// (HTTPBase/boot/<token>/<mac>.ipxe): the served session's token or the
+	// MAC's nonce. Empty gives HTTPBase/boot/<mac>.ipxe. It is a credential:
+	// never log it.
+	Token string
 }
 
 // Backend looks up a Machine by MAC. The agent implements it from an informer
@@ -131,6 +138,9 @@ const (
 	ResultMalformed    Result = "malformed"
 	ResultSendFailed   Result = "send-failed"
 	ResultNotBootReply Result = "not-request"
+	// ResultNotReady: the agent's caches have not synced yet, so it does not
+	// know who may boot; the request is dropped.
+	ResultNotReady Result = "not-ready"
 )
 
 // Client describes the booting client as read from its request.
@@ -190,7 +200,7 @@ func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, b
 	base := strings.TrimRight(cfg.HTTPBase, "/")
 	switch {
 	case c.IPXE:
-		return appendScriptURL(dst, base, r.MAC), true
+		return appendScriptURL(dst, base, r.MAC, r.Token), true
 	case c.HTTP:
 		dst = append(dst, base...)
 		dst = append(dst, "/ipxe/"...)
@@ -202,22 +212,16 @@ func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, b
 	}
 }
 
-// ScriptURL is the machine's iPXE script URL on the agent.
-func ScriptURL(httpBase string, mac net.HardwareAddr) string {
-	return string(appendScriptURL(nil, strings.TrimRight(httpBase, "/"), mac))
+// ScriptURL is the machine's iPXE script URL on the agent:
+// httpBase + "/" + ipxe.ScriptPath(mac, token).
+func ScriptURL(httpBase string, mac net.HardwareAddr, token string) string {
+	return string(appendScriptURL(nil, strings.TrimRight(httpBase, "/"), mac, token))
 }
 
-func appendScriptURL(dst []byte, base string, mac net.HardwareAddr) []byte {
-	const hex = "0123456789abcdef"
+func appendScriptURL(dst []byte, base string, mac net.HardwareAddr, token string) []byte {
 	dst = append(dst, base...)
-	dst = append(dst, "/boot/"...)
-	for i, b := range mac {
-		if i > 0 {
-			dst = append(dst, ':')
-		}
-		dst = append(dst, hex[b>>4], hex[b&0xf])
-	}
-	return append(dst, ".ipxe"...)
+	dst = append(dst, '/')
+	return ipxe.AppendScriptPath(dst, mac, token)
 }
 
 // replier builds replies; each server worker has its own, so a reply costs

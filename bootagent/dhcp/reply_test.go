@@ -27,11 +27,15 @@ var (
 	macNoAddr  = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x33}
 )
 
+// tokenKnown is macKnown's script token.
+const tokenKnown = "abcdefghijklmnopqrstuvwxyz234567"
+
 func backend() mapBackend {
 	return mapBackend{
 		string(macKnown): {
 			MAC: macKnown, Address: net.IPv4(10, 20, 0, 131).To4(), Mask: net.CIDRMask(24, 32),
 			Gateway: net.IPv4(10, 20, 0, 1).To4(), DNS: []net.IP{net.IPv4(10, 20, 0, 1).To4()}, Hostname: "seat-031",
+			Token: tokenKnown,
 		},
 		string(macLocal):  {MAC: macLocal, Address: net.IPv4(10, 20, 0, 132).To4(), Mask: net.CIDRMask(24, 32), LocalBoot: true},
 		string(macNoAddr): {MAC: macNoAddr},
@@ -147,7 +151,7 @@ func TestReservationBootFiles(t *testing.T) {
 		"UEFI x86-64 PXE (9)":   {mods: uefiPXE(iana.EFI_X86_64), file: "ipxe.efi", siaddr: true, class: "PXEClient"},
 		"UEFI PXE, snponly":     {mods: uefiPXE(iana.EFI_X86_64), cfg: func(c *Config) { c.UEFIFile = "snponly.efi" }, file: "snponly.efi", siaddr: true, class: "PXEClient"},
 		"UEFI HTTP boot":        {mods: uefiHTTP(), file: "http://10.20.0.2:8880/ipxe/ipxe.efi", class: "HTTPClient"},
-		"iPXE":                  {mods: ipxeClient(), file: "http://10.20.0.2:8880/boot/52:54:00:12:34:31.ipxe", class: ""},
+		"iPXE":                  {mods: ipxeClient(), file: "http://10.20.0.2:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe", class: ""},
 		"BIOS forced on UEFI":   {mods: uefiPXE(iana.EFI_X86_64), override: FirmwareBIOS, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
 		"UEFI forced, no arch":  {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, override: FirmwareUEFI, file: "ipxe.efi", siaddr: true, class: "PXEClient"},
 		"PXE without option 93": {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
@@ -269,7 +273,7 @@ func TestProxy(t *testing.T) {
 	t.Run("iPXE behind the café router gets its script", func(t *testing.T) {
 		g := NewWithT(t)
 		resp, _ := answer(t, discover(macKnown, ipxeClient()...), backend(), cfg, false)
-		g.Expect(resp.BootFileName).To(Equal("http://10.20.0.2:8880/boot/52:54:00:12:34:31.ipxe"))
+		g.Expect(resp.BootFileName).To(Equal("http://10.20.0.2:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe"))
 	})
 	t.Run("a machine without a reservation still boots", func(t *testing.T) {
 		g := NewWithT(t)

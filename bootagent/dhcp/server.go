@@ -26,10 +26,16 @@ const (
 )
 
 // Observer hears about answered and unknown clients. The agent uses it to
-// record boot progress and discovered machines; it must not block, and mac is
-// valid only during the call (it points into the worker's packet buffer).
+// record boot progress, the addresses clients use and discovered machines;
+// it must not block, and mac is valid only during the call (it points into
+// the worker's packet buffer).
 type Observer interface {
-	Answered(mac net.HardwareAddr, msg dhcpv4.MessageType)
+	// Answered is called for each OFFER and ACK sent. addr is the client's
+	// IPv4 address as this exchange shows it: the reserved address handed
+	// out (yiaddr) in reservation mode; in proxy mode the client's ciaddr,
+	// else the address it asks the other server for (option 50); invalid
+	// when the packet shows none.
+	Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr netip.Addr)
 	Unknown(mac net.HardwareAddr, client Client)
 }
 
@@ -47,6 +53,9 @@ type Server struct {
 	proxyPort bool
 	// iface names the interface for logs.
 	iface string
+	// ready reports whether the agent may answer (its caches synced); nil
+	// is always ready.
+	ready func() bool
 }
 
 // Option configures a Server.
@@ -69,6 +78,12 @@ func WithProxyPort() Option { return func(s *Server) { s.proxyPort = true } }
 
 // WithInterface names the interface the socket is bound to, for logs.
 func WithInterface(name string) Option { return func(s *Server) { s.iface = name } }
+
+// WithReady makes the server drop every request (result not-ready) while
+// ready returns false: before its caches synced the agent does not know
+// which machines may boot or with which token. ready is called per packet
+// and must be cheap (an atomic load).
+func WithReady(ready func() bool) Option { return func(s *Server) { s.ready = ready } }
 
 // NewServer validates cfg and returns a server.
 func NewServer(cfg Config, backend Backend, opts ...Option) (*Server, error) {
@@ -206,6 +221,10 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 		return nil, netip.AddrPort{}
 	}
 	msgType := req.MessageType()
+	if s.ready != nil && !s.ready() {
+		s.metrics.packet(msgType, ResultNotReady)
+		return nil, netip.AddrPort{}
+	}
 	w.rep.w.b = buf
 	resp, respType, result := w.rep.reply(req, s.backend, &s.cfg, s.proxyPort)
 	s.metrics.packet(msgType, result)
@@ -223,7 +242,7 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 	dst := replyAddr(req, respType, peer, s.proxyPort)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
 	if s.observer != nil && result != ResultNak {
-		s.observer.Answered(req.MAC(), respType)
+		s.observer.Answered(req.MAC(), respType, clientAddr(req, resp, s.cfg.Mode == ModeProxy || s.proxyPort))
 	}
 	// Per-packet logs are verbose only; building their values costs more
 	// than answering the packet.
@@ -232,6 +251,28 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 			"type", msgType.String(), "reply", respType.String(), "to", dst.String())
 	}
 	return resp, dst
+}
+
+// clientAddr is the client's address as the exchange shows it (see
+// Observer.Answered): the reply's yiaddr, or in proxy mode the request's
+// ciaddr or requested address.
+func clientAddr(req *Request, resp []byte, proxy bool) netip.Addr {
+	if !proxy {
+		// yiaddr is at offset 16 of every BOOTP packet.
+		if len(resp) >= 20 {
+			if a := [4]byte(resp[16:20]); a != zero4 {
+				return netip.AddrFrom4(a)
+			}
+		}
+		return netip.Addr{}
+	}
+	if req.CIAddr != zero4 {
+		return netip.AddrFrom4(req.CIAddr)
+	}
+	if a, ok := req.ip4(tRequestedIP); ok && a != zero4 {
+		return netip.AddrFrom4(a)
+	}
+	return netip.Addr{}
 }
 
 var (
@@ -291,7 +332,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // results lists every Result; its index is the counter's.
 var results = [...]Result{ResultOffer, ResultAck, ResultNak, ResultUnknownMAC, ResultNoAddress, ResultNotPXE,
-	ResultOtherServer, ResultIgnoredType, ResultMalformed, ResultSendFailed, ResultNotBootReply}
+	ResultOtherServer, ResultIgnoredType, ResultMalformed, ResultSendFailed, ResultNotBootReply, ResultNotReady}
 
 const numResults = len(results)
 

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,7 +70,7 @@ func TestServerExchanges(t *testing.T) {
 		"BIOS PXE":  {biosPXE(), "undionly.kpxe"},
 		"UEFI PXE":  {uefiPXE(iana.EFI_X86_64), "ipxe.efi"},
 		"UEFI HTTP": {uefiHTTP(), "http://127.0.0.1:8880/ipxe/ipxe.efi"},
-		"iPXE":      {ipxeClient(), "http://127.0.0.1:8880/boot/52:54:00:12:34:31.ipxe"},
+		"iPXE":      {ipxeClient(), "http://127.0.0.1:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
@@ -178,8 +180,8 @@ func TestServerProxy(t *testing.T) {
 
 type observerFunc func(net.HardwareAddr)
 
-func (f observerFunc) Answered(net.HardwareAddr, dhcpv4.MessageType) {}
-func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)        { f(slices.Clone(mac)) }
+func (f observerFunc) Answered(net.HardwareAddr, dhcpv4.MessageType, netip.Addr) {}
+func (f observerFunc) Unknown(mac net.HardwareAddr, _ Client)                    { f(slices.Clone(mac)) }
 
 // FuzzReply feeds any bytes to the server's parser and reply writer and
 // checks them against the library: a packet parses exactly when
@@ -243,5 +245,65 @@ func FuzzReply(f *testing.F) {
 				t.Fatalf("reply to %s from %s, the reference says %s", got, peer, want)
 			}
 		}
+	})
+}
+
+func TestServerNotReady(t *testing.T) {
+	g := NewWithT(t)
+	var ready atomic.Bool
+	srv := startServer(t, ModeReservation, WithReady(ready.Load))
+	c := newClient(t, srv.addr, macKnown)
+	_, err := c.DiscoverOffer(context.Background(), ipxeClient()...)
+	g.Expect(err).To(HaveOccurred(), "no answer before the caches synced")
+	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("DISCOVER", "not-ready"))).To(BeNumerically(">=", 1))
+
+	ready.Store(true)
+	offer, err := c.DiscoverOffer(context.Background(), ipxeClient()...)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(offer.BootFileName).To(Equal("http://127.0.0.1:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe"))
+}
+
+// addrObserver records the addresses Answered reports.
+type addrObserver struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (o *addrObserver) Answered(_ net.HardwareAddr, t dhcpv4.MessageType, a netip.Addr) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.addrs = append(o.addrs, t.String()+" "+a.String())
+}
+func (o *addrObserver) Unknown(net.HardwareAddr, Client) {}
+
+func (o *addrObserver) get() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.addrs)
+}
+
+func TestServerObservesClientAddress(t *testing.T) {
+	t.Run("reservation: the reserved address handed out", func(t *testing.T) {
+		g := NewWithT(t)
+		o := &addrObserver{}
+		srv := startServer(t, ModeReservation, WithObserver(o))
+		_, err := newClient(t, srv.addr, macKnown).Request(context.Background(), ipxeClient()...)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Eventually(o.get).Should(Equal([]string{"OFFER 10.20.0.131", "ACK 10.20.0.131"}))
+	})
+	t.Run("proxy: the client's ciaddr, else its requested address", func(t *testing.T) {
+		g := NewWithT(t)
+		o := &addrObserver{}
+		srv := startServer(t, ModeProxy, WithObserver(o), WithProxyPort())
+		c := newClient(t, srv.addr, macKnown)
+		req := discover(macKnown, append(biosPXE(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithClientIP(net.IPv4(192, 168, 1, 50)))...)
+		_, err := c.SendAndRead(context.Background(), srv.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
+		g.Expect(err).NotTo(HaveOccurred())
+		req = discover(macKnown, append(biosPXE(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(192, 168, 1, 51))))...)
+		_, err = c.SendAndRead(context.Background(), srv.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Eventually(o.get).Should(Equal([]string{"ACK 192.168.1.50", "ACK 192.168.1.51"}))
 	})
 }
