@@ -2,60 +2,52 @@ package target
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 )
 
-// TGT drives tgtd with tgtadm. tgtd keeps its targets in memory only: after
-// tgtd restarts the list is empty and the storage loop rebuilds every target
-// from the desired state.
+// TGT drives tgtd over its management socket (see tgtmgmt.go): no tgtadm
+// process, so no command line ever carries a CHAP secret. tgtd keeps its
+// targets in memory only: after tgtd restarts the list is empty and the
+// storage loop rebuilds every target from the desired state.
 type TGT struct {
-	// ControlPort selects tgtd's control socket (tgtadm -C), so that several
-	// tgtd can run on one machine (tests).
+	// ControlPort selects tgtd's management socket (tgtd -C), so that
+	// several tgtd can run on one machine (tests).
 	ControlPort int
-	// Tgtadm is the tgtadm binary (default "tgtadm").
-	Tgtadm string
+	// Socket is the socket path before ".<ControlPort>" (default
+	// $TGT_IPC_SOCKET, else /var/run/tgtd/socket, as tgtadm).
+	Socket string
 
 	mu sync.Mutex
-	// applied remembers the CHAP password set on each target's account:
-	// tgtd cannot show it, and re-making the account at every resync would
-	// refuse logins that land in between.
-	applied map[string]string
+	// applied remembers the CHAP secrets set on each target's accounts:
+	// tgtd cannot show them, and re-making the accounts at every resync
+	// would refuse logins that land in between.
+	applied map[string]secrets
 }
 
-func (d *TGT) run(ctx context.Context, args ...string) (string, error) {
-	bin := d.Tgtadm
-	if bin == "" {
-		bin = "tgtadm"
-	}
-	full := append([]string{"-C", strconv.Itoa(d.ControlPort), "--lld", "iscsi"}, args...)
-	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, full...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("tgtadm %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return out.String(), nil
-}
+// secrets are a target's CHAP secrets as last set.
+type secrets struct{ in, out string }
 
-// tgtTarget is a target as tgtadm shows it.
+func (d *TGT) client() tgtClient { return newTGTClient(d.Socket, d.ControlPort) }
+
+// tgtTarget is a target as tgtd shows it.
 type tgtTarget struct {
 	tid      int
 	iqn      string
 	luns     map[int]string
 	accounts []string
+	// outgoing is the account the target proves itself with (mutual CHAP).
+	outgoing string
 	acls     []string
 	nexus    []Connection
 }
 
-// parseShow reads `tgtadm --mode target --op show`.
+// parseShow reads the answer to a target show (tgtadm --mode target --op
+// show prints it as is; tgt usr/target.c tgt_target_show_all).
 func parseShow(out string) []tgtTarget {
 	var (
 		list    []tgtTarget
@@ -82,6 +74,8 @@ func parseShow(out string) []tgtTarget {
 			lun, _ = strconv.Atoi(strings.TrimPrefix(trim, "LUN: "))
 		case section == "LUN information:" && strings.HasPrefix(trim, "Backing store path: ") && lun > 0:
 			cur.luns[lun] = strings.TrimPrefix(trim, "Backing store path: ")
+		case section == "Account information:" && strings.HasSuffix(trim, " (outgoing)"):
+			cur.outgoing = strings.TrimSuffix(trim, " (outgoing)")
 		case section == "Account information:" && trim != "":
 			cur.accounts = append(cur.accounts, strings.Fields(trim)[0])
 		case section == "ACL information:" && trim != "":
@@ -101,20 +95,24 @@ func parseShow(out string) []tgtTarget {
 }
 
 func (d *TGT) show(ctx context.Context) ([]tgtTarget, error) {
-	out, err := d.run(ctx, "--mode", "target", "--op", "show")
+	out, err := d.client().do(ctx, tgtRequest{mode: modeTarget, op: opShow})
 	if err != nil {
 		return nil, err
 	}
 	return parseShow(out), nil
 }
 
-// Ensure implements Driver. tgtadm has no transactions: Ensure makes each
+// Ensure implements Driver. tgtd has no transactions: Ensure makes each
 // missing part and, when a part differs (another file, initiator or user),
-// deletes the target and makes it again.
+// deletes the target and makes it again. Its errors never carry a secret.
 func (d *TGT) Ensure(ctx context.Context, t Target) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}
+	return redact(d.ensure(ctx, t), t)
+}
+
+func (d *TGT) ensure(ctx context.Context, t Target) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	all, err := d.show(ctx)
@@ -130,52 +128,81 @@ func (d *TGT) Ensure(ctx context.Context, t Target) error {
 		}
 	}
 	if cur != nil {
-		if cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.acls, t.InitiatorIQN) && equal(cur.accounts, t.CHAPUser) {
-			if d.applied[t.IQN] == t.CHAPPassword {
+		if cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.acls, t.InitiatorIQN) &&
+			equal(cur.accounts, t.CHAPUser) && cur.outgoing == t.TargetUser {
+			if d.applied[t.IQN] == (secrets{t.CHAPPassword, t.TargetPassword}) {
 				return nil
 			}
-			// Not set by this process (a restart), or a new password.
-			return d.account(ctx, t, strconv.Itoa(cur.tid))
+			// Not set by this process (a restart), or new secrets.
+			return d.accounts(ctx, t, cur.tid)
 		}
 		if err := d.removeLocked(ctx, cur); err != nil {
 			return err
 		}
-		cur = nil
 	}
-	tid := strconv.Itoa(maxTid + 1)
-	steps := [][]string{
-		{"--mode", "target", "--op", "new", "--tid", tid, "--targetname", t.IQN},
-		{"--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", strconv.Itoa(t.LUN), "--backing-store", t.Path},
-		{"--mode", "target", "--op", "bind", "--tid", tid, "--initiator-name", t.InitiatorIQN},
+	tid := maxTid + 1
+	c := d.client()
+	steps := []tgtRequest{
+		{mode: modeTarget, op: opNew, tid: tid, params: []tgtParam{{name: "targetname", value: t.IQN}}},
+		{mode: modeDevice, op: opNew, tid: tid, lun: uint64(t.LUN), params: []tgtParam{{name: "path", value: t.Path}}},
+		{mode: modeTarget, op: opBind, tid: tid, params: []tgtParam{{name: "initiator-name", value: t.InitiatorIQN}}},
+	}
+	undo := func() {
+		_, _ = c.do(ctx, tgtRequest{mode: modeTarget, op: opDelete, tid: tid, force: true})
 	}
 	for _, s := range steps {
-		if _, err := d.run(ctx, s...); err != nil {
-			_, _ = d.run(ctx, "--mode", "target", "--op", "delete", "--force", "--tid", tid)
+		if _, err := c.do(ctx, s); err != nil {
+			undo()
 			return err
 		}
 	}
-	if err := d.account(ctx, t, tid); err != nil {
-		_, _ = d.run(ctx, "--mode", "target", "--op", "delete", "--force", "--tid", tid)
+	if err := d.accounts(ctx, t, tid); err != nil {
+		undo()
 		return err
 	}
 	return nil
 }
 
-// account (re)makes the CHAP account and binds it to the target; tgt's
-// accounts are global and their passwords cannot be read back.
-func (d *TGT) account(ctx context.Context, t Target, tid string) error {
-	_, _ = d.run(ctx, "--mode", "account", "--op", "delete", "--user", t.CHAPUser)
-	if _, err := d.run(ctx, "--mode", "account", "--op", "new", "--user", t.CHAPUser, "--password", t.CHAPPassword); err != nil {
-		return err
+// accounts (re)makes the target's CHAP accounts and binds them: the
+// initiator's (incoming) and, for mutual CHAP, the target's own (outgoing).
+// tgt's accounts are global and their secrets cannot be read back.
+func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
+	c := d.client()
+	type account struct {
+		user, password string
+		outgoing       bool
 	}
-	if _, err := d.run(ctx, "--mode", "account", "--op", "bind", "--tid", tid, "--user", t.CHAPUser); err != nil {
-		return err
+	list := []account{{t.CHAPUser, t.CHAPPassword, false}}
+	if t.TargetUser != "" {
+		list = append(list, account{t.TargetUser, t.TargetPassword, true})
+	}
+	for _, a := range list {
+		// Deleting an account also unbinds it from every target.
+		if err := d.deleteAccount(ctx, a.user); err != nil {
+			return err
+		}
+		if _, err := c.do(ctx, tgtRequest{mode: modeAccount, op: opNew, params: []tgtParam{
+			{name: "user", value: a.user}, {name: "password", value: a.password, secret: true}}}); err != nil {
+			return err
+		}
+		if _, err := c.do(ctx, tgtRequest{mode: modeAccount, op: opBind, tid: tid, outgoing: a.outgoing,
+			params: []tgtParam{{name: "user", value: a.user}}}); err != nil {
+			return err
+		}
 	}
 	if d.applied == nil {
-		d.applied = map[string]string{}
+		d.applied = map[string]secrets{}
 	}
-	d.applied[t.IQN] = t.CHAPPassword
+	d.applied[t.IQN] = secrets{t.CHAPPassword, t.TargetPassword}
 	return nil
+}
+
+func (d *TGT) deleteAccount(ctx context.Context, user string) error {
+	_, err := d.client().do(ctx, tgtRequest{mode: modeAccount, op: opDelete, params: []tgtParam{{name: "user", value: user}}})
+	if tgtCode(err) == tgtErrNoUser {
+		return nil
+	}
+	return err
 }
 
 func equal(list []string, one string) bool { return len(list) == 1 && list[0] == one }
@@ -197,25 +224,32 @@ func (d *TGT) Remove(ctx context.Context, iqn string) error {
 }
 
 func (d *TGT) removeLocked(ctx context.Context, t *tgtTarget) error {
-	tid := strconv.Itoa(t.tid)
+	c := d.client()
 	// Close the initiator's connections first, so that it notices at once.
-	for _, c := range t.nexus {
-		_, _ = d.run(ctx, "--mode", "conn", "--op", "delete", "--tid", tid, "--sid", c.Session, "--cid", c.CID)
+	for _, n := range t.nexus {
+		sid, err1 := strconv.ParseUint(n.Session, 10, 64)
+		cid, err2 := strconv.ParseUint(n.CID, 10, 32)
+		if err1 == nil && err2 == nil {
+			_, _ = c.do(ctx, tgtRequest{mode: modeConnection, op: opDelete, tid: t.tid, sid: sid, cid: uint32(cid)})
+		}
 	}
-	if _, err := d.run(ctx, "--mode", "target", "--op", "delete", "--force", "--tid", tid); err != nil {
+	_, err := c.do(ctx, tgtRequest{mode: modeTarget, op: opDelete, tid: t.tid, force: true})
+	if err != nil && tgtCode(err) != tgtErrNoTarget {
 		return err
 	}
 	delete(d.applied, t.iqn)
 	var errs []error
-	for _, a := range t.accounts {
-		if _, err := d.run(ctx, "--mode", "account", "--op", "delete", "--user", a); err != nil {
-			errs = append(errs, err)
-		}
+	users := t.accounts
+	if t.outgoing != "" {
+		users = append(users, t.outgoing)
+	}
+	for _, u := range users {
+		errs = append(errs, d.deleteAccount(ctx, u))
 	}
 	return errors.Join(errs...)
 }
 
-// List implements Driver. CHAP passwords cannot be read back from tgtd and
+// List implements Driver. CHAP secrets cannot be read back from tgtd and
 // are left empty.
 func (d *TGT) List(ctx context.Context, prefix string) ([]Target, error) {
 	all, err := d.show(ctx)
@@ -227,7 +261,7 @@ func (d *TGT) List(ctx context.Context, prefix string) ([]Target, error) {
 		if !strings.HasPrefix(t.iqn, prefix) {
 			continue
 		}
-		x := Target{IQN: t.iqn}
+		x := Target{IQN: t.iqn, TargetUser: t.outgoing}
 		luns := make([]int, 0, len(t.luns))
 		for l := range t.luns {
 			luns = append(luns, l)
@@ -259,4 +293,10 @@ func (d *TGT) Connections(ctx context.Context, iqn string) ([]Connection, error)
 		}
 	}
 	return nil, nil
+}
+
+// Ping asks tgtd for its targets: nil when tgtd answers on its socket.
+func (d *TGT) Ping(ctx context.Context) error {
+	_, err := d.show(ctx)
+	return err
 }

@@ -2,10 +2,10 @@ package target
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -29,10 +29,33 @@ func sample(t *testing.T, name string) Target {
 		CHAPUser: "cafe-" + name, CHAPPassword: "Xk2p9QvL0aB7cD4e"}
 }
 
-// iscsi runs a libiscsi tool against the target, from outside GGnet.
-func iscsi(tool, initiator, user, password, portal, path string) (string, error) {
-	url := fmt.Sprintf("iscsi://%s%%%s@%s/%s", user, password, portal, path)
-	out, err := exec.Command(tool, "-i", initiator, url).CombinedOutput()
+// mutual gives t the target's own credentials.
+func mutual(t Target) Target {
+	t.TargetUser, t.TargetPassword = t.CHAPUser+"-target", "Tq7Lm2Zx9Wc4Rb8N"
+	return t
+}
+
+// login is what a libiscsi tool logs in with: the initiator's name and
+// CHAP credentials and, for mutual CHAP, the target's it expects.
+type login struct {
+	initiator, user, password, targetUser, targetPassword string
+}
+
+func loginAs(t Target) login {
+	return login{t.InitiatorIQN, t.CHAPUser, t.CHAPPassword, t.TargetUser, t.TargetPassword}
+}
+
+// iscsi runs a libiscsi tool against the target, from outside GGnet. The
+// credentials go in the environment (libiscsi lib/init.c reads
+// LIBISCSI_CHAP_USERNAME, _PASSWORD, _TARGET_USERNAME, _TARGET_PASSWORD),
+// not in the URL: no command line carries a secret, the tests' own neither.
+func iscsi(tool string, l login, portal, path string) (string, error) {
+	cmd := exec.Command(tool, "-i", l.initiator, "iscsi://"+portal+"/"+path)
+	cmd.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+l.user, "LIBISCSI_CHAP_PASSWORD="+l.password)
+	if l.targetUser != "" {
+		cmd.Env = append(cmd.Env, "LIBISCSI_CHAP_TARGET_USERNAME="+l.targetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+l.targetPassword)
+	}
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
@@ -50,18 +73,22 @@ func TestTGT(t *testing.T) {
 	g.Expect(list).To(Equal([]Target{{IQN: a.IQN, LUN: 1, Path: a.Path, InitiatorIQN: a.InitiatorIQN, CHAPUser: a.CHAPUser}}))
 
 	// Checked from outside with libiscsi's tools.
-	out, err := iscsi("iscsi-ls", a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, tgtd.Portal, "")
+	out, err := iscsi("iscsi-ls", loginAs(a), tgtd.Portal, "")
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	g.Expect(out).To(ContainSubstring("Target:" + a.IQN))
-	out, err = iscsi("iscsi-readcapacity16", a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, tgtd.Portal, a.IQN+"/1")
+	out, err = iscsi("iscsi-readcapacity16", loginAs(a), tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	g.Expect(out).To(ContainSubstring("Total size:67108864"), "the LUN has the backing file's size")
-	out, err = iscsi("iscsi-inq", a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, tgtd.Portal, a.IQN+"/1")
+	out, err = iscsi("iscsi-inq", loginAs(a), tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).NotTo(HaveOccurred(), out)
 
-	_, err = iscsi("iscsi-readcapacity16", a.InitiatorIQN, a.CHAPUser, "WrongSecret1234", tgtd.Portal, a.IQN+"/1")
+	wrong := loginAs(a)
+	wrong.password = "WrongSecret1234"
+	_, err = iscsi("iscsi-readcapacity16", wrong, tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).To(HaveOccurred(), "a wrong CHAP secret is refused")
-	_, err = iscsi("iscsi-readcapacity16", prefix+"initiator:cafe:other", a.CHAPUser, a.CHAPPassword, tgtd.Portal, a.IQN+"/1")
+	other := loginAs(a)
+	other.initiator = prefix + "initiator:cafe:other"
+	_, err = iscsi("iscsi-readcapacity16", other, tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).To(HaveOccurred(), "a wrong initiator IQN is refused")
 
 	// A changed backing file makes the target again.
@@ -83,7 +110,7 @@ func TestTGT(t *testing.T) {
 	list, _ = d.List(ctx, prefix)
 	g.Expect(list).To(HaveLen(1))
 	g.Expect(list[0].IQN).To(Equal(c.IQN))
-	_, err = iscsi("iscsi-readcapacity16", a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, tgtd.Portal, a.IQN+"/1")
+	_, err = iscsi("iscsi-readcapacity16", loginAs(a), tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).To(HaveOccurred(), "the removed target is gone")
 
 	// tgtd restarts empty; Ensure rebuilds.
@@ -91,32 +118,106 @@ func TestTGT(t *testing.T) {
 	list, _ = d.List(ctx, prefix)
 	g.Expect(list).To(BeEmpty())
 	g.Expect(d.Ensure(ctx, c)).To(Succeed())
-	out, err = iscsi("iscsi-readcapacity16", c.InitiatorIQN, c.CHAPUser, c.CHAPPassword, tgtd.Portal, c.IQN+"/1")
+	out, err = iscsi("iscsi-readcapacity16", loginAs(c), tgtd.Portal, c.IQN+"/1")
 	g.Expect(err).NotTo(HaveOccurred(), out)
 }
 
-func TestValidate(t *testing.T) {
+// TestTGTMutualCHAP: the target proves itself with its own secret, and only
+// the right pair of secrets logs in.
+func TestTGTMutualCHAP(t *testing.T) {
 	g := NewWithT(t)
-	good := Target{IQN: prefix + "a", LUN: 1, Path: "/x", InitiatorIQN: prefix + "b", CHAPUser: "u", CHAPPassword: "0123456789ab"}
-	g.Expect(good.Validate()).To(Succeed())
-	for name, tc := range map[string]struct {
-		f    func(*Target)
-		says string
-	}{
-		"short secret":   {func(t *Target) { t.CHAPPassword = "short" }, "12 to 16 characters"},
-		"long secret":    {func(t *Target) { t.CHAPPassword = "0123456789abcdefg" }, "12 to 16 characters"},
-		"LUN 0":          {func(t *Target) { t.LUN = 0 }, "LUN 0 is the controller"},
-		"LUN 256":        {func(t *Target) { t.LUN = 256 }, "want 1 to 255"},
-		"space":          {func(t *Target) { t.Path = "/a b" }, "spaces, quotes or separators"},
-		"not iqn":        {func(t *Target) { t.IQN = "eui.1" }, "want iqn. names"},
-		"initiator eui":  {func(t *Target) { t.InitiatorIQN = "eui.1" }, "want iqn. names"},
-		"comma":          {func(t *Target) { t.CHAPUser = "a,b" }, "spaces, quotes or separators"},
-		"empty password": {func(t *Target) { t.CHAPPassword = "" }, "empty field"},
+	tgtd := testtgt.Start(t)
+	ctx := context.Background()
+	d := &TGT{ControlPort: tgtd.ControlPort}
+	a := mutual(sample(t, "m1"))
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	g.Expect(d.Ensure(ctx, a)).To(Succeed(), "idempotent")
+	list, err := d.List(ctx, prefix)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(list).To(Equal([]Target{{IQN: a.IQN, LUN: 1, Path: a.Path, InitiatorIQN: a.InitiatorIQN,
+		CHAPUser: a.CHAPUser, TargetUser: a.TargetUser}}))
+
+	lun := a.IQN + "/1"
+	out, err := iscsi("iscsi-inq", loginAs(a), tgtd.Portal, lun)
+	g.Expect(err).NotTo(HaveOccurred(), "the right secrets both ways: "+out)
+	out, err = iscsi("iscsi-readcapacity16", loginAs(a), tgtd.Portal, lun)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	g.Expect(out).To(ContainSubstring("Total size:67108864"))
+
+	for name, l := range map[string]login{
+		"a wrong initiator secret": {a.InitiatorIQN, a.CHAPUser, "WrongSecret1234", a.TargetUser, a.TargetPassword},
+		// The initiator's own credentials are right: only the target's
+		// answer can fail, so the target did authenticate itself.
+		"a target that does not know the secret the initiator expects": {a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, a.TargetUser, "OtherTarget12345"},
+		"a target with another name than the initiator expects":        {a.InitiatorIQN, a.CHAPUser, a.CHAPPassword, "someone-else", a.TargetPassword},
 	} {
-		x := good
-		tc.f(&x)
-		g.Expect(x.Validate()).To(MatchError(ContainSubstring(tc.says)), name)
+		out, err := iscsi("iscsi-inq", l, tgtd.Portal, lun)
+		g.Expect(err).To(HaveOccurred(), name+" is refused: "+out)
 	}
+
+	// New secrets (a Secret rotated) take effect without remaking the target.
+	b := a
+	b.TargetPassword = "NewTarget9876543"
+	g.Expect(d.Ensure(ctx, b)).To(Succeed())
+	_, err = iscsi("iscsi-inq", loginAs(a), tgtd.Portal, lun)
+	g.Expect(err).To(HaveOccurred(), "the old target secret no longer answers")
+	out, err = iscsi("iscsi-inq", loginAs(b), tgtd.Portal, lun)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+
+	// Dropping mutual CHAP remakes the target without its outgoing account.
+	c := b
+	c.TargetUser, c.TargetPassword = "", ""
+	g.Expect(d.Ensure(ctx, c)).To(Succeed())
+	list, _ = d.List(ctx, prefix)
+	g.Expect(list).To(HaveLen(1))
+	g.Expect(list[0].TargetUser).To(BeEmpty())
+	_, err = iscsi("iscsi-inq", loginAs(b), tgtd.Portal, lun)
+	g.Expect(err).To(HaveOccurred(), "an initiator asking the target to prove itself is refused when it cannot")
+
+	g.Expect(d.Remove(ctx, a.IQN)).To(Succeed())
+	accounts, err := d.client().do(ctx, tgtRequest{mode: modeAccount, op: opShow})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(accounts).To(BeEmpty(), "Remove deletes the target's accounts")
+}
+
+// TestTGTNoSecretOnCommandLines: while targets with CHAP are ensured, no
+// process on the machine shows a secret in its command line.
+func TestTGTNoSecretOnCommandLines(t *testing.T) {
+	g := NewWithT(t)
+	tgtd := testtgt.Start(t)
+	ctx := context.Background()
+	d := &TGT{ControlPort: tgtd.ControlPort}
+	a := mutual(sample(t, "c1"))
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	// A session in flight, too.
+	perf := exec.Command("iscsi-perf", "-i", a.InitiatorIQN, "-t", "30", "iscsi://"+tgtd.Portal+"/"+a.IQN+"/1")
+	perf.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+a.CHAPUser, "LIBISCSI_CHAP_PASSWORD="+a.CHAPPassword,
+		"LIBISCSI_CHAP_TARGET_USERNAME="+a.TargetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+a.TargetPassword)
+	g.Expect(perf.Start()).To(Succeed())
+	t.Cleanup(func() { _ = perf.Process.Kill(); _ = perf.Wait() })
+	g.Eventually(func() ([]Connection, error) { return d.Connections(ctx, a.IQN) }, "10s").ShouldNot(BeEmpty())
+
+	// Re-applied secrets (as after an agent restart) go the same way.
+	d2 := &TGT{ControlPort: tgtd.ControlPort}
+	g.Expect(d2.Ensure(ctx, a)).To(Succeed())
+
+	cmdlines, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(len(cmdlines)).To(BeNumerically(">", 3))
+	sawTGTD := false
+	for _, p := range cmdlines {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		s := string(b)
+		g.Expect(s).NotTo(ContainSubstring(a.CHAPPassword), p)
+		g.Expect(s).NotTo(ContainSubstring(a.TargetPassword), p)
+		if filepath.Base(filepath.Dir(p)) == strconv.Itoa(tgtd.Pid()) {
+			sawTGTD = true
+		}
+	}
+	g.Expect(sawTGTD).To(BeTrue(), "tgtd's own command line was among those read")
 }
 
 func TestParseShowConnections(t *testing.T) {
@@ -139,6 +240,7 @@ func TestParseShowConnections(t *testing.T) {
             Backing store path: /data/overlays/cafe/s1.raw
     Account information:
         cafe-s1
+        cafe-s1-target (outgoing)
     ACL information:
         iqn.2026-11.io.ggnet:initiator:cafe:seat-1
 `
@@ -148,5 +250,6 @@ func TestParseShowConnections(t *testing.T) {
 	g.Expect(list[0].luns).To(Equal(map[int]string{1: "/data/overlays/cafe/s1.raw"}))
 	g.Expect(list[0].nexus).To(Equal([]Connection{{Initiator: "iqn.2026-11.io.ggnet:initiator:cafe:seat-1", Address: "10.20.0.31", Session: "7", CID: "0"}}))
 	g.Expect(list[0].accounts).To(Equal([]string{"cafe-s1"}))
+	g.Expect(list[0].outgoing).To(Equal("cafe-s1-target"))
 	g.Expect(list[0].acls).To(Equal([]string{"iqn.2026-11.io.ggnet:initiator:cafe:seat-1"}))
 }

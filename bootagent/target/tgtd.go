@@ -13,12 +13,16 @@ import (
 // SuperviseTGTD keeps a tgtd running on controlPort until ctx ends. tgtd is
 // started in a session of its own and is not stopped with the agent: a
 // restart of the agent must not cut the machines off their disks. When tgtd
-// dies it is started again; it comes back empty and the storage role's
-// resync rebuilds every target from the desired state.
+// stops answering on its management socket it is started again; it comes
+// back empty and the storage role's resync rebuilds every target from the
+// desired state. tgtd's command line carries only the control port and the
+// portal.
 func SuperviseTGTD(ctx context.Context, controlPort int, portal string, log logr.Logger) {
+	d := &TGT{ControlPort: controlPort}
 	check := func() bool {
-		return exec.CommandContext(ctx, "tgtadm", "-C", strconv.Itoa(controlPort), "--lld", "iscsi",
-			"--mode", "target", "--op", "show").Run() == nil
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return d.Ping(c) == nil
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
-
 	"time"
 )
 
@@ -19,58 +19,95 @@ type TGTD struct {
 	// Portal is 127.0.0.1:<port>.
 	Portal string
 	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
-// Start runs tgtd until the test ends (or Kill).
+// Start runs tgtd until the test ends (or Kill). A control port another
+// tgtd holds (tgtd refuses it and exits) is exchanged for another.
 func Start(t T) *TGTD {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var last error
+	for range 5 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		d := &TGTD{ControlPort: 100 + rand.IntN(9000), Portal: fmt.Sprintf("127.0.0.1:%d", port)}
+		if last = d.start(); last == nil {
+			t.Cleanup(func() { d.Kill() })
+			return d
+		}
+		d.Kill()
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	d := &TGTD{ControlPort: 100 + rand.IntN(9000), Portal: fmt.Sprintf("127.0.0.1:%d", port)}
-	d.start(t)
-	t.Cleanup(func() { d.Kill() })
-	return d
+	t.Fatalf("starting tgtd (Debian package tgt; the storage tests run as root): %v", last)
+	return nil
 }
 
-func (d *TGTD) start(t T) {
-	t.Helper()
+// SocketPath is tgtd's management socket for a control port (tgt
+// usr/tgtadm.h: TGT_IPC_NAMESPACE "." port, a path; $TGT_IPC_SOCKET
+// replaces the prefix).
+func SocketPath(controlPort int) string {
+	p := os.Getenv("TGT_IPC_SOCKET")
+	if p == "" {
+		p = "/var/run/tgtd/socket"
+	}
+	return p + "." + strconv.Itoa(controlPort)
+}
+
+func (d *TGTD) start() error {
 	d.cmd = exec.Command("tgtd", "-f", "-C", strconv.Itoa(d.ControlPort), "--iscsi", "portal="+d.Portal)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("starting tgtd (Debian package tgt; the storage tests run as root): %v", err)
+		return err
 	}
-	go func(c *exec.Cmd) { _ = c.Wait() }(d.cmd)
+	exited := make(chan struct{})
+	d.exited = exited
+	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(d.cmd)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if exec.Command("tgtadm", "-C", strconv.Itoa(d.ControlPort), "--lld", "iscsi", "--mode", "target", "--op", "show").Run() == nil {
+		select {
+		case <-exited:
+			return fmt.Errorf("tgtd on control port %d exited at start (port taken?)", d.ControlPort)
+		default:
+		}
+		// Ours answers on the socket and listens on the portal; the socket
+		// alone could be another tgtd's until ours exits.
+		if c, err := net.Dial("unix", SocketPath(d.ControlPort)); err == nil {
+			c.Close()
 			if c, err := net.Dial("tcp", d.Portal); err == nil {
 				c.Close()
-				return
+				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("tgtd on control port %d did not come up", d.ControlPort)
+	return fmt.Errorf("tgtd on control port %d did not come up", d.ControlPort)
 }
 
 // Kill stops tgtd hard, as a crash would.
 func (d *TGTD) Kill() {
 	if d.cmd != nil && d.cmd.Process != nil {
 		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-d.exited:
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
+
+// Pid is tgtd's process id.
+func (d *TGTD) Pid() int { return d.cmd.Process.Pid }
 
 // Restart kills tgtd and starts a new one on the same ports: it comes back
 // with no targets.
 func (d *TGTD) Restart(t T) {
 	t.Helper()
 	d.Kill()
-	d.start(t)
+	if err := d.start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // T is what the helpers need of a test: *testing.T or GinkgoT().
