@@ -1,85 +1,85 @@
 // Package tftp is the boot agent's read-only TFTP server. Requests go through
 // an ordered list of routes, first match wins: per-machine iPXE scripts from
-// memory (<mac>.ipxe), then the iPXE binaries from a root directory. Names are
-// cleaned before any file-system access, and files are opened through an
-// os.Root so nothing outside the root is reachable, symlinks included.
+// memory ("boot/<token>/<mac>.ipxe", "boot/<mac>.ipxe", "<mac>.ipxe"), handed
+// out only when the Scripts implementation authorizes the requester, then
+// the iPXE binaries from a root directory. Names are cleaned before any
+// file-system access, and files are opened through an os.Root so nothing
+// outside the root is reachable, symlinks included. Transfers are bounded in
+// total and per source address.
 package tftp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/pin/tftp/v3"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Scripts returns a machine's current iPXE script. The agent implements it
-// from its informer cache; tests pass a map.
+// Scripts authorizes and answers requests for machines' iPXE scripts. The
+// boot agent implements it from its table; tests pass a map.
+//
+// Script is called once per script request, before any byte of the answer
+// is sent, with:
+//   - mac: the six-byte MAC from the name;
+//   - token: the name's token ("boot/<token>/<mac>.ipxe"), already checked to
+//     have a token's form ([a-z2-7]{32}); "" for "boot/<mac>.ipxe" and
+//     "<mac>.ipxe";
+//   - peer: the requester's IP address (IPv4 unmapped, no port; the zero
+//     Addr if the transfer library did not say).
+//
+// It returns the script to send, credentials included, only when the request
+// is allowed: the token equals the served session's token or the MAC's nonce
+// (compared in constant time; "" is allowed only when tokens are not
+// required) and peer is bound to the MAC. Otherwise it returns an error for
+// which errors.Is reports one of:
+//   - ErrForbidden: the token or the peer does not match, or the MAC is
+//     unknown. Check this before looking for a script, so that the answer
+//     does not tell a stranger which MACs have sessions. The server answers
+//     TFTP error 2 (access violation) and counts result "forbidden".
+//   - ErrNotReady: the agent's caches have not synced; result "not-ready".
+//   - ErrNoScripts: an allowed requester whose MAC has no bootable session;
+//     result "not-found".
+//
+// Any other error is answered "script lookup failed" and counted "error".
+// The error's text is logged (verbosity 1), never sent to the client, and
+// must not contain the token or the script. Script must be safe for
+// concurrent use and must not block (no API call); a refused request must
+// have no side effect beyond the implementer's own rate-limited Event. The
+// server never logs the script or the token.
 type Scripts interface {
-	Script(mac net.HardwareAddr) (string, bool)
+	Script(mac net.HardwareAddr, token string, peer netip.Addr) (script string, err error)
 }
 
-// Errors a request can be refused with.
+// Errors a request can be refused with; their text is what the client sees.
+// ErrForbidden, ErrNotReady and ErrNoScripts are also what a Scripts
+// implementation returns (or wraps).
 var (
-	ErrBadName   = errors.New("bad file name")
-	ErrNotFound  = errors.New("file not found")
-	ErrWrite     = errors.New("writes are refused: this server is read-only")
-	ErrTooBusy   = errors.New("too many transfers")
-	ErrNoScripts = errors.New("no script for this machine")
+	ErrBadName       = errors.New("bad file name")
+	ErrNotFound      = errors.New("file not found")
+	ErrWrite         = errors.New("writes are refused: this server is read-only")
+	ErrTooBusy       = errors.New("too many transfers")
+	ErrTooBusySource = errors.New("too many transfers from this address")
+	ErrForbidden     = errors.New("forbidden")
+	ErrNotReady      = errors.New("boot agent not ready, try again")
+	ErrNoScripts     = errors.New("no script for this machine")
+
+	errScriptLookup = errors.New("script lookup failed")
 )
 
-// Route kinds, used as the metrics' file label for scripts so that per-MAC
-// names do not make a label per machine.
+// Defaults of the options.
 const (
-	RouteScript = "script"
-	RouteFile   = "file"
+	DefaultMaxTransfers = 2000
+	DefaultMaxPerSource = 8
 )
-
-// Resolved is where a request name leads.
-type Resolved struct {
-	Kind string
-	// MAC is set for scripts.
-	MAC net.HardwareAddr
-	// Path is the cleaned path inside the root for files.
-	Path string
-}
-
-// Resolve maps a requested name to a route. It is pure: no file-system access.
-// A leading "/" is refused (it would mean an absolute path on other servers),
-// as are "..", backslashes, NUL and control characters.
-func Resolve(name string) (Resolved, error) {
-	if name == "" || len(name) > 255 {
-		return Resolved{}, ErrBadName
-	}
-	for _, c := range name {
-		if c < 0x21 || c == 0x7f || c == '\\' {
-			return Resolved{}, ErrBadName
-		}
-	}
-	if strings.HasPrefix(name, "/") {
-		return Resolved{}, ErrBadName
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == "" || part == "." || part == ".." {
-			return Resolved{}, ErrBadName
-		}
-	}
-	if base, ok := strings.CutSuffix(name, ".ipxe"); ok && !strings.Contains(base, "/") {
-		mac, err := net.ParseMAC(strings.ReplaceAll(base, "-", ":"))
-		if err == nil && len(mac) == 6 {
-			return Resolved{Kind: RouteScript, MAC: mac}, nil
-		}
-	}
-	return Resolved{Kind: RouteFile, Path: name}, nil
-}
 
 // Server serves scripts and files over TFTP.
 type Server struct {
@@ -87,10 +87,14 @@ type Server struct {
 	scripts      Scripts
 	log          logr.Logger
 	metrics      *Metrics
-	maxTransfers int64
-	active       atomic.Int64
+	maxTransfers int
+	maxPerSource int
+	limit        *limiter
 	timeout      time.Duration
 	srv          *tftp.Server
+	// conn is the listening socket, set by Serve before the first request;
+	// refusals with an error code of their own are sent from it.
+	conn net.PacketConn
 }
 
 // Option configures a Server.
@@ -102,22 +106,42 @@ func WithLogger(l logr.Logger) Option { return func(s *Server) { s.log = l } }
 // WithMetrics sets the metrics.
 func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
 
-// WithMaxTransfers bounds concurrent transfers (default 2000).
-func WithMaxTransfers(n int) Option { return func(s *Server) { s.maxTransfers = int64(n) } }
+// WithMaxTransfers bounds concurrent transfers in total (default
+// DefaultMaxTransfers, at least 1).
+func WithMaxTransfers(n int) Option { return func(s *Server) { s.maxTransfers = n } }
+
+// WithMaxPerSource bounds concurrent transfers per source IP address
+// (default DefaultMaxPerSource, at least 1). A request over it is answered
+// "too many transfers from this address".
+func WithMaxPerSource(n int) Option { return func(s *Server) { s.maxPerSource = n } }
 
 // New opens rootDir read-only and returns a server.
 func New(rootDir string, scripts Scripts, opts ...Option) (*Server, error) {
+	s := &Server{
+		scripts:      scripts,
+		log:          logr.Discard(),
+		maxTransfers: DefaultMaxTransfers,
+		maxPerSource: DefaultMaxPerSource,
+		timeout:      2 * time.Second,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.maxTransfers < 1 || s.maxPerSource < 1 {
+		return nil, fmt.Errorf("TFTP transfer limits must be at least 1, got %d in total and %d per source", s.maxTransfers, s.maxPerSource)
+	}
+	if scripts == nil {
+		return nil, errors.New("a TFTP server needs a Scripts implementation")
+	}
 	root, err := os.OpenRoot(rootDir)
 	if err != nil {
 		return nil, fmt.Errorf("opening the TFTP root %s (Debian's ipxe package installs /usr/lib/ipxe): %w", rootDir, err)
 	}
-	s := &Server{root: root, scripts: scripts, log: logr.Discard(), maxTransfers: 2000, timeout: 2 * time.Second}
-	for _, o := range opts {
-		o(s)
-	}
+	s.root = root
 	if s.metrics == nil {
 		s.metrics = NewMetrics(nil)
 	}
+	s.limit = newLimiter(s.maxTransfers, s.maxPerSource)
 	s.srv = tftp.NewServer(s.read, s.write)
 	s.srv.SetTimeout(s.timeout)
 	s.srv.SetRetries(5)
@@ -126,6 +150,7 @@ func New(rootDir string, scripts Scripts, opts ...Option) (*Server, error) {
 
 // Serve serves on conn until ctx ends.
 func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
+	s.conn = conn
 	go func() {
 		<-ctx.Done()
 		s.srv.Shutdown()
@@ -140,30 +165,39 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 }
 
 func (s *Server) write(filename string, _ io.WriterTo) error {
-	s.metrics.transfers.WithLabelValues("write", "refused").Inc()
-	s.log.V(1).Info("Refusing TFTP write", "filename", filename)
+	s.metrics.transfers.WithLabelValues("write", ResultRefused).Inc()
+	r, err := Resolve(filename)
+	s.log.V(1).Info("Refusing TFTP write", "filename", logName(filename, r, err))
 	return ErrWrite
 }
 
 func (s *Server) read(filename string, rf io.ReaderFrom) error {
-	log := s.log.WithValues("filename", filename)
+	var peer *net.UDPAddr
+	var src netip.Addr
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
-		addr := ot.RemoteAddr()
-		log = log.WithValues("peer", addr.String())
+		a := ot.RemoteAddr()
+		peer = &a
+		src, _ = netip.AddrFromSlice(a.IP)
+		src = src.Unmap()
 	}
-	if s.active.Add(1) > s.maxTransfers {
-		s.active.Add(-1)
-		s.metrics.transfers.WithLabelValues("busy", "refused").Inc()
-		return ErrTooBusy
+	r, rerr := Resolve(filename)
+	log := s.log.WithValues("filename", logName(filename, r, rerr), "peer", peer.String())
+
+	if err := s.limit.acquire(src); err != nil {
+		result := ResultRefused
+		if errors.Is(err, ErrTooBusySource) {
+			result = ResultSourceCap
+		}
+		s.metrics.transfers.WithLabelValues("busy", result).Inc()
+		log.V(1).Info("Refusing TFTP transfer over a limit", "error", err.Error())
+		return err
 	}
-	defer s.active.Add(-1)
+	defer s.limit.release(src)
 
 	start := time.Now()
-	label, n, err := s.send(filename, rf)
-	result := "ok"
+	label, result, n, err := s.send(log, r, rerr, rf, peer, src)
 	if err != nil {
-		result = "error"
-		log.V(1).Info("TFTP transfer failed", "error", err.Error())
+		log.V(1).Info("TFTP transfer failed", "result", result, "error", err.Error())
 	} else {
 		log.V(2).Info("Sent file over TFTP", "bytes", n, "duration", time.Since(start).String())
 	}
@@ -172,56 +206,79 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	return err
 }
 
-func (s *Server) send(filename string, rf io.ReaderFrom) (string, int64, error) {
-	r, err := Resolve(filename)
-	if err != nil {
-		return "invalid", 0, fmt.Errorf("%w: %q", err, filename)
+// send answers a resolved request. It returns the metrics' file label and
+// result, the bytes sent and the error the client is answered with.
+func (s *Server) send(log logr.Logger, r Resolved, rerr error, rf io.ReaderFrom, peer *net.UDPAddr, src netip.Addr) (label, result string, n int64, err error) {
+	if rerr != nil {
+		return "invalid", ResultError, 0, rerr
 	}
 	if r.Kind == RouteScript {
-		script, ok := s.scripts.Script(r.MAC)
-		if !ok {
-			return RouteScript, 0, ErrNoScripts
+		script, err := s.scripts.Script(r.MAC, r.Token, src)
+		if err != nil {
+			return s.refuseScript(log, err, peer)
 		}
 		if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 			ot.SetSize(int64(len(script)))
 		}
 		n, err := rf.ReadFrom(strings.NewReader(script))
-		return RouteScript, n, err
+		return RouteScript, resultOf(err), n, err
 	}
 	f, err := s.root.Open(r.Path)
 	if err != nil {
-		return "missing", 0, ErrNotFound
+		return "missing", ResultError, 0, ErrNotFound
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		return "missing", 0, ErrNotFound
+		return "missing", ResultError, 0, ErrNotFound
 	}
 	// os.File is a Seeker, so the library answers tsize itself.
-	n, err := rf.ReadFrom(f)
-	return r.Path, n, err
+	n, err = rf.ReadFrom(f)
+	return r.Path, resultOf(err), n, err
 }
 
-// Metrics of the TFTP server.
-type Metrics struct {
-	transfers *prometheus.CounterVec
-	bytes     *prometheus.CounterVec
+// refuseScript maps a Scripts error to the answer: the implementer's text
+// goes to the log only.
+func (s *Server) refuseScript(log logr.Logger, cause error, peer *net.UDPAddr) (label, result string, n int64, err error) {
+	log.V(1).Info("Refusing TFTP script request", "reason", cause.Error())
+	switch {
+	case errors.Is(cause, ErrForbidden):
+		s.sendError(peer, errAccessViolation, ErrForbidden.Error())
+		return RouteScript, ResultForbidden, 0, ErrForbidden
+	case errors.Is(cause, ErrNotReady):
+		return RouteScript, ResultNotReady, 0, ErrNotReady
+	case errors.Is(cause, ErrNoScripts):
+		return RouteScript, ResultNoScript, 0, ErrNoScripts
+	}
+	return RouteScript, ResultError, 0, errScriptLookup
 }
 
-// NewMetrics registers the TFTP metrics with reg (nil: not registered).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ggnet_tftp_transfers_total",
-			Help: "TFTP transfers by file (\"script\" for per-machine scripts) and result.",
-		}, []string{"file", "result"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ggnet_tftp_sent_bytes_total",
-			Help: "Bytes sent over TFTP by file.",
-		}, []string{"file"}),
+func resultOf(err error) string {
+	if err != nil {
+		return ResultError
 	}
-	if reg != nil {
-		reg.MustRegister(m.transfers, m.bytes)
+	return ResultOK
+}
+
+// errAccessViolation is TFTP error code 2 (RFC 1350).
+const errAccessViolation = 2
+
+// sendError sends a TFTP ERROR packet with code to peer from the listening
+// socket. pin/tftp answers every failed request with code 1 (file not
+// found) from the transfer's own socket and has no way to choose the code,
+// so a refusal that needs another code is sent here first; the library's
+// code-1 packet with the same message follows. Clients (iPXE, pin/tftp)
+// take the first reply and close the transfer, so the second lands on a
+// closed port.
+func (s *Server) sendError(peer *net.UDPAddr, code uint16, msg string) {
+	if peer == nil || s.conn == nil {
+		return
 	}
-	return m
+	p := make([]byte, 0, 5+len(msg))
+	p = binary.BigEndian.AppendUint16(p, 5) // ERROR
+	p = binary.BigEndian.AppendUint16(p, code)
+	p = append(append(p, msg...), 0)
+	if _, err := s.conn.WriteTo(p, peer); err != nil {
+		s.log.V(1).Info("Sending a TFTP error failed", "peer", peer.String(), "error", err.Error())
+	}
 }
