@@ -14,3 +14,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "ggnet.fullname" -}}
 {{- printf "%s-%s" .Release.Name "ggnet" | trunc 50 | trimSuffix "-" -}}
 {{- end -}}
+
+{{- /* The one namespace GGnet serves (watchNamespaces), or "" for all. The
+      binaries watch one namespace or all (--namespace). */ -}}
+{{- define "ggnet.watchNamespace" -}}
+{{- $ns := .Values.watchNamespaces | default list -}}
+{{- if gt (len $ns) 1 -}}
+{{- fail (printf "watchNamespaces %v: the agents watch one namespace or all (--namespace); give at most one" $ns) -}}
+{{- end -}}
+{{- first $ns | default "" -}}
+{{- end -}}
