@@ -1,15 +1,31 @@
-// Package table is the boot agent's in-memory view of Machines and their
-// bootable sessions, keyed by MAC. The agent's informer handlers feed it;
-// the DHCP, TFTP and HTTP servers read it on every request without waiting
-// on the API server. It keeps answering from what it last saw while the API
-// server is unreachable. It imports no Kubernetes package.
+// Package table is the boot agent's in-memory view of Machines, their
+// bootable sessions and the sessions' Secrets, keyed by MAC. The agent's
+// informer handlers feed it; the DHCP, TFTP and HTTP servers read it on
+// every request without waiting on the API server. It keeps answering from
+// what it last saw while the API server is unreachable. It imports no
+// Kubernetes package.
+//
+// Who gets what (the contract's "who gets a script"):
+//   - a MAC's owner is its oldest non-discovered Machine without
+//     Conflict=True, whatever its namespace;
+//   - only the owner's sessions are served, and only once their Secret
+//     (credentials and token) is in the table;
+//   - the reservation DHCP hands out carries the served session's token, or
+//     the MAC's nonce (random, made when a Machine with that MAC entered the
+//     table, kept in memory only);
+//   - a script is handed out (Authorize) only for one of those tokens and to
+//     an address bound to the MAC.
 package table
 
 import (
+	"crypto/rand"
+	"encoding/base32"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ggnet/ggnet/bootagent/dhcp"
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // Policy is a Machine's boot policy.
@@ -24,9 +40,12 @@ const (
 // Machine is what the agent keeps of one Machine.
 type Machine struct {
 	// Key is namespace/name.
-	Key         string
-	Namespace   string
-	Name        string
+	Key       string
+	Namespace string
+	Name      string
+	// UID is the Machine's UID, for Events about it.
+	UID string
+	// Reservation is the Machine's; its Token is set by the table.
 	Reservation dhcp.Reservation
 	Policy      Policy
 	// HasImage is true when the machine names a default image (AutoSession
@@ -34,13 +53,20 @@ type Machine struct {
 	HasImage bool
 	// Discovered marks a placeholder the agent recorded for an unknown client.
 	Discovered bool
+	// Conflict is true when the Machine controller set Conflict=True: another
+	// Machine in the cluster has its MAC or address. It is never an owner.
+	Conflict bool
 	// CreatedUnix orders machines that share a MAC.
 	CreatedUnix int64
 }
 
-// better reports whether a should answer for a MAC rather than b: a real
-// Machine before a discovered placeholder, then the oldest, then by key.
+// better reports whether a should answer for a MAC rather than b: a Machine
+// without conflict first, then a real Machine before a discovered
+// placeholder, then the oldest, then by key.
 func (a *Machine) better(b *Machine) bool {
+	if a.Conflict != b.Conflict {
+		return !a.Conflict
+	}
 	if a.Discovered != b.Discovered {
 		return !a.Discovered
 	}
@@ -50,28 +76,62 @@ func (a *Machine) better(b *Machine) bool {
 	return a.Key < b.Key
 }
 
-// Session is what the agent keeps of one bootable session.
+// owner reports whether m may own its MAC: sessions are served only for an
+// owner.
+func (m *Machine) owner() bool { return m != nil && !m.Conflict && !m.Discovered }
+
+// Session is what the agent keeps of one session.
 type Session struct {
 	// Key is namespace/name.
 	Key string
 	MAC string
-	// Script is the rendered iPXE script; empty until the session is Ready.
-	Script string
+	// MachineKey is namespace/name of the session's machineRef; the session
+	// is served only when that Machine owns the MAC.
+	MachineKey string
+	// Boot is what the script is rendered from, without credentials (they
+	// come from the session's Secret at serve time).
+	Boot ipxe.Session
 	// Bootable is true in phases Ready, Booting and Active.
 	Bootable bool
+	// Live is true for a session that is not stopped, stopping or failed:
+	// one on its way to Ready or bootable. An AutoSession machine with a live
+	// session does not ask for another.
+	Live bool
 	// CreatedUnix orders sessions: the newest bootable one wins.
 	CreatedUnix int64
 }
 
+// Secret is what the agent keeps of a session's Secret, in memory only.
+type Secret struct {
+	Credentials ipxe.Credentials
+	// Token is the session's script token.
+	Token string
+}
+
+// valid reports whether the Secret can serve its session.
+func (s Secret) valid() bool {
+	return ipxe.ValidToken(s.Token) && s.Credentials.Username != "" && s.Credentials.Password != ""
+}
+
 type entry struct {
-	// machine is the one of machines that answers for the MAC (see better);
-	// two Machines with one MAC are a conflict the controller reports.
+	// machine is the one of machines that answers for the MAC (see better).
 	machine  *Machine
 	machines map[string]*Machine
-	// session is the newest bootable one of sessions, kept on every change
-	// so that a DHCP ACK finds it without walking the map.
+	// session is the newest bootable session of the owner with a valid
+	// Secret, kept on every change so that a request finds it without
+	// walking the map; secret is its Secret.
 	session  *Session
+	secret   Secret
 	sessions map[string]*Session
+	// reservation is machine's reservation with the token DHCP hands out:
+	// session's, else nonce. Kept so that a DHCP lookup is a copy.
+	reservation dhcp.Reservation
+	// nonce is the MAC's token while it has no bootable session, made when
+	// the first Machine with this MAC entered the table.
+	nonce string
+	// seen is the IPv4 address the MAC used in its last DHCP exchange
+	// (SawAddress): bit 32 set when valid, the address in the low 32 bits.
+	seen atomic.Uint64
 	// changed is closed and replaced on every change of this MAC.
 	changed chan struct{}
 }
@@ -96,6 +156,18 @@ func keyOfString(s string) (macKey, bool) {
 	return keyOf(mac)
 }
 
+// Option configures a Table.
+type Option func(*Table)
+
+// WithNeighbors sets the neighbour table Authorize consults to bind a
+// requester's address to a MAC (production: ProcNeighbors).
+func WithNeighbors(n Neighbors) Option { return func(t *Table) { t.neighbors = n } }
+
+// WithoutRequiredToken lets Authorize accept a request without a token (an
+// external DHCP server that cannot hand out tokens); a wrong token is still
+// refused, and the address must still be bound to the MAC.
+func WithoutRequiredToken() Option { return func(t *Table) { t.tokenOptional = true } }
+
 // Table is safe for concurrent use.
 type Table struct {
 	mu    sync.RWMutex
@@ -104,11 +176,23 @@ type Table struct {
 	// change or a delete finds the old entry.
 	machineMAC map[string]macKey
 	sessionMAC map[string]macKey
+	// secrets by session key.
+	secrets map[string]Secret
+	// discovered holds the keys of discovered Machines.
+	discovered map[string]struct{}
+
+	neighbors     Neighbors
+	tokenOptional bool
 }
 
 // New returns an empty table.
-func New() *Table {
-	return &Table{byMAC: map[macKey]*entry{}, machineMAC: map[string]macKey{}, sessionMAC: map[string]macKey{}}
+func New(opts ...Option) *Table {
+	t := &Table{byMAC: map[macKey]*entry{}, machineMAC: map[string]macKey{}, sessionMAC: map[string]macKey{},
+		secrets: map[string]Secret{}, discovered: map[string]struct{}{}}
+	for _, o := range opts {
+		o(t)
+	}
+	return t
 }
 
 func (t *Table) entryLocked(mac macKey) *entry {
@@ -120,6 +204,16 @@ func (t *Table) entryLocked(mac macKey) *entry {
 	return e
 }
 
+// newNonce returns a token-shaped random string (20 bytes from crypto/rand,
+// base32 in lowercase without padding).
+func newNonce() string {
+	var b [20]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding).EncodeToString(b[:])
+}
+
+// notifyLocked recomputes a MAC's answering machine, served session and
+// reservation, and wakes its waiters.
 func (t *Table) notifyLocked(mac macKey) {
 	e := t.byMAC[mac]
 	if e == nil {
@@ -131,13 +225,30 @@ func (t *Table) notifyLocked(mac macKey) {
 			e.machine = m
 		}
 	}
-	e.session = nil
-	for _, s := range e.sessions {
-		if !s.Bootable || s.Script == "" {
-			continue
+	e.session, e.secret = nil, Secret{}
+	if e.machine.owner() {
+		for _, s := range e.sessions {
+			if !s.Bootable || s.MachineKey != e.machine.Key {
+				continue
+			}
+			sec, ok := t.secrets[s.Key]
+			if !ok || !sec.valid() {
+				continue
+			}
+			if e.session == nil || s.CreatedUnix > e.session.CreatedUnix || (s.CreatedUnix == e.session.CreatedUnix && s.Key > e.session.Key) {
+				e.session, e.secret = s, sec
+			}
 		}
-		if e.session == nil || s.CreatedUnix > e.session.CreatedUnix || (s.CreatedUnix == e.session.CreatedUnix && s.Key > e.session.Key) {
-			e.session = s
+	}
+	e.reservation = dhcp.Reservation{}
+	if e.machine != nil {
+		if e.nonce == "" {
+			e.nonce = newNonce()
+		}
+		e.reservation = e.machine.Reservation
+		e.reservation.Token = e.nonce
+		if e.session != nil {
+			e.reservation.Token = e.secret.Token
 		}
 	}
 	close(e.changed)
@@ -155,6 +266,7 @@ func (t *Table) UpsertMachine(m Machine) {
 		t.DeleteMachine(m.Key)
 		return
 	}
+	m.Reservation.Token = ""
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.machineMAC[m.Key]; ok && old != mac {
@@ -164,6 +276,11 @@ func (t *Table) UpsertMachine(m Machine) {
 		}
 	}
 	t.machineMAC[m.Key] = mac
+	if m.Discovered {
+		t.discovered[m.Key] = struct{}{}
+	} else {
+		delete(t.discovered, m.Key)
+	}
 	t.entryLocked(mac).machines[m.Key] = &m
 	t.notifyLocked(mac)
 }
@@ -177,6 +294,7 @@ func (t *Table) DeleteMachine(key string) {
 		return
 	}
 	delete(t.machineMAC, key)
+	delete(t.discovered, key)
 	if e := t.byMAC[mac]; e != nil {
 		delete(e.machines, key)
 		t.notifyLocked(mac)
@@ -187,6 +305,7 @@ func (t *Table) DeleteMachine(key string) {
 // yet checked by the controller) is held under no MAC.
 func (t *Table) UpsertSession(s Session) {
 	mac, valid := keyOfString(s.MAC)
+	s.Boot.Credentials = nil
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.sessionMAC[s.Key]; ok && (!valid || old != mac) {
@@ -219,7 +338,33 @@ func (t *Table) DeleteSession(key string) {
 	}
 }
 
-// LookupMAC implements dhcp.Backend.
+// UpsertSecret adds or replaces the Secret of the session with key
+// sessionKey (namespace/name). A session is served only once its Secret is
+// here with a valid token and credentials.
+func (t *Table) UpsertSecret(sessionKey string, s Secret) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.secrets[sessionKey] = s
+	if mac, ok := t.sessionMAC[sessionKey]; ok {
+		t.notifyLocked(mac)
+	}
+}
+
+// DeleteSecret removes the Secret of a session.
+func (t *Table) DeleteSecret(sessionKey string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.secrets[sessionKey]; !ok {
+		return
+	}
+	delete(t.secrets, sessionKey)
+	if mac, ok := t.sessionMAC[sessionKey]; ok {
+		t.notifyLocked(mac)
+	}
+}
+
+// LookupMAC implements dhcp.Backend: the answering machine's reservation
+// with the token of the script URL. It allocates nothing.
 func (t *Table) LookupMAC(mac net.HardwareAddr) (dhcp.Reservation, bool) {
 	k, _ := keyOf(mac)
 	t.mu.RLock()
@@ -228,10 +373,10 @@ func (t *Table) LookupMAC(mac net.HardwareAddr) (dhcp.Reservation, bool) {
 	if e == nil || e.machine == nil {
 		return dhcp.Reservation{}, false
 	}
-	return e.machine.Reservation, true
+	return e.reservation, true
 }
 
-// Machine returns the machine with this MAC.
+// Machine returns the machine that answers for this MAC.
 func (t *Table) Machine(mac net.HardwareAddr) (Machine, bool) {
 	k, _ := keyOf(mac)
 	t.mu.RLock()
@@ -243,40 +388,21 @@ func (t *Table) Machine(mac net.HardwareAddr) (Machine, bool) {
 	return *e.machine, true
 }
 
-// Session returns the newest bootable session of this MAC.
+// Session returns the session served for this MAC: the newest bootable
+// session of the MAC's owner whose Secret is in the table.
 func (t *Table) Session(mac net.HardwareAddr) (Session, bool) {
 	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return t.sessionLocked(k)
-}
-
-func (t *Table) sessionLocked(mac macKey) (Session, bool) {
-	e := t.byMAC[mac]
+	e := t.byMAC[k]
 	if e == nil || e.session == nil {
 		return Session{}, false
 	}
 	return *e.session, true
 }
 
-// HasSession reports whether the MAC has any session, bootable or not
-// (one may be on its way to Ready).
-func (t *Table) HasSession(mac net.HardwareAddr) bool {
-	k, _ := keyOf(mac)
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	e := t.byMAC[k]
-	return e != nil && len(e.sessions) > 0
-}
-
-// Script implements tftp.Scripts: the newest bootable session's script.
-func (t *Table) Script(mac net.HardwareAddr) (string, bool) {
-	s, ok := t.Session(mac)
-	return s.Script, ok
-}
-
-// Changed returns a channel closed at the next change of this MAC's machine
-// or sessions, for long polls.
+// Changed returns a channel closed at the next change of this MAC's
+// machines, sessions or their Secrets, for long polls.
 func (t *Table) Changed(mac net.HardwareAddr) <-chan struct{} {
 	k, _ := keyOf(mac)
 	t.mu.Lock()
@@ -289,4 +415,20 @@ func (t *Table) Len() (machines, sessions int) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return len(t.machineMAC), len(t.sessionMAC)
+}
+
+// Discovered returns the number of discovered Machines held.
+func (t *Table) Discovered() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.discovered)
+}
+
+// HasMachine reports whether any Machine has this MAC.
+func (t *Table) HasMachine(mac net.HardwareAddr) bool {
+	k, _ := keyOf(mac)
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e := t.byMAC[k]
+	return e != nil && e.machine != nil
 }
