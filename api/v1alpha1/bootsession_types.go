@@ -118,14 +118,17 @@ type BootSessionStatus struct {
 	// initiatorIQN is the only initiator the target accepts.
 	// +optional
 	InitiatorIQN string `json:"initiatorIQN,omitempty"`
-	// chapSecretRef names the Secret (keys username and password) with the
-	// session's CHAP credentials.
+	// chapSecretRef names the session's Secret (labelled
+	// boot.ggnet.io/session), the only place its credentials are kept: keys
+	// username, password, targetUsername, targetPassword (mutual CHAP) and
+	// token (the script token).
 	// +optional
 	CHAPSecretRef *LocalObjectReference `json:"chapSecretRef,omitempty"`
 	// overlayPath is the overlay file on the storage node.
 	// +optional
 	OverlayPath string `json:"overlayPath,omitempty"`
-	// script is the rendered iPXE script.
+	// script is a preview of the session's iPXE script, without the CHAP
+	// credentials, which the boot agent adds when it serves it.
 	// +optional
 	Script string `json:"script,omitempty"`
 	// timeline of the session's steps.
@@ -159,6 +162,36 @@ const (
 	ScriptServedReason       = "ScriptServed"
 	ISCSILoginReason         = "ISCSILogin"
 	AuthenticationFailReason = "AuthenticationFailed"
+	// MachineConflictReason: the session's Machine has Conflict=True (another
+	// Machine in the cluster has its MAC or address); the session is not
+	// scheduled. A session already Ready stays, but the boot agent does not
+	// serve it.
+	MachineConflictReason = "MachineConflict"
+)
+
+// The session Secret: one per BootSession, named <session>-chap, in the
+// session's namespace, owned by the session and labelled
+// SessionSecretLabel=<session name>. Only the manager, the boot agent and the
+// storage agent read it; no credential is ever copied into a custom
+// resource, an Event, a log line or a command line.
+const (
+	// SessionSecretLabel marks a session's Secret; its value is the
+	// session's name. The manager and the agents cache only Secrets with
+	// this label.
+	SessionSecretLabel = "boot.ggnet.io/session"
+	// SecretKeyUsername is the initiator's CHAP username.
+	SecretKeyUsername = "username"
+	// SecretKeyPassword is the initiator's CHAP secret: 16 characters of
+	// [A-Za-z0-9].
+	SecretKeyPassword = "password"
+	// SecretKeyTargetUsername is the target's username for mutual CHAP.
+	SecretKeyTargetUsername = "targetUsername"
+	// SecretKeyTargetPassword is the target's mutual CHAP secret: 16
+	// characters of [A-Za-z0-9], different from the password.
+	SecretKeyTargetPassword = "targetPassword"
+	// SecretKeyToken is the script token in the script's path
+	// (boot/<token>/<mac>.ipxe): 32 characters of [a-z2-7].
+	SecretKeyToken = "token"
 )
 
 // Finalizers.

@@ -158,8 +158,10 @@ type MachineStatus struct {
 
 // Machine conditions and reasons.
 const (
-	// ConflictCondition (negative polarity) is True when another Machine in the
-	// namespace has the same MAC or reserved IPv4 address.
+	// ConflictCondition (negative polarity) is True when another Machine in
+	// the cluster (any namespace) has the same MAC or reserved IPv4 address;
+	// the older Machine keeps them, the newer one has Conflict=True and no
+	// session of it is scheduled or served.
 	ConflictCondition = "Conflict"
 	// DuplicateMACReason: another Machine has the same MAC.
 	DuplicateMACReason = "DuplicateMAC"
@@ -167,6 +169,11 @@ const (
 	DuplicateIPReason = "DuplicateIP"
 	// NoConflictReason: the MAC and address are unique.
 	NoConflictReason = "NoConflict"
+
+	// ScriptForbiddenReason is the reason of the Event the boot agent records
+	// on a Machine when it refused a script request for its MAC (wrong or
+	// missing token, or a requester not bound to the MAC).
+	ScriptForbiddenReason = "ScriptForbidden"
 )
 
 // Labels on Machines.

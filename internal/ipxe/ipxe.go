@@ -29,8 +29,10 @@ type Session struct {
 	// InitiatorIQN is the name the machine logs in with; the target's ACL
 	// admits only it.
 	InitiatorIQN string
-	// Username and Password are the session's CHAP credentials.
-	Username, Password string
+	// Credentials are the session's CHAP credentials. Nil renders the
+	// preview kept in BootSession.status.script: the same script without
+	// any credential, which the boot agent completes when it serves it.
+	Credentials *Credentials
 	// Retries is how many times a failed sanboot is retried (default 3).
 	Retries int
 	// RetryDelay is the pause between retries in seconds (default 5).
@@ -38,6 +40,21 @@ type Session struct {
 	// OnFailure is what happens when every attempt failed.
 	OnFailure Failure
 }
+
+// Credentials are a session's CHAP credentials. Only Secrets hold them;
+// they never appear in a custom resource, an Event or a log line.
+type Credentials struct {
+	// Username and Password prove the machine (the initiator) to the target.
+	Username, Password string
+	// TargetUsername and TargetPassword, when TargetUsername is set, prove
+	// the target to the machine (mutual CHAP); TargetPassword must differ
+	// from Password.
+	TargetUsername, TargetPassword string
+}
+
+// CredentialsComment is the line a preview script has where a served script
+// has its credentials.
+const CredentialsComment = "# CHAP credentials are added by the boot agent when it serves this script"
 
 // Failure says what a script does when it cannot boot.
 type Failure string
@@ -62,8 +79,12 @@ type Info struct {
 	LUN          int32
 	TargetIQN    string
 	InitiatorIQN string
-	Username     string
-	Password     string
+	// Username, Password, TargetUsername and TargetPassword are empty when
+	// the script is a preview.
+	Username       string
+	Password       string
+	TargetUsername string
+	TargetPassword string
 }
 
 // SANURI returns the iPXE iSCSI URI iscsi:<server>::<port>:<lun>:<iqn>.
@@ -110,10 +131,14 @@ func Render(s Session) (string, error) {
 			return "", fmt.Errorf("%s %q: want iqn.YYYY-MM.reverse.domain[:name] in lowercase", name, v)
 		}
 	}
-	for name, v := range map[string]string{"CHAP username": s.Username, "CHAP password": s.Password, "session name": s.Name, "image name": s.Image} {
+	for name, v := range map[string]string{"session name": s.Name, "image name": s.Image} {
 		if !safeWord(v) {
 			return "", fmt.Errorf("%s: must be non-empty and contain only letters, digits and . _ - / :", name)
 		}
+	}
+	creds, err := credentialLines(s.Credentials)
+	if err != nil {
+		return "", err
 	}
 	uri, err := SANURI(s.Portal, s.LUN, s.TargetIQN)
 	if err != nil {
@@ -125,8 +150,7 @@ func Render(s Session) (string, error) {
 	w("# GGnet session %s", s.Name)
 	w("echo GGnet: booting %s from image %s", s.Name, s.Image)
 	w("set initiator-iqn %s", s.InitiatorIQN)
-	w("set username %s", s.Username)
-	w("set password %s", s.Password)
+	b.WriteString(creds)
 	// iPXE retries a failing SAN device ten times by default, for minutes;
 	// this script has its own retries with a message each.
 	w("set san-retries 1")
@@ -158,6 +182,72 @@ func Render(s Session) (string, error) {
 		return "", fmt.Errorf("rendered script does not validate: %w", err)
 	}
 	return out, nil
+}
+
+// credentialLines returns the lines that set c, or the preview's comment
+// line when c is nil. Its errors never contain a credential.
+func credentialLines(c *Credentials) (string, error) {
+	if c == nil {
+		return CredentialsComment + "\n", nil
+	}
+	fields := []struct{ name, v string }{{"CHAP username", c.Username}, {"CHAP password", c.Password}}
+	if c.TargetUsername != "" || c.TargetPassword != "" {
+		fields = append(fields, struct{ name, v string }{"mutual CHAP username", c.TargetUsername},
+			struct{ name, v string }{"mutual CHAP password", c.TargetPassword})
+	}
+	for _, f := range fields {
+		if !safeWord(f.v) {
+			return "", fmt.Errorf("%s: must be non-empty and contain only letters, digits and . _ - / :", f.name)
+		}
+	}
+	if c.TargetPassword != "" && c.TargetPassword == c.Password {
+		return "", fmt.Errorf("mutual CHAP password must differ from the CHAP password")
+	}
+	out := "set username " + c.Username + "\nset password " + c.Password + "\n"
+	if c.TargetUsername != "" {
+		out += "set reverse-username " + c.TargetUsername + "\nset reverse-password " + c.TargetPassword + "\n"
+	}
+	return out, nil
+}
+
+// AddCredentials completes a preview script (Render with nil Credentials, as
+// kept in BootSession.status.script) with c, as the boot agent does when it
+// serves the script. It fails if preview is not a valid preview. Its errors
+// never contain a credential.
+func AddCredentials(preview string, c Credentials) (string, error) {
+	if err := Validate(preview); err != nil {
+		return "", fmt.Errorf("preview: %w", err)
+	}
+	marker := "\n" + CredentialsComment + "\n"
+	if strings.Count(preview, marker) != 1 {
+		return "", fmt.Errorf("preview: want exactly one line %q", CredentialsComment)
+	}
+	if hasCredentials(preview) {
+		return "", fmt.Errorf("preview already sets CHAP credentials")
+	}
+	lines, err := credentialLines(&c)
+	if err != nil {
+		return "", err
+	}
+	out := strings.Replace(preview, marker, "\n"+lines, 1)
+	if err := Validate(out); err != nil {
+		return "", fmt.Errorf("script with credentials does not validate: %w", err)
+	}
+	return out, nil
+}
+
+// hasCredentials reports whether script sets any CHAP setting.
+func hasCredentials(script string) bool {
+	for _, raw := range strings.Split(script, "\n") {
+		f := strings.Fields(raw)
+		if len(f) >= 2 && f[0] == "set" {
+			switch f[1] {
+			case "username", "password", "reverse-username", "reverse-password":
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Fallback is the script for a machine that has no session to boot: it says

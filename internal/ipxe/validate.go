@@ -137,6 +137,10 @@ func Parse(script string) (Info, error) {
 				info.Username = f[2]
 			case "password":
 				info.Password = f[2]
+			case "reverse-username":
+				info.TargetUsername = f[2]
+			case "reverse-password":
+				info.TargetPassword = f[2]
 			}
 		case f[0] == "sanboot" && !found:
 			for _, a := range f[1:] {
