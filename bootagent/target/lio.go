@@ -55,16 +55,36 @@ func (d *LIO) paths(t Target) (core, tpg string) {
 	return core, tpg
 }
 
+// write sets a configfs attribute unless it already reads value: the kernel
+// refuses some writes to a live object (a backstore's enable, an enabled
+// TPG's enable), and a resync must not disturb a running session. Values go
+// without a trailing newline: the auth attributes keep what they are given,
+// newline included.
 func write(path, value string) error {
+	if readValue(path) == value {
+		return nil
+	}
 	// configfs makes attribute directories (attrib, auth) itself; a plain
 	// directory standing in for it needs them made.
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("configfs %s: %w", path, err)
 	}
-	if err := os.WriteFile(path, []byte(value+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(value), 0o600); err != nil {
 		return fmt.Errorf("configfs %s: %w", path, err)
 	}
 	return nil
+}
+
+// lioUnset is what the kernel's auth attributes take to be cleared (and
+// show once cleared).
+const lioUnset = "NULL"
+
+// unset clears an auth attribute unless it is already clear.
+func unset(path string) error {
+	if v := readValue(path); v == "" || v == lioUnset {
+		return nil
+	}
+	return write(path, lioUnset)
 }
 
 func mkdir(path string) error {
@@ -85,12 +105,19 @@ func symlink(target, link string) error {
 	return nil
 }
 
-// Ensure implements Driver: it writes the whole tree; writing an attribute
-// again with the same value is harmless in configfs.
+// Ensure implements Driver: it reads the tree and writes only what differs.
+// The ACL carries the initiator's CHAP credentials (auth/userid, password)
+// and, for mutual CHAP, the target's (auth/userid_mutual, password_mutual:
+// the kernel's names, drivers/target/iscsi/iscsi_target_configfs.c). Its
+// errors never carry a secret.
 func (d *LIO) Ensure(_ context.Context, t Target) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}
+	return redact(d.ensure(t), t)
+}
+
+func (d *LIO) ensure(t Target) error {
 	st, err := os.Stat(t.Path)
 	if err != nil {
 		return fmt.Errorf("backing file: %w", err)
@@ -105,12 +132,29 @@ func (d *LIO) Ensure(_ context.Context, t Target) error {
 	core, tpg := d.paths(t)
 	lun := "lun_" + strconv.Itoa(t.LUN)
 	acl := filepath.Join(tpg, "acls", t.InitiatorIQN)
+	// A backstore is configured once: the kernel refuses fd_dev_name and
+	// enable on an enabled one.
+	backstore := readValue(filepath.Join(core, "enable")) == "1"
+	mutual := func(name, value string) func() error {
+		if t.TargetUser == "" {
+			return func() error { return unset(filepath.Join(acl, "auth", name)) }
+		}
+		return func() error { return write(filepath.Join(acl, "auth", name), value) }
+	}
 	steps := []func() error{
 		func() error { return mkdir(core) },
 		func() error {
+			if backstore {
+				return nil
+			}
 			return write(filepath.Join(core, "control"), fmt.Sprintf("fd_dev_name=%s,fd_dev_size=%d", t.Path, st.Size()))
 		},
-		func() error { return write(filepath.Join(core, "udev_path"), t.Path) },
+		func() error {
+			if backstore {
+				return nil
+			}
+			return write(filepath.Join(core, "udev_path"), t.Path)
+		},
 		func() error { return write(filepath.Join(core, "enable"), "1") },
 		func() error { return mkdir(filepath.Join(tpg, "lun", lun)) },
 		func() error {
@@ -127,6 +171,8 @@ func (d *LIO) Ensure(_ context.Context, t Target) error {
 		},
 		func() error { return write(filepath.Join(acl, "auth", "userid"), t.CHAPUser) },
 		func() error { return write(filepath.Join(acl, "auth", "password"), t.CHAPPassword) },
+		mutual("userid_mutual", t.TargetUser),
+		mutual("password_mutual", t.TargetPassword),
 		func() error { return write(filepath.Join(tpg, "enable"), "1") },
 	}
 	for _, step := range steps {
@@ -224,6 +270,9 @@ func (d *LIO) read(iqn string) (Target, error) {
 	for _, a := range acls {
 		t.InitiatorIQN = a.Name()
 		t.CHAPUser = readValue(filepath.Join(tpg, "acls", a.Name(), "auth", "userid"))
+		if u := readValue(filepath.Join(tpg, "acls", a.Name(), "auth", "userid_mutual")); u != lioUnset {
+			t.TargetUser = u
+		}
 		break
 	}
 	return t, nil

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 )
@@ -37,7 +38,7 @@ func TestLIO(t *testing.T) {
 	root := t.TempDir()
 	ctx := context.Background()
 	d := &LIO{Root: root, Portal: "10.20.0.5:3260"}
-	a := sample(t, "s1")
+	a := mutual(sample(t, "s1"))
 	g.Expect(d.Ensure(ctx, a)).To(Succeed())
 	g.Expect(d.Ensure(ctx, a)).To(Succeed(), "idempotent")
 
@@ -56,6 +57,8 @@ func TestLIO(t *testing.T) {
 		acl + "lun_1/ggnet":                         "-> ../../../lun/lun_1",
 		acl + "auth/userid":                         a.CHAPUser,
 		acl + "auth/password":                       a.CHAPPassword,
+		acl + "auth/userid_mutual":                  a.TargetUser,
+		acl + "auth/password_mutual":                a.TargetPassword,
 		tpg + "enable":                              "1",
 	}
 	g.Expect(got).To(Equal(want))
@@ -69,7 +72,7 @@ func TestLIO(t *testing.T) {
 
 	list, err := d.List(ctx, prefix)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(list).To(Equal([]Target{{IQN: a.IQN, LUN: 1, Path: a.Path, InitiatorIQN: a.InitiatorIQN, CHAPUser: a.CHAPUser}}))
+	g.Expect(list).To(Equal([]Target{{IQN: a.IQN, LUN: 1, Path: a.Path, InitiatorIQN: a.InitiatorIQN, CHAPUser: a.CHAPUser, TargetUser: a.TargetUser}}))
 	conns, err := d.Connections(ctx, a.IQN)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(conns).To(BeEmpty())
@@ -93,4 +96,89 @@ func TestLIO(t *testing.T) {
 	}
 	sort.Strings(keys)
 	g.Expect(keys).To(BeEmpty(), "nothing of the target is left")
+}
+
+// mtimes lists every file's modification time under root.
+func mtimes(root string) map[string]time.Time {
+	out := map[string]time.Time{}
+	_ = filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() {
+			out[p] = info.ModTime()
+		}
+		return nil
+	})
+	return out
+}
+
+// TestLIOWritesOnlyWhatDiffers: a resync writes nothing (the kernel refuses
+// enable on a live backstore or TPG), new secrets rewrite only themselves,
+// and dropping mutual CHAP clears the target's credentials the kernel's way.
+func TestLIOWritesOnlyWhatDiffers(t *testing.T) {
+	g := NewWithT(t)
+	root := t.TempDir()
+	ctx := context.Background()
+	d := &LIO{Root: root, Portal: "10.20.0.5:3260"}
+	a := mutual(sample(t, "w1"))
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for p := range mtimes(root) {
+		g.Expect(os.Chtimes(p, old, old)).To(Succeed())
+	}
+	unchanged := func() []string {
+		var changed []string
+		for p, m := range mtimes(root) {
+			if !m.Equal(old) {
+				rel, _ := filepath.Rel(root, p)
+				changed = append(changed, rel)
+			}
+		}
+		sort.Strings(changed)
+		return changed
+	}
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	g.Expect(unchanged()).To(BeEmpty(), "a resync writes nothing")
+
+	acl := "target/iscsi/" + a.IQN + "/tpgt_1/acls/" + a.InitiatorIQN + "/auth/"
+	b := a
+	b.TargetPassword = "NewTarget9876543"
+	g.Expect(d.Ensure(ctx, b)).To(Succeed())
+	g.Expect(unchanged()).To(Equal([]string{acl + "password_mutual"}))
+	g.Expect(tree(t, root)[acl+"password_mutual"]).To(Equal(b.TargetPassword))
+
+	c := b
+	c.TargetUser, c.TargetPassword = "", ""
+	g.Expect(d.Ensure(ctx, c)).To(Succeed())
+	got := tree(t, root)
+	g.Expect(got[acl+"userid_mutual"]).To(Equal("NULL"))
+	g.Expect(got[acl+"password_mutual"]).To(Equal("NULL"))
+	g.Expect(got[acl+"password"]).To(Equal(a.CHAPPassword), "the initiator's secret stays")
+	list, _ := d.List(ctx, prefix)
+	g.Expect(list[0].TargetUser).To(BeEmpty())
+	for p := range mtimes(root) {
+		g.Expect(os.Chtimes(p, old, old)).To(Succeed())
+	}
+	g.Expect(d.Ensure(ctx, c)).To(Succeed())
+	g.Expect(unchanged()).To(BeEmpty(), "cleared stays cleared without writes")
+}
+
+// TestLIOErrorsRedacted: a failing Ensure names the attribute, never the
+// secret.
+func TestLIOErrorsRedacted(t *testing.T) {
+	g := NewWithT(t)
+	root := t.TempDir()
+	d := &LIO{Root: root, Portal: "10.20.0.5:3260"}
+	a := mutual(sample(t, "e1"))
+	g.Expect(d.Ensure(context.Background(), a)).To(Succeed())
+	a.CHAPPassword, a.TargetPassword = "NewInitiator1234", "NewTarget9876543"
+	auth := filepath.Join(root, "target/iscsi", a.IQN, "tpgt_1/acls", a.InitiatorIQN, "auth")
+	for _, f := range []string{"password", "password_mutual"} {
+		g.Expect(os.RemoveAll(filepath.Join(auth, f))).To(Succeed())
+		g.Expect(os.MkdirAll(filepath.Join(auth, f), 0o755)).To(Succeed(), "a directory where the attribute goes: writing it fails")
+		err := d.Ensure(context.Background(), a)
+		g.Expect(err).To(MatchError(ContainSubstring("auth/" + f)))
+		g.Expect(err.Error()).NotTo(ContainSubstring(a.CHAPPassword))
+		g.Expect(err.Error()).NotTo(ContainSubstring(a.TargetPassword))
+		g.Expect(os.RemoveAll(filepath.Join(auth, f))).To(Succeed())
+	}
+	g.Expect(d.Ensure(context.Background(), a)).To(Succeed())
 }
