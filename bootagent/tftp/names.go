@@ -72,14 +72,17 @@ func Resolve(name string) (Resolved, error) {
 }
 
 // logName is name as it may appear in logs: a script name's token is
-// replaced, and a name under "boot/" that is not a script name is not shown
-// at all (it may hold a mistyped token).
+// replaced, and a refused name that looks like a script name ("boot/"
+// anywhere in it) is not shown at all: it may hold a token.
 func logName(name string, r Resolved, err error) string {
-	if !strings.HasPrefix(name, scriptDir) {
+	if err != nil || r.Kind != RouteScript {
+		if strings.HasPrefix(strings.TrimLeft(name, "/"), scriptDir) || strings.Contains(name, "/"+scriptDir) {
+			return scriptDir + "(invalid)"
+		}
 		return name
 	}
-	if err != nil || r.Kind != RouteScript {
-		return scriptDir + "(invalid)"
+	if !strings.HasPrefix(name, scriptDir) {
+		return name // "<mac>.ipxe"
 	}
 	if r.Token == "" {
 		return scriptDir + r.MAC.String() + ".ipxe"

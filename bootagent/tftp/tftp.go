@@ -195,62 +195,75 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	defer s.limit.release(src)
 
 	start := time.Now()
-	label, result, n, err := s.send(log, r, rerr, rf, peer, src)
-	if err != nil {
-		log.V(1).Info("TFTP transfer failed", "result", result, "error", err.Error())
+	o := s.send(r, rerr, rf, peer, src)
+	if o.err != nil {
+		kv := []any{"result", o.result, "error", o.err.Error()}
+		if o.reason != nil {
+			kv = append(kv, "reason", o.reason.Error())
+		}
+		log.V(1).Info("TFTP transfer failed", kv...)
 	} else {
-		log.V(2).Info("Sent file over TFTP", "bytes", n, "duration", time.Since(start).String())
+		log.V(2).Info("Sent file over TFTP", "bytes", o.n, "duration", time.Since(start).String())
 	}
-	s.metrics.transfers.WithLabelValues(label, result).Inc()
-	s.metrics.bytes.WithLabelValues(label).Add(float64(n))
-	return err
+	s.metrics.transfers.WithLabelValues(o.label, o.result).Inc()
+	s.metrics.bytes.WithLabelValues(o.label).Add(float64(o.n))
+	return o.err
 }
 
-// send answers a resolved request. It returns the metrics' file label and
-// result, the bytes sent and the error the client is answered with.
-func (s *Server) send(log logr.Logger, r Resolved, rerr error, rf io.ReaderFrom, peer *net.UDPAddr, src netip.Addr) (label, result string, n int64, err error) {
+// outcome is how a request ended.
+type outcome struct {
+	label, result string // the metrics' file label and result
+	n             int64  // bytes sent
+	err           error  // what the client is answered
+	reason        error  // for the log only: a Scripts error, which the client never sees
+}
+
+// send answers a resolved request.
+func (s *Server) send(r Resolved, rerr error, rf io.ReaderFrom, peer *net.UDPAddr, src netip.Addr) outcome {
 	if rerr != nil {
-		return "invalid", ResultError, 0, rerr
+		return outcome{label: "invalid", result: ResultError, err: rerr}
 	}
 	if r.Kind == RouteScript {
 		script, err := s.scripts.Script(r.MAC, r.Token, src)
 		if err != nil {
-			return s.refuseScript(log, err, peer)
+			return s.refuseScript(err, peer)
 		}
 		if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 			ot.SetSize(int64(len(script)))
 		}
 		n, err := rf.ReadFrom(strings.NewReader(script))
-		return RouteScript, resultOf(err), n, err
+		return outcome{label: RouteScript, result: resultOf(err), n: n, err: err}
 	}
 	f, err := s.root.Open(r.Path)
 	if err != nil {
-		return "missing", ResultError, 0, ErrNotFound
+		return outcome{label: "missing", result: ResultError, err: ErrNotFound}
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		return "missing", ResultError, 0, ErrNotFound
+		return outcome{label: "missing", result: ResultError, err: ErrNotFound}
 	}
 	// os.File is a Seeker, so the library answers tsize itself.
-	n, err = rf.ReadFrom(f)
-	return r.Path, resultOf(err), n, err
+	n, err := rf.ReadFrom(f)
+	return outcome{label: r.Path, result: resultOf(err), n: n, err: err}
 }
 
-// refuseScript maps a Scripts error to the answer: the implementer's text
+// refuseScript maps a Scripts error to the answer; the implementer's text
 // goes to the log only.
-func (s *Server) refuseScript(log logr.Logger, cause error, peer *net.UDPAddr) (label, result string, n int64, err error) {
-	log.V(1).Info("Refusing TFTP script request", "reason", cause.Error())
+func (s *Server) refuseScript(reason error, peer *net.UDPAddr) outcome {
+	o := outcome{label: RouteScript, reason: reason}
 	switch {
-	case errors.Is(cause, ErrForbidden):
+	case errors.Is(reason, ErrForbidden):
 		s.sendError(peer, errAccessViolation, ErrForbidden.Error())
-		return RouteScript, ResultForbidden, 0, ErrForbidden
-	case errors.Is(cause, ErrNotReady):
-		return RouteScript, ResultNotReady, 0, ErrNotReady
-	case errors.Is(cause, ErrNoScripts):
-		return RouteScript, ResultNoScript, 0, ErrNoScripts
+		o.result, o.err = ResultForbidden, ErrForbidden
+	case errors.Is(reason, ErrNotReady):
+		o.result, o.err = ResultNotReady, ErrNotReady
+	case errors.Is(reason, ErrNoScripts):
+		o.result, o.err = ResultNoScript, ErrNoScripts
+	default:
+		o.result, o.err = ResultError, errScriptLookup
 	}
-	return RouteScript, ResultError, 0, errScriptLookup
+	return o
 }
 
 func resultOf(err error) string {

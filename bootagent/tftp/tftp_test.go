@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -15,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	. "github.com/onsi/gomega"
 	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +30,7 @@ import (
 type fakeScripts struct {
 	machines     map[string]fakeMachine
 	requireToken bool
-	notReady     bool
+	fail         error // returned for every request when set
 }
 
 type fakeMachine struct {
@@ -35,8 +39,8 @@ type fakeMachine struct {
 }
 
 func (f fakeScripts) Script(mac net.HardwareAddr, token string, peer netip.Addr) (string, error) {
-	if f.notReady {
-		return "", ErrNotReady
+	if f.fail != nil {
+		return "", f.fail
 	}
 	m, ok := f.machines[mac.String()]
 	switch {
@@ -195,6 +199,22 @@ func relay(t *testing.T, server string) string {
 	return front.LocalAddr().String()
 }
 
+// captureLog returns a logger at full verbosity and what it has logged.
+func captureLog() (logr.Logger, func() string) {
+	var mu sync.Mutex
+	var b strings.Builder
+	log := funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		b.WriteString(prefix + " " + args + "\n")
+	}, funcr.Options{Verbosity: 5})
+	return log, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return b.String()
+	}
+}
+
 func scriptName(mac, tok string) string {
 	if tok == "" {
 		return "boot/" + mac + ".ipxe"
@@ -231,8 +251,9 @@ func TestServeFilesAndScripts(t *testing.T) {
 func TestScriptAuthorization(t *testing.T) {
 	tokenless := machines()
 	tokenless.requireToken = false
-	notReady := machines()
-	notReady.notReady = true
+	failing := func(err error) fakeScripts { f := machines(); f.fail = err; return f }
+	// Implementers' texts stay in the log: the client sees the sentinel's text only.
+	secretive := "internal detail of the table"
 	for _, tc := range []struct {
 		name      string
 		scripts   fakeScripts
@@ -251,11 +272,14 @@ func TestScriptAuthorization(t *testing.T) {
 		{name: "old name allowed", scripts: tokenless, file: "52-54-00-12-34-31.ipxe", wantLabel: ResultOK},
 		{name: "tokenless allowed, wrong peer", scripts: tokenless, file: scriptName(mac31, ""), from2: true, wantErr: "code: 2, message: forbidden", wantLabel: ResultForbidden},
 		{name: "allowed, no bootable session", scripts: machines(), file: scriptName(mac32, other), wantErr: "code: 1, message: no script for this machine", wantLabel: ResultNoScript},
-		{name: "not ready", scripts: notReady, file: scriptName(mac31, token), wantErr: "not ready", wantLabel: ResultNotReady},
+		{name: "not ready", scripts: failing(ErrNotReady), file: scriptName(mac31, token), wantErr: "code: 1, message: boot agent not ready", wantLabel: ResultNotReady},
+		{name: "wrapped forbidden", scripts: failing(fmt.Errorf("%w: %s", ErrForbidden, secretive)), file: scriptName(mac31, token), wantErr: "code: 2, message: forbidden\x00", wantLabel: ResultForbidden},
+		{name: "other error", scripts: failing(errors.New(secretive)), file: scriptName(mac31, token), wantErr: "code: 1, message: script lookup failed\x00", wantLabel: ResultError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
-			addr, _, m := serve(t, tc.scripts)
+			log, logged := captureLog()
+			addr, _, m := serve(t, tc.scripts, WithLogger(log))
 			if tc.from2 {
 				addr = relay(t, addr)
 			}
@@ -272,6 +296,8 @@ func TestScriptAuthorization(t *testing.T) {
 			if tc.wantErr != "" {
 				g.Expect(testutil.ToFloat64(m.bytes.WithLabelValues(RouteScript))).To(BeZero(), "nothing of the script sent")
 			}
+			g.Eventually(logged).Should(ContainSubstring("TFTP"), "the transfer is logged")
+			g.Expect(logged()).NotTo(Or(ContainSubstring(token), ContainSubstring(other), ContainSubstring("sanboot")), "no token or script in the log")
 		})
 	}
 }
@@ -333,7 +359,8 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestServeRefuses(t *testing.T) {
-	addr, _, m := serve(t, machines())
+	log, logged := captureLog()
+	addr, _, m := serve(t, machines(), WithLogger(log))
 	for _, name := range []string{
 		"../secret", "sub/../../secret", "/etc/passwd", "escape", "missing.efi", "sub",
 		`sub\undionly.kpxe`, "./ipxe.efi",
@@ -349,6 +376,7 @@ func TestServeRefuses(t *testing.T) {
 		})
 	}
 	NewWithT(t).Expect(testutil.ToFloat64(m.transfers.WithLabelValues(RouteScript, ResultOK))).To(BeZero())
+	NewWithT(t).Expect(logged()).NotTo(ContainSubstring(token[:20]), "no token, even a malformed one, in the log")
 	t.Run("write", func(t *testing.T) {
 		g := NewWithT(t)
 		c, err := tftp.NewClient(addr)
