@@ -3,6 +3,8 @@ package tftp
 import (
 	"net"
 	"strings"
+
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // Route kinds, used as the metrics' file label for scripts so that per-MAC
@@ -35,7 +37,9 @@ type Resolved struct {
 //   - "<mac>.ipxe": a script without a token (the older name, kept);
 //   - anything else: a file under the root.
 //
-// The MAC has six bytes written with ':' or '-', either case. It is pure: no
+// Script names are read by ipxe.ParseScriptPath: the MAC has six bytes
+// written with ':' or '-', either case, the token ipxe.ValidToken's form. It
+// is pure: no
 // file-system access. A leading "/" is refused (it would mean an absolute
 // path on other servers), as are "..", backslashes, NUL and control
 // characters.
@@ -57,14 +61,15 @@ func Resolve(name string) (Resolved, error) {
 		}
 	}
 	if strings.HasPrefix(name, scriptDir) {
-		mac, token, ok := parseScriptPath(name)
-		if !ok {
+		mac, token, err := ipxe.ParseScriptPath(name)
+		if err != nil {
 			return Resolved{}, ErrBadName
 		}
 		return Resolved{Kind: RouteScript, MAC: mac, Token: token}, nil
 	}
-	if base, ok := strings.CutSuffix(name, ".ipxe"); ok {
-		if mac, ok := parseMAC(base); ok {
+	// "<mac>.ipxe" reads as "boot/<mac>.ipxe": one parser for script names.
+	if strings.HasSuffix(name, ".ipxe") && !strings.Contains(name, "/") {
+		if mac, token, err := ipxe.ParseScriptPath(scriptDir + name); err == nil && token == "" {
 			return Resolved{Kind: RouteScript, MAC: mac}, nil
 		}
 	}
@@ -88,86 +93,4 @@ func logName(name string, r Resolved, err error) string {
 		return scriptDir + r.MAC.String() + ".ipxe"
 	}
 	return scriptDir + "(token)/" + r.MAC.String() + ".ipxe"
-}
-
-// parseScriptPath reads "boot/<token>/<mac>.ipxe" or "boot/<mac>.ipxe".
-//
-// TODO(issue 11): replace with ipxe.ParseScriptPath once internal/ipxe's
-// path.go is committed; this follows the contract's rules for it (token
-// [a-z2-7]{32}, six-byte MAC with ':' or '-'), minus the leading "/" that
-// Resolve refuses anyway.
-func parseScriptPath(name string) (mac net.HardwareAddr, token string, ok bool) {
-	rest, ok := strings.CutPrefix(name, scriptDir)
-	if !ok {
-		return nil, "", false
-	}
-	base, ok := strings.CutSuffix(rest, ".ipxe")
-	if !ok {
-		return nil, "", false
-	}
-	if i := strings.IndexByte(base, '/'); i >= 0 {
-		token, base = base[:i], base[i+1:]
-		if !validToken(token) {
-			return nil, "", false
-		}
-	}
-	mac, ok = parseMAC(base)
-	if !ok {
-		return nil, "", false
-	}
-	return mac, token, true
-}
-
-// tokenLength is the length of a script token: base32 ([a-z2-7], no
-// padding) of 20 random bytes.
-const tokenLength = 32
-
-func validToken(s string) bool {
-	if len(s) != tokenLength {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
-			return false
-		}
-	}
-	return true
-}
-
-// parseMAC parses a six-byte MAC written xx:xx:xx:xx:xx:xx or
-// xx-xx-xx-xx-xx-xx, either case.
-func parseMAC(s string) (net.HardwareAddr, bool) {
-	if len(s) != 17 {
-		return nil, false
-	}
-	sep := s[2]
-	if sep != ':' && sep != '-' {
-		return nil, false
-	}
-	mac := make(net.HardwareAddr, 6)
-	for i := range mac {
-		if i > 0 && s[3*i-1] != sep {
-			return nil, false
-		}
-		hi, ok1 := fromHex(s[3*i])
-		lo, ok2 := fromHex(s[3*i+1])
-		if !ok1 || !ok2 {
-			return nil, false
-		}
-		mac[i] = hi<<4 | lo
-	}
-	return mac, true
-}
-
-func fromHex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

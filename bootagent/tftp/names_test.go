@@ -1,11 +1,14 @@
 package tftp
 
 import (
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
+
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 func TestResolve(t *testing.T) {
@@ -65,10 +68,10 @@ func TestLogNameHidesTokens(t *testing.T) {
 	}
 }
 
-func mustMAC(s string) []byte {
-	m, ok := parseMAC(s)
-	if !ok {
-		panic(s)
+func mustMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
 	}
 	return m
 }
@@ -97,7 +100,7 @@ func FuzzResolve(f *testing.F) {
 				t.Fatalf("%q resolved to a file in the script namespace", name)
 			}
 		case RouteScript:
-			if len(r.MAC) != 6 || r.Token != "" && !validToken(r.Token) {
+			if len(r.MAC) != 6 || r.Token != "" && !ipxe.ValidToken(r.Token) {
 				t.Fatalf("%q resolved to a script with MAC %v, token of length %d", name, r.MAC, len(r.Token))
 			}
 			if r.Token != "" && strings.Contains(logName(name, r, nil), r.Token) {
