@@ -105,8 +105,7 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	case created:
 		log.Info("Made overlay", "path", path, "image", replica)
 	}
-	t := target.Target{IQN: s.Status.Target.IQN, LUN: int(s.Status.Target.LUN), Path: path, InitiatorIQN: s.Status.InitiatorIQN,
-		CHAPUser: string(sec.Data["username"]), CHAPPassword: string(sec.Data["password"])}
+	t := sessionTarget(s, &sec, path)
 	if err := r.cfg.Driver.Ensure(ctx, t); err != nil {
 		log.Error(err, "Making iSCSI target", "iqn", t.IQN)
 		return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the iSCSI target; see the agent's log", path)
@@ -115,6 +114,19 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.recordLogins(ctx, s, t.IQN)
+}
+
+// sessionTarget is the target a session wants: its IQN and initiator from
+// the status, its CHAP credentials from the session Secret (mutual CHAP when
+// the Secret has the target's; the target's errors never carry them).
+func sessionTarget(s *bootv1.BootSession, sec *corev1.Secret, path string) target.Target {
+	return target.Target{
+		IQN: s.Status.Target.IQN, LUN: int(s.Status.Target.LUN), Path: path, InitiatorIQN: s.Status.InitiatorIQN,
+		CHAPUser:       string(sec.Data[bootv1.SecretKeyUsername]),
+		CHAPPassword:   string(sec.Data[bootv1.SecretKeyPassword]),
+		TargetUser:     string(sec.Data[bootv1.SecretKeyTargetUsername]),
+		TargetPassword: string(sec.Data[bootv1.SecretKeyTargetPassword]),
+	}
 }
 
 // storageReady applies this node's StorageReady condition (and the overlay

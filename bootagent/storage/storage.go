@@ -87,8 +87,13 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 		HealthProbeBindAddress: "0",
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			// Only this node's Node object.
-			ByObject: map[client.Object]cache.ByObject{&corev1.Node{}: {Field: fieldsOneName(cfg.NodeName)}},
+			ByObject: map[client.Object]cache.ByObject{
+				// Only this node's Node object.
+				&corev1.Node{}: {Field: fieldsOneName(cfg.NodeName)},
+				// Only the session Secrets: the agent holds no other
+				// Secret in memory.
+				&corev1.Secret{}: {Label: sessionSecrets()},
+			},
 		},
 	}
 	if cfg.Namespace != "" {

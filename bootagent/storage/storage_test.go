@@ -8,6 +8,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
@@ -16,7 +17,6 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/internal/fixture"
-	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 const eventually = 30 * time.Second
@@ -69,10 +69,17 @@ func (l *lab) stop(s *bootv1.BootSession) {
 	}, eventually).Should(Equal("Stopped"))
 }
 
-func credentials(s *bootv1.BootSession) ipxe.Info {
-	info, err := ipxe.Parse(s.Status.Script)
-	Expect(err).NotTo(HaveOccurred())
-	return info
+// credentials reads a session's login from its status and its Secret (the
+// script in the status is a preview without them).
+func credentials(s *bootv1.BootSession) login {
+	Expect(s.Status.CHAPSecretRef).NotTo(BeNil())
+	var sec corev1.Secret
+	Expect(k8sClient.Get(context.Background(), client.ObjectKey{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
+	return login{
+		targetIQN: s.Status.Target.IQN, initiator: s.Status.InitiatorIQN,
+		user: string(sec.Data[bootv1.SecretKeyUsername]), password: string(sec.Data[bootv1.SecretKeyPassword]),
+		targetUser: string(sec.Data[bootv1.SecretKeyTargetUsername]), targetPassword: string(sec.Data[bootv1.SecretKeyTargetPassword]),
+	}
 }
 
 func targets() []target.Target {
@@ -107,17 +114,28 @@ var _ = Describe("Storage role", Ordered, func() {
 		Expect(s.Finalizers).To(ContainElement(bootv1.StorageFinalizer))
 
 		info := credentials(s)
-		out, err := iscsiTool("iscsi-ls", info.InitiatorIQN, info.Username, info.Password, "")
+		Expect(info.targetUser).NotTo(BeEmpty(), "the session Secret has the target's credentials (mutual CHAP)")
+		oneWay := info
+		oneWay.targetUser, oneWay.targetPassword = "", ""
+		out, err := iscsiTool("iscsi-ls", oneWay, "")
 		Expect(err).NotTo(HaveOccurred(), out)
-		Expect(out).To(ContainSubstring("Target:" + info.TargetIQN))
-		out, err = iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
+		Expect(out).To(ContainSubstring("Target:" + info.targetIQN))
+		out, err = iscsiTool("iscsi-readcapacity16", info, info.targetIQN+"/1")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(ContainSubstring("Total size:268435456"), "the LUN has the image's size")
-		out, err = iscsiTool("iscsi-inq", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
-		Expect(err).NotTo(HaveOccurred(), out)
-		_, err = iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, "WrongSecret123", info.TargetIQN+"/1")
+		out, err = iscsiTool("iscsi-inq", info, info.targetIQN+"/1")
+		Expect(err).NotTo(HaveOccurred(), "the target proves itself with the Secret's targetPassword: "+out)
+		wrong := info
+		wrong.password = "WrongSecret123"
+		_, err = iscsiTool("iscsi-readcapacity16", wrong, info.targetIQN+"/1")
 		Expect(err).To(HaveOccurred(), "a wrong CHAP secret is refused")
-		_, err = iscsiTool("iscsi-readcapacity16", "iqn.2026-11.io.ggnet:initiator:"+l.ns+":intruder", info.Username, info.Password, info.TargetIQN+"/1")
+		impostor := info
+		impostor.targetPassword = "NotTheTarget1234"
+		_, err = iscsiTool("iscsi-readcapacity16", impostor, info.targetIQN+"/1")
+		Expect(err).To(HaveOccurred(), "an initiator expecting another target secret refuses the target")
+		intruder := info
+		intruder.initiator = "iqn.2026-11.io.ggnet:initiator:" + l.ns + ":intruder"
+		_, err = iscsiTool("iscsi-readcapacity16", intruder, info.targetIQN+"/1")
 		Expect(err).To(HaveOccurred(), "another initiator is refused")
 
 		By("backing the LUN with the overlay, never the image")
@@ -133,7 +151,7 @@ var _ = Describe("Storage role", Ordered, func() {
 		By("stopping: the target and the Discard overlay go, the finalizer is released")
 		overlay := s.Status.OverlayPath
 		l.stop(s)
-		Expect(targetIQNs()).NotTo(ContainElement(info.TargetIQN))
+		Expect(targetIQNs()).NotTo(ContainElement(info.targetIQN))
 		_, err = os.Stat(overlay)
 		Expect(os.IsNotExist(err)).To(BeTrue())
 		Expect(s.Finalizers).NotTo(ContainElement(bootv1.StorageFinalizer))
@@ -206,7 +224,7 @@ var _ = Describe("Storage role", Ordered, func() {
 		Eventually(targetIQNs, eventually).Should(ContainElement(live.Status.Target.IQN))
 		info := credentials(live)
 		Eventually(func() error {
-			_, err := iscsiTool("iscsi-readcapacity16", info.InitiatorIQN, info.Username, info.Password, info.TargetIQN+"/1")
+			_, err := iscsiTool("iscsi-readcapacity16", info, info.targetIQN+"/1")
 			return err
 		}, eventually).Should(Succeed())
 		got, _ = os.ReadFile(liveOverlay)
@@ -237,5 +255,29 @@ var _ = Describe("Storage role", Ordered, func() {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
 			return s.Status.Timeline.ISCSILogout
 		}, eventually).ShouldNot(BeNil())
+	})
+
+	It("holds only the session Secrets in its cache", func() {
+		runRole()
+		l := newLab()
+		other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: l.ns, Name: "not-a-session"},
+			StringData: map[string]string{"password": "SomeoneElses1234"}}
+		session := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: l.ns, Name: "s-chap",
+			Labels: map[string]string{bootv1.SessionSecretLabel: "s"}}}
+		Expect(k8sClient.Create(l.ctx, other)).To(Succeed())
+		Expect(k8sClient.Create(l.ctx, session)).To(Succeed())
+		cached := func() []string {
+			var list corev1.SecretList
+			Expect(role.mgr.GetCache().List(l.ctx, &list, client.InNamespace(l.ns))).To(Succeed())
+			var names []string
+			for _, s := range list.Items {
+				names = append(names, s.Name)
+			}
+			return names
+		}
+		Eventually(cached, eventually).Should(ContainElement("s-chap"))
+		Expect(cached()).To(ConsistOf("s-chap"))
+		err := role.mgr.GetClient().Get(l.ctx, client.ObjectKeyFromObject(other), &corev1.Secret{})
+		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "an unlabelled Secret is not found through the cache: %v", err)
 	})
 })

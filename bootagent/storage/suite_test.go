@@ -23,7 +23,6 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/controllers"
-	"github.com/ggnet/ggnet/internal/ipxe"
 	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 	"github.com/ggnet/ggnet/internal/testfs"
@@ -81,6 +80,9 @@ var _ = BeforeSuite(func() {
 
 var stopManager context.CancelFunc
 
+// role is the storage role runRole started last.
+var role *Role
+
 var _ = AfterSuite(func() {
 	if stopManager != nil {
 		stopManager()
@@ -105,6 +107,7 @@ func runRole() (stop func()) {
 	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
 		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second}, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())
+	role = r
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -136,13 +139,31 @@ func goldenImage(size int64) string {
 	return p
 }
 
-func iscsiTool(tool, initiator, user, password, path string) (string, error) {
-	out, err := exec.Command(tool, "-i", initiator, "iscsi://"+user+"%"+password+"@"+tgtd.Portal+"/"+path).CombinedOutput()
+// login is what a libiscsi tool logs in with.
+type login struct {
+	targetIQN, initiator, user, password, targetUser, targetPassword string
+}
+
+// env passes the CHAP credentials the way libiscsi reads them from the
+// environment (lib/init.c), so that no command line carries a secret.
+func (l login) env() []string {
+	env := append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+l.user, "LIBISCSI_CHAP_PASSWORD="+l.password)
+	if l.targetUser != "" {
+		env = append(env, "LIBISCSI_CHAP_TARGET_USERNAME="+l.targetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+l.targetPassword)
+	}
+	return env
+}
+
+func iscsiTool(tool string, l login, path string) (string, error) {
+	cmd := exec.Command(tool, "-i", l.initiator, "iscsi://"+tgtd.Portal+"/"+path)
+	cmd.Env = l.env()
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
 // iscsiPerf starts a reader that stays logged in until killed.
-func iscsiPerf(info ipxe.Info) *exec.Cmd {
-	return exec.Command("iscsi-perf", "-i", info.InitiatorIQN, "-t", "600",
-		"iscsi://"+info.Username+"%"+info.Password+"@"+tgtd.Portal+"/"+info.TargetIQN+"/1")
+func iscsiPerf(l login) *exec.Cmd {
+	cmd := exec.Command("iscsi-perf", "-i", l.initiator, "-t", "600", "iscsi://"+tgtd.Portal+"/"+l.targetIQN+"/1")
+	cmd.Env = l.env()
+	return cmd
 }
