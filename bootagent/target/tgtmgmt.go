@@ -107,11 +107,8 @@ var tgtErrors = [...]string{
 
 // Codes the driver tells apart.
 const (
-	tgtErrNoTarget   = 4
-	tgtErrNoSession  = 6
-	tgtErrNoConn     = 7
-	tgtErrUserExists = 14
-	tgtErrNoUser     = 15
+	tgtErrNoTarget = 4
+	tgtErrNoUser   = 15
 )
 
 // TGTError is tgtd's refusal of a request. It names the request by mode,
