@@ -2,12 +2,11 @@ package controllers
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"hash/fnv"
-	"math/big"
 	"net"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,10 +48,11 @@ type sessionScope struct {
 	// machine and image are filled by reconcileRefs.
 	machine *bootv1.Machine
 	image   *bootv1.Image
+	// conflict is filled by reconcileRefs: why the machine has Conflict=True,
+	// or "".
+	conflict string
 	// node is filled by reconcileSchedule.
 	node *corev1.Node
-	// secret is filled by reconcileCredentials.
-	secret *corev1.Secret
 }
 
 // Reconcile runs the phases in order and stops at the first that waits.
@@ -112,15 +112,19 @@ func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSes
 	// large share of all API writes.
 	if (prev == nil || prev.Reason != reason) && reason != bootv1.WaitingForStorageReason {
 		typ := corev1.EventTypeNormal
-		if phase == bootv1.SessionFailed || reason == bootv1.MachineBusyReason {
+		if phase == bootv1.SessionFailed || reason == bootv1.MachineBusyReason || reason == bootv1.MachineConflictReason {
 			typ = corev1.EventTypeWarning
 		}
 		r.Recorder.Event(s, typ, reason, msg)
 	}
 }
 
-// reconcileRefs checks the Machine and the Image.
-// Conditions: Ready=False MachineNotFound, ImageNotFound, ImageNotReady.
+// reconcileRefs checks the Machine and the Image. A session of a Machine in
+// conflict (another Machine in the cluster holds its MAC or address) is not
+// scheduled; one already scheduled goes on (a running PC's disk is sacred),
+// and the boot agent does not serve it while the conflict lasts.
+// Conditions: Ready=False MachineNotFound, MachineConflict, ImageNotFound,
+// ImageNotReady.
 func (r *BootSessionReconciler) reconcileRefs(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	sc.machine = &bootv1.Machine{}
@@ -132,6 +136,16 @@ func (r *BootSessionReconciler) reconcileRefs(ctx context.Context, sc *sessionSc
 		return false, err
 	}
 	s.Status.MAC = sc.machine.Spec.MAC
+	conflict, err := machineConflict(ctx, r.Client, sc.machine)
+	if err != nil {
+		return false, err
+	}
+	sc.conflict = conflict
+	if conflict != "" && s.Status.StorageNode == "" {
+		r.wait(s, bootv1.SessionPending, bootv1.MachineConflictReason,
+			fmt.Sprintf("Machine %s has Conflict=True (%s); the session waits until the conflict is resolved", sc.machine.Name, conflict))
+		return false, nil
+	}
 	sc.image = &bootv1.Image{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.ImageRef.Name}, sc.image); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -236,8 +250,11 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 	return true, nil
 }
 
-// reconcileCredentials fills the target, the initiator and the CHAP Secret
-// (owned by the session).
+// reconcileCredentials fills the target and the initiator, and makes the
+// session's Secret (owned by the session) with every key of
+// bootv1.SecretKey*; a Secret that lacks keys (made by an older manager)
+// gets the missing ones, the others are kept. No credential leaves the
+// Secret. Conditions: Ready=False NoStorageNode when the node has no address.
 func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	portal, err := nodePortal(sc.node, r.ISCSIPort)
@@ -247,33 +264,80 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 	}
 	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: fmt.Sprintf("%s:%s:%s", r.IQNPrefix, s.Namespace, s.Name), LUN: 1}
 	s.Status.InitiatorIQN = fmt.Sprintf("%s:initiator:%s:%s", r.IQNPrefix, s.Namespace, s.Spec.MachineRef.Name)
-
-	name := s.Name + "-chap"
-	sec := &corev1.Secret{}
-	err = r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
-	if apierrors.IsNotFound(err) {
-		pw, perr := randomSecret(16)
-		if perr != nil {
-			return false, perr
-		}
-		sec = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{SecretLabel: s.Name}},
-			Type:       corev1.SecretTypeOpaque,
-			StringData: map[string]string{"username": chapUser(s.Namespace, s.Name), "password": pw},
-		}
-		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
-			return false, err
-		}
-		if err := r.Create(ctx, sec); err != nil {
-			return false, err
-		}
-		sec.Data = map[string][]byte{"username": []byte(chapUser(s.Namespace, s.Name)), "password": []byte(pw)}
-	} else if err != nil {
+	if err := r.ensureSecret(ctx, s); err != nil {
 		return false, err
 	}
-	sc.secret = sec
-	s.Status.CHAPSecretRef = &bootv1.LocalObjectReference{Name: name}
+	s.Status.CHAPSecretRef = &bootv1.LocalObjectReference{Name: sessionSecretName(s.Name)}
 	return true, nil
+}
+
+// ensureSecret creates the session's Secret, or adds the keys and label an
+// existing one lacks. The Secret is read from the API server, not a cache.
+// Errors name the Secret, never its data.
+func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.BootSession) error {
+	log := logf.FromContext(ctx)
+	name := sessionSecretName(s.Name)
+	sec := &corev1.Secret{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
+	if apierrors.IsNotFound(err) {
+		data, err := missingSecretData(nil, s.Namespace, s.Name)
+		if err != nil {
+			return fmt.Errorf("making credentials: %w", err)
+		}
+		sec = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{bootv1.SessionSecretLabel: s.Name}},
+			Type:       corev1.SecretTypeOpaque,
+			StringData: data,
+		}
+		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
+			return err
+		}
+		log.V(1).Info("Creating the session Secret", "secret", name)
+		if err := r.Create(ctx, sec); err != nil {
+			return fmt.Errorf("creating Secret %s: %w", name, redact(err))
+		}
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("reading Secret %s: %w", name, redact(err))
+	}
+	add, err := missingSecretData(sec.Data, s.Namespace, s.Name)
+	if err != nil {
+		return fmt.Errorf("making credentials: %w", err)
+	}
+	if len(add) == 0 && sec.Labels[bootv1.SessionSecretLabel] == s.Name {
+		return nil
+	}
+	base := sec.DeepCopy()
+	if sec.Labels == nil {
+		sec.Labels = map[string]string{}
+	}
+	sec.Labels[bootv1.SessionSecretLabel] = s.Name
+	if sec.Data == nil {
+		sec.Data = map[string][]byte{}
+	}
+	keys := make([]string, 0, len(add))
+	for k, v := range add {
+		sec.Data[k] = []byte(v)
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	log.Info("Adding missing keys to the session Secret", "secret", name, "keys", keys)
+	// Optimistic lock: two reconciles never both add a key.
+	if err := r.Patch(ctx, sec, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("adding keys to Secret %s: %w", name, redact(err))
+	}
+	r.Recorder.Eventf(s, corev1.EventTypeNormal, "SecretUpgraded", "Added keys %s to Secret %s", strings.Join(keys, ", "), name)
+	return nil
+}
+
+// redact keeps an API error's kind for the callers' checks (conflict, not
+// found) but drops its text, which might quote a value.
+func redact(err error) error {
+	if st, ok := err.(apierrors.APIStatus); ok {
+		return &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: st.Status().Code,
+			Reason: st.Status().Reason, Message: string(st.Status().Reason)}}
+	}
+	return err
 }
 
 // reconcileStorage waits for the storage agent's StorageReady.
@@ -300,14 +364,17 @@ func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionS
 	}
 }
 
-// reconcileScript renders the iPXE script and sets Ready.
+// reconcileScript renders the script's preview (no credentials: the boot
+// agent adds them from the Secret when it serves the script) and sets Ready.
+// Conditions: Ready=True Succeeded (its message says when the machine is in
+// conflict and the agent does not serve the session); Ready=False
+// ScriptInvalid.
 func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	script, err := ipxe.Render(ipxe.Session{
 		Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name,
 		Portal: s.Status.Target.Portal, TargetIQN: s.Status.Target.IQN, LUN: s.Status.Target.LUN,
 		InitiatorIQN: s.Status.InitiatorIQN,
-		Username:     string(sc.secret.Data["username"]), Password: string(sc.secret.Data["password"]),
 	})
 	if err != nil {
 		r.wait(s, bootv1.SessionFailed, "ScriptInvalid", "the boot script cannot be rendered; see the manager's log")
@@ -322,7 +389,11 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 		r.Recorder.Event(s, corev1.EventTypeNormal, bootv1.SucceededReason, "Ready to boot: target "+s.Status.Target.IQN+" on "+s.Status.Target.Portal)
 	}
 	s.Status.Phase = phaseOf(s)
-	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, "the machine can boot; phase "+string(s.Status.Phase))
+	msg := "the machine can boot; phase " + string(s.Status.Phase)
+	if sc.conflict != "" {
+		msg = "phase " + string(s.Status.Phase) + "; Machine " + sc.machine.Name + " has Conflict=True, so the boot agent does not serve this session until the conflict is resolved"
+	}
+	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, msg)
 	return true, nil
 }
 
@@ -393,35 +464,6 @@ func nodePortal(n *corev1.Node, port int) (string, error) {
 		return "", fmt.Errorf("storage node %s reports no IPv4 address", n.Name)
 	}
 	return net.JoinHostPort(fallback, strconv.Itoa(port)), nil
-}
-
-// chapUser is the CHAP user name, unique on a storage node (tgt's accounts
-// are node-wide): namespace-name, cut to 63 characters with a hash of the
-// whole when longer.
-func chapUser(namespace, name string) string {
-	u := namespace + "-" + name
-	if len(u) <= 63 {
-		return u
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(u))
-	return fmt.Sprintf("%s-%08x", u[:54], h.Sum32())
-}
-
-const secretAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
-
-// randomSecret returns n characters from crypto/rand (CHAP secrets of 12 to
-// 16 characters suit the Windows initiator).
-func randomSecret(n int) (string, error) {
-	b := make([]byte, n)
-	for i := range b {
-		k, err := rand.Int(rand.Reader, big.NewInt(int64(len(secretAlphabet))))
-		if err != nil {
-			return "", err
-		}
-		b[i] = secretAlphabet[k.Int64()]
-	}
-	return string(b), nil
 }
 
 // SetupWithManager registers the controller: sessions, their Secrets, and

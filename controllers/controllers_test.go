@@ -99,12 +99,32 @@ var _ = Describe("BootSession", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
 		Expect(sec.OwnerReferences).To(HaveLen(1))
 		Expect(sec.OwnerReferences[0].Name).To(Equal(s.Name))
+		Expect(sec.Labels).To(HaveKeyWithValue(bootv1.SessionSecretLabel, s.Name))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyUsername, BeEquivalentTo(ns+"-seat-1-a")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername, BeEquivalentTo(ns+"-seat-1-a-target")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
+		Expect(sec.Data[bootv1.SecretKeyTargetPassword]).NotTo(Equal(sec.Data[bootv1.SecretKeyPassword]))
+		Expect(ipxe.ValidToken(string(sec.Data[bootv1.SecretKeyToken]))).To(BeTrue())
+
+		By("keeping the credentials out of the script, which is a preview")
 		info, err := ipxe.Parse(s.Status.Script)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(info.TargetIQN).To(Equal(s.Status.Target.IQN))
-		Expect(info.Username).To(Equal(string(sec.Data["username"])))
-		Expect(info.Password).To(Equal(string(sec.Data["password"])))
-		Expect(info.Password).To(HaveLen(16))
+		Expect(info.Username).To(BeEmpty())
+		Expect(info.Password).To(BeEmpty())
+		Expect(s.Status.Script).To(ContainSubstring(ipxe.CredentialsComment))
+		for _, v := range sec.Data {
+			Expect(s.Status.Script).NotTo(ContainSubstring(string(v)))
+		}
+		full, err := ipxe.AddCredentials(s.Status.Script, ipxe.Credentials{
+			Username: string(sec.Data[bootv1.SecretKeyUsername]), Password: string(sec.Data[bootv1.SecretKeyPassword]),
+			TargetUsername: string(sec.Data[bootv1.SecretKeyTargetUsername]), TargetPassword: string(sec.Data[bootv1.SecretKeyTargetPassword])})
+		Expect(err).NotTo(HaveOccurred(), "the boot agent can complete the preview")
+		info, err = ipxe.Parse(full)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(info.Password).To(Equal(string(sec.Data[bootv1.SecretKeyPassword])))
+		Expect(info.TargetPassword).To(Equal(string(sec.Data[bootv1.SecretKeyTargetPassword])))
 		Expect(events(ctx, ns, s.Name)).To(ContainElements(ContainSubstring("Scheduled: Scheduled on storage node "+node), ContainSubstring("Succeeded: Ready to boot")))
 		Expect(s.Status.Script).NotTo(ContainSubstring("Secret"))
 
@@ -222,7 +242,7 @@ var _ = Describe("Machine", func() {
 		ns = newNamespace(ctx)
 	})
 
-	It("renders the reservation and flags duplicate MACs and addresses on both sides", func() {
+	It("renders the reservation; of two Machines with one MAC or address the older keeps it", func() {
 		a := fixture.Machine(ns, "seat-1")
 		Expect(k8sClient.Create(ctx, a)).To(Succeed())
 		Eventually(func() string { return readyReason(get(ctx, a)().Status.Conditions) }, eventually).Should(Equal("True/Succeeded"))
@@ -232,9 +252,11 @@ var _ = Describe("Machine", func() {
 		b := fixture.Machine(ns, "seat-2", fixture.WithAddress("10.20.0.32"))
 		Expect(k8sClient.Create(ctx, b)).To(Succeed())
 		Eventually(func() string { return readyReason(get(ctx, b)().Status.Conditions) }, eventually).Should(Equal("False/DuplicateMAC"))
-		Eventually(func() string { return readyReason(get(ctx, a)().Status.Conditions) }, eventually).Should(Equal("False/DuplicateMAC"))
-		Expect(meta.FindStatusCondition(a.Status.Conditions, bootv1.ConflictCondition).Message).To(ContainSubstring("Machine seat-2"))
-		Expect(events(ctx, ns, "seat-2")).To(ContainElement(ContainSubstring("DuplicateMAC: conflicts with MAC 52:54:00:12:34:56 of Machine seat-1")))
+		Eventually(func() string {
+			return meta.FindStatusCondition(get(ctx, a)().Status.Conditions, bootv1.ConflictCondition).Message
+		}, eventually).Should(ContainSubstring("the newer Machines " + ns + "/seat-2"))
+		Expect(readyReason(a.Status.Conditions)).To(Equal("True/Succeeded"), "the older Machine keeps its MAC")
+		Expect(events(ctx, ns, "seat-2")).To(ContainElement(ContainSubstring("DuplicateMAC: conflicts with MAC 52:54:00:12:34:56 of Machine " + ns + "/seat-1")))
 
 		c := fixture.Machine(ns, "seat-3", fixture.WithMAC("52:54:00:00:00:03"), fixture.WithAddress("10.20.0.32"))
 		Expect(k8sClient.Create(ctx, c)).To(Succeed())

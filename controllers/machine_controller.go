@@ -3,8 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,64 +77,41 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, m, client.MergeFrom(base)))
 }
 
-// conflict sets the Conflict condition (negative polarity) when another
-// Machine has the same MAC or address, and returns its message. A
-// discovered placeholder that shares the MAC of a real Machine is deleted
+// conflict sets the Conflict condition (negative polarity; see
+// setConflictCondition) from the other Machines in the cluster with the same
+// MAC or address, and returns its message when True. A discovered
+// placeholder that shares the MAC of a Machine an operator made is deleted
 // instead: the operator has now described that PC. If m itself is such a
-// placeholder, m.Name is cleared.
+// placeholder, m.Name is cleared. Conditions: Conflict.
 func (r *MachineReconciler) conflict(ctx context.Context, m *bootv1.Machine) (string, error) {
-	var others []string
-	reason := bootv1.NoConflictReason
-	var same bootv1.MachineList
-	if err := r.List(ctx, &same, client.InNamespace(m.Namespace), client.MatchingFields{indexMachineMAC: m.Spec.MAC}); err != nil {
+	claims, err := claimsOf(ctx, r.Client, m)
+	if err != nil {
 		return "", err
 	}
-	for i := range same.Items {
-		o := &same.Items[i]
-		if o.Name == m.Name || o.DeletionTimestamp != nil {
-			continue
-		}
-		switch {
-		case o.Labels[bootv1.DiscoveredLabel] == "true" && m.Labels[bootv1.DiscoveredLabel] != "true":
-			r.Recorder.Eventf(m, corev1.EventTypeNormal, "DiscoveredReplaced", "Deleting discovered Machine %s: this Machine has its MAC", o.Name)
+	kept := claims[:0]
+	for _, c := range claims {
+		o := c.machine
+		if c.reason == bootv1.DuplicateMACReason && discovered(o) != discovered(m) {
+			if discovered(m) {
+				m.Name = ""
+				return "", client.IgnoreNotFound(r.Delete(ctx, m.DeepCopy()))
+			}
+			r.Recorder.Eventf(m, corev1.EventTypeNormal, "DiscoveredReplaced", "Deleting discovered Machine %s/%s: this Machine has its MAC", o.Namespace, o.Name)
 			if err := r.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
 				return "", err
 			}
 			continue
-		case m.Labels[bootv1.DiscoveredLabel] == "true" && o.Labels[bootv1.DiscoveredLabel] != "true":
-			m.Name = ""
-			return "", client.IgnoreNotFound(r.Delete(ctx, m.DeepCopy()))
 		}
-		others = append(others, "MAC "+m.Spec.MAC+" of Machine "+o.Name)
-		reason = bootv1.DuplicateMACReason
+		kept = append(kept, c)
 	}
-	if m.Spec.IPv4 != nil {
-		var sameIP bootv1.MachineList
-		if err := r.List(ctx, &sameIP, client.InNamespace(m.Namespace), client.MatchingFields{indexMachineIP: m.Spec.IPv4.Address}); err != nil {
-			return "", err
-		}
-		for _, o := range sameIP.Items {
-			if o.Name != m.Name && o.DeletionTimestamp == nil {
-				others = append(others, "address "+m.Spec.IPv4.Address+" of Machine "+o.Name)
-				if reason == bootv1.NoConflictReason {
-					reason = bootv1.DuplicateIPReason
-				}
-			}
-		}
-	}
-	sort.Strings(others)
-	msg := ""
 	prev := meta.FindStatusCondition(m.Status.Conditions, bootv1.ConflictCondition)
-	if len(others) > 0 {
-		msg = "conflicts with " + strings.Join(others, ", ") + "; this Machine gets no address until one is changed"
-		meta.SetStatusCondition(&m.Status.Conditions, metav1.Condition{Type: bootv1.ConflictCondition, Status: metav1.ConditionTrue,
-			Reason: reason, Message: msg, ObservedGeneration: m.Generation})
-		if prev == nil || prev.Message != msg {
-			r.Recorder.Event(m, corev1.EventTypeWarning, reason, msg)
-		}
-	} else {
-		meta.SetStatusCondition(&m.Status.Conditions, metav1.Condition{Type: bootv1.ConflictCondition, Status: metav1.ConditionFalse,
-			Reason: bootv1.NoConflictReason, Message: "the MAC and the address are unique", ObservedGeneration: m.Generation})
+	var prevMsg string
+	if prev != nil && prev.Status == metav1.ConditionTrue {
+		prevMsg = prev.Message
+	}
+	msg := setConflictCondition(m, kept)
+	if msg != "" && msg != prevMsg {
+		r.Recorder.Event(m, corev1.EventTypeWarning, meta.FindStatusCondition(m.Status.Conditions, bootv1.ConflictCondition).Reason, msg)
 	}
 	return msg, nil
 }
@@ -218,16 +193,16 @@ func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// sharing maps a Machine to the Machines sharing its MAC or address, so that
-// a conflict clears on both sides.
+// sharing maps a Machine to the Machines in any namespace sharing its MAC
+// or address, so that a conflict is seen and cleared on both sides.
 func (r *MachineReconciler) sharing(ctx context.Context, o client.Object) []reconcile.Request {
 	m := o.(*bootv1.Machine)
 	var out []reconcile.Request
 	add := func(field, value string) {
 		var list bootv1.MachineList
-		if r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingFields{field: value}) == nil {
+		if r.List(ctx, &list, client.MatchingFields{field: value}) == nil {
 			for _, x := range list.Items {
-				if x.Name != m.Name {
+				if !sameMachine(&x, m) {
 					out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&x)})
 				}
 			}

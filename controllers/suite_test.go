@@ -1,7 +1,10 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +12,8 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,13 +34,38 @@ func TestControllers(t *testing.T) {
 
 var (
 	env       *envtest.Environment
+	cfg       *rest.Config
 	k8sClient client.Client
+	mgrCache  client.Reader
 	cancelMgr context.CancelFunc
+	// managerLog holds everything the manager logged, for the specs that
+	// check no credential is in it.
+	managerLog syncBuffer
 )
 
+// syncBuffer is a bytes.Buffer safe for the manager's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 var _ = BeforeSuite(func() {
-	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	e, cfg, err := testenv.Start()
+	// Verbose, so that the credentials check sees every line.
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(GinkgoWriter, &managerLog)), zap.UseDevMode(true), zap.Level(zapcore.Level(-5))))
+	e, c, err := testenv.Start()
+	cfg = c
 	Expect(err).NotTo(HaveOccurred())
 	env = e
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme.New(), Cache: CacheOptions(), Client: ClientOptions(), Metrics: metricsserver.Options{BindAddress: "0"}})
@@ -50,6 +80,7 @@ var _ = BeforeSuite(func() {
 		Expect(mgr.Start(ctx)).To(Succeed())
 	}()
 	// The specs read and write straight to the API server, not the cache.
+	mgrCache = mgr.GetCache()
 	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme.New()})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(mgr.GetCache().WaitForCacheSync(ctx)).To(BeTrue())
@@ -64,9 +95,21 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// newNamespace makes a namespace for one spec. A MAC and an address belong
+// to one Machine in the whole cluster, and envtest has no namespace
+// controller: the spec's Machines are deleted when it ends, and the next
+// spec starts once the manager saw them go.
 func newNamespace(ctx context.Context) string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-ctrl-"}}
 	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+	DeferCleanup(func(ctx context.Context) {
+		Expect(k8sClient.DeleteAllOf(ctx, &bootv1.Machine{}, client.InNamespace(ns.Name))).To(Succeed())
+		Eventually(func() []bootv1.Machine {
+			var list bootv1.MachineList
+			_ = mgrCache.List(ctx, &list, client.InNamespace(ns.Name))
+			return list.Items
+		}, eventually).Should(BeEmpty())
+	})
 	return ns.Name
 }
 

@@ -1,0 +1,109 @@
+package controllers
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"hash/fnv"
+	"math/big"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+)
+
+// chapSecretLength is the length of both CHAP secrets: the Windows
+// initiator takes 12 to 16 bytes.
+const chapSecretLength = 16
+
+// secretAlphabet is what CHAP secrets are drawn from: [A-Za-z0-9].
+const secretAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// tokenEncoding writes a script token: base32 in [a-z2-7], no padding.
+var tokenEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// sessionSecretName is the name of a session's Secret.
+func sessionSecretName(session string) string { return session + "-chap" }
+
+// chapUser is the CHAP user name, unique on a storage node (tgt's accounts
+// are node-wide): namespace-name, cut to 63 characters with a hash of the
+// whole when longer.
+func chapUser(namespace, name string) string {
+	u := namespace + "-" + name
+	if len(u) <= 63 {
+		return u
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(u))
+	return fmt.Sprintf("%s-%08x", u[:54], h.Sum32())
+}
+
+// targetUser is the target's user name for mutual CHAP, unique on a storage
+// node like chapUser.
+func targetUser(namespace, name string) string {
+	return chapUser(namespace, name+"-target")
+}
+
+// randomSecret returns n characters of secretAlphabet from crypto/rand.
+func randomSecret(n int) (string, error) {
+	b := make([]byte, n)
+	max := big.NewInt(int64(len(secretAlphabet)))
+	for i := range b {
+		k, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return "", err
+		}
+		b[i] = secretAlphabet[k.Int64()]
+	}
+	return string(b), nil
+}
+
+// newToken returns a script token: base32 ([a-z2-7]) of 20 bytes from
+// crypto/rand, 32 characters.
+func newToken() (string, error) {
+	b := make([]byte, 20)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return tokenEncoding.EncodeToString(b), nil
+}
+
+// missingSecretData returns the keys a session's Secret lacks, with new
+// values; it never changes a key that is there (a Secret made before mutual
+// CHAP and tokens gets only the new keys). The mutual CHAP secret differs
+// from the initiator's. The values are credentials: never log them.
+func missingSecretData(have map[string][]byte, namespace, name string) (map[string]string, error) {
+	add := map[string]string{}
+	if _, ok := have[bootv1.SecretKeyUsername]; !ok {
+		add[bootv1.SecretKeyUsername] = chapUser(namespace, name)
+	}
+	if _, ok := have[bootv1.SecretKeyTargetUsername]; !ok {
+		add[bootv1.SecretKeyTargetUsername] = targetUser(namespace, name)
+	}
+	password := string(have[bootv1.SecretKeyPassword])
+	if _, ok := have[bootv1.SecretKeyPassword]; !ok {
+		pw, err := randomSecret(chapSecretLength)
+		if err != nil {
+			return nil, err
+		}
+		add[bootv1.SecretKeyPassword], password = pw, pw
+	}
+	if _, ok := have[bootv1.SecretKeyTargetPassword]; !ok {
+		for {
+			pw, err := randomSecret(chapSecretLength)
+			if err != nil {
+				return nil, err
+			}
+			if pw != password {
+				add[bootv1.SecretKeyTargetPassword] = pw
+				break
+			}
+		}
+	}
+	if _, ok := have[bootv1.SecretKeyToken]; !ok {
+		t, err := newToken()
+		if err != nil {
+			return nil, err
+		}
+		add[bootv1.SecretKeyToken] = t
+	}
+	return add, nil
+}
