@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"time"
 
@@ -31,6 +32,19 @@ func newLab() *lab {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-storage-"}}
 	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
 	return &lab{ctx: ctx, ns: ns.Name}
+}
+
+// machines counts the Machines the suite made: MACs and addresses are
+// cluster-wide, and a Machine reusing another's is in conflict and gets no
+// session.
+var machines int
+
+// machine creates a Machine with a MAC and an address of its own.
+func (l *lab) machine(name string) {
+	machines++
+	m := fixture.Machine(l.ns, name, fixture.WithMAC(fmt.Sprintf("52:54:00:00:%02x:%02x", machines/256, machines%256)),
+		fixture.WithAddress(fmt.Sprintf("10.20.0.%d", 40+machines)))
+	Expect(k8sClient.Create(l.ctx, m)).To(Succeed())
 }
 
 // image creates an Image from a file on the node and waits for this node's
@@ -106,7 +120,7 @@ var _ = Describe("Storage role", Ordered, func() {
 		Expect(rep.SizeBytes).To(Equal(int64(256 << 20)))
 		Expect(rep.SHA256).To(HaveLen(64))
 
-		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		l.machine("seat-1")
 		s := l.session("seat-1-a", "seat-1", "win11", bootv1.WritebackDiscard)
 		c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
 		Expect(c.Status).To(Equal(metav1.ConditionTrue))
@@ -161,7 +175,7 @@ var _ = Describe("Storage role", Ordered, func() {
 		runRole()
 		l := newLab()
 		l.image("win11", 64<<20)
-		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		l.machine("seat-1")
 		a := l.session("a", "seat-1", "win11", bootv1.WritebackPersist)
 		f, _ := os.OpenFile(a.Status.OverlayPath, os.O_WRONLY, 0)
 		_, _ = f.WriteAt([]byte("SAVED GAME"), 4096)
@@ -180,8 +194,8 @@ var _ = Describe("Storage role", Ordered, func() {
 		stop := runRole()
 		l := newLab()
 		l.image("win11", 64<<20)
-		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
-		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-2", fixture.WithMAC("52:54:00:00:00:02"), fixture.WithAddress("10.20.0.32")))).To(Succeed())
+		l.machine("seat-1")
+		l.machine("seat-2")
 		live := l.session("live", "seat-1", "win11", bootv1.WritebackDiscard)
 		gone := l.session("gone", "seat-2", "win11", bootv1.WritebackDiscard)
 		liveOverlay, goneOverlay := live.Status.OverlayPath, gone.Status.OverlayPath
@@ -235,7 +249,7 @@ var _ = Describe("Storage role", Ordered, func() {
 		runRole()
 		l := newLab()
 		l.image("win11", 64<<20)
-		Expect(k8sClient.Create(l.ctx, fixture.Machine(l.ns, "seat-1"))).To(Succeed())
+		l.machine("seat-1")
 		s := l.session("s", "seat-1", "win11", bootv1.WritebackDiscard)
 		info := credentials(s)
 		// iscsi-perf stays logged in while it reads.
