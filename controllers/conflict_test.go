@@ -40,7 +40,7 @@ func TestSetConflictCondition(t *testing.T) {
 		"MAC reason wins": {me, []claim{ip(machine("a", "x", 9, false)), mac(machine("b", "y", 9, false))}, metav1.ConditionTrue, bootv1.DuplicateMACReason,
 			"conflicts with MAC 52:54:00:12:34:56 of Machine b/y, address 10.20.0.31 of Machine a/x, which claimed it first"},
 		"an older discovered placeholder does not win": {me, []claim{mac(machine("disc", "d", 60, true))}, metav1.ConditionFalse, bootv1.NoConflictReason, "newer Machines disc/d"},
-		"a placeholder loses to a newer real Machine": {machine("disc", "d", 60, true), []claim{mac(me)}, metav1.ConditionTrue, bootv1.DuplicateMACReason, "of Machine cafe/seat-1"},
+		"a placeholder loses to a newer real Machine":  {machine("disc", "d", 60, true), []claim{mac(me)}, metav1.ConditionTrue, bootv1.DuplicateMACReason, "of Machine cafe/seat-1"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
