@@ -16,6 +16,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	authv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -211,7 +212,13 @@ func TestInstall(t *testing.T) {
 		{sa("boot"), "create", "boot.ggnet.io", "machines", "", "cafe", true},
 		{sa("boot"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", true},
 		{sa("boot"), "delete", "boot.ggnet.io", "machines", "", "cafe", false},
-		{sa("boot"), "get", "", "secrets", "", "cafe", false},
+		// The session Secrets' informer selects by label; RBAC cannot, so
+		// the boot agent may read Secrets where it serves (watchNamespaces
+		// narrows that to one namespace), and write none.
+		{sa("boot"), "watch", "", "secrets", "", "cafe", true},
+		{sa("boot"), "create", "", "secrets", "", "cafe", false},
+		{sa("boot"), "update", "", "secrets", "", "cafe", false},
+		{sa("boot"), "create", "", "events", "", "cafe", true},
 		{sa("boot"), "update", "boot.ggnet.io", "images", "", "cafe", false},
 		{sa("storage"), "get", "", "secrets", "", "cafe", true},
 		{sa("storage"), "patch", "boot.ggnet.io", "images", "status", "cafe", true},
@@ -233,6 +240,41 @@ func TestInstall(t *testing.T) {
 		if strings.HasPrefix(tc.user, "system:serviceaccount:") {
 			sar.Spec.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:ggnet-system"}
 		}
+		g.Expect(c.Create(ctx, sar)).To(Succeed())
+		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "%s %s %s/%s %s in %q", tc.user, tc.verb, tc.resource, tc.sub, tc.group, tc.ns)
+	}
+
+	// A second release serving one namespace: its agents may act there
+	// only, and read Nodes.
+	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "lab-cafe"}})).To(Succeed())
+	out, err = helm(t, "install", "lab", chart, "-n", "lab-system", "--create-namespace", "--kubeconfig", kubeconfig,
+		"--set", "crds.install=false", "--set", "userRoles.enabled=false", "--set", "watchNamespaces={lab-cafe}")
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	g.Expect(out).To(ContainSubstring("The agents serve namespace lab-cafe only"), "NOTES.txt")
+	labSA := func(name string) string { return "system:serviceaccount:lab-system:lab-ggnet-" + name }
+	for _, tc := range []struct {
+		user, verb, group, resource, sub, ns string
+		allowed                              bool
+	}{
+		{labSA("storage"), "get", "", "secrets", "", "lab-cafe", true},
+		{labSA("storage"), "get", "", "secrets", "", "cafe", false},
+		{labSA("storage"), "list", "", "secrets", "", "", false},
+		{labSA("storage"), "patch", "boot.ggnet.io", "bootsessions", "status", "lab-cafe", true},
+		{labSA("storage"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", false},
+		{labSA("storage"), "list", "", "nodes", "", "", true},
+		{labSA("boot"), "create", "boot.ggnet.io", "machines", "", "lab-cafe", true},
+		{labSA("boot"), "create", "boot.ggnet.io", "machines", "", "cafe", false},
+		{labSA("boot"), "watch", "", "secrets", "", "lab-cafe", true},
+		{labSA("boot"), "watch", "", "secrets", "", "cafe", false},
+		{labSA("boot"), "create", "", "events", "", "lab-cafe", true},
+		{labSA("boot"), "list", "boot.ggnet.io", "bootsessions", "", "", false},
+		{labSA("boot"), "list", "", "nodes", "", "", false},
+		// The manager has no namespace flag: still cluster-wide.
+		{labSA("manager"), "create", "", "secrets", "", "cafe", true},
+	} {
+		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: tc.user,
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:lab-system"},
+			ResourceAttributes: &authv1.ResourceAttributes{Namespace: tc.ns, Verb: tc.verb, Group: tc.group, Resource: tc.resource, Subresource: tc.sub}}}
 		g.Expect(c.Create(ctx, sar)).To(Succeed())
 		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "%s %s %s/%s %s in %q", tc.user, tc.verb, tc.resource, tc.sub, tc.group, tc.ns)
 	}

@@ -1,0 +1,167 @@
+package helm
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ggnet/ggnet/bootagent/dhcp"
+)
+
+// The capability lists of the chart are proved by running what each agent
+// does with exactly those capabilities, as uid 0 with no_new_privs (what
+// allowPrivilegeEscalation=false sets), under setpriv. Needs root.
+
+const bindHelperEnv = "GGNET_CAPS_BIND_HELPER"
+
+// TestMain lets the test binary act as the boot agent's bind helper.
+func TestMain(m *testing.M) {
+	if os.Getenv(bindHelperEnv) != "" {
+		os.Exit(bindAsBootAgent())
+	}
+	os.Exit(m.Run())
+}
+
+// bindAsBootAgent opens the boot agent's sockets as it does: DHCP on 67 and
+// 4011 bound to an interface (SO_BINDTODEVICE), TFTP on 69 and HTTP and
+// metrics on the boot address.
+func bindAsBootAgent() int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
+	for _, addr := range []string{":67", ":4011"} {
+		c, err := dhcp.Listen("lo", addr)
+		if err != nil {
+			return fail(err)
+		}
+		defer c.Close()
+	}
+	u, err := net.ListenPacket("udp4", "127.0.0.1:69")
+	if err != nil {
+		return fail(err)
+	}
+	defer u.Close()
+	for _, addr := range []string{"127.0.0.1:8880", "127.0.0.1:8881"} {
+		l, err := net.Listen("tcp4", addr)
+		if err != nil {
+			return fail(err)
+		}
+		defer l.Close()
+	}
+	return 0
+}
+
+// setpriv runs name with only caps (uid 0, no_new_privs).
+func setpriv(caps []corev1.Capability, name string, args ...string) *exec.Cmd {
+	bounding := "-all"
+	for _, c := range caps {
+		bounding += ",+" + strings.ToLower(string(c))
+	}
+	return exec.Command("setpriv", append([]string{"--no-new-privs", "--inh-caps=-all", "--bounding-set=" + bounding, name}, args...)...)
+}
+
+func needRoot(t *testing.T, tools ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	for _, tool := range append(tools, "setpriv") {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+}
+
+// chartCaps are the capabilities the chart adds to a workload's container.
+func chartCaps(t *testing.T, values, workload string) []corev1.Capability {
+	p, ok := podSpecs(t, render(t, values))[workload]
+	if !ok {
+		t.Fatalf("%s not rendered", workload)
+	}
+	return p.Containers[0].SecurityContext.Capabilities.Add
+}
+
+// TestBootAgentCapabilities: the boot agent's sockets open with the chart's
+// capabilities, in a network namespace of their own, and not with fewer.
+func TestBootAgentCapabilities(t *testing.T) {
+	needRoot(t, "unshare")
+	caps := chartCaps(t, "", "ggnet-ggnet-boot")
+	for _, tc := range []struct {
+		name string
+		caps []corev1.Capability
+		ok   bool
+	}{
+		{"chart's", caps, true},
+		{"none", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			sp := setpriv(tc.caps, os.Args[0])
+			cmd := exec.Command("unshare", append([]string{"--net"}, sp.Args...)...)
+			cmd.Env = append(os.Environ(), bindHelperEnv+"=1")
+			out, err := cmd.CombinedOutput()
+			if tc.ok {
+				g.Expect(err).NotTo(HaveOccurred(), string(out))
+			} else {
+				g.Expect(err).To(HaveOccurred())
+				g.Expect(string(out)).To(ContainSubstring("permission denied"))
+			}
+		})
+	}
+}
+
+// TestStorageAgentCapabilities: tgtd runs and serves a LUN, and its
+// management socket takes commands, with the chart's capabilities (none).
+func TestStorageAgentCapabilities(t *testing.T) {
+	needRoot(t, "tgtd", "tgtadm", "iscsi-ls")
+	g := NewWithT(t)
+	caps := chartCaps(t, "", "ggnet-ggnet-storage")
+	g.Expect(caps).To(BeEmpty())
+
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	g.Expect(os.WriteFile(disk, nil, 0o600)).To(Succeed())
+	g.Expect(os.Truncate(disk, 8<<20)).To(Succeed())
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	portal := l.Addr().String()
+	l.Close()
+	control := strconv.Itoa(20000 + os.Getpid()%10000)
+
+	tgtd := setpriv(caps, "tgtd", "-f", "-C", control, "--iscsi", "portal="+portal)
+	var log strings.Builder
+	tgtd.Stdout, tgtd.Stderr = &log, &log
+	g.Expect(tgtd.Start()).To(Succeed())
+	t.Cleanup(func() {
+		_ = tgtd.Process.Kill()
+		_ = tgtd.Wait()
+		matches, _ := filepath.Glob("/var/run/tgtd/socket." + control + "*")
+		for _, m := range matches {
+			_ = os.Remove(m)
+		}
+	})
+	tgtadm := func(args ...string) error {
+		out, err := setpriv(caps, "tgtadm", append([]string{"-C", control, "--lld", "iscsi"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("tgtadm %v: %v: %s", args, err, out)
+		}
+		return nil
+	}
+	iqn := "iqn.2026-11.io.ggnet:caps-test"
+	g.Eventually(func() error {
+		return tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
+	}, 10*time.Second, 100*time.Millisecond).Should(Succeed(), func() string { return log.String() })
+	g.Expect(tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk)).To(Succeed())
+	g.Expect(tgtadm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "127.0.0.1")).To(Succeed())
+
+	out, err := exec.Command("iscsi-ls", "-s", "iscsi://"+portal).CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), string(out))
+	g.Expect(string(out)).To(ContainSubstring("Target:" + iqn))
+	g.Expect(string(out)).To(MatchRegexp(`Lun:1\s+Type:DIRECT_ACCESS`))
+}
