@@ -25,7 +25,7 @@ func (f *storageFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/ggnet", "Data directory for replicas and overlays; must be XFS with reflink or btrfs.")
 	fs.Uint64Var(&f.reserveMiB, "reserve-mib", 10240, "Free space in MiB kept for running sessions; new overlays are refused below it.")
 	fs.StringVar(&f.driver, "target-driver", "tgt", "iSCSI target driver: tgt (tgtd) or lio (kernel, configfs).")
-	fs.IntVar(&f.controlPort, "tgt-control-port", 0, "tgtd control port (tgtadm -C).")
+	fs.IntVar(&f.controlPort, "tgt-control-port", 0, "tgtd control port: its management socket is /var/run/tgtd/socket.<port>.")
 	fs.BoolVar(&f.startTGTD, "start-tgtd", false, "Run and supervise tgtd from the agent.")
 	fs.StringVar(&f.portal, "portal", "0.0.0.0:3260", "iSCSI portal ip:port (tgtd --iscsi portal=, LIO np).")
 	fs.StringVar(&f.lioRoot, "lio-configfs", "/sys/kernel/config", "configfs mount for the LIO driver.")

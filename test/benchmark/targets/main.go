@@ -75,8 +75,14 @@ func main() {
 	one.Path = image
 	check(d.Ensure(ctx, one))
 	direct := ddRead(image)
-	perf, err := exec.Command("iscsi-perf", "-i", one.InitiatorIQN, "-t", "10", "-m", "32", "-b", "256",
-		"iscsi://"+one.CHAPUser+"%"+one.CHAPPassword+"@"+tgtd.Portal+"/"+one.IQN+"/1").CombinedOutput()
+	// libiscsi reads CHAP from its environment: no secret on a command line.
+	cmd := exec.Command("iscsi-perf", "-i", one.InitiatorIQN, "-t", "10", "-m", "32", "-b", "256",
+		"iscsi://"+tgtd.Portal+"/"+one.IQN+"/1")
+	cmd.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+one.CHAPUser, "LIBISCSI_CHAP_PASSWORD="+one.CHAPPassword)
+	if one.TargetUser != "" {
+		cmd.Env = append(cmd.Env, "LIBISCSI_CHAP_TARGET_USERNAME="+one.TargetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+one.TargetPassword)
+	}
+	perf, err := cmd.CombinedOutput()
 	fmt.Printf("read, file directly (dd bs=1M, page cache warm): %s\n", direct)
 	fmt.Printf("read, one LUN through tgt (iscsi-perf -m 32 -b 256, 10 s):\n%s\n", lastLines(string(perf), 3))
 	_ = err
