@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,9 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -33,7 +37,8 @@ import (
 // BootConfig configures the boot role.
 type BootConfig struct {
 	// Interfaces to answer DHCP on; empty binds DHCPListen without an
-	// interface (tests, single-NIC nodes).
+	// interface (tests, single-NIC nodes). Their neighbour tables bind
+	// requesters' addresses to MACs.
 	Interfaces []string
 	// DHCPListen is the DHCP address (default ":67").
 	DHCPListen string
@@ -41,15 +46,32 @@ type BootConfig struct {
 	ProxyListen string
 	DHCP        dhcp.Config
 	DHCPWorkers int
-	// TFTPListen is the TFTP address (default ":69"); "-" turns TFTP off.
+	// TFTPListen is the TFTP address (default <server-ip>:69); "-" turns
+	// TFTP off.
 	TFTPListen string
-	// HTTPListen is the address of scripts, iPXE binaries, probes and metrics
-	// (default ":8880").
+	// TFTPMaxPerSource bounds TFTP transfers per source address (default 8).
+	TFTPMaxPerSource int
+	// HTTPListen is the address of scripts and iPXE binaries (default
+	// <server-ip>:8880).
 	HTTPListen string
 	HTTP       httpboot.Config
-	// Discovery records unknown PXE clients as Machines in DiscoveryNamespace.
+	// HTTPMaxConns caps the boot HTTP server's open connections (default 512).
+	HTTPMaxConns int
+	// MetricsListen is the address of /healthz, /readyz and /metrics
+	// (default ":8881"); "-" turns it off.
+	MetricsListen string
+	// ScriptTokenOptional lets script requests without a token through (an
+	// external DHCP server that cannot hand out tokens); the requester's
+	// address must still be bound to the MAC.
+	ScriptTokenOptional bool
+	// Neighbors binds requesters' addresses to MACs; nil reads
+	// /proc/net/arp for Interfaces.
+	Neighbors table.Neighbors
+	// Discovery records unknown PXE clients as Machines in DiscoveryNamespace,
+	// at most DiscoveryMax (default 1000) in total and a few per second.
 	Discovery          bool
 	DiscoveryNamespace string
+	DiscoveryMax       int
 }
 
 // Config configures the agent.
@@ -79,20 +101,33 @@ type Agent struct {
 // New builds the agent from a REST config.
 func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	b := &cfg.Boot
-	if b.DHCPListen == "" {
-		b.DHCPListen = ":67"
+	host := ""
+	if ip := b.DHCP.ServerIP.To4(); ip != nil {
+		host = ip.String()
 	}
-	if b.ProxyListen == "" {
-		b.ProxyListen = ":4011"
+	defaults := []struct {
+		field *string
+		value string
+	}{
+		{&b.DHCPListen, ":67"}, {&b.ProxyListen, ":4011"}, {&b.TFTPListen, net.JoinHostPort(host, "69")},
+		{&b.HTTPListen, net.JoinHostPort(host, "8880")}, {&b.MetricsListen, ":8881"},
 	}
-	if b.TFTPListen == "" {
-		b.TFTPListen = ":69"
+	for _, d := range defaults {
+		if *d.field == "" {
+			*d.field = d.value
+		}
 	}
-	if b.HTTPListen == "" {
-		b.HTTPListen = ":8880"
+	for _, n := range []struct {
+		field *int
+		value int
+	}{{&b.DHCPWorkers, 8}, {&b.TFTPMaxPerSource, 8}, {&b.HTTPMaxConns, httpboot.DefaultMaxConns},
+		{&b.HTTP.MaxLongPolls, 1000}, {&b.DiscoveryMax, 1000}} {
+		if *n.field <= 0 {
+			*n.field = n.value
+		}
 	}
-	if b.DHCPWorkers == 0 {
-		b.DHCPWorkers = 8
+	if b.HTTP.LongPoll <= 0 {
+		b.HTTP.LongPoll = 60 * time.Second
 	}
 	b.DHCP.HTTPBase = b.HTTP.BaseURL
 	b.DHCP.Defaults()
@@ -102,25 +137,48 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	if b.Discovery && b.DiscoveryNamespace == "" {
 		return nil, errors.New("discovery needs a namespace for discovered Machines")
 	}
-	opts := cache.Options{Scheme: scheme.New(), DefaultTransform: cache.TransformStripManagedFields()}
-	if cfg.Namespace != "" {
-		opts.DefaultNamespaces = map[string]cache.Config{cfg.Namespace: {}}
-	}
-	c, err := cache.New(restCfg, opts)
+	copts := cacheOptions(cfg.Namespace)
+	c, err := cache.New(restCfg, copts)
 	if err != nil {
 		return nil, fmt.Errorf("creating the informer cache: %w", err)
 	}
-	cl, err := client.New(restCfg, client.Options{Scheme: opts.Scheme, Cache: &client.CacheOptions{Reader: c}})
+	cl, err := client.New(restCfg, client.Options{Scheme: copts.Scheme, Cache: &client.CacheOptions{Reader: c}})
 	if err != nil {
 		return nil, fmt.Errorf("creating the API client: %w", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	tbl := table.New()
+	neighbors := b.Neighbors
+	if neighbors == nil {
+		neighbors = table.ProcNeighbors{Interfaces: b.Interfaces}
+	}
+	topts := []table.Option{table.WithNeighbors(neighbors)}
+	if b.ScriptTokenOptional {
+		topts = append(topts, table.WithoutRequiredToken())
+	}
+	tbl := table.New(topts...)
 	rec := newRecorder(cl, tbl, log.WithName("recorder"), reg)
-	rec.discovery, rec.discoveryNamespace = b.Discovery, b.DiscoveryNamespace
-	return &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg,
-		addrs: map[string]net.Addr{}, ready: make(chan struct{})}, nil
+	rec.discovery, rec.discoveryNamespace, rec.discoveryMax = b.Discovery, b.DiscoveryNamespace, b.DiscoveryMax
+	a := &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg,
+		addrs: map[string]net.Addr{}, ready: make(chan struct{})}
+	a.cfg.Boot.HTTP.Ready = a.synced.Load
+	return a, nil
+}
+
+// cacheOptions is the informer cache of the boot role: Machines and
+// BootSessions, and only the Secrets labelled boot.ggnet.io/session (the
+// label selector is the informer's, so no other Secret reaches the agent).
+func cacheOptions(namespace string) cache.Options {
+	opts := cache.Options{Scheme: scheme.New(), DefaultTransform: cache.TransformStripManagedFields()}
+	if namespace != "" {
+		opts.DefaultNamespaces = map[string]cache.Config{namespace: {}}
+	}
+	req, err := labels.NewRequirement(bootv1.SessionSecretLabel, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant label key
+	}
+	opts.ByObject = map[client.Object]cache.ByObject{&corev1.Secret{}: {Label: labels.NewSelector().Add(*req)}}
+	return opts
 }
 
 // Table returns the agent's MAC table.
@@ -145,38 +203,43 @@ func (a *Agent) setAddr(name string, addr net.Addr) {
 	a.addrs[name] = addr
 }
 
-// watch feeds the table from the informers.
-func (a *Agent) watch(ctx context.Context) error {
-	mi, err := a.cache.GetInformer(ctx, &bootv1.Machine{})
-	if err != nil {
+// watch feeds the table from the informers and returns their handlers'
+// registrations, synced once the handlers have seen the initial lists.
+func (a *Agent) watch(ctx context.Context) ([]toolscache.ResourceEventHandlerRegistration, error) {
+	var regs []toolscache.ResourceEventHandlerRegistration
+	add := func(obj client.Object, upsert func(any), del func(any)) error {
+		inf, err := a.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return err
+		}
+		reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    upsert,
+			UpdateFunc: func(_, o any) { upsert(o) },
+			DeleteFunc: del,
+		})
+		regs = append(regs, reg)
 		return err
 	}
-	_, err = mi.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { a.upsertMachine(o) },
-		UpdateFunc: func(_, o any) { a.upsertMachine(o) },
-		DeleteFunc: func(o any) {
+	err := errors.Join(
+		add(&bootv1.Machine{}, a.upsertMachine, func(o any) {
 			if m, ok := unwrap[*bootv1.Machine](o); ok {
 				a.table.DeleteMachine(m.Namespace + "/" + m.Name)
 			}
-		},
-	})
-	if err != nil {
-		return err
-	}
-	si, err := a.cache.GetInformer(ctx, &bootv1.BootSession{})
-	if err != nil {
-		return err
-	}
-	_, err = si.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { a.upsertSession(o) },
-		UpdateFunc: func(_, o any) { a.upsertSession(o) },
-		DeleteFunc: func(o any) {
+		}),
+		add(&bootv1.BootSession{}, a.upsertSession, func(o any) {
 			if s, ok := unwrap[*bootv1.BootSession](o); ok {
 				a.table.DeleteSession(s.Namespace + "/" + s.Name)
 			}
-		},
-	})
-	return err
+		}),
+		add(&corev1.Secret{}, a.upsertSecret, func(o any) {
+			if s, ok := unwrap[*corev1.Secret](o); ok {
+				if key, _, ok := secretEntry(s); ok {
+					a.table.DeleteSecret(key)
+				}
+			}
+		}),
+	)
+	return regs, err
 }
 
 func unwrap[T any](o any) (T, bool) {
@@ -206,13 +269,26 @@ func (a *Agent) upsertSession(o any) {
 	}
 }
 
+// upsertSecret keeps a session Secret's credentials and token in the table,
+// in memory only; they are never logged.
+func (a *Agent) upsertSecret(o any) {
+	s, ok := unwrap[*corev1.Secret](o)
+	if !ok {
+		return
+	}
+	if key, sec, ok := secretEntry(s); ok {
+		a.table.UpsertSecret(key, sec)
+	}
+}
+
 // Run starts the informers and the boot role's servers and blocks until ctx
 // ends or a server fails.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := a.watch(ctx); err != nil {
-		return fmt.Errorf("watching Machines and BootSessions: %w", err)
+	regs, err := a.watch(ctx)
+	if err != nil {
+		return fmt.Errorf("watching Machines, BootSessions and session Secrets: %w", err)
 	}
 	errs := make(chan error, 16)
 	var wg sync.WaitGroup
@@ -238,13 +314,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if !a.cache.WaitForCacheSync(ctx) {
 			return errors.New("informer caches did not sync")
 		}
+		for _, r := range regs {
+			if !toolscache.WaitForCacheSync(ctx.Done(), r.HasSynced) {
+				return errors.New("informer handlers did not sync")
+			}
+		}
 		a.synced.Store(true)
 		m, s := a.table.Len()
 		a.log.Info("Caches synced", "machines", m, "sessions", s)
 		return nil
 	})
 
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errs:
@@ -273,7 +353,7 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 				return err
 			}
 			opts := []dhcp.Option{dhcp.WithMetrics(dm), dhcp.WithObserver(a.recorder), dhcp.WithWorkers(b.DHCPWorkers),
-				dhcp.WithInterface(iface), dhcp.WithLogger(a.log.WithName("dhcp"))}
+				dhcp.WithInterface(iface), dhcp.WithLogger(a.log.WithName("dhcp")), dhcp.WithReady(a.synced.Load)}
 			if l.name == "proxy" {
 				opts = append(opts, dhcp.WithProxyPort())
 			}
@@ -289,7 +369,8 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	}
 
 	if b.TFTPListen != "-" {
-		ts, err := tftp.New(b.HTTP.IPXERootOrDefault(), a.table, tftp.WithMetrics(tftp.NewMetrics(a.registry)), tftp.WithLogger(a.log.WithName("tftp")))
+		ts, err := tftp.New(b.HTTP.IPXERootOrDefault(), tftpScripts{a}, tftp.WithMetrics(tftp.NewMetrics(a.registry)),
+			tftp.WithMaxPerSource(b.TFTPMaxPerSource), tftp.WithLogger(a.log.WithName("tftp")))
 		if err != nil {
 			return err
 		}
@@ -308,28 +389,68 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	}
 	mux := http.NewServeMux()
 	h.Register(mux)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	if err := a.serveHTTP(ctx, spawn, "http", b.HTTPListen, httpboot.NewServer(mux, b.HTTP.LongPoll), b.HTTPMaxConns); err != nil {
+		return err
+	}
+
+	if b.MetricsListen == "-" {
+		return nil
+	}
+	probes := http.NewServeMux()
+	probes.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	probes.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.synced.Load() {
 			http.Error(w, "informer caches not synced", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
-	ln, err := net.Listen("tcp", b.HTTPListen)
+	probes.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+	return a.serveHTTP(ctx, spawn, "metrics", b.MetricsListen,
+		&http.Server{Handler: probes, ReadHeaderTimeout: httpboot.ReadHeaderTimeout, ReadTimeout: httpboot.ReadTimeout,
+			WriteTimeout: 30 * time.Second, IdleTimeout: httpboot.IdleTimeout, MaxHeaderBytes: httpboot.MaxHeaderBytes}, 64)
+}
+
+// serveHTTP listens on addr with at most maxConns connections and serves
+// srv until ctx ends.
+func (a *Agent) serveHTTP(ctx context.Context, spawn func(string, func() error), name, addr string, srv *http.Server, maxConns int) error {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listening for HTTP on %s: %w", b.HTTPListen, err)
+		return fmt.Errorf("listening for %s on %s: %w", name, addr, err)
 	}
-	a.setAddr("http", ln.Addr())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	a.log.Info("Serving HTTP", "addr", ln.Addr().String())
-	spawn("http", func() error {
+	a.setAddr(name, ln.Addr())
+	a.log.Info("Serving HTTP", "name", name, "addr", ln.Addr().String(), "maxConns", maxConns)
+	spawn(name, func() error {
 		go func() { <-ctx.Done(); _ = srv.Close() }()
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(httpboot.LimitListener(ln, maxConns)); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
 	return nil
+}
+
+// tftpScripts is the agent's tftp.Scripts: the table's Authorize, nothing
+// before the caches synced, a rate-limited Event for a refused known MAC.
+type tftpScripts struct{ a *Agent }
+
+// Script implements tftp.Scripts.
+func (s tftpScripts) Script(mac net.HardwareAddr, token string, peer netip.Addr) (string, error) {
+	if !s.a.synced.Load() {
+		return "", tftp.ErrNotReady
+	}
+	g, err := s.a.table.Authorize(mac, token, peer)
+	switch {
+	case errors.Is(err, table.ErrForbidden):
+		if g.Machine.Key != "" {
+			s.a.recorder.Forbidden(g.Machine, peer, err)
+		}
+		return "", fmt.Errorf("%w: %w", tftp.ErrForbidden, err)
+	case err != nil:
+		return "", err
+	case g.Script == "":
+		return "", tftp.ErrNoScripts
+	}
+	s.a.recorder.ScriptServed(g.SessionKey)
+	return g.Script, nil
 }

@@ -3,9 +3,12 @@ package agent
 import (
 	"net"
 
+	corev1 "k8s.io/api/core/v1"
+
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/bootagent/table"
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // machineEntry converts a Machine for the table. The API server validated the
@@ -42,15 +45,16 @@ func machineEntry(m *bootv1.Machine) (table.Machine, bool) {
 		policy = table.PolicyLocalBoot
 	}
 	return table.Machine{
-		Key: m.Namespace + "/" + m.Name, Namespace: m.Namespace, Name: m.Name,
+		Key: m.Namespace + "/" + m.Name, Namespace: m.Namespace, Name: m.Name, UID: string(m.UID), Conflict: conflicted(m),
 		Reservation: r, Policy: policy, HasImage: m.Spec.ImageRef != nil,
 		Discovered: m.Labels[bootv1.DiscoveredLabel] == "true", CreatedUnix: m.CreationTimestamp.Unix(),
 	}, true
 }
 
-// conflicted is true when the Machine controller found another Machine with
-// the same MAC or address: the agent then hands out no address for it rather
-// than two machines the same one.
+// conflicted is true when the Machine controller found another Machine in
+// the cluster with the same MAC or address: the agent then hands out no
+// address for it rather than two machines the same one, and serves none of
+// its sessions.
 func conflicted(m *bootv1.Machine) bool {
 	for _, c := range m.Status.Conditions {
 		if c.Type == bootv1.ConflictCondition && c.Status == "True" {
@@ -60,16 +64,47 @@ func conflicted(m *bootv1.Machine) bool {
 	return false
 }
 
-// sessionEntry converts a BootSession for the table.
+// sessionEntry converts a BootSession for the table: what its script is
+// rendered from at serve time, without credentials (they come from its
+// Secret).
 func sessionEntry(s *bootv1.BootSession) table.Session {
-	bootable := !s.Spec.Stopped && s.DeletionTimestamp == nil
+	live := !s.Spec.Stopped && s.DeletionTimestamp == nil
+	bootable := live
 	switch s.Status.Phase {
 	case bootv1.SessionReady, bootv1.SessionBooting, bootv1.SessionActive:
+	case bootv1.SessionStopping, bootv1.SessionStopped, bootv1.SessionFailed:
+		live, bootable = false, false
 	default:
 		bootable = false
 	}
-	return table.Session{
-		Key: s.Namespace + "/" + s.Name, MAC: s.Status.MAC, Script: s.Status.Script,
-		Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(),
+	e := table.Session{
+		Key: s.Namespace + "/" + s.Name, MAC: s.Status.MAC, MachineKey: s.Namespace + "/" + s.Spec.MachineRef.Name,
+		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(),
+		Boot: ipxe.Session{Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name, InitiatorIQN: s.Status.InitiatorIQN},
 	}
+	if t := s.Status.Target; t != nil {
+		e.Boot.Portal, e.Boot.TargetIQN, e.Boot.LUN = t.Portal, t.IQN, t.LUN
+	} else {
+		e.Bootable = false
+	}
+	return e
+}
+
+// secretEntry converts a session's Secret for the table: the key of its
+// session and its credentials and token. Only a Secret named
+// <session>-chap, as the manager makes it, counts: another Secret carrying
+// the label cannot stand in for it.
+func secretEntry(s *corev1.Secret) (string, table.Secret, bool) {
+	session := s.Labels[bootv1.SessionSecretLabel]
+	if session == "" || s.Name != session+"-chap" {
+		return "", table.Secret{}, false
+	}
+	d := s.Data
+	return s.Namespace + "/" + session, table.Secret{
+		Token: string(d[bootv1.SecretKeyToken]),
+		Credentials: ipxe.Credentials{
+			Username: string(d[bootv1.SecretKeyUsername]), Password: string(d[bootv1.SecretKeyPassword]),
+			TargetUsername: string(d[bootv1.SecretKeyTargetUsername]), TargetPassword: string(d[bootv1.SecretKeyTargetPassword]),
+		},
+	}, true
 }

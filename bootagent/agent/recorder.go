@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -61,6 +64,19 @@ type recorder struct {
 	discoveryNamespace string
 	discoverLimit      *rate.Limiter
 	discovered         sync.Map
+	// discoveryMax bounds the discovered Machines in total: those in the
+	// table and those being created (creating, by MAC bytes).
+	discoveryMax    int
+	creatingMu      sync.Mutex
+	creating        map[string]net.HardwareAddr
+	discoveryCapped prometheus.Counter
+
+	// forbiddenMu guards lastForbidden: the time of the last ScriptForbidden
+	// Event per Machine key, at most one a minute each.
+	forbiddenMu   sync.Mutex
+	lastForbidden map[string]time.Time
+	// component names the agent in Events (the node's name when known).
+	component string
 }
 
 func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometheus.Registerer) *recorder {
@@ -74,13 +90,21 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 			Name: "ggnet_agent_record_writes_total",
 			Help: "Writes of boot progress to the API server by kind and result.",
 		}, []string{"kind", "result"}),
+		discoveryCapped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ggnet_agent_discovery_capped_total",
+			Help: "Unknown PXE clients not recorded because the discovered Machines reached --discovery-max.",
+		}),
+		discoveryMax:  1000,
+		creating:      map[string]net.HardwareAddr{},
+		lastForbidden: map[string]time.Time{},
+		component:     FieldOwner,
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
 		dhcpLimit:     rate.NewLimiter(rate.Limit(5), 5),
 		dhcpPending:   map[string]time.Time{},
 		dhcpKick:      make(chan struct{}, 1),
 	}
 	if reg != nil {
-		reg.MustRegister(r.dropped, r.writes)
+		reg.MustRegister(r.dropped, r.writes, r.discoveryCapped)
 	}
 	return r
 }
@@ -150,12 +174,16 @@ func (r *recorder) ScriptServed(sessionKey string) {
 	})
 }
 
-// Answered implements dhcp.Observer: it notes the time of a session's DHCP
-// ACK for runDHCP to write. It runs on the DHCP server's path: a table lookup
-// and a map insert, no allocation for a session already waiting.
-func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType) {
+// Answered implements dhcp.Observer: it binds the address the client used
+// to its MAC in the table and notes the time of a session's DHCP ACK for
+// runDHCP to write. It runs on the DHCP server's path: table lookups and a
+// map insert, no allocation for a session already waiting.
+func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr netip.Addr) {
 	if msg != dhcpv4.MessageTypeAck {
 		return
+	}
+	if addr.IsValid() {
+		r.tbl.SawAddress(mac, addr)
 	}
 	s, ok := r.tbl.Session(mac)
 	if !ok {
@@ -279,7 +307,12 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 	if !r.discoverLimit.Allow() {
 		return
 	}
+	if !r.reserveDiscovery(mac) {
+		r.discoveryCapped.Inc()
+		return
+	}
 	r.discovered.Store(key, struct{}{})
+	mac = slices.Clone(mac) // the DHCP worker reuses its buffer
 	r.enqueue("discover/"+key, func(ctx context.Context) error {
 		m := &bootv1.Machine{}
 		m.Namespace = r.discoveryNamespace
@@ -294,10 +327,72 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 		}
 		if err != nil {
 			r.discovered.Delete(key)
+			r.releaseDiscovery(mac)
 		} else {
 			r.log.Info("Recorded a discovered machine", "mac", key, "Machine", m.Namespace+"/"+m.Name)
 		}
 		return r.result("discover", err)
+	})
+}
+
+// reserveDiscovery takes one of the discoveryMax places for mac: the
+// discovered Machines in the table and the creations not yet in it count.
+func (r *recorder) reserveDiscovery(mac net.HardwareAddr) bool {
+	r.creatingMu.Lock()
+	defer r.creatingMu.Unlock()
+	for k, m := range r.creating {
+		if r.tbl.HasMachine(m) {
+			delete(r.creating, k) // counted by the table now
+		}
+	}
+	if r.tbl.Discovered()+len(r.creating) >= r.discoveryMax {
+		return false
+	}
+	r.creating[string(mac)] = slices.Clone(mac)
+	return true
+}
+
+func (r *recorder) releaseDiscovery(mac net.HardwareAddr) {
+	r.creatingMu.Lock()
+	defer r.creatingMu.Unlock()
+	delete(r.creating, string(mac))
+}
+
+// Forbidden implements httpboot.Recorder (and serves TFTP refusals): a
+// Warning Event ScriptForbidden on the Machine, at most one per Machine per
+// minute. Its message names the MAC, the requester and why, never a token.
+func (r *recorder) Forbidden(m table.Machine, peer netip.Addr, reason error) {
+	now := time.Now()
+	r.forbiddenMu.Lock()
+	if last, ok := r.lastForbidden[m.Key]; ok && now.Sub(last) < time.Minute {
+		r.forbiddenMu.Unlock()
+		return
+	}
+	if len(r.lastForbidden) >= 10000 {
+		for k, t := range r.lastForbidden {
+			if now.Sub(t) >= time.Minute {
+				delete(r.lastForbidden, k)
+			}
+		}
+	}
+	r.lastForbidden[m.Key] = now
+	r.forbiddenMu.Unlock()
+
+	why := strings.TrimPrefix(reason.Error(), table.ErrForbidden.Error()+": ")
+	msg := fmt.Sprintf("Refused a boot script request for MAC %s from %s: %s (further refusals for this Machine are not reported for a minute)",
+		m.Reservation.MAC, peer, why)
+	r.enqueue("forbidden/"+m.Key, func(ctx context.Context) error {
+		t := metav1.NewTime(now)
+		ev := &corev1.Event{
+			ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, GenerateName: m.Name + "."},
+			InvolvedObject: corev1.ObjectReference{APIVersion: bootv1.GroupVersion.String(), Kind: "Machine",
+				Namespace: m.Namespace, Name: m.Name, UID: types.UID(m.UID)},
+			Reason: bootv1.ScriptForbiddenReason, Message: msg, Type: corev1.EventTypeWarning,
+			Source:         corev1.EventSource{Component: r.component},
+			FirstTimestamp: t, LastTimestamp: t, Count: 1,
+		}
+		r.log.Info("Refused a boot script request", "Machine", m.Key, "mac", m.Reservation.MAC.String(), "peer", peer.String(), "reason", why)
+		return r.result("forbiddenEvent", r.c.Create(ctx, ev))
 	})
 }
 

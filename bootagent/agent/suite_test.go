@@ -20,6 +20,7 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/bootagent/httpboot"
+	"github.com/ggnet/ggnet/bootagent/table"
 	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/testenv"
 )
@@ -65,13 +66,21 @@ func ipxeRoot() string {
 }
 
 // startAgent runs an agent on loopback ephemeral ports against cfg until the
-// spec ends, and returns it once its caches synced.
-func startAgent(cfg *rest.Config, namespace string, mutate ...func(*Config)) *Agent {
+// spec ends, and returns it once its caches synced. Its neighbour table is
+// neighbors (the test client's 127.0.0.1 is bound to a MAC there).
+func startAgent(cfg *rest.Config, namespace string, neighbors table.Neighbors, mutate ...func(*Config)) *Agent {
+	a := runAgent(cfg, namespace, neighbors, mutate...)
+	Eventually(a.synced.Load, 20*time.Second).Should(BeTrue())
+	return a
+}
+
+// runAgent runs an agent without waiting for its caches.
+func runAgent(cfg *rest.Config, namespace string, neighbors table.Neighbors, mutate ...func(*Config)) *Agent {
 	c := Config{Namespace: namespace, Boot: BootConfig{
-		DHCPListen: "127.0.0.1:0", TFTPListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		DHCPListen: "127.0.0.1:0", TFTPListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0",
 		DHCP:      dhcp.Config{Mode: dhcp.ModeReservation, ServerIP: net.IPv4(127, 0, 0, 1)},
 		HTTP:      httpboot.Config{BaseURL: "http://127.0.0.1:8880", IPXERoot: ipxeRoot(), LongPoll: 20 * time.Second},
-		Discovery: true, DiscoveryNamespace: namespace,
+		Discovery: true, DiscoveryNamespace: namespace, Neighbors: neighbors,
 	}}
 	for _, m := range mutate {
 		m(&c)
@@ -85,7 +94,6 @@ func startAgent(cfg *rest.Config, namespace string, mutate ...func(*Config)) *Ag
 		cancel()
 		Eventually(done, 10*time.Second).Should(Receive(BeNil()))
 	})
-	Eventually(a.synced.Load, 20*time.Second).Should(BeTrue())
 	return a
 }
 
