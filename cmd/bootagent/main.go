@@ -1,5 +1,6 @@
 // Command bootagent runs on GGnet nodes. The boot role answers DHCP, TFTP and
-// HTTP for PXE clients from an informer cache of Machines and BootSessions.
+// HTTP for PXE clients from an informer cache of Machines, BootSessions and
+// the session Secrets (label boot.ggnet.io/session).
 // The storage role (image replicas, overlays, iSCSI targets) is chosen by
 // --storage on storage nodes.
 package main
@@ -26,6 +27,7 @@ func main() {
 		bootRole, storage    bool
 		ifaces, mode, server string
 		fallback             string
+		requireToken         bool
 		st                   storageFlags
 	)
 	b := &cfg.Boot
@@ -41,14 +43,21 @@ func main() {
 	flag.StringVar(&b.DHCP.UEFIFile, "uefi-boot-file", "ipxe.efi", "Boot file for UEFI PXE clients: ipxe.efi or snponly.efi.")
 	flag.StringVar(&b.DHCP.BIOSFile, "bios-boot-file", "undionly.kpxe", "Boot file for BIOS PXE clients.")
 	flag.DurationVar(&b.DHCP.LeaseTime, "lease-time", 12*time.Hour, "Lease time of reservations.")
-	flag.StringVar(&b.TFTPListen, "tftp-listen", ":69", "TFTP listen address; - turns TFTP off.")
-	flag.StringVar(&b.HTTPListen, "http-listen", ":8880", "HTTP listen address (scripts, iPXE binaries, /healthz, /readyz, /metrics).")
+	flag.StringVar(&b.TFTPListen, "tftp-listen", "", "TFTP listen address (default <server-ip>:69, or :69 without --server-ip); - turns TFTP off.")
+	flag.IntVar(&b.TFTPMaxPerSource, "tftp-max-per-source", 8, "Concurrent TFTP transfers allowed per source IP address.")
+	flag.StringVar(&b.HTTPListen, "http-listen", "", "HTTP listen address of boot scripts and iPXE binaries (default <server-ip>:8880, or :8880 without --server-ip).")
+	flag.IntVar(&b.HTTPMaxConns, "http-max-conns", 512, "Open connections the boot HTTP server accepts at once; more wait in the listen backlog.")
+	flag.IntVar(&b.HTTP.MaxLongPolls, "max-long-polls", 1000, "AutoSession script requests waiting for their session at once (one per MAC); past it a PC gets a retry script.")
+	flag.StringVar(&b.MetricsListen, "metrics-listen", ":8881", "Listen address of /healthz, /readyz and /metrics; keep it off the boot network. - turns it off.")
+	flag.BoolVar(&requireToken, "require-script-token", true,
+		"Serve boot scripts only at /boot/<token>/<mac>.ipxe with the token this agent's DHCP handed out. Set false only with an external DHCP server that cannot hand out tokens: /boot/<mac>.ipxe is then served to the address bound to the MAC.")
 	flag.StringVar(&b.HTTP.BaseURL, "http-base-url", "", "The agent's HTTP address as clients see it (default http://<server-ip>:<http port>).")
 	flag.StringVar(&b.HTTP.IPXERoot, "ipxe-root", "/usr/lib/ipxe", "Directory of the iPXE binaries (Debian package ipxe).")
 	flag.StringVar(&fallback, "fallback", "retry", "What a known machine without a session does: retry or exit.")
 	flag.DurationVar(&b.HTTP.LongPoll, "long-poll", 60*time.Second, "How long an AutoSession script request waits for its session.")
 	flag.BoolVar(&b.Discovery, "discovery", false, "Record unknown PXE clients as Machines awaiting approval.")
 	flag.StringVar(&b.DiscoveryNamespace, "discovery-namespace", "", "Namespace of discovered Machines.")
+	flag.IntVar(&b.DiscoveryMax, "discovery-max", 1000, "Discovered Machines kept at most in total (besides a rate of a few per second); past it unknown clients are not recorded.")
 	st.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -85,12 +94,20 @@ func main() {
 	b.DHCP.Mode = dhcp.Mode(mode)
 	b.DHCP.ServerIP = net.ParseIP(server).To4()
 	b.HTTP.Fallback = ipxe.Failure(fallback)
+	b.ScriptTokenOptional = !requireToken
 	if b.HTTP.BaseURL == "" && b.DHCP.ServerIP != nil {
-		_, port, err := net.SplitHostPort(b.HTTPListen)
-		if err != nil {
-			fail(err, "Bad --http-listen")
+		port := "8880"
+		if b.HTTPListen != "" {
+			_, p, err := net.SplitHostPort(b.HTTPListen)
+			if err != nil {
+				fail(err, "Bad --http-listen")
+			}
+			port = p
 		}
-		b.HTTP.BaseURL = "http://" + net.JoinHostPort(server, port)
+		b.HTTP.BaseURL = "http://" + net.JoinHostPort(b.DHCP.ServerIP.String(), port)
+	}
+	if b.ScriptTokenOptional {
+		log.Info("Serving boot scripts without a token (--require-script-token=false): only the requester's address is checked")
 	}
 
 	a, err := agent.New(restCfg, cfg, log)
