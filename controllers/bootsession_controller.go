@@ -300,14 +300,25 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 	} else if err != nil {
 		return fmt.Errorf("reading Secret %s: %w", name, redact(err))
 	}
+	owner := metav1.GetControllerOf(sec)
+	if owner != nil && owner.UID != s.UID {
+		// A Secret of an earlier session of the same name, which the
+		// garbage collector removes, or someone else's: never reused.
+		return fmt.Errorf("Secret %s belongs to %s %s, not to this session", name, owner.Kind, owner.Name)
+	}
 	add, err := missingSecretData(sec.Data, s.Namespace, s.Name)
 	if err != nil {
 		return fmt.Errorf("making credentials: %w", err)
 	}
-	if len(add) == 0 && sec.Labels[bootv1.SessionSecretLabel] == s.Name {
+	if len(add) == 0 && sec.Labels[bootv1.SessionSecretLabel] == s.Name && owner != nil {
 		return nil
 	}
 	base := sec.DeepCopy()
+	if owner == nil {
+		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
+			return err
+		}
+	}
 	if sec.Labels == nil {
 		sec.Labels = map[string]string{}
 	}
@@ -321,12 +332,14 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	log.Info("Adding missing keys to the session Secret", "secret", name, "keys", keys)
+	log.Info("Completing the session Secret", "secret", name, "addedKeys", keys)
 	// Optimistic lock: two reconciles never both add a key.
 	if err := r.Patch(ctx, sec, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("adding keys to Secret %s: %w", name, redact(err))
 	}
-	r.Recorder.Eventf(s, corev1.EventTypeNormal, "SecretUpgraded", "Added keys %s to Secret %s", strings.Join(keys, ", "), name)
+	if len(keys) > 0 {
+		r.Recorder.Eventf(s, corev1.EventTypeNormal, "SecretUpgraded", "Added keys %s to Secret %s", strings.Join(keys, ", "), name)
+	}
 	return nil
 }
 

@@ -94,7 +94,7 @@ var _ = Describe("Cluster-wide MAC and address ownership", func() {
 		Expect(k8sClient.Create(ctx, running)).To(Succeed())
 		Eventually(view(ctx, running), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
 		change(ctx, pc, false, func(m *bootv1.Machine) { m.Spec.MAC = mac1 })
-		Eventually(conflictOf(ctx, pc), eventually).Should(HavePrefix("True/DuplicateMAC: conflicts with MAC " + mac1 + " of Machine " + nsA + "/pc"))
+		Eventually(conflictOf(ctx, pc), eventually).Should(And(HavePrefix("True/DuplicateMAC: conflicts with"), ContainSubstring("MAC "+mac1+" of Machine "+nsA+"/pc")))
 		Eventually(func() string {
 			return meta.FindStatusCondition(get(ctx, running)().Status.Conditions, bootv1.ReadyCondition).Message
 		}, eventually).Should(ContainSubstring("has Conflict=True, so the boot agent does not serve this session"))

@@ -154,6 +154,30 @@ var _ = Describe("BootSession", func() {
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s) }, eventually).ShouldNot(Succeed())
 	})
 
+	It("adds the missing keys to a Secret made before mutual CHAP and tokens, keeping the old ones", func() {
+		old := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "old-chap", Labels: map[string]string{bootv1.SessionSecretLabel: "old"}},
+			Data:       map[string][]byte{bootv1.SecretKeyUsername: []byte("legacy-user"), bootv1.SecretKeyPassword: []byte("LegacyPassw0rd16")},
+		}
+		Expect(k8sClient.Create(ctx, old)).To(Succeed())
+		s := fixture.Session(ns, "old", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(s.Status.CHAPSecretRef.Name).To(Equal("old-chap"))
+		sec := &corev1.Secret{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(old), sec)).To(Succeed())
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyUsername, BeEquivalentTo("legacy-user")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyPassword, BeEquivalentTo("LegacyPassw0rd16")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername, BeEquivalentTo(ns+"-old-target")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
+		Expect(ipxe.ValidToken(string(sec.Data[bootv1.SecretKeyToken]))).To(BeTrue())
+		Expect(metav1.GetControllerOf(sec)).NotTo(BeNil())
+		Expect(metav1.GetControllerOf(sec).UID).To(Equal(s.UID), "adopted by its session")
+		Expect(events(ctx, ns, "old")).To(ContainElement("SecretUpgraded: Added keys targetPassword, targetUsername, token to Secret old-chap"))
+		rv := sec.ResourceVersion
+		Consistently(func() string { return get(ctx, sec)().ResourceVersion }, 2*time.Second).Should(Equal(rv), "a complete Secret is left alone")
+	})
+
 	It("lets one session per machine run; the next waits, naming the active one", func() {
 		a := fixture.Session(ns, "a", "seat-1", "win11")
 		Expect(k8sClient.Create(ctx, a)).To(Succeed())
