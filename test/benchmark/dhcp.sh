@@ -69,8 +69,8 @@ echo "== GGnet boot agent, reservation mode, $N Machines and $N Ready sessions"
 # kube-apiserver and etcd (children of loadlab) run on CPU1 with the load
 # generator, the agent alone on CPU0: the agent is the server under test, the
 # API server lives on the control plane in a real site.
-ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent bin/bootagent -cpu 0 -probe http://198.51.100.1:8880/readyz -- \
-  --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 \
+ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent bin/bootagent -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
+  --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 --metrics-listen=127.0.0.1:8881 \
   --dhcp-workers=4 > "$out/loadlab.txt" 2>&1 &
 lab=$!
 for _ in $(seq 600); do grep -q READY "$out/loadlab.txt" && break; sleep 0.5; done

@@ -17,8 +17,8 @@ trap '$bench/netns.sh down; pkill -f "bin/loadlab" || true; pkill -f "in.tftpd -
 clients() { ip netns exec pb-cli taskset -c 1 bash $bench/peers/tftp-clients.sh conc "$N" "$B"; }
 
 echo "== GGnet boot agent TFTP, $N clients, blksize $B"
-ip netns exec pb-srv bin/loadlab -n 0 -agent bin/bootagent -cpu 0 -probe http://198.51.100.1:8880/readyz -- \
-  --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 \
+ip netns exec pb-srv bin/loadlab -n 0 -agent bin/bootagent -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
+  --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 --metrics-listen=127.0.0.1:8881 \
   --ipxe-root="$out/root" > "$out/loadlab.txt" 2>&1 &
 lab=$!
 for _ in $(seq 600); do grep -q READY "$out/loadlab.txt" && break; kill -0 $lab 2>/dev/null || { cat "$out/loadlab.txt"; exit 1; }; sleep 0.5; done

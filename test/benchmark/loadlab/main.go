@@ -36,7 +36,7 @@ var advertise string
 func main() {
 	n := flag.Int("n", 10000, "Machines and BootSessions to load.")
 	agentBin := flag.String("agent", "bin/bootagent", "Boot agent binary.")
-	probe := flag.String("probe", "http://127.0.0.1:8880/readyz", "The agent's readyz URL.")
+	probe := flag.String("probe", "http://127.0.0.1:8881/readyz", "The agent's readyz URL (its --metrics-listen).")
 	cpu := flag.String("cpu", "0", "CPU list for the agent (taskset).")
 	flag.StringVar(&agentEnv, "agent-env", "", "Extra environment of the agent, comma-separated KEY=VALUE (GOGC=50,GOMAXPROCS=2).")
 	flag.StringVar(&advertise, "advertise-address", "198.51.100.1", "A non-loopback address of this namespace for kube-apiserver to advertise.")
@@ -92,13 +92,27 @@ func run(n int, agentBin, probe, cpu string, agentArgs []string) error {
 		if err := c.Create(ctx, s); err != nil {
 			return err
 		}
-		script, err := ipxe.Render(ipxe.Session{Name: ns + "/" + s.Name, Image: "win11", Portal: "198.51.100.1",
-			TargetIQN: "iqn.2026-11.io.ggnet:lab:" + s.Name, InitiatorIQN: "iqn.2026-11.io.ggnet:initiator:lab:" + name,
-			Username: s.Name, Password: "0123456789abcdef"})
+		// The session as the manager leaves it: its Secret (the agent serves
+		// a session only with its credentials and token), a credential-free
+		// preview script and the target in status.
+		tok := fmt.Sprintf("%032d", k)
+		tok = strings.NewReplacer("0", "a", "1", "b", "8", "c", "9", "d").Replace(tok)
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: s.Name + "-chap",
+			Labels: map[string]string{bootv1.SessionSecretLabel: s.Name}},
+			StringData: map[string]string{bootv1.SecretKeyUsername: s.Name, bootv1.SecretKeyPassword: "0123456789abcdef",
+				bootv1.SecretKeyTargetUsername: s.Name + "-target", bootv1.SecretKeyTargetPassword: "fedcba9876543210", bootv1.SecretKeyToken: tok}}
+		if err := c.Create(ctx, sec); err != nil {
+			return err
+		}
+		target := &bootv1.ISCSITarget{Portal: "198.51.100.1:3260", IQN: "iqn.2026-11.io.ggnet:lab:" + s.Name, LUN: 1}
+		initiator := "iqn.2026-11.io.ggnet:initiator:lab:" + name
+		script, err := ipxe.Render(ipxe.Session{Name: ns + "/" + s.Name, Image: "win11", Portal: target.Portal,
+			TargetIQN: target.IQN, LUN: target.LUN, InitiatorIQN: initiator})
 		if err != nil {
 			return err
 		}
-		s.Status = bootv1.BootSessionStatus{Phase: bootv1.SessionReady, MAC: mac(k), Script: script, StorageNode: "storage-1"}
+		s.Status = bootv1.BootSessionStatus{Phase: bootv1.SessionReady, MAC: mac(k), Script: script, StorageNode: "storage-1",
+			Target: target, InitiatorIQN: initiator, CHAPSecretRef: &bootv1.LocalObjectReference{Name: sec.Name}}
 		return c.Status().Update(ctx, s)
 	}); err != nil {
 		return err
