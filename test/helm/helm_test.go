@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,7 +32,22 @@ import (
 
 var chart = filepath.Join(testenv.RepoRoot(), "charts", "ggnet")
 
+// readInputs reads the chart and config/ in the test process, once: helm
+// and kubectl read them in subprocesses, which go test's cache does not
+// see, so a chart change would otherwise leave a cached pass.
+var readInputs = sync.OnceFunc(func() {
+	for _, dir := range []string{chart, filepath.Join(testenv.RepoRoot(), "config")} {
+		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				_, _ = os.ReadFile(p)
+			}
+			return nil
+		})
+	}
+})
+
 func helmBin(t *testing.T) string {
+	readInputs()
 	out, err := exec.Command(filepath.Join(testenv.RepoRoot(), "hack", "helm.sh")).Output()
 	if err != nil {
 		t.Fatalf("building helm (hack/helm.sh): %v", err)
