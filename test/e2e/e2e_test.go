@@ -71,6 +71,7 @@ func session(m *bootv1.Machine, name string, wb bootv1.WritebackPolicy) *bootv1.
 		MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: wb}}
 	Expect(l.Client.Create(ctx, s)).To(Succeed())
 	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionReady))
+	rememberCredentials(s)
 	return s
 }
 

@@ -39,7 +39,10 @@ const (
 	NodeName  = "lab-storage"
 	Namespace = "lab"
 	HTTPBase  = "http://" + ServerIP + ":8880"
-	netnsEnv  = "GGNET_LAB_NETNS"
+	// MetricsBase is the agent's health and metrics listener, off the boot
+	// LAN (loopback of the lab's namespace).
+	MetricsBase = "http://127.0.0.1:18881"
+	netnsEnv    = "GGNET_LAB_NETNS"
 )
 
 // InNetns re-runs this program inside a new network namespace unless it
@@ -176,7 +179,9 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 }
 
 func (l *Lab) start(name string, args ...string) error {
-	logf, err := os.Create(filepath.Join(l.Dir, name+".log"))
+	// Appended, not truncated: a restarted process adds to its log, so a
+	// whole run's logs can be read (and searched for credentials) at the end.
+	logf, err := os.OpenFile(filepath.Join(l.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -215,10 +220,11 @@ func (l *Lab) StartAgent() error {
 		"--node-name", NodeName, "--data-dir", l.DataDir, "--reserve-mib", "16",
 		"--start-tgtd", "--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP+":3260",
 		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP+":8880",
-		"--tftp-listen", ServerIP+":69", "--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"); err != nil {
+		"--tftp-listen", ServerIP+":69", "--metrics-listen", "127.0.0.1:18881",
+		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"); err != nil {
 		return err
 	}
-	_, err := testbin.WaitHTTP(HTTPBase+"/readyz", 60*time.Second)
+	_, err := testbin.WaitHTTP(MetricsBase+"/readyz", 60*time.Second)
 	return err
 }
 
@@ -302,6 +308,22 @@ func (vm *VM) PowerOff() {
 		_ = vm.cmd.Process.Kill()
 		_ = vm.cmd.Wait()
 	}
+}
+
+// Logs returns the contents of every log the lab's processes (manager,
+// agent, QEMU) wrote so far, by file name. The VMs' serial consoles are not
+// logs: they are the PCs' own screens, where iPXE shows its script URL.
+func (l *Lab) Logs() (map[string]string, error) {
+	out := map[string]string{}
+	err := filepath.WalkDir(l.Dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".log") {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out[filepath.Base(p)] = string(b)
+		return err
+	})
+	return out, err
 }
 
 // TGTPort is the control port of the lab's tgtd.
