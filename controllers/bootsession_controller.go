@@ -458,8 +458,14 @@ func (r *BootSessionReconciler) reconcileDelete(ctx context.Context, s *bootv1.B
 	return ctrl.Result{}, nil
 }
 
-// nodePortal is the node's InternalIP (else first IPv4 address) and port.
+// nodePortal is the portal the node's storage agent announced
+// (bootv1.ISCSIPortalAnnotation, its --portal) when that is a valid IPv4
+// address and port; else the node's InternalIP (else first IPv4 address) and
+// port.
 func nodePortal(n *corev1.Node, port int) (string, error) {
+	if p, ok := announcedPortal(n); ok {
+		return p, nil
+	}
 	var fallback string
 	for _, a := range n.Status.Addresses {
 		ip := net.ParseIP(a.Address)
@@ -479,6 +485,25 @@ func nodePortal(n *corev1.Node, port int) (string, error) {
 	return net.JoinHostPort(fallback, strconv.Itoa(port)), nil
 }
 
+// announcedPortal is the node's bootv1.ISCSIPortalAnnotation in canonical
+// form when it is a specified IPv4 address and a port from 1 to 65535.
+func announcedPortal(n *corev1.Node) (string, bool) {
+	v, ok := n.Annotations[bootv1.ISCSIPortalAnnotation]
+	if !ok {
+		return "", false
+	}
+	host, p, err := net.SplitHostPort(v)
+	if err != nil {
+		return "", false
+	}
+	ip := net.ParseIP(host).To4()
+	port, err := strconv.Atoi(p)
+	if ip == nil || ip.IsUnspecified() || strings.Contains(host, ":") || err != nil || port < 1 || port > 65535 {
+		return "", false
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), true
+}
+
 // SetupWithManager registers the controller: sessions, their Secrets, and
 // the Machines, Images and Nodes they depend on.
 func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -488,7 +513,11 @@ func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionMachine))).
 		// Nodes matter when they come or go, not at every heartbeat.
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOnNode),
-			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
+			// Node updates are mostly heartbeats: only a new announced
+			// portal concerns the sessions.
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+				return e.ObjectOld.GetAnnotations()[bootv1.ISCSIPortalAnnotation] != e.ObjectNew.GetAnnotations()[bootv1.ISCSIPortalAnnotation]
+			}})).
 		WithOptions(controllerOptions(r.Options)).
 		Complete(r)
 }

@@ -194,6 +194,16 @@ const (
 	SecretKeyToken = "token"
 )
 
+// Annotations on Nodes.
+const (
+	// ISCSIPortalAnnotation on a storage node is the iSCSI portal its storage
+	// agent's target listens on, <IPv4>:<port> (the agent's --portal, set
+	// when the agent starts). The manager hands PCs this portal, and the
+	// node's InternalIP with the manager's --iscsi-port only when the
+	// annotation is missing or not a valid IPv4 address and port.
+	ISCSIPortalAnnotation = "boot.ggnet.io/iscsi-portal"
+)
+
 // Finalizers.
 const (
 	// SessionFinalizer is held by the manager until a session's Secret and
