@@ -45,6 +45,11 @@ type Config struct {
 	Namespace string
 	// Resync is how often targets and connections are checked (default 5s).
 	Resync time.Duration
+	// Portal is the iSCSI portal the target listens on, <IPv4>:<port>
+	// (CheckPortal); the role announces it on this node
+	// (bootv1.ISCSIPortalAnnotation). Empty: nothing is announced and the
+	// manager uses the node's InternalIP.
+	Portal string
 }
 
 // skipNameValidation lets the role be built again in one process (its
@@ -73,6 +78,11 @@ type Role struct {
 func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if cfg.NodeName == "" {
 		return nil, fmt.Errorf("the storage role needs this node's name (--node-name, from the downward API)")
+	}
+	if cfg.Portal != "" {
+		if err := CheckPortal(cfg.Portal); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 5 * time.Second
@@ -112,6 +122,11 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	}
 	if err := mgr.Add(manager.RunnableFunc(r.collectGarbage)); err != nil {
 		return nil, err
+	}
+	if cfg.Portal != "" {
+		if err := mgr.Add(manager.RunnableFunc(r.announcePortal)); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }

@@ -294,4 +294,26 @@ var _ = Describe("Storage role", Ordered, func() {
 		err := role.mgr.GetClient().Get(l.ctx, client.ObjectKeyFromObject(other), &corev1.Secret{})
 		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "an unlabelled Secret is not found through the cache: %v", err)
 	})
+
+	It("announces its iSCSI portal on its Node", func() {
+		ctx := context.Background()
+		node := &corev1.Node{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: nodeName}, node)).To(Succeed())
+		patch := client.MergeFrom(node.DeepCopy())
+		metav1.SetMetaDataAnnotation(&node.ObjectMeta, bootv1.ISCSIPortalAnnotation, "192.0.2.1:3260")
+		Expect(k8sClient.Patch(ctx, node, patch)).To(Succeed())
+
+		runRole()
+		Eventually(func() string {
+			_ = k8sClient.Get(ctx, client.ObjectKey{Name: nodeName}, node)
+			return node.Annotations[bootv1.ISCSIPortalAnnotation]
+		}, eventually).Should(Equal(tgtd.Portal), "the role's portal replaces a stale announcement")
+
+		l := newLab()
+		l.image("win11", 64<<20)
+		l.machine("seat-1")
+		s := l.session("s", "seat-1", "win11", bootv1.WritebackDiscard)
+		Expect(s.Status.Target.Portal).To(Equal(tgtd.Portal), "the manager sends PCs to the announced portal")
+		l.stop(s)
+	})
 })

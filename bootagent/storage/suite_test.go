@@ -105,7 +105,7 @@ func splitPort(portal string) (string, int, error) {
 // crash would: nothing is cleaned up on the way out).
 func runRole() (stop func()) {
 	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
-		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second}, log.WithName("storage"))
+		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal}, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())
 	role = r
 	ctx, cancel := context.WithCancel(context.Background())

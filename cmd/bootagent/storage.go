@@ -27,12 +27,18 @@ func (f *storageFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.driver, "target-driver", "tgt", "iSCSI target driver: tgt (tgtd) or lio (kernel, configfs).")
 	fs.IntVar(&f.controlPort, "tgt-control-port", 0, "tgtd control port: its management socket is /var/run/tgtd/socket.<port>.")
 	fs.BoolVar(&f.startTGTD, "start-tgtd", false, "Run and supervise tgtd from the agent.")
-	fs.StringVar(&f.portal, "portal", "0.0.0.0:3260", "iSCSI portal ip:port (tgtd --iscsi portal=, LIO np).")
+	fs.StringVar(&f.portal, "portal", "", "iSCSI portal <IPv4>:<port> on the storage network (tgtd --iscsi portal=, LIO np), never 0.0.0.0; announced on this node for the manager to send PCs there. Required.")
 	fs.StringVar(&f.lioRoot, "lio-configfs", "/sys/kernel/config", "configfs mount for the LIO driver.")
 	fs.StringVar(&f.iqnPrefix, "iqn-prefix", "iqn.2026-11.io.ggnet:", "Targets whose IQN starts with this belong to GGnet.")
 }
 
 func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace string, log logr.Logger) (*storage.Role, error) {
+	if f.portal == "" {
+		return nil, fmt.Errorf("--portal: required, the storage network's <IPv4>:<port> (the chart passes $(HOST_IP):3260)")
+	}
+	if err := storage.CheckPortal(f.portal); err != nil {
+		return nil, fmt.Errorf("--portal: %w", err)
+	}
 	var d target.Driver
 	switch f.driver {
 	case "tgt":
@@ -47,6 +53,6 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 	}
 	return storage.New(cfg, storage.Config{
 		NodeName: f.nodeName, DataDir: f.dataDir, Reserve: f.reserveMiB << 20,
-		IQNPrefix: f.iqnPrefix, Driver: d, Namespace: namespace,
+		IQNPrefix: f.iqnPrefix, Driver: d, Namespace: namespace, Portal: f.portal,
 	}, log)
 }
