@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,7 +106,11 @@ func (d *TGT) show(ctx context.Context) ([]tgtTarget, error) {
 
 // Ensure implements Driver. tgtd has no transactions: Ensure makes each
 // missing part and, when a part differs (another file, initiator or user),
-// deletes the target and makes it again. Its errors never carry a secret.
+// deletes the target and makes it again. tgt keeps one list of accounts per
+// tgtd: when a user name t needs is bound to another target, Ensure fails
+// and changes nothing, so that it never takes another target's account
+// (which would leave that target without CHAP). Its errors never carry a
+// secret.
 func (d *TGT) Ensure(ctx context.Context, t Target) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -117,6 +123,9 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 	defer d.mu.Unlock()
 	all, err := d.show(ctx)
 	if err != nil {
+		return err
+	}
+	if err := accountsFree(all, t); err != nil {
 		return err
 	}
 	var cur *tgtTarget
@@ -136,7 +145,7 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 			// Not set by this process (a restart), or new secrets.
 			return d.accounts(ctx, t, cur.tid)
 		}
-		if err := d.removeLocked(ctx, cur); err != nil {
+		if err := d.removeLocked(ctx, cur, all); err != nil {
 			return err
 		}
 	}
@@ -163,9 +172,29 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 	return nil
 }
 
+// accountsFree fails when a CHAP user name t needs (incoming or outgoing) is
+// bound to a target other than t.IQN, naming both targets. Only user names
+// and IQNs are in the error, never a secret.
+func accountsFree(all []tgtTarget, t Target) error {
+	users := []string{t.CHAPUser}
+	if t.TargetUser != "" {
+		users = append(users, t.TargetUser)
+	}
+	for _, u := range users {
+		if other := boundElsewhere(all, t.IQN, u); other != "" {
+			return fmt.Errorf("target %s: CHAP user %s is already bound to target %s: "+
+				"refusing to take it (tgt's accounts are one list per tgtd); both targets are left as they are",
+				t.IQN, u, other)
+		}
+	}
+	return nil
+}
+
 // accounts (re)makes the target's CHAP accounts and binds them: the
 // initiator's (incoming) and, for mutual CHAP, the target's own (outgoing).
-// tgt's accounts are global and their secrets cannot be read back.
+// tgt's accounts are global and their secrets cannot be read back. The
+// caller checked with accountsFree that no other target has them: deleting
+// an account unbinds it from every target.
 func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 	c := d.client()
 	type account struct {
@@ -205,6 +234,17 @@ func (d *TGT) deleteAccount(ctx context.Context, user string) error {
 	return err
 }
 
+// boundElsewhere returns the IQN of a target of all other than iqn that
+// user is bound to (incoming or outgoing), or "".
+func boundElsewhere(all []tgtTarget, iqn, user string) string {
+	for _, o := range all {
+		if o.iqn != iqn && (slices.Contains(o.accounts, user) || o.outgoing == user) {
+			return o.iqn
+		}
+	}
+	return ""
+}
+
 func equal(list []string, one string) bool { return len(list) == 1 && list[0] == one }
 
 // Remove implements Driver.
@@ -217,13 +257,15 @@ func (d *TGT) Remove(ctx context.Context, iqn string) error {
 	}
 	for i := range all {
 		if all[i].iqn == iqn {
-			return d.removeLocked(ctx, &all[i])
+			return d.removeLocked(ctx, &all[i], all)
 		}
 	}
 	return nil
 }
 
-func (d *TGT) removeLocked(ctx context.Context, t *tgtTarget) error {
+// removeLocked deletes the target and its accounts, except an account that
+// is also bound to another target of all (deleting it would unbind it there).
+func (d *TGT) removeLocked(ctx context.Context, t *tgtTarget, all []tgtTarget) error {
 	c := d.client()
 	// Close the initiator's connections first, so that it notices at once.
 	for _, n := range t.nexus {
@@ -244,6 +286,9 @@ func (d *TGT) removeLocked(ctx context.Context, t *tgtTarget) error {
 		users = append(users, t.outgoing)
 	}
 	for _, u := range users {
+		if boundElsewhere(all, t.iqn, u) != "" {
+			continue
+		}
 		errs = append(errs, d.deleteAccount(ctx, u))
 	}
 	return errors.Join(errs...)

@@ -51,7 +51,10 @@ func loginAs(t Target) login {
 // not in the URL: no command line carries a secret, the tests' own neither.
 func iscsi(tool string, l login, portal, path string) (string, error) {
 	cmd := exec.Command(tool, "-i", l.initiator, "iscsi://"+portal+"/"+path)
-	cmd.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+l.user, "LIBISCSI_CHAP_PASSWORD="+l.password)
+	cmd.Env = os.Environ()
+	if l.user != "" { // no user: a login without CHAP
+		cmd.Env = append(cmd.Env, "LIBISCSI_CHAP_USERNAME="+l.user, "LIBISCSI_CHAP_PASSWORD="+l.password)
+	}
 	if l.targetUser != "" {
 		cmd.Env = append(cmd.Env, "LIBISCSI_CHAP_TARGET_USERNAME="+l.targetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+l.targetPassword)
 	}
@@ -250,6 +253,79 @@ func TestTGTNoSecretOnCommandLines(t *testing.T) {
 	g.Expect(os.IsNotExist(err)).To(BeTrue(), "no tool was run")
 	out, err := iscsi("iscsi-inq", loginAs(a), tgtd.Portal, a.IQN+"/1")
 	g.Expect(err).NotTo(HaveOccurred(), out)
+}
+
+// TestTGTAccountCollision: tgt keeps one account list per tgtd. A target
+// whose CHAP user name is already bound to another target (as when the
+// manager named sessions pc1 and pc1-target of one namespace cafe-pc1 and
+// cafe-pc1-target) is refused, and the other target keeps both its accounts:
+// it still refuses a login without CHAP, and its running session is not
+// torn down by the resyncs that follow.
+func TestTGTAccountCollision(t *testing.T) {
+	tgtd := testtgt.Start(t)
+	ctx := context.Background()
+	d := &TGT{ControlPort: tgtd.ControlPort}
+	a := mutual(sample(t, "pc1")) // users cafe-pc1, cafe-pc1-target
+	g := NewWithT(t)
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	lun := a.IQN + "/1"
+
+	// A disk in use: its session must survive everything below.
+	perf := exec.Command("iscsi-perf", "-i", a.InitiatorIQN, "-t", "60", "iscsi://"+tgtd.Portal+"/"+lun)
+	perf.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+a.CHAPUser, "LIBISCSI_CHAP_PASSWORD="+a.CHAPPassword,
+		"LIBISCSI_CHAP_TARGET_USERNAME="+a.TargetUser, "LIBISCSI_CHAP_TARGET_PASSWORD="+a.TargetPassword)
+	g.Expect(perf.Start()).To(Succeed())
+	t.Cleanup(func() { _ = perf.Process.Kill(); _ = perf.Wait() })
+	var running []Connection
+	g.Eventually(func() ([]Connection, error) {
+		var err error
+		running, err = d.Connections(ctx, a.IQN)
+		return running, err
+	}, "10s").Should(HaveLen(1))
+
+	other := func(name, user, targetUser string) Target {
+		b := sample(t, name)
+		b.InitiatorIQN = prefix + "initiator:cafe:" + name
+		b.CHAPUser, b.CHAPPassword = user, "Bq3Wv8Nk1Zr5Ty7P"
+		b.TargetUser, b.TargetPassword = targetUser, "Dm6Hc2Jx4Lp9Fs3G"
+		return b
+	}
+	for name, b := range map[string]Target{
+		"its initiator's user is the first target's outgoing one": other("pc1-target", a.TargetUser, a.TargetUser+"-target"),
+		"its initiator's user is the first target's initiator's":  other("pc1-b", a.CHAPUser, "cafe-pc1-b-target"),
+		"its own user is the first target's initiator's":          other("pc1-c", "cafe-pc1-c", a.CHAPUser),
+		"its own user is the first target's own":                  other("pc1-d", "cafe-pc1-d", a.TargetUser),
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			ensureErr := d.Ensure(ctx, b)
+			list, err := d.List(ctx, prefix)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(list).To(Equal([]Target{{IQN: a.IQN, LUN: 1, Path: a.Path, InitiatorIQN: a.InitiatorIQN,
+				CHAPUser: a.CHAPUser, TargetUser: a.TargetUser}}), "the first target keeps its incoming and outgoing accounts; the second is not made")
+			// The resync of both, as the storage loop runs it every few seconds.
+			g.Expect(d.Ensure(ctx, a)).To(Succeed())
+			g.Expect(d.Connections(ctx, a.IQN)).To(Equal(running), "the running session was not torn down")
+			g.Expect(d.Ensure(ctx, b)).NotTo(Succeed())
+
+			g.Expect(ensureErr).To(MatchError(And(ContainSubstring(b.IQN), ContainSubstring(a.IQN), ContainSubstring("already bound"))))
+			for _, secret := range []string{a.CHAPPassword, a.TargetPassword, b.CHAPPassword, b.TargetPassword} {
+				g.Expect(ensureErr.Error()).NotTo(ContainSubstring(secret), "no secret in the error")
+			}
+			g.Expect(d.Remove(ctx, b.IQN)).To(Succeed(), "b was never made")
+			g.Expect(d.List(ctx, prefix)).To(Equal(list), "removing b leaves the first target's accounts")
+
+			out, err := iscsi("iscsi-inq", login{initiator: a.InitiatorIQN}, tgtd.Portal, lun)
+			g.Expect(err).To(HaveOccurred(), "a login without CHAP is refused: "+out)
+			out, err = iscsi("iscsi-inq", loginAs(a), tgtd.Portal, lun)
+			g.Expect(err).NotTo(HaveOccurred(), "the first target's own secrets, both ways: "+out)
+			bAsA := loginAs(a)
+			bAsA.password, bAsA.targetPassword = b.CHAPPassword, b.TargetPassword
+			_, err = iscsi("iscsi-inq", bAsA, tgtd.Portal, lun)
+			g.Expect(err).To(HaveOccurred(), "the second target's secrets do not open the first")
+		})
+	}
+	g.Expect(perf.ProcessState).To(BeNil(), "the disk's user is still running")
 }
 
 func TestParseShowConnections(t *testing.T) {
