@@ -174,8 +174,10 @@ func (r *recorder) ScriptServed(sessionKey string) {
 	})
 }
 
-// Answered implements dhcp.Observer: it binds the address the client used
-// to its MAC in the table and notes the time of a session's DHCP ACK for
+// Answered implements dhcp.Observer: it binds the address this agent handed
+// the client (yiaddr, reservation mode only; the DHCP server reports none in
+// proxy mode, where the client's addresses are only its claims) to its MAC
+// in the table and notes the time of a session's DHCP ACK for
 // runDHCP to write. It runs on the DHCP server's path: table lookups and a
 // map insert, no allocation for a session already waiting.
 func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr netip.Addr) {

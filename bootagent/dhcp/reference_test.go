@@ -218,19 +218,16 @@ func refNak(req *dhcpv4.DHCPv4, cfg *Config, msg string) *dhcpv4.DHCPv4 {
 	return resp
 }
 
-// replyAddr picks where a reply goes (RFC 2131 4.1): a relay's giaddr, a
-// client's ciaddr, the source of a unicast request from a non-standard port
-// (a relay or test client on an ephemeral port), or broadcast.
+// referenceReplyAddr picks where a reply goes (RFC 2131 4.1): a relay's
+// giaddr at 67, else the client at port 68: on the proxy port at the
+// request's source address, else its ciaddr, else broadcast; never the
+// request's source port.
 func referenceReplyAddr(req, resp *dhcpv4.DHCPv4, peer *net.UDPAddr, proxyPort bool) *net.UDPAddr {
-	fromOddPort := peer != nil && peer.Port != ClientPort && peer.Port != ServerPort && !peer.IP.IsUnspecified()
 	switch {
-	case fromOddPort:
-		return peer
 	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
 		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: ServerPort}
 	case proxyPort && peer != nil && !peer.IP.IsUnspecified():
-		// PXE clients on 4011 have an address and wait on their source port.
-		return peer
+		return &net.UDPAddr{IP: peer.IP, Port: ClientPort}
 	case resp.MessageType() == dhcpv4.MessageTypeNak:
 		return &net.UDPAddr{IP: net.IPv4bcast, Port: ClientPort}
 	case !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil:

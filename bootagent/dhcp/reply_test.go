@@ -300,23 +300,44 @@ func TestProxy(t *testing.T) {
 }
 
 func TestReplyAddr(t *testing.T) {
-	g := NewWithT(t)
-	parse := func(d *dhcpv4.DHCPv4) *Request {
+	parse := func(t *testing.T, d *dhcpv4.DHCPv4) *Request {
 		var r Request
-		g.Expect(r.Parse(d.ToBytes())).To(Succeed())
+		NewWithT(t).Expect(r.Parse(d.ToBytes())).To(Succeed())
 		return &r
 	}
-	ack, nakType := dhcpv4.MessageTypeAck, dhcpv4.MessageTypeNak
-	peer := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-	relayed := parse(discover(macKnown, dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1))))
-	g.Expect(replyAddr(relayed, ack, peer("10.30.0.1:67"), false).String()).To(Equal("10.30.0.1:67"))
-	g.Expect(replyAddr(parse(discover(macKnown)), ack, peer("0.0.0.0:68"), false).String()).To(Equal("255.255.255.255:68"))
-	g.Expect(replyAddr(parse(discover(macKnown)), ack, netip.AddrPort{}, false).String()).To(Equal("255.255.255.255:68"))
-	renew := parse(discover(macKnown, dhcpv4.WithClientIP(net.IPv4(10, 20, 0, 131))))
-	g.Expect(replyAddr(renew, ack, peer("10.20.0.131:68"), false).String()).To(Equal("10.20.0.131:68"))
-	g.Expect(replyAddr(renew, nakType, peer("10.20.0.131:68"), false).String()).To(Equal("255.255.255.255:68"))
-	g.Expect(replyAddr(renew, ack, peer("192.168.1.50:4011"), true).String()).To(Equal("192.168.1.50:4011"))
-	g.Expect(replyAddr(parse(discover(macKnown)), ack, peer("127.0.0.1:40000"), false).String()).To(Equal("127.0.0.1:40000"))
+	plain := discover(macKnown)
+	relayed := discover(macKnown, dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1)))
+	renew := discover(macKnown, dhcpv4.WithClientIP(net.IPv4(10, 20, 0, 131)))
+	ack, nak := dhcpv4.MessageTypeAck, dhcpv4.MessageTypeNak
+	for name, tc := range map[string]struct {
+		req        *dhcpv4.DHCPv4
+		typ        dhcpv4.MessageType
+		peer       string
+		proxyPort  bool
+		clientPort uint16
+		want       string
+	}{
+		"relay: giaddr at 67":                  {relayed, ack, "10.30.0.1:67", false, ClientPort, "10.30.0.1:67"},
+		"relay from an odd port: giaddr":       {relayed, ack, "10.9.8.7:40000", false, ClientPort, "10.30.0.1:67"},
+		"no address: broadcast":                {plain, ack, "0.0.0.0:68", false, ClientPort, "255.255.255.255:68"},
+		"no peer: broadcast":                   {plain, ack, "", false, ClientPort, "255.255.255.255:68"},
+		"ciaddr: unicast at 68":                {renew, ack, "10.20.0.131:68", false, ClientPort, "10.20.0.131:68"},
+		"NAK: broadcast":                       {renew, nak, "10.20.0.131:68", false, ClientPort, "255.255.255.255:68"},
+		"proxy port: the source address at 68": {renew, ack, "192.168.1.50:4011", true, ClientPort, "192.168.1.50:68"},
+		"odd source port: not answered there":  {plain, ack, "127.0.0.1:40000", false, ClientPort, "255.255.255.255:68"},
+		"odd source port with ciaddr":          {renew, ack, "127.0.0.1:40000", false, ClientPort, "10.20.0.131:68"},
+		"odd source port on the proxy port":    {renew, ack, "127.0.0.1:40000", true, ClientPort, "127.0.0.1:68"},
+		"test client port":                     {plain, ack, "127.0.0.1:40000", false, 41000, "255.255.255.255:41000"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var peer netip.AddrPort
+			if tc.peer != "" {
+				peer = netip.MustParseAddrPort(tc.peer)
+			}
+			got := replyAddr(parse(t, tc.req), tc.typ, peer, tc.proxyPort, tc.clientPort)
+			NewWithT(t).Expect(got.String()).To(Equal(tc.want))
+		})
+	}
 }
 
 func TestConfigValidate(t *testing.T) {

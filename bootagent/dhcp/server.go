@@ -30,11 +30,11 @@ const (
 // it must not block, and mac is valid only during the call (it points into
 // the worker's packet buffer).
 type Observer interface {
-	// Answered is called for each OFFER and ACK sent. addr is the client's
-	// IPv4 address as this exchange shows it: the reserved address handed
-	// out (yiaddr) in reservation mode; in proxy mode the client's ciaddr,
-	// else the address it asks the other server for (option 50); invalid
-	// when the packet shows none.
+	// Answered is called for each OFFER and ACK sent. addr is the address
+	// this agent handed out (yiaddr) in reservation mode, which may then be
+	// bound to the MAC; it is always invalid in proxy mode, where the
+	// client's ciaddr and requested address (option 50) are only its claims
+	// (anyone can send them with any chaddr) and bind nothing.
 	Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr netip.Addr)
 	Unknown(mac net.HardwareAddr, client Client)
 }
@@ -56,6 +56,9 @@ type Server struct {
 	// ready reports whether the agent may answer (its caches synced); nil
 	// is always ready.
 	ready func() bool
+	// clientPort is the port replies to clients go to (ClientPort; tests
+	// change it with WithClientPort).
+	clientPort uint16
 }
 
 // Option configures a Server.
@@ -85,13 +88,18 @@ func WithInterface(name string) Option { return func(s *Server) { s.iface = name
 // and must be cheap (an atomic load).
 func WithReady(ready func() bool) Option { return func(s *Server) { s.ready = ready } }
 
+// WithClientPort sends the replies meant for clients to port p instead of
+// 68. It is for tests only, whose clients cannot bind port 68: the server
+// still never answers a request's own source port.
+func WithClientPort(p uint16) Option { return func(s *Server) { s.clientPort = p } }
+
 // NewServer validates cfg and returns a server.
 func NewServer(cfg Config, backend Backend, opts ...Option) (*Server, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, backend: backend, workers: 8, log: logr.Discard()}
+	s := &Server{cfg: cfg, backend: backend, workers: 8, log: logr.Discard(), clientPort: ClientPort}
 	for _, o := range opts {
 		o(s)
 	}
@@ -239,10 +247,10 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 		}
 		return nil, netip.AddrPort{}
 	}
-	dst := replyAddr(req, respType, peer, s.proxyPort)
+	dst := replyAddr(req, respType, peer, s.proxyPort, s.clientPort)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
 	if s.observer != nil && result != ResultNak {
-		s.observer.Answered(req.MAC(), respType, clientAddr(req, resp, s.cfg.Mode == ModeProxy || s.proxyPort))
+		s.observer.Answered(req.MAC(), respType, clientAddr(resp, s.cfg.Mode == ModeProxy || s.proxyPort))
 	}
 	// Per-packet logs are verbose only; building their values costs more
 	// than answering the packet.
@@ -253,54 +261,45 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 	return resp, dst
 }
 
-// clientAddr is the client's address as the exchange shows it (see
-// Observer.Answered): the reply's yiaddr, or in proxy mode the request's
-// ciaddr or requested address.
-func clientAddr(req *Request, resp []byte, proxy bool) netip.Addr {
-	if !proxy {
-		// yiaddr is at offset 16 of every BOOTP packet.
-		if len(resp) >= 20 {
-			if a := [4]byte(resp[16:20]); a != zero4 {
-				return netip.AddrFrom4(a)
-			}
-		}
+// clientAddr is the address this exchange binds to the client (see
+// Observer.Answered): the reply's yiaddr in reservation mode, nothing in
+// proxy mode.
+func clientAddr(resp []byte, proxy bool) netip.Addr {
+	// yiaddr is at offset 16 of every BOOTP packet.
+	if proxy || len(resp) < 20 {
 		return netip.Addr{}
 	}
-	if req.CIAddr != zero4 {
-		return netip.AddrFrom4(req.CIAddr)
-	}
-	if a, ok := req.ip4(tRequestedIP); ok && a != zero4 {
+	if a := [4]byte(resp[16:20]); a != zero4 {
 		return netip.AddrFrom4(a)
 	}
 	return netip.Addr{}
 }
 
-var (
-	broadcast4 = netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), ClientPort)
-	zero4      [4]byte
-)
+var zero4 [4]byte
 
-// replyAddr picks where a reply goes (RFC 2131 4.1): a relay's giaddr, a
-// client's ciaddr, the source of a unicast request from a non-standard port
-// (a relay or test client on an ephemeral port), or broadcast.
-func replyAddr(req *Request, respType dhcpv4.MessageType, peer netip.AddrPort, proxyPort bool) netip.AddrPort {
+// replyAddr picks where a reply goes (RFC 2131 4.1): a relay's giaddr at
+// port 67; else the client at clientPort (68): on the proxy port at the
+// request's source address (a PXE client there has an address), else at its
+// ciaddr, else broadcast (always for a NAK). It never answers the request's
+// own source port: the reply carries the MAC's script token, and anyone can
+// send a request with any chaddr from any port.
+func replyAddr(req *Request, respType dhcpv4.MessageType, peer netip.AddrPort, proxyPort bool, clientPort uint16) netip.AddrPort {
 	fromPeer := peer.IsValid() && !peer.Addr().IsUnspecified()
 	switch {
-	case fromPeer && peer.Port() != ClientPort && peer.Port() != ServerPort:
-		return peer
 	case req.GIAddr != zero4:
 		return netip.AddrPortFrom(netip.AddrFrom4(req.GIAddr), ServerPort)
 	case proxyPort && fromPeer:
-		// PXE clients on 4011 have an address and wait on their source port.
-		return peer
+		return netip.AddrPortFrom(peer.Addr().Unmap(), clientPort)
 	case respType == dhcpv4.MessageTypeNak:
-		return broadcast4
+		return netip.AddrPortFrom(broadcast4, clientPort)
 	case req.CIAddr != zero4:
-		return netip.AddrPortFrom(netip.AddrFrom4(req.CIAddr), ClientPort)
+		return netip.AddrPortFrom(netip.AddrFrom4(req.CIAddr), clientPort)
 	default:
-		return broadcast4
+		return netip.AddrPortFrom(broadcast4, clientPort)
 	}
 }
+
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // Metrics of the DHCP server.
 type Metrics struct {

@@ -22,18 +22,29 @@ import (
 type startedServer struct {
 	addr    *net.UDPAddr
 	metrics *Metrics
+	// clientPort is where the server sends client replies (instead of 68).
+	clientPort int
 }
 
-// startServer runs a server on an ephemeral loopback port until the test ends.
+// startServer runs a server on an ephemeral loopback port until the test
+// ends. Its socket is bound to lo so that its broadcasts stay on the
+// machine; it answers clients at a free port of their own (not 68, which
+// the test cannot count on), where newClient listens.
 func startServer(t *testing.T, mode Mode, opts ...Option) startedServer {
 	t.Helper()
-	conn, err := Listen("", "127.0.0.1:0")
+	conn, err := Listen("lo", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	free, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientPort := free.LocalAddr().(*net.UDPAddr).Port
+	_ = free.Close()
 	m := NewMetrics(prometheus.NewRegistry())
 	cfg := Config{Mode: mode, ServerIP: net.IPv4(127, 0, 0, 1), HTTPBase: "http://127.0.0.1:8880"}
-	srv, err := NewServer(cfg, backendLoopback(), append(opts, WithMetrics(m), WithWorkers(2))...)
+	srv, err := NewServer(cfg, backendLoopback(), append(opts, WithMetrics(m), WithWorkers(2), WithClientPort(uint16(clientPort)))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,18 +52,20 @@ func startServer(t *testing.T, mode Mode, opts ...Option) startedServer {
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ctx, conn); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return startedServer{addr: conn.LocalAddr().(*net.UDPAddr), metrics: m}
+	return startedServer{addr: conn.LocalAddr().(*net.UDPAddr), metrics: m, clientPort: clientPort}
 }
 
 // backendLoopback reserves 10.20.0.131 for macKnown.
 func backendLoopback() mapBackend { return backend() }
 
-func newClient(t *testing.T, server *net.UDPAddr, mac net.HardwareAddr) *nclient4.Client {
+// newClient is a client of srv on its client port (on every address, for
+// broadcasts); a test closes one client before it makes the next.
+func newClient(t *testing.T, srv startedServer, mac net.HardwareAddr) *nclient4.Client {
 	t.Helper()
 	c, err := nclient4.New("",
-		nclient4.WithUnicast(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}),
+		nclient4.WithUnicast(&net.UDPAddr{IP: net.IPv4zero, Port: srv.clientPort}),
 		nclient4.WithHWAddr(mac),
-		nclient4.WithServerAddr(server),
+		nclient4.WithServerAddr(srv.addr),
 		nclient4.WithTimeout(time.Second), nclient4.WithRetry(2))
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +87,7 @@ func TestServerExchanges(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			c := newClient(t, srv.addr, macKnown)
+			c := newClient(t, srv, macKnown)
 			lease, err := c.Request(context.Background(), tc.mods...)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(lease.Offer.BootFileName).To(Equal(tc.file))
@@ -106,13 +119,14 @@ func TestServerUnknownMACAndMalformedPackets(t *testing.T) {
 	}).Should(BeNumerically(">=", 3))
 
 	// An unknown PXE client gets nothing but is reported.
-	c := newClient(t, srv.addr, macUnknown)
+	c := newClient(t, srv, macUnknown)
 	_, err = c.DiscoverOffer(context.Background(), biosPXE()...)
 	g.Expect(err).To(HaveOccurred())
 	g.Eventually(seen).Should(Receive(Equal(macUnknown)))
+	g.Expect(c.Close()).To(Succeed())
 
 	// The server still answers.
-	lease, err := newClient(t, srv.addr, macKnown).Request(context.Background(), biosPXE()...)
+	lease, err := newClient(t, srv, macKnown).Request(context.Background(), biosPXE()...)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(lease.ACK.YourIPAddr.String()).To(Equal("10.20.0.131"))
 }
@@ -120,7 +134,7 @@ func TestServerUnknownMACAndMalformedPackets(t *testing.T) {
 func TestServerNak(t *testing.T) {
 	g := NewWithT(t)
 	srv := startServer(t, ModeReservation)
-	c := newClient(t, srv.addr, macKnown)
+	c := newClient(t, srv, macKnown)
 	offer, err := c.DiscoverOffer(context.Background(), biosPXE()...)
 	g.Expect(err).NotTo(HaveOccurred())
 	offer.YourIPAddr = net.IPv4(10, 20, 0, 77)
@@ -163,13 +177,13 @@ func TestServerProxy(t *testing.T) {
 
 	// The café router gave the PC 192.168.1.50; the proxy offers only boot
 	// information on 67, then ACKs the PXE REQUEST on 4011.
-	offer, err := newClient(t, srv67.addr, macKnown).DiscoverOffer(context.Background(), biosPXE()...)
+	offer, err := newClient(t, srv67, macKnown).DiscoverOffer(context.Background(), biosPXE()...)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(offer.YourIPAddr.IsUnspecified()).To(BeTrue())
 	g.Expect(offer.BootFileName).To(Equal("undionly.kpxe"))
 	g.Expect(offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation)).To(Equal([]byte{6, 1, 8, 255}))
 
-	c := newClient(t, srv4011.addr, macKnown)
+	c := newClient(t, srv4011, macKnown)
 	req := discover(macKnown, append(biosPXE(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
 		dhcpv4.WithClientIP(net.IPv4(192, 168, 1, 50)))...)
 	ack, err := c.SendAndRead(context.Background(), srv4011.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
@@ -240,7 +254,7 @@ func FuzzReply(f *testing.F) {
 			if peer.IsValid() {
 				udp = net.UDPAddrFromAddrPort(peer)
 			}
-			got, want := replyAddr(&req, respType, peer, proxyPort), referenceReplyAddr(ref, want, udp, proxyPort)
+			got, want := replyAddr(&req, respType, peer, proxyPort, ClientPort), referenceReplyAddr(ref, want, udp, proxyPort)
 			if got.String() != want.String() {
 				t.Fatalf("reply to %s from %s, the reference says %s", got, peer, want)
 			}
@@ -252,7 +266,7 @@ func TestServerNotReady(t *testing.T) {
 	g := NewWithT(t)
 	var ready atomic.Bool
 	srv := startServer(t, ModeReservation, WithReady(ready.Load))
-	c := newClient(t, srv.addr, macKnown)
+	c := newClient(t, srv, macKnown)
 	_, err := c.DiscoverOffer(context.Background(), ipxeClient()...)
 	g.Expect(err).To(HaveOccurred(), "no answer before the caches synced")
 	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("DISCOVER", "not-ready"))).To(BeNumerically(">=", 1))
@@ -287,15 +301,15 @@ func TestServerObservesClientAddress(t *testing.T) {
 		g := NewWithT(t)
 		o := &addrObserver{}
 		srv := startServer(t, ModeReservation, WithObserver(o))
-		_, err := newClient(t, srv.addr, macKnown).Request(context.Background(), ipxeClient()...)
+		_, err := newClient(t, srv, macKnown).Request(context.Background(), ipxeClient()...)
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Eventually(o.get).Should(Equal([]string{"OFFER 10.20.0.131", "ACK 10.20.0.131"}))
 	})
-	t.Run("proxy: the client's ciaddr, else its requested address", func(t *testing.T) {
+	t.Run("proxy: nothing, the client's ciaddr and requested address are only claims", func(t *testing.T) {
 		g := NewWithT(t)
 		o := &addrObserver{}
 		srv := startServer(t, ModeProxy, WithObserver(o), WithProxyPort())
-		c := newClient(t, srv.addr, macKnown)
+		c := newClient(t, srv, macKnown)
 		req := discover(macKnown, append(biosPXE(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
 			dhcpv4.WithClientIP(net.IPv4(192, 168, 1, 50)))...)
 		_, err := c.SendAndRead(context.Background(), srv.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
@@ -304,6 +318,45 @@ func TestServerObservesClientAddress(t *testing.T) {
 			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(192, 168, 1, 51))))...)
 		_, err = c.SendAndRead(context.Background(), srv.addr, req, nclient4.IsMessageType(dhcpv4.MessageTypeAck))
 		g.Expect(err).NotTo(HaveOccurred())
-		g.Eventually(o.get).Should(Equal([]string{"ACK 192.168.1.50", "ACK 192.168.1.51"}))
+		g.Eventually(o.get).Should(Equal([]string{"ACK invalid IP", "ACK invalid IP"}))
 	})
+}
+
+// TestServerNeverAnswersTheSendersPort is the spoofed-chaddr attack: a
+// process on an ordinary UDP port sends a REQUEST for another PC's MAC with
+// iPXE's user class and its own ciaddr. The reply carries the PC's script
+// token, so it must go where RFC 2131 says (the client's port 68, here a
+// test port), never back to the sender's port.
+func TestServerNeverAnswersTheSendersPort(t *testing.T) {
+	for name, proxyPort := range map[string]bool{"port 67": false, "port 4011": true} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			var opts []Option
+			if proxyPort {
+				opts = append(opts, WithProxyPort())
+			}
+			srv := startServer(t, ModeProxy, opts...)
+			client, err := net.ListenUDP("udp4", &net.UDPAddr{Port: srv.clientPort})
+			g.Expect(err).NotTo(HaveOccurred())
+			defer client.Close()
+			attacker, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			g.Expect(err).NotTo(HaveOccurred())
+			defer attacker.Close()
+			req := discover(macKnown, append(ipxeClient(), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+				dhcpv4.WithClientIP(net.IPv4(127, 0, 0, 1)))...)
+			_, err = attacker.WriteToUDP(req.ToBytes(), srv.addr)
+			g.Expect(err).NotTo(HaveOccurred())
+			// The server answered, at the client's port ...
+			g.Expect(client.SetReadDeadline(time.Now().Add(3 * time.Second))).To(Succeed())
+			_, _, err = client.ReadFromUDP(make([]byte, 1500))
+			g.Expect(err).NotTo(HaveOccurred())
+			// ... but not to the sender's port.
+			g.Expect(attacker.SetReadDeadline(time.Now().Add(500 * time.Millisecond))).To(Succeed())
+			n, _, err := attacker.ReadFromUDP(make([]byte, 1500))
+			g.Expect(err).To(HaveOccurred(), "the sender got a %d-byte reply", n)
+			g.Expect(replyAddr(&Request{CIAddr: [4]byte{127, 0, 0, 1}}, dhcpv4.MessageTypeAck,
+				attacker.LocalAddr().(*net.UDPAddr).AddrPort(), proxyPort, ClientPort)).
+				To(Equal(netip.MustParseAddrPort("127.0.0.1:68")))
+		})
+	}
 }

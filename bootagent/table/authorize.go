@@ -47,8 +47,8 @@ type Grant struct {
 // token must be the served session's token or the MAC's nonce, compared in
 // constant time ("" only with WithoutRequiredToken), and the requester's
 // address remote must be bound to the MAC: the owner's reserved IPv4, the
-// address the MAC used in its last DHCP exchange, or the neighbour table's
-// entry for remote. A refusal is an error wrapping ErrForbidden, with the
+// address the agent's DHCP last handed the MAC, or (WithNeighbors) the
+// neighbour table's entry for remote. A refusal is an error wrapping ErrForbidden, with the
 // Grant's Machine set when the MAC is known. Authorize has no side effect.
 func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr) (Grant, error) {
 	k, ok := keyOf(mac)
@@ -133,9 +133,10 @@ func ip4Uint(a netip.Addr) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// SawAddress records the IPv4 address a MAC used in its DHCP exchange
-// (dhcp.Observer.Answered): the address is then bound to the MAC until the
-// next one. It allocates nothing and takes only the read lock, for the DHCP
+// SawAddress records the IPv4 address the agent's DHCP handed a MAC
+// (dhcp.Observer.Answered: the yiaddr of reservation mode, never a client's
+// own claim such as ciaddr or option 50): the address is then bound to the
+// MAC until the next one. It allocates nothing and takes only the read lock, for the DHCP
 // path; an invalid or non-IPv4 address or an unknown MAC is ignored.
 func (t *Table) SawAddress(mac net.HardwareAddr, addr netip.Addr) {
 	addr = addr.Unmap()
