@@ -20,12 +20,14 @@ func main() {
 		metricsAddr, probeAddr string
 		leaderElect            bool
 		leaderElectNamespace   string
+		namespace              string
 		opts                   controllers.Options
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the /metrics endpoint; 0 turns it off.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one manager replica reconciles.")
 	flag.StringVar(&leaderElectNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's).")
+	flag.StringVar(&namespace, "namespace", "", "Watch and manage only this namespace (default: all); the chart's watchNamespaces sets it and gives the manager a Role there.")
 	opts.BindFlags(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -35,7 +37,7 @@ func main() {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme.New(),
-		Cache:                   controllers.CacheOptions(),
+		Cache:                   controllers.CacheOptions(namespace),
 		Client:                  controllers.ClientOptions(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,

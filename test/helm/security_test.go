@@ -190,17 +190,18 @@ func TestWatchNamespace(t *testing.T) {
 			g.Expect(rule.Resources).NotTo(ContainElement("nodes"), r)
 		}
 	}
-	// Nodes are cluster-scoped: the storage agent keeps a ClusterRole for
-	// them alone; the boot agent needs none; the manager, without a
-	// namespace flag, keeps its own.
+	// Nodes are cluster-scoped: the storage agent and the manager keep a
+	// ClusterRole for them alone (TestManagerServesOneNamespace runs the
+	// manager with exactly these roles); the boot agent needs none.
 	g.Expect(find(objs, "ClusterRole", "ggnet-ggnet-boot-agent")).To(BeNil())
 	cr := typed[rbacv1.ClusterRole](t, find(objs, "ClusterRole", "ggnet-ggnet-storage-agent"))
 	for _, rule := range cr.Rules {
 		g.Expect(rule.Resources).To(ConsistOf("nodes"))
-		g.Expect(rule.Verbs).To(ConsistOf("get", "list", "watch"))
+		// patch: it announces its iSCSI portal on its own Node.
+		g.Expect(rule.Verbs).To(ConsistOf("get", "list", "watch", "patch"))
 	}
-	g.Expect(find(objs, "ClusterRole", "ggnet-ggnet-manager")).NotTo(BeNil())
 	pods := podSpecs(t, objs)
+	g.Expect(args(pods["ggnet-ggnet-manager"])).To(ContainElement("--namespace=cafe"))
 	g.Expect(args(pods["ggnet-ggnet-boot"])).To(ContainElements("--namespace=cafe", "--discovery-namespace=cafe"))
 	g.Expect(args(pods["ggnet-ggnet-storage"])).To(ContainElement("--namespace=cafe"))
 }
