@@ -36,9 +36,9 @@ import (
 
 // BootConfig configures the boot role.
 type BootConfig struct {
-	// Interfaces to answer DHCP on; empty binds DHCPListen without an
-	// interface (tests, single-NIC nodes). Their neighbour tables bind
-	// requesters' addresses to MACs.
+	// Interfaces to answer DHCP on (and whose neighbour table
+	// BindNeighbors reads); empty means the one interface that holds
+	// DHCP.ServerIP, never every interface (the pod network).
 	Interfaces []string
 	// DHCPListen is the DHCP address (default ":67").
 	DHCPListen string
@@ -64,9 +64,18 @@ type BootConfig struct {
 	// external DHCP server that cannot hand out tokens); the requester's
 	// address must still be bound to the MAC.
 	ScriptTokenOptional bool
-	// Neighbors binds requesters' addresses to MACs; nil reads
+	// BindNeighbors also binds a requester's address to the MAC the
+	// Interfaces' neighbour table (ARP) maps it to. It is weaker than a
+	// reserved address: anyone on the boot LAN can forge ARP. In proxy mode
+	// without it the token alone authorizes a script request (the agent
+	// hands out no address to bind).
+	BindNeighbors bool
+	// Neighbors is the neighbour table BindNeighbors reads; nil reads
 	// /proc/net/arp for Interfaces.
 	Neighbors table.Neighbors
+	// DHCPClientPort is where DHCP replies to clients go; 0 is 68. For
+	// tests only, whose clients cannot bind port 68.
+	DHCPClientPort uint16
 	// Discovery records unknown PXE clients as Machines in DiscoveryNamespace,
 	// at most DiscoveryMax (default 1000) in total and a few per second.
 	Discovery          bool
@@ -134,6 +143,13 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	if err := b.DHCP.Validate(); err != nil {
 		return nil, err
 	}
+	if len(b.Interfaces) == 0 {
+		iface, err := InterfaceOf(b.DHCP.ServerIP)
+		if err != nil {
+			return nil, err
+		}
+		b.Interfaces = []string{iface}
+	}
 	if b.Discovery && b.DiscoveryNamespace == "" {
 		return nil, errors.New("discovery needs a namespace for discovered Machines")
 	}
@@ -148,13 +164,9 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	neighbors := b.Neighbors
-	if neighbors == nil {
-		neighbors = table.ProcNeighbors{Interfaces: b.Interfaces}
-	}
-	topts := []table.Option{table.WithNeighbors(neighbors)}
-	if b.ScriptTokenOptional {
-		topts = append(topts, table.WithoutRequiredToken())
+	topts, err := tableOptions(b)
+	if err != nil {
+		return nil, err
 	}
 	tbl := table.New(topts...)
 	rec := newRecorder(cl, tbl, log.WithName("recorder"), reg)
@@ -338,9 +350,6 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	b := a.cfg.Boot
 	dm := dhcp.NewMetrics(a.registry)
 	ifaces := b.Interfaces
-	if len(ifaces) == 0 {
-		ifaces = []string{""}
-	}
 	type listener struct{ addr, name string }
 	listeners := []listener{{b.DHCPListen, "dhcp"}}
 	if b.DHCP.Mode == dhcp.ModeProxy {
@@ -354,6 +363,9 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 			}
 			opts := []dhcp.Option{dhcp.WithMetrics(dm), dhcp.WithObserver(a.recorder), dhcp.WithWorkers(b.DHCPWorkers),
 				dhcp.WithInterface(iface), dhcp.WithLogger(a.log.WithName("dhcp")), dhcp.WithReady(a.synced.Load)}
+			if b.DHCPClientPort != 0 {
+				opts = append(opts, dhcp.WithClientPort(b.DHCPClientPort))
+			}
 			if l.name == "proxy" {
 				opts = append(opts, dhcp.WithProxyPort())
 			}

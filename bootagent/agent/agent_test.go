@@ -41,14 +41,22 @@ const (
 
 var creds = ipxe.Credentials{Username: "seat-031", Password: "Passw0rdPassw0rd", TargetUsername: "target-031", TargetPassword: "Target0Target0Ta"}
 
+// lastDHCPClient is closed when the next is made: they share the agent's
+// client port.
+var lastDHCPClient *nclient4.Client
+
 func dhcpClient(a *Agent, hw string) *nclient4.Client {
 	addr, err := a.Addr(context.Background(), "dhcp")
 	Expect(err).NotTo(HaveOccurred())
 	m, _ := net.ParseMAC(hw)
-	c, err := nclient4.New("", nclient4.WithUnicast(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}),
+	if lastDHCPClient != nil {
+		_ = lastDHCPClient.Close()
+	}
+	c, err := nclient4.New("", nclient4.WithUnicast(&net.UDPAddr{IP: net.IPv4zero, Port: int(a.cfg.Boot.DHCPClientPort)}),
 		nclient4.WithHWAddr(m), nclient4.WithServerAddr(addr.(*net.UDPAddr)),
 		nclient4.WithTimeout(500*time.Millisecond), nclient4.WithRetry(2))
 	Expect(err).NotTo(HaveOccurred())
+	lastDHCPClient = c
 	DeferCleanup(c.Close)
 	return c
 }

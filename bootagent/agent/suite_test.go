@@ -80,7 +80,8 @@ func runAgent(cfg *rest.Config, namespace string, neighbors table.Neighbors, mut
 		DHCPListen: "127.0.0.1:0", TFTPListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0",
 		DHCP:      dhcp.Config{Mode: dhcp.ModeReservation, ServerIP: net.IPv4(127, 0, 0, 1)},
 		HTTP:      httpboot.Config{BaseURL: "http://127.0.0.1:8880", IPXERoot: ipxeRoot(), LongPoll: 20 * time.Second},
-		Discovery: true, DiscoveryNamespace: namespace, Neighbors: neighbors,
+		Discovery: true, DiscoveryNamespace: namespace, Neighbors: neighbors, BindNeighbors: true,
+		DHCPClientPort: freeUDPPort(),
 	}}
 	for _, m := range mutate {
 		m(&c)
@@ -103,4 +104,13 @@ var _ = logr.Discard
 // keep kube-apiserver from a graceful stop, so it is killed after a second.
 func startOwnAPIServer() (*envtest.Environment, *rest.Config, error) {
 	return testenv.Start(func(e *envtest.Environment) { e.ControlPlaneStopTimeout = time.Second })
+}
+
+// freeUDPPort is a UDP port free at the time of the call, where an agent's
+// DHCP replies to its test clients go (they cannot bind port 68).
+func freeUDPPort() uint16 {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	Expect(err).NotTo(HaveOccurred())
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }

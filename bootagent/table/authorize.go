@@ -48,7 +48,8 @@ type Grant struct {
 // constant time ("" only with WithoutRequiredToken), and the requester's
 // address remote must be bound to the MAC: the owner's reserved IPv4, the
 // address the agent's DHCP last handed the MAC, or (WithNeighbors) the
-// neighbour table's entry for remote. A refusal is an error wrapping ErrForbidden, with the
+// neighbour table's entry for remote; with WithoutRequiredBinding a right
+// token suffices. A refusal is an error wrapping ErrForbidden, with the
 // Grant's Machine set when the MAC is known. Authorize has no side effect.
 func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr) (Grant, error) {
 	k, ok := keyOf(mac)
@@ -106,7 +107,7 @@ func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr)
 			bound = true
 		}
 	}
-	if !bound {
+	if !bound && !(t.bindingOptional && token != "") {
 		return g, ErrUnbound
 	}
 	if sess.Key == "" {

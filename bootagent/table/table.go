@@ -168,6 +168,13 @@ func WithNeighbors(n Neighbors) Option { return func(t *Table) { t.neighbors = n
 // refused, and the address must still be bound to the MAC.
 func WithoutRequiredToken() Option { return func(t *Table) { t.tokenOptional = true } }
 
+// WithoutRequiredBinding lets Authorize accept a request with a right token
+// from an address not bound to the MAC: the token alone authorizes. It is
+// for proxy mode without neighbour binding, where the agent hands out no
+// address and nothing else could bind one; it never applies to a request
+// without a token (WithoutRequiredToken).
+func WithoutRequiredBinding() Option { return func(t *Table) { t.bindingOptional = true } }
+
 // Table is safe for concurrent use.
 type Table struct {
 	mu    sync.RWMutex
@@ -181,8 +188,9 @@ type Table struct {
 	// discovered holds the keys of discovered Machines.
 	discovered map[string]struct{}
 
-	neighbors     Neighbors
-	tokenOptional bool
+	neighbors       Neighbors
+	tokenOptional   bool
+	bindingOptional bool
 }
 
 // New returns an empty table.

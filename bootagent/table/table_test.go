@@ -263,6 +263,10 @@ func TestAuthorize(t *testing.T) {
 		"optional token: none given":              {opts: []Option{WithoutRequiredToken()}, session: true, token: func(string) string { return "" }, remote: reserved, served: true},
 		"optional token: a wrong one is refused":  {opts: []Option{WithoutRequiredToken()}, session: true, token: func(string) string { return token2 }, remote: reserved, err: ErrBadToken},
 		"optional token: address still checked":   {opts: []Option{WithoutRequiredToken()}, session: true, token: func(string) string { return "" }, remote: stranger, err: ErrUnbound},
+		"optional binding: the token alone":       {opts: []Option{WithoutRequiredBinding()}, session: true, token: session1, remote: stranger, served: true},
+		"optional binding: a wrong token refused": {opts: []Option{WithoutRequiredBinding()}, session: true, token: func(string) string { return token2 }, remote: stranger, err: ErrBadToken},
+		"optional binding, optional token: no token still needs the address": {opts: []Option{WithoutRequiredBinding(), WithoutRequiredToken()}, session: true,
+			token: func(string) string { return "" }, remote: stranger, err: ErrUnbound},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)

@@ -34,7 +34,7 @@ func main() {
 	flag.BoolVar(&bootRole, "boot", false, "Run the boot role: DHCP, TFTP and HTTP iPXE services.")
 	flag.BoolVar(&storage, "storage", false, "Run the storage role: image replicas, overlays and iSCSI targets.")
 	flag.StringVar(&cfg.Namespace, "namespace", "", "Watch only this namespace (default: all).")
-	flag.StringVar(&ifaces, "dhcp-interfaces", "", "Comma-separated boot network interfaces to answer DHCP on (default: any, unbound).")
+	flag.StringVar(&ifaces, "dhcp-interfaces", "", "Comma-separated boot network interfaces to answer DHCP on (default: the interface that holds --server-ip; the agent fails to start when none does).")
 	flag.StringVar(&mode, "dhcp-mode", "reservation", "DHCP mode: reservation (hand out reserved addresses) or proxy (proxyDHCP beside another DHCP server).")
 	flag.StringVar(&b.DHCPListen, "dhcp-listen", ":67", "DHCP listen address.")
 	flag.StringVar(&b.ProxyListen, "proxy-listen", ":4011", "proxyDHCP listen address (proxy mode).")
@@ -51,6 +51,12 @@ func main() {
 	flag.StringVar(&b.MetricsListen, "metrics-listen", ":8881", "Listen address of /healthz, /readyz and /metrics; keep it off the boot network. - turns it off.")
 	flag.BoolVar(&requireToken, "require-script-token", true,
 		"Serve boot scripts only at /boot/<token>/<mac>.ipxe with the token this agent's DHCP handed out. Set false only with an external DHCP server that cannot hand out tokens: /boot/<mac>.ipxe is then served to the address bound to the MAC.")
+	flag.BoolVar(&b.BindNeighbors, "bind-neighbors", false,
+		"Also bind a script requester's IPv4 address to the MAC the boot interfaces' neighbour table (ARP) maps it to. Weaker than a reserved address: "+
+			"anyone on the boot LAN can forge ARP. Default: false in reservation mode (only the reserved address binds); true in proxy mode, where "+
+			"the agent hands out no address. In proxy mode --bind-neighbors=false lets the token alone authorize a script request "+
+			"(for PCs behind a router, whose ARP entry is the router's).",
+	)
 	flag.StringVar(&b.HTTP.BaseURL, "http-base-url", "", "The agent's HTTP address as clients see it (default http://<server-ip>:<http port>).")
 	flag.StringVar(&b.HTTP.IPXERoot, "ipxe-root", "/usr/lib/ipxe", "Directory of the iPXE binaries (Debian package ipxe).")
 	flag.StringVar(&fallback, "fallback", "retry", "What a known machine without a session does: retry or exit.")
@@ -62,6 +68,8 @@ func main() {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	bindNeighborsSet := false
+	flag.Visit(func(f *flag.Flag) { bindNeighborsSet = bindNeighborsSet || f.Name == "bind-neighbors" })
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("bootagent")
 
@@ -92,6 +100,9 @@ func main() {
 		b.Interfaces = strings.Split(ifaces, ",")
 	}
 	b.DHCP.Mode = dhcp.Mode(mode)
+	if !bindNeighborsSet {
+		b.BindNeighbors = b.DHCP.Mode == dhcp.ModeProxy
+	}
 	b.DHCP.ServerIP = net.ParseIP(server).To4()
 	b.HTTP.Fallback = ipxe.Failure(fallback)
 	b.ScriptTokenOptional = !requireToken
