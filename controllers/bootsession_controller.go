@@ -280,7 +280,7 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 	sec := &corev1.Secret{}
 	err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
 	if apierrors.IsNotFound(err) {
-		data, err := missingSecretData(nil, s.Namespace, s.Name)
+		data, err := missingSecretData(nil, s.UID)
 		if err != nil {
 			return fmt.Errorf("making credentials: %w", err)
 		}
@@ -306,7 +306,7 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		// garbage collector removes, or someone else's: never reused.
 		return fmt.Errorf("Secret %s belongs to %s %s, not to this session", name, owner.Kind, owner.Name)
 	}
-	add, err := missingSecretData(sec.Data, s.Namespace, s.Name)
+	add, err := missingSecretData(sec.Data, s.UID)
 	if err != nil {
 		return fmt.Errorf("making credentials: %w", err)
 	}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -100,8 +101,9 @@ var _ = Describe("BootSession", func() {
 		Expect(sec.OwnerReferences).To(HaveLen(1))
 		Expect(sec.OwnerReferences[0].Name).To(Equal(s.Name))
 		Expect(sec.Labels).To(HaveKeyWithValue(bootv1.SessionSecretLabel, s.Name))
-		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyUsername, BeEquivalentTo(ns+"-seat-1-a")))
-		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername, BeEquivalentTo(ns+"-seat-1-a-target")))
+		uid := strings.ReplaceAll(string(s.UID), "-", "")
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyUsername, BeEquivalentTo("ggnet-"+uid)), "named after the session's UID")
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername, BeEquivalentTo("ggnet-"+uid+"-t")))
 		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
 		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
 		Expect(sec.Data[bootv1.SecretKeyTargetPassword]).NotTo(Equal(sec.Data[bootv1.SecretKeyPassword]))
@@ -168,7 +170,8 @@ var _ = Describe("BootSession", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(old), sec)).To(Succeed())
 		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyUsername, BeEquivalentTo("legacy-user")))
 		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyPassword, BeEquivalentTo("LegacyPassw0rd16")))
-		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername, BeEquivalentTo(ns+"-old-target")))
+		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetUsername,
+			BeEquivalentTo("ggnet-"+strings.ReplaceAll(string(s.UID), "-", "")+"-t")), "named after the session's UID")
 		Expect(sec.Data).To(HaveKeyWithValue(bootv1.SecretKeyTargetPassword, MatchRegexp(`^[A-Za-z0-9]{16}$`)))
 		Expect(ipxe.ValidToken(string(sec.Data[bootv1.SecretKeyToken]))).To(BeTrue())
 		Expect(metav1.GetControllerOf(sec)).NotTo(BeNil())

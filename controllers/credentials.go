@@ -3,9 +3,11 @@ package controllers
 import (
 	"crypto/rand"
 	"encoding/base32"
-	"fmt"
-	"hash/fnv"
+	"errors"
 	"math/big"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -23,23 +25,22 @@ var tokenEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithP
 // sessionSecretName is the name of a session's Secret.
 func sessionSecretName(session string) string { return session + "-chap" }
 
-// chapUser is the CHAP user name, unique on a storage node (tgt's accounts
-// are node-wide): namespace-name, cut to 63 characters with a hash of the
-// whole when longer.
-func chapUser(namespace, name string) string {
-	u := namespace + "-" + name
-	if len(u) <= 63 {
-		return u
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(u))
-	return fmt.Sprintf("%s-%08x", u[:54], h.Sum32())
+// chapUser is the initiator's CHAP user name: "ggnet-" and the session's
+// UID without dashes, 38 characters of [a-z0-9-]. tgt's accounts are one
+// list per tgtd, shared by every namespace, so the name must be unique on a
+// storage node: the UID is unique cluster-wide and never reused, where names
+// built from namespace and name collide (cafe/a-b and cafe-a/b) or, cut and
+// hashed, can be forged. Well inside every limit: iSCSI text values (RFC 3720,
+// 255 bytes), the Windows initiator's CHAP name (223) and ipxe.Render's
+// charset and 255.
+func chapUser(uid types.UID) string {
+	return "ggnet-" + strings.ReplaceAll(string(uid), "-", "")
 }
 
-// targetUser is the target's user name for mutual CHAP, unique on a storage
-// node like chapUser.
-func targetUser(namespace, name string) string {
-	return chapUser(namespace, name+"-target")
+// targetUser is the target's user name for mutual CHAP: chapUser and "-t",
+// which no chapUser ends with (a UID without dashes has none).
+func targetUser(uid types.UID) string {
+	return chapUser(uid) + "-t"
 }
 
 // randomSecret returns n characters of secretAlphabet from crypto/rand.
@@ -69,14 +70,18 @@ func newToken() (string, error) {
 // missingSecretData returns the keys a session's Secret lacks, with new
 // values; it never changes a key that is there (a Secret made before mutual
 // CHAP and tokens gets only the new keys). The mutual CHAP secret differs
-// from the initiator's. The values are credentials: never log them.
-func missingSecretData(have map[string][]byte, namespace, name string) (map[string]string, error) {
+// from the initiator's. User names come from the session's UID. The values
+// are credentials: never log them.
+func missingSecretData(have map[string][]byte, uid types.UID) (map[string]string, error) {
+	if uid == "" {
+		return nil, errors.New("the session has no UID to name its CHAP users after")
+	}
 	add := map[string]string{}
 	if _, ok := have[bootv1.SecretKeyUsername]; !ok {
-		add[bootv1.SecretKeyUsername] = chapUser(namespace, name)
+		add[bootv1.SecretKeyUsername] = chapUser(uid)
 	}
 	if _, ok := have[bootv1.SecretKeyTargetUsername]; !ok {
-		add[bootv1.SecretKeyTargetUsername] = targetUser(namespace, name)
+		add[bootv1.SecretKeyTargetUsername] = targetUser(uid)
 	}
 	password := string(have[bootv1.SecretKeyPassword])
 	if _, ok := have[bootv1.SecretKeyPassword]; !ok {

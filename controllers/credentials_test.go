@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/ipxe"
@@ -37,7 +39,7 @@ func TestMissingSecretData(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			add, err := missingSecretData(tc.have, "cafe", "seat-031-evening")
+			add, err := missingSecretData(tc.have, "0f6c3a52-9d1e-4b7a-8c25-3e4f5a6b7c8d")
 			g.Expect(err).NotTo(HaveOccurred())
 			var keys []string
 			for k := range add {
@@ -46,10 +48,10 @@ func TestMissingSecretData(t *testing.T) {
 			}
 			g.Expect(keys).To(ConsistOf(tc.wantKeys))
 			if v, ok := add[bootv1.SecretKeyUsername]; ok {
-				g.Expect(v).To(Equal("cafe-seat-031-evening"))
+				g.Expect(v).To(Equal("ggnet-0f6c3a529d1e4b7a8c253e4f5a6b7c8d"))
 			}
 			if v, ok := add[bootv1.SecretKeyTargetUsername]; ok {
-				g.Expect(v).To(Equal("cafe-seat-031-evening-target"))
+				g.Expect(v).To(Equal("ggnet-0f6c3a529d1e4b7a8c253e4f5a6b7c8d-t"))
 			}
 			if v, ok := add[bootv1.SecretKeyPassword]; ok {
 				g.Expect(v).To(MatchRegexp(chap.String()))
@@ -73,7 +75,7 @@ func TestCredentialsAreRandom(t *testing.T) {
 	g := NewWithT(t)
 	seen := map[string]bool{}
 	for range 200 {
-		add, err := missingSecretData(nil, "cafe", "s")
+		add, err := missingSecretData(nil, "5d0b7e21-3c4a-4f6e-9b8d-1a2c3e4f5a6b")
 		g.Expect(err).NotTo(HaveOccurred())
 		for _, k := range []string{bootv1.SecretKeyPassword, bootv1.SecretKeyTargetPassword, bootv1.SecretKeyToken} {
 			g.Expect(seen).NotTo(HaveKey(add[k]), "no value repeats")
@@ -97,11 +99,47 @@ func TestCredentialsAreRandom(t *testing.T) {
 	}
 }
 
-func TestUserNames(t *testing.T) {
+// TestUserNamesNeverCollide: tgt keeps one account list per storage node, so
+// no two sessions, whatever their namespaces and names, may get the same
+// CHAP user name, nor may one session's initiator user be another's target
+// user. Names made of namespace and name did collide: cafe/pc1's target user
+// was cafe/pc1-target's initiator user, and cafe/a-b was cafe-a/b.
+func TestUserNamesNeverCollide(t *testing.T) {
 	g := NewWithT(t)
 	long := strings.Repeat("n", 63)
-	g.Expect(chapUser("cafe", "s")).To(Equal("cafe-s"))
-	g.Expect(chapUser(long, "s")).To(HaveLen(63))
-	g.Expect(targetUser(long, "s")).To(HaveLen(63))
-	g.Expect(targetUser(long, "s")).NotTo(Equal(chapUser(long, "s")))
+	sessions := []*bootv1.BootSession{
+		session("cafe", "pc1", "6b1f0c2e-4a5d-4e8f-9a7b-0c1d2e3f4a5b"),
+		session("cafe", "pc1-target", "7c2a1d3f-5b6e-4f90-8b8c-1d2e3f4a5b6c"),
+		session("cafe", "a-b", "8d3b2e4a-6c7f-4a01-9c9d-2e3f4a5b6c7d"),
+		session("cafe-a", "b", "9e4c3f5b-7d80-4b12-8dae-3f4a5b6c7d8e"),
+		session(long, "s", "af5d4a6c-8e91-4c23-9ebf-4a5b6c7d8e9f"),
+		session(long, "s-target", "b06e5b7d-9fa2-4d34-8fc0-5b6c7d8e9fa0"),
+	}
+	owner := map[string]string{}
+	for _, s := range sessions {
+		add, err := missingSecretData(nil, s.UID)
+		g.Expect(err).NotTo(HaveOccurred())
+		for _, k := range []string{bootv1.SecretKeyUsername, bootv1.SecretKeyTargetUsername} {
+			u := add[k]
+			// Well inside tgt's, iPXE's and Windows' limits on a CHAP name.
+			g.Expect(u).To(MatchRegexp(`^ggnet-[0-9a-f]{32}(-t)?$`))
+			g.Expect(len(u)).To(BeNumerically("<=", 40))
+			g.Expect(owner).NotTo(HaveKey(u), "%s/%s's %s is %s's", s.Namespace, s.Name, k, owner[u])
+			owner[u] = s.Namespace + "/" + s.Name + " " + k
+		}
+	}
+	g.Expect(owner).To(HaveLen(2 * len(sessions)))
+
+	again, err := missingSecretData(nil, sessions[0].UID)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(again[bootv1.SecretKeyUsername]).To(Equal("ggnet-6b1f0c2e4a5d4e8f9a7b0c1d2e3f4a5b"))
+	g.Expect(again[bootv1.SecretKeyTargetUsername]).To(Equal("ggnet-6b1f0c2e4a5d4e8f9a7b0c1d2e3f4a5b-t"))
+
+	_, err = missingSecretData(nil, "")
+	g.Expect(err).To(MatchError(ContainSubstring("no UID")), "never a name that could be another session's")
+}
+
+// session is a BootSession as the API server returns it: with a UID.
+func session(namespace, name string, uid types.UID) *bootv1.BootSession {
+	return &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, UID: uid}}
 }
