@@ -57,6 +57,10 @@ type BootConfig struct {
 	HTTP       httpboot.Config
 	// HTTPMaxConns caps the boot HTTP server's open connections (default 512).
 	HTTPMaxConns int
+	// HTTPMaxConnsPerSource caps the open connections of one remote IP
+	// address on the boot HTTP server and on the metrics listener (default
+	// 16), so that one host cannot hold every connection.
+	HTTPMaxConnsPerSource int
 	// MetricsListen is the address of /healthz, /readyz and /metrics
 	// (default ":8881"); "-" turns it off.
 	MetricsListen string
@@ -130,6 +134,7 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 		field *int
 		value int
 	}{{&b.DHCPWorkers, 8}, {&b.TFTPMaxPerSource, 8}, {&b.HTTPMaxConns, httpboot.DefaultMaxConns},
+		{&b.HTTPMaxConnsPerSource, httpboot.DefaultMaxConnsPerSource},
 		{&b.HTTP.MaxLongPolls, 1000}, {&b.DiscoveryMax, 1000}} {
 		if *n.field <= 0 {
 			*n.field = n.value
@@ -401,7 +406,7 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	}
 	mux := http.NewServeMux()
 	h.Register(mux)
-	if err := a.serveHTTP(ctx, spawn, "http", b.HTTPListen, httpboot.NewServer(mux, b.HTTP.LongPoll), b.HTTPMaxConns); err != nil {
+	if err := a.serveHTTP(ctx, spawn, "http", b.HTTPListen, httpboot.NewServer(mux), b.HTTPMaxConns); err != nil {
 		return err
 	}
 
@@ -420,21 +425,21 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	probes.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
 	return a.serveHTTP(ctx, spawn, "metrics", b.MetricsListen,
 		&http.Server{Handler: probes, ReadHeaderTimeout: httpboot.ReadHeaderTimeout, ReadTimeout: httpboot.ReadTimeout,
-			WriteTimeout: 30 * time.Second, IdleTimeout: httpboot.IdleTimeout, MaxHeaderBytes: httpboot.MaxHeaderBytes}, 64)
+			WriteTimeout: httpboot.WriteTimeout, IdleTimeout: httpboot.IdleTimeout, MaxHeaderBytes: httpboot.MaxHeaderBytes}, 64)
 }
 
-// serveHTTP listens on addr with at most maxConns connections and serves
-// srv until ctx ends.
+// serveHTTP listens on addr with at most maxConns connections, and
+// HTTPMaxConnsPerSource from one address, and serves srv until ctx ends.
 func (a *Agent) serveHTTP(ctx context.Context, spawn func(string, func() error), name, addr string, srv *http.Server, maxConns int) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening for %s on %s: %w", name, addr, err)
 	}
 	a.setAddr(name, ln.Addr())
-	a.log.Info("Serving HTTP", "name", name, "addr", ln.Addr().String(), "maxConns", maxConns)
+	a.log.Info("Serving HTTP", "name", name, "addr", ln.Addr().String(), "maxConns", maxConns, "maxConnsPerSource", a.cfg.Boot.HTTPMaxConnsPerSource)
 	spawn(name, func() error {
 		go func() { <-ctx.Done(); _ = srv.Close() }()
-		if err := srv.Serve(httpboot.LimitListener(ln, maxConns)); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(httpboot.LimitListener(ln, maxConns, a.cfg.Boot.HTTPMaxConnsPerSource)); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

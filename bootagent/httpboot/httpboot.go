@@ -194,13 +194,19 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 		if isReport {
 			result, status, body = h.failed(req, failed[0])
 		} else {
-			result, status, body = h.script(r.Context(), req)
+			result, status, body = h.script(r.Context(), w, req)
 		}
 	}
 	h.requests.WithLabelValues(result).Inc()
 	h.latency.WithLabelValues(result).Observe(time.Since(start).Seconds())
-	// The file name carries no token; the path does, so it is not logged.
-	h.log.V(1).Info("Answered iPXE script request", "file", r.PathValue("file"), "peer", r.RemoteAddr, "result", result)
+	// Only the parsed MAC is logged, never the path or its file value: the
+	// path carries the token, and so does a file value unescaped from
+	// <token>%2F<mac>.ipxe.
+	logMAC := "invalid"
+	if err == nil {
+		logMAC = mac.String()
+	}
+	h.log.V(1).Info("Answered iPXE script request", "mac", logMAC, "peer", r.RemoteAddr, "result", result)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	if status != http.StatusOK {
@@ -238,8 +244,9 @@ func (h *Handler) authorize(req request) (g table.Grant, result string, status i
 }
 
 // script decides what an allowed request gets: the session's script, a
-// long poll for an AutoSession machine, or a fallback.
-func (h *Handler) script(ctx context.Context, req request) (result string, status int, body string) {
+// long poll for an AutoSession machine, or a fallback. Only the long poll
+// extends w's write deadline (the server's WriteTimeout is short).
+func (h *Handler) script(ctx context.Context, w http.ResponseWriter, req request) (result string, status int, body string) {
 	g, result, status, body, ok := h.authorize(req)
 	if !ok {
 		return result, status, body
@@ -265,6 +272,8 @@ func (h *Handler) script(ctx context.Context, req request) (result string, statu
 		return ResultBusy, http.StatusOK, h.fallback(req, fmt.Sprintf("the boot agent is busy; %s asks again", m.Name), ipxe.FailureRetry)
 	}
 	defer h.polls.release(key)
+	// Unsupported only by test recorders, which have no deadline.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.cfg.LongPoll + WriteTimeout))
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.LongPoll)
 	defer cancel()
 	for {

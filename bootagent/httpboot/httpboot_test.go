@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -416,9 +417,9 @@ func TestConnectionCap(t *testing.T) {
 	f.h.Register(mux)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
-	srv := NewServer(mux, time.Second)
+	srv := NewServer(mux)
 	srv.ReadHeaderTimeout = 500 * time.Millisecond // 5s in production
-	go func() { _ = srv.Serve(LimitListener(ln, 4)) }()
+	go func() { _ = srv.Serve(LimitListener(ln, 4, 16)) }()
 	defer srv.Close()
 
 	// Past the cap: idle connections that never send a request.
@@ -453,10 +454,107 @@ func TestConnectionCap(t *testing.T) {
 
 func TestServerBounds(t *testing.T) {
 	g := NewWithT(t)
-	srv := NewServer(http.NewServeMux(), time.Minute)
+	srv := NewServer(http.NewServeMux())
 	g.Expect(srv.ReadHeaderTimeout).To(Equal(5 * time.Second))
 	g.Expect(srv.ReadTimeout).To(Equal(10 * time.Second))
-	g.Expect(srv.WriteTimeout).To(Equal(70 * time.Second))
+	g.Expect(srv.WriteTimeout).To(Equal(15 * time.Second))
 	g.Expect(srv.IdleTimeout).To(Equal(30 * time.Second))
 	g.Expect(srv.MaxHeaderBytes).To(Equal(8 << 10))
+}
+
+func TestConnectionCapPerSource(t *testing.T) {
+	g := NewWithT(t)
+	f := setup(t, Config{})
+	mux := http.NewServeMux()
+	f.h.Register(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	srv := NewServer(mux)
+	go func() { _ = srv.Serve(LimitListener(ln, 64, 2)) }()
+	defer srv.Close()
+	dial := func(from string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		g.Expect(err).NotTo(HaveOccurred())
+		return c
+	}
+
+	// One host holds its two connections (idle, never a request) ...
+	for range 2 {
+		defer dial("127.0.0.1").Close()
+	}
+	// ... its third is closed at once, without an answer ...
+	c := dial("127.0.0.1")
+	defer c.Close()
+	_, _ = c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b, err := io.ReadAll(c)
+	g.Expect(errors.Is(err, os.ErrDeadlineExceeded)).To(BeFalse(), "the server closed the connection past the source's cap")
+	g.Expect(b).To(BeEmpty())
+
+	// ... while another host is served.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	resp, err := other.Get("http://" + ln.Addr().String() + "/ipxe/ipxe.efi")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	g.Expect(resp.StatusCode).To(Equal(200))
+	g.Expect(string(body)).To(Equal("EFI binary"))
+}
+
+// TestLongPollOutlivesWriteTimeout: the server's write timeout is short, the
+// long poll alone extends its own deadline and still answers.
+func TestLongPollOutlivesWriteTimeout(t *testing.T) {
+	g := NewWithT(t)
+	f := setup(t, Config{LongPoll: 1500 * time.Millisecond})
+	mux := http.NewServeMux()
+	f.h.Register(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	srv := NewServer(mux)
+	srv.WriteTimeout = 300 * time.Millisecond // 15s in production
+	go func() { _ = srv.Serve(LimitListener(ln, 4, 4)) }()
+	defer srv.Close()
+	status, body := get(g, "http://"+ln.Addr().String()+"/boot/"+f.nonce("52:54:00:00:00:04")+"/52:54:00:00:00:04.ipxe")
+	g.Expect(status).To(Equal(200))
+	g.Expect(body).To(ContainSubstring("is not ready yet"), "the long poll timed out and answered")
+}
+
+// TestLogsNoToken: a script request logs the parsed MAC, never the path or
+// its file value, which a request for /boot/<token>%2F<mac>.ipxe unescapes
+// to a value holding the token.
+func TestLogsNoToken(t *testing.T) {
+	g := NewWithT(t)
+	f := setup(t, Config{})
+	var (
+		mu   sync.Mutex
+		logs strings.Builder
+	)
+	log := funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs.WriteString(prefix + " " + args + "\n")
+	}, funcr.Options{Verbosity: 5})
+	h, err := New(Config{BaseURL: "http://10.20.0.2:8880", IPXERoot: t.TempDir(), RetryDelay: 5, LongPoll: time.Second},
+		f.tbl, &recorder{}, log, prometheus.NewRegistry())
+	g.Expect(err).NotTo(HaveOccurred())
+	mux := http.NewServeMux()
+	h.Register(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, path := range []string{
+		"/boot/" + token1 + "%2F52:54:00:00:00:01.ipxe",
+		"/boot/" + token1 + "/52:54:00:00:00:01.ipxe",
+		"/boot/" + token1 + "/52:54:00:00:00:01.ipxe?failed=0x3f122003",
+		"/boot/" + token1 + "%2Fnot-a-mac.ipxe",
+	} {
+		resp, err := http.Get(srv.URL + path)
+		g.Expect(err).NotTo(HaveOccurred())
+		_ = resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	g.Expect(logs.String()).To(ContainSubstring(`"mac"="52:54:00:00:00:01"`))
+	g.Expect(logs.String()).To(ContainSubstring(`"mac"="invalid"`))
+	g.Expect(logs.String()).NotTo(ContainSubstring(token1))
 }

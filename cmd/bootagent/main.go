@@ -47,6 +47,8 @@ func main() {
 	flag.IntVar(&b.TFTPMaxPerSource, "tftp-max-per-source", 8, "Concurrent TFTP transfers allowed per source IP address.")
 	flag.StringVar(&b.HTTPListen, "http-listen", "", "HTTP listen address of boot scripts and iPXE binaries (default <server-ip>:8880, or :8880 without --server-ip).")
 	flag.IntVar(&b.HTTPMaxConns, "http-max-conns", 512, "Open connections the boot HTTP server accepts at once; more wait in the listen backlog.")
+	flag.IntVar(&b.HTTPMaxConnsPerSource, "http-max-conns-per-source", 16,
+		"Open connections one IP address may hold on the boot HTTP server and on the metrics listener; past it its new connections are closed at once.")
 	flag.IntVar(&b.HTTP.MaxLongPolls, "max-long-polls", 1000, "AutoSession script requests waiting for their session at once (one per MAC); past it a PC gets a retry script.")
 	flag.StringVar(&b.MetricsListen, "metrics-listen", ":8881", "Listen address of /healthz, /readyz and /metrics; keep it off the boot network. - turns it off.")
 	flag.BoolVar(&requireToken, "require-script-token", true,
