@@ -105,6 +105,7 @@ func TestLintAndTemplate(t *testing.T) {
 	g.Expect(boot).NotTo(BeNil())
 	hostNet, _, _ := unstructured.NestedBool(boot.Object, "spec", "template", "spec", "hostNetwork")
 	g.Expect(hostNet).To(BeTrue())
+	g.Expect(out).NotTo(ContainSubstring("--dhcp-interfaces"), "by default the agent answers DHCP on the interface of its server IP only")
 	g.Expect(find(objs, "DaemonSet", "ggnet-ggnet-storage")).NotTo(BeNil())
 	g.Expect(find(objs, "ServiceMonitor", "")).To(BeNil())
 	for _, r := range []string{"ggnet-viewer", "ggnet-operator", "ggnet-admin"} {
