@@ -62,16 +62,26 @@ type IPv4Reservation struct {
 }
 
 // MachineSpec is the desired state of one client PC.
+//
+// mac and ipv4.address are claims: when two Machines claim the same one the
+// older Machine keeps it. Were they mutable, the
+// admin of one namespace could edit an old Machine to a victim's MAC and boot
+// the victim's PC into their image, or take its address. So neither can be
+// set or changed after creation (the rules below also refuse adding one the
+// Machine was created without); a reservation can be removed.
+// +kubebuilder:validation:XValidation:rule="!has(self.mac) || has(oldSelf.mac) && self.mac == oldSelf.mac",message="mac is immutable: a new NIC is a new Machine — create one",fieldPath=".mac",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!has(self.ipv4) || has(oldSelf.ipv4) && self.ipv4.address == oldSelf.ipv4.address",message="ipv4.address is immutable: it cannot be added or changed after creation (the older Machine wins an address) — create a new Machine; removing the reservation is allowed",fieldPath=".ipv4.address",reason=FieldValueForbidden
 type MachineSpec struct {
 	// mac is the boot NIC's MAC address: lowercase, colon-separated, like
-	// 52:54:00:12:34:56.
+	// 52:54:00:12:34:56. Immutable: a new NIC is a new Machine.
 	// +required
 	// +kubebuilder:validation:MaxLength=17
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9a-f]{2}:){5}[0-9a-f]{2}$')",message="mac must be six lowercase hex pairs separated by colons, like 52:54:00:12:34:56"
 	MAC string `json:"mac"`
 
 	// ipv4 is the address reserved for this machine. Leave it out when another
-	// DHCP server hands out addresses (proxyDHCP).
+	// DHCP server hands out addresses (proxyDHCP). Its address is immutable
+	// and cannot be added after creation; the reservation can be removed.
 	// +optional
 	IPv4 *IPv4Reservation `json:"ipv4,omitempty"`
 

@@ -83,6 +83,49 @@ var _ = Describe("Machine validation", func() {
 		Expect(m.Spec.BootPolicy).To(Equal(bootv1.BootPolicyManual), "default boot policy")
 		Expect(m.Spec.Firmware).To(Equal(bootv1.FirmwareAuto), "default firmware")
 	})
+
+	// The older Machine wins a MAC or an address: an old Machine edited to a
+	// victim's MAC would boot the victim's PC into another image.
+	DescribeTable("refuses taking a MAC or an address after creation",
+		func(create, update fixture.MachineOption, wants ...string) {
+			ns := newNamespace()
+			m := fixture.Machine(ns, "seat-1", create)
+			Expect(k8sClient.Create(ctx, m)).To(Succeed())
+			update(m)
+			expectRefused(k8sClient.Update(ctx, m), wants...)
+		},
+		Entry("another MAC", fixture.WithMAC("52:54:00:12:34:56"), fixture.WithMAC("52:54:00:65:43:21"),
+			"spec.mac", "mac is immutable: a new NIC is a new Machine — create one"),
+		Entry("another address", fixture.WithAddress("10.20.0.31"), fixture.WithAddress("10.20.0.32"),
+			"spec.ipv4.address", "ipv4.address is immutable"),
+		Entry("an address added to a Machine made without a reservation",
+			func(m *bootv1.Machine) { m.Spec.IPv4 = nil },
+			func(m *bootv1.Machine) {
+				m.Spec.IPv4 = &bootv1.IPv4Reservation{Address: "10.20.0.32", PrefixLength: 24}
+			},
+			"spec.ipv4.address", "ipv4.address is immutable"),
+		Entry("another reservation with another address", fixture.WithAddress("10.20.0.31"), func(m *bootv1.Machine) {
+			m.Spec.IPv4 = &bootv1.IPv4Reservation{Address: "10.30.0.31", PrefixLength: 16}
+		}, "spec.ipv4.address", "ipv4.address is immutable"),
+	)
+
+	It("takes every other change, and removing the reservation", func() {
+		ns := newNamespace()
+		m := fixture.Machine(ns, "seat-1", fixture.WithAddress("10.20.0.31"))
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		mac := m.Spec.MAC
+		Expect(k8sClient.Update(ctx, m)).To(Succeed(), "the same MAC and address again")
+		m.Spec.Hostname = "seat-one"
+		m.Spec.BootPolicy = bootv1.BootPolicyAutoSession
+		m.Spec.IPv4.PrefixLength = 16
+		m.Spec.IPv4.Gateway = "10.20.0.254"
+		m.Spec.IPv4.DNS = []string{"10.20.0.53"}
+		Expect(k8sClient.Update(ctx, m)).To(Succeed())
+		m.Spec.IPv4 = nil
+		Expect(k8sClient.Update(ctx, m)).To(Succeed(), "giving up an address takes nothing from anyone")
+		Expect(m.Spec.MAC).To(Equal(mac))
+		Expect(m.Spec.IPv4).To(BeNil())
+	})
 })
 
 var _ = Describe("Image validation", func() {
