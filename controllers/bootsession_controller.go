@@ -53,6 +53,9 @@ type sessionScope struct {
 	conflict string
 	// node is filled by reconcileSchedule.
 	node *corev1.Node
+	// storageDown is filled by reconcileStorage: why the storage of a
+	// session that was StorageReady once is not ready now, or "".
+	storageDown string
 }
 
 // Reconcile runs the phases in order and stops at the first that waits.
@@ -354,7 +357,12 @@ func redact(err error) error {
 }
 
 // reconcileStorage waits for the storage agent's StorageReady.
-// Conditions: Ready=False WaitingForStorage, or Failed StorageFailed.
+// Conditions: Ready=False WaitingForStorage, or Failed StorageFailed — only
+// before the storage was ready once. A session whose timeline.storageReady is
+// set may have a PC running on its disk: StorageReady=False (whatever its
+// reason, e.g. TargetUnavailable while tgtd restarts) never fails it; it goes
+// on, and its Ready message says that the storage agent is retrying. Only its
+// stop or deletion tears it down.
 func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
@@ -363,6 +371,17 @@ func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionS
 		if s.Status.Timeline.StorageReady == nil {
 			t := c.LastTransitionTime
 			s.Status.Timeline.StorageReady = &t
+		}
+		return true, nil
+	case s.Status.Timeline.StorageReady != nil:
+		sc.storageDown = "storage node " + s.Status.StorageNode + " reports StorageReady=False"
+		if c != nil {
+			sc.storageDown += " " + c.Reason
+		}
+		sc.storageDown += "; the disk is kept and the storage agent retries"
+		if prev := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition); c != nil &&
+			(prev == nil || !strings.Contains(prev.Message, "reports StorageReady=False")) {
+			r.Recorder.Event(s, corev1.EventTypeWarning, c.Reason, sc.storageDown)
 		}
 		return true, nil
 	case c != nil && c.Reason == bootv1.StorageFailedReason:
@@ -405,6 +424,9 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 	msg := "the machine can boot; phase " + string(s.Status.Phase)
 	if sc.conflict != "" {
 		msg = "phase " + string(s.Status.Phase) + "; Machine " + sc.machine.Name + " has Conflict=True, so the boot agent does not serve this session until the conflict is resolved"
+	}
+	if sc.storageDown != "" {
+		msg += "; " + sc.storageDown
 	}
 	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, msg)
 	return true, nil

@@ -167,6 +167,13 @@ const (
 	// scheduled. A session already Ready stays, but the boot agent does not
 	// serve it.
 	MachineConflictReason = "MachineConflict"
+
+	// TargetUnavailableReason: StorageReady=False while the storage agent
+	// cannot drive its iSCSI target (the target daemon restarting, a failed
+	// request). The agent retries with backoff and the overlay is kept; a
+	// session that was StorageReady once stays Ready (a running PC's disk is
+	// sacred) and StorageReady returns to True when the target is back.
+	TargetUnavailableReason = "TargetUnavailable"
 )
 
 // The session Secret: one per BootSession, named <session>-chap, in the

@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,12 +17,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/overlay"
@@ -44,11 +51,25 @@ func (r *sessionReconciler) setup(mgr ctrl.Manager) error {
 	})
 	return ctrl.NewControllerManagedBy(mgr).Named("storage-sessions").
 		For(&bootv1.BootSession{}, builder.WithPredicates(mine)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: &skipNameValidation}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: &skipNameValidation,
+			// A session whose target cannot be made is retried with
+			// exponential backoff, capped so that a PC waits at most
+			// retryCap for its target once tgtd is back.
+			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](retryBase, retryCap)}).
 		Complete(r)
 }
 
-// Reconcile makes the session's overlay and target, or tears them down.
+// Backoff of a session whose target cannot be made.
+const (
+	retryBase = 500 * time.Millisecond
+	retryCap  = 30 * time.Second
+)
+
+// Reconcile makes the session's overlay and target, or tears them down. A
+// session whose storage was ready once never gets StorageFailed: while its
+// target cannot be made it shows StorageReady=False TargetUnavailable, keeps
+// its overlay and is retried with backoff (a running PC's disk is sacred;
+// only the session's stop or deletion removes it).
 func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &bootv1.BootSession{}
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
@@ -99,6 +120,9 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	switch {
 	case errors.Is(err, overlay.ErrLowSpace):
 		return ctrl.Result{RequeueAfter: 30 * time.Second}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonInsufficientSpace, err.Error(), "")
+	case err != nil && wasStorageReady(s):
+		log.Error(err, "Checking the overlay of a running session, retrying", "path", path)
+		return ctrl.Result{}, r.unavailable(ctx, s, &sec, "cannot check the overlay", err, path)
 	case err != nil:
 		log.Error(err, "Making overlay", "path", path)
 		return ctrl.Result{}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the overlay; see the agent's log", "")
@@ -107,13 +131,85 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	t := sessionTarget(s, &sec, path)
 	if err := r.cfg.Driver.Ensure(ctx, t); err != nil {
+		if wasStorageReady(s) || transient(err) {
+			// controller-runtime logs the returned error (redacted, as the
+			// condition's message) with each retry.
+			return ctrl.Result{}, r.unavailable(ctx, s, &sec, "cannot make the iSCSI target", err, path)
+		}
 		log.Error(err, "Making iSCSI target", "iqn", t.IQN)
 		return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the iSCSI target; see the agent's log", path)
+	}
+	rebuilt := false
+	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil && c.Reason == bootv1.TargetUnavailableReason {
+		log.Info("Rebuilt the iSCSI target", "iqn", t.IQN)
+		rebuilt = true
 	}
 	if err := r.storageReady(ctx, s, metav1.ConditionTrue, ReasonTargetReady, "overlay and iSCSI target ready", path); err != nil {
 		return ctrl.Result{}, err
 	}
+	if rebuilt {
+		// The PC has not logged in again yet: that is no logout.
+		return ctrl.Result{RequeueAfter: r.cfg.Resync}, nil
+	}
 	return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.recordLogins(ctx, s, t.IQN)
+}
+
+// errUnavailable is what Reconcile returns while a session's target cannot be
+// made: the error makes controller-runtime retry with backoff.
+type errUnavailable struct{ msg string }
+
+func (e *errUnavailable) Error() string { return e.msg }
+
+// unavailable reports StorageReady=False TargetUnavailable with what failed
+// (the drivers' errors carry no secret; the session's secrets are scrubbed
+// again here) and returns an error, so that the session is retried with
+// backoff. The overlay path stays in the status.
+func (r *sessionReconciler) unavailable(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, what string, cause error, path string) error {
+	msg := scrub(what+" (retrying with backoff; the overlay is kept): "+cause.Error(), sec)
+	if err := r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.TargetUnavailableReason, msg, path); err != nil {
+		return err
+	}
+	return &errUnavailable{msg: "session " + s.Namespace + "/" + s.Name + ": " + msg}
+}
+
+// wasStorageReady reports whether the session's storage was ready once: the
+// manager stamped timeline.storageReady, or this agent's condition is True or
+// already says TargetUnavailable. Such a session may have a PC running on its
+// disk, so no driver error fails it.
+func wasStorageReady(s *bootv1.BootSession) bool {
+	if s.Status.Timeline.StorageReady != nil {
+		return true
+	}
+	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
+	return c != nil && (c.Status == metav1.ConditionTrue || c.Reason == bootv1.TargetUnavailableReason)
+}
+
+// transient reports whether a driver error is the target daemon being away
+// (not listening, restarting, timing out) rather than a refusal of the
+// request, which a retry would not change.
+func transient(err error) bool {
+	var refused *target.TGTError
+	if errors.As(err, &refused) {
+		return false
+	}
+	for _, e := range []error{syscall.ECONNREFUSED, syscall.ENOENT, syscall.ECONNRESET, syscall.EPIPE,
+		io.EOF, io.ErrUnexpectedEOF, os.ErrDeadlineExceeded, context.DeadlineExceeded} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+// scrub replaces every secret of the session's Secret in msg.
+func scrub(msg string, sec *corev1.Secret) string {
+	for _, k := range []string{bootv1.SecretKeyPassword, bootv1.SecretKeyTargetPassword, bootv1.SecretKeyToken} {
+		if v := string(sec.Data[k]); v != "" {
+			msg = strings.ReplaceAll(msg, v, "[redacted]")
+		}
+	}
+	return msg
 }
 
 // sessionTarget is the target a session wants: its IQN and initiator from
