@@ -1,6 +1,13 @@
 package storage
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -42,4 +49,56 @@ func TestSessionTarget(t *testing.T) {
 			g.Expect(got.Validate()).To(Succeed())
 		})
 	}
+}
+
+func TestTransient(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"tgtd not listening", fmt.Errorf("tgtd target show: %w", &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), true},
+		{"socket gone", fmt.Errorf("tgtd target show: %w", &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ENOENT)}), true},
+		{"tgtd died mid-answer", fmt.Errorf("tgtd target new: reading the answer: %w", io.ErrUnexpectedEOF), true},
+		{"timeout", fmt.Errorf("tgtd target show: %w", context.DeadlineExceeded), true},
+		{"tgtd refused the request", fmt.Errorf("ensure: %w", &target.TGTError{Mode: "account", Op: "new", Detail: "user u", Code: 17}), false},
+		{"invalid target", errors.New(`target IQN "x": not an iqn. name`), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			NewWithT(t).Expect(transient(tc.err)).To(Equal(tc.want))
+		})
+	}
+}
+
+func TestWasStorageReady(t *testing.T) {
+	now := metav1.Now()
+	cond := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
+		return []metav1.Condition{{Type: bootv1.StorageReadyCondition, Status: status, Reason: reason}}
+	}
+	for _, tc := range []struct {
+		name   string
+		status bootv1.BootSessionStatus
+		want   bool
+	}{
+		{"new session", bootv1.BootSessionStatus{}, false},
+		{"waiting for its image", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, ReasonImageNotOnNode)}, false},
+		{"ready now", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionTrue, ReasonTargetReady)}, true},
+		{"target unavailable", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, bootv1.TargetUnavailableReason)}, true},
+		{"stamped by the manager", bootv1.BootSessionStatus{Timeline: bootv1.SessionTimeline{StorageReady: &now},
+			Conditions: cond(metav1.ConditionFalse, bootv1.StorageFailedReason)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			NewWithT(t).Expect(wasStorageReady(&bootv1.BootSession{Status: tc.status})).To(Equal(tc.want))
+		})
+	}
+}
+
+func TestScrub(t *testing.T) {
+	g := NewWithT(t)
+	sec := &corev1.Secret{Data: map[string][]byte{
+		bootv1.SecretKeyUsername: []byte("ggnet-u"), bootv1.SecretKeyPassword: []byte("Xk2p9QvL0aB7cD4e"),
+		bootv1.SecretKeyTargetPassword: []byte("Tq7Lm2Zx9Wc4Rb8N"), bootv1.SecretKeyToken: []byte("abcdefghijklmnopqrstuvwxyz234567"),
+	}}
+	got := scrub("tgtd said Xk2p9QvL0aB7cD4e and Tq7Lm2Zx9Wc4Rb8N for ggnet-u at abcdefghijklmnopqrstuvwxyz234567", sec)
+	g.Expect(got).To(Equal("tgtd said [redacted] and [redacted] for ggnet-u at [redacted]"))
 }
