@@ -261,13 +261,13 @@ func TestInstall(t *testing.T) {
 		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "%s %s %s/%s %s in %q", tc.user, tc.verb, tc.resource, tc.sub, tc.group, tc.ns)
 	}
 
-	// A second release serving one namespace: its agents may act there
-	// only, and read Nodes.
+	// A second release serving one namespace: its manager and agents may
+	// act there only, and read Nodes.
 	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "lab-cafe"}})).To(Succeed())
 	out, err = helm(t, "install", "lab", chart, "-n", "lab-system", "--create-namespace", "--kubeconfig", kubeconfig,
 		"--set", "crds.install=false", "--set", "userRoles.enabled=false", "--set", "watchNamespaces={lab-cafe}")
 	g.Expect(err).NotTo(HaveOccurred(), out)
-	g.Expect(out).To(ContainSubstring("The agents serve namespace lab-cafe only"), "NOTES.txt")
+	g.Expect(out).To(ContainSubstring("The manager and the agents serve namespace lab-cafe only"), "NOTES.txt")
 	labSA := func(name string) string { return "system:serviceaccount:lab-system:lab-ggnet-" + name }
 	for _, tc := range []struct {
 		user, verb, group, resource, sub, ns string
@@ -286,8 +286,16 @@ func TestInstall(t *testing.T) {
 		{labSA("boot"), "create", "", "events", "", "lab-cafe", true},
 		{labSA("boot"), "list", "boot.ggnet.io", "bootsessions", "", "", false},
 		{labSA("boot"), "list", "", "nodes", "", "", false},
-		// The manager has no namespace flag: still cluster-wide.
-		{labSA("manager"), "create", "", "secrets", "", "cafe", true},
+		// The manager too (--namespace): its Role in lab-cafe, its Lease
+		// in the release's namespace, Nodes cluster-wide, nothing else.
+		{labSA("manager"), "create", "", "secrets", "", "lab-cafe", true},
+		{labSA("manager"), "create", "", "secrets", "", "cafe", false},
+		{labSA("manager"), "patch", "boot.ggnet.io", "bootsessions", "status", "lab-cafe", true},
+		{labSA("manager"), "patch", "boot.ggnet.io", "bootsessions", "status", "cafe", false},
+		{labSA("manager"), "list", "boot.ggnet.io", "machines", "", "", false},
+		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "lab-system", true},
+		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "cafe", false},
+		{labSA("manager"), "list", "", "nodes", "", "", true},
 	} {
 		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: tc.user,
 			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:lab-system"},
