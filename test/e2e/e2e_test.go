@@ -70,7 +70,9 @@ func session(m *bootv1.Machine, name string, wb bootv1.WritebackPolicy) *bootv1.
 	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: name}, Spec: bootv1.BootSessionSpec{
 		MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: wb}}
 	Expect(l.Client.Create(ctx, s)).To(Succeed())
-	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionReady))
+	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionReady), func() string {
+		return fmt.Sprintf("conditions: %+v", s.Status.Conditions)
+	})
 	rememberCredentials(s)
 	return s
 }

@@ -84,6 +84,11 @@ type Lab struct {
 	DataDir    string
 	t          testfs.T
 	procs      map[string]*exec.Cmd
+	// stoppers names the processes whose stop is registered with t: once,
+	// the first time each starts. A restart inside a Ginkgo spec must not
+	// register again, or the restarted process is killed when that spec
+	// ends (GinkgoT's Cleanup is the spec's DeferCleanup).
+	stoppers map[string]bool
 	bin        string
 	// tgtPort is the control port of the lab's tgtd, which the agent runs
 	// and — by design — leaves running when it stops.
@@ -94,7 +99,7 @@ type Lab struct {
 // agent, and the demo Image (Ready on the node). bin holds manager and
 // bootagent.
 func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
-	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
+	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, stoppers: map[string]bool{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
 	// tgtd ignores SIGTERM while it has targets.
 	t.Cleanup(func() { _ = exec.Command("pkill", "-9", "-f", fmt.Sprintf("tgtd -f -C %d ", l.tgtPort)).Run() })
 	for _, args := range [][]string{
@@ -191,7 +196,10 @@ func (l *Lab) start(name string, args ...string) error {
 		return err
 	}
 	l.procs[name] = cmd
-	l.t.Cleanup(func() { l.Kill(name) })
+	if !l.stoppers[name] {
+		l.stoppers[name] = true
+		l.t.Cleanup(func() { l.Kill(name) })
+	}
 	return nil
 }
 
