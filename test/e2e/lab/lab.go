@@ -89,7 +89,7 @@ type Lab struct {
 	// register again, or the restarted process is killed when that spec
 	// ends (GinkgoT's Cleanup is the spec's DeferCleanup).
 	stoppers map[string]bool
-	bin        string
+	bin      string
 	// tgtPort is the control port of the lab's tgtd, which the agent runs
 	// and — by design — leaves running when it stops.
 	tgtPort int
