@@ -15,6 +15,22 @@ make -s build
 go build -o bin/loadlab ./test/benchmark/loadlab
 go build -o bin/dhcpload ./test/benchmark/dhcpload
 bench=test/benchmark
+
+# The peers are Debian's: installed here if missing (as root), without
+# starting their services (policy-rc.d, as in hack/deps.sh).
+peers=()
+command -v kea-dhcp4 >/dev/null || peers+=(kea-dhcp4-server)
+command -v dnsmasq >/dev/null || peers+=(dnsmasq-base)
+if ((${#peers[@]})); then
+  echo "Installing the peers: ${peers[*]}" >&2
+  made_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${peers[@]}" >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${peers[@]}" >/dev/null; }
+  [[ -n $made_policy ]] && rm -f /usr/sbin/policy-rc.d
+fi
 summary=$out/summary.tsv
 : > "$summary"
 
@@ -60,6 +76,11 @@ latency() { # name: a warm-up, then three runs at 1,000/s with each generator
   # The warm-up (not counted) lets a freshly started server and, for the
   # agent, the API server that has just taken 2N creates, settle.
   ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-warmup.txt" 2>&1 || true
+  # A server that answers nothing is a broken run, not a figure.
+  if ! grep -qE 'acks=[1-9]' "$out/$1-warmup.txt"; then
+    echo "dhcp.sh: $1 answered no DHCP request in its warm-up (see $out/$1-warmup.txt and $out/$1.out)" >&2
+    exit 1
+  fi
   for i in 1 2 3; do perf "$1" 1000 -x t; mv "$out/$1-perfdhcp-1000.txt" "$out/$1-perfdhcp-1000-$i.txt"; done
   for i in 1 2 3; do load "$1" 1000; mv "$out/$1-dhcpload-1000.txt" "$out/$1-dhcpload-1000-$i.txt"; done
 }
