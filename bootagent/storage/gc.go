@@ -59,7 +59,7 @@ func (r *Role) collectOnce(ctx context.Context) error {
 			wantOverlays[rel] = true
 		}
 	}
-	targets, err := r.cfg.Driver.List(ctx, r.cfg.IQNPrefix)
+	targets, err := r.cfg.Driver.List(ctx, ownedIQNPrefix(r.cfg.IQNPrefix, r.cfg.Namespace))
 	if err != nil {
 		return err
 	}
@@ -76,7 +76,7 @@ func (r *Role) collectOnce(ctx context.Context) error {
 		return err
 	}
 	for _, f := range files {
-		if strings.HasPrefix(filepath.Base(f), "persist-") || wantOverlays[f] {
+		if strings.HasPrefix(filepath.Base(f), "persist-") || wantOverlays[f] || !ownsOverlay(f, r.cfg.Namespace) {
 			continue
 		}
 		r.log.Info("Removing an overlay no session wants", "overlay", f)
@@ -85,6 +85,29 @@ func (r *Role) collectOnce(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ownedIQNPrefix is the IQN prefix of the targets this agent may collect. An
+// agent that watches one namespace sees only that namespace's sessions, so it
+// must not judge another's targets (the manager names them
+// <prefix>:<namespace>:<session>): a second GGnet serving another namespace
+// on the same node would lose its running PCs' disks to this one's collector.
+func ownedIQNPrefix(prefix, namespace string) string {
+	if namespace == "" {
+		return prefix
+	}
+	return strings.TrimSuffix(prefix, ":") + ":" + namespace + ":"
+}
+
+// ownsOverlay reports whether an overlay file (relative to the overlay
+// directory, <namespace>/<file>) is this agent's to collect, for the same
+// reason.
+func ownsOverlay(rel, namespace string) bool {
+	if namespace == "" {
+		return true
+	}
+	dir, _, ok := strings.Cut(filepath.ToSlash(rel), "/")
+	return ok && dir == namespace
 }
 
 func hasFinalizer(s *bootv1.BootSession) bool {
