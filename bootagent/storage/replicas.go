@@ -33,13 +33,7 @@ func (r *imageReconciler) setup(mgr ctrl.Manager) error {
 
 // replicaFinalizer is this node's finalizer on an Image: held while the node
 // has a replica file.
-func (r *imageReconciler) replicaFinalizer() string {
-	n := r.cfg.NodeName
-	if len(n) > 50 {
-		n = n[:50]
-	}
-	return "storage.boot.ggnet.io/" + n
-}
+func (r *imageReconciler) replicaFinalizer() string { return bootv1.NodeFinalizer(r.cfg.NodeName) }
 
 // Reconcile places or removes this node's replica of an Image.
 func (r *imageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

@@ -21,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
 	"github.com/ggnet/ggnet/bootagent/overlay"
 	"github.com/ggnet/ggnet/bootagent/target"
@@ -120,6 +119,9 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err := (&imageReconciler{Role: r, Client: mgr.GetClient()}).setup(mgr); err != nil {
 		return nil, err
 	}
+	if err := r.setupPersist(mgr); err != nil {
+		return nil, err
+	}
 	if err := mgr.Add(manager.RunnableFunc(r.collectGarbage)); err != nil {
 		return nil, err
 	}
@@ -133,13 +135,3 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 
 // Run runs the role until ctx ends.
 func (r *Role) Run(ctx context.Context) error { return r.mgr.Start(ctx) }
-
-// OverlayPath is the overlay of a session: its own for Discard, the
-// (machine, image) pair's for Persist, so that the machine's next session
-// finds it.
-func (r *Role) OverlayPath(s *bootv1.BootSession) string {
-	if s.Spec.Writeback == bootv1.WritebackPersist {
-		return r.overlays.Path(s.Namespace, "persist-"+s.Spec.MachineRef.Name+"-"+s.Spec.ImageRef.Name)
-	}
-	return r.overlays.Path(s.Namespace, s.Name+"-"+string(s.UID))
-}
