@@ -1,53 +1,80 @@
 package lab
 
-import "os"
+import (
+	_ "embed"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+)
 
-// bootSector is the demo disk's boot sector (512 bytes, hand-assembled; the
-// source is below). It reads LBA 1 through the BIOS disk services — iPXE's
-// SAN drive when booted over iSCSI — increments the 16-bit boot counter at
-// its start, writes it back, and prints "GGNET-BOOT-OK count=<n>" on COM1.
+// bootSector is the demo disk's boot sector: 512 bytes that nasm made of
+// testdata/boot.asm (TestBootSector reassembles it). It is a tiny OS that
+// keeps using its disk through the BIOS disk services — iPXE's SAN drive when
+// booted over iSCSI: at boot it increments the 16-bit boot counter at the
+// start of LBA 1 and prints "GGNET-BOOT-OK count=<n>" on COM1; then about
+// twice a second it reads LBA 1, increments the 32-bit tick counter at offset
+// 4, writes the sector, reads it back, compares, and prints "GGNET-TICK <n>".
+// A failed disk call is retried (an OS's initiator would), printing
+// "GGNET-IO-RETRY <status>" once per failure streak; a read-back that differs
+// prints "GGNET-VERIFY-FAIL".
 //
-//	cli; xor ax,ax; mov ds,ax; mov es,ax; mov ss,ax; mov sp,0x7c00; sti
-//	mov [drive],dl
-//	mov ah,2; call disk; jc fail        ; read C0 H0 S2 to 0000:8000
-//	inc word [0x8000]
-//	mov ah,3; call disk; jc fail        ; write it back
-//	mov si,msg; call puts; mov ax,[0x8000]; call putdec; mov si,crlf; call puts
-//	hang: hlt; jmp hang
-//	fail: mov si,failmsg; call puts; jmp hang
-//	disk: mov al,1; mov cx,2; xor dh,dh; mov dl,[drive]; mov bx,0x8000; int 0x13; ret
-//	puts: lodsb; test al,al; jz .done; call putc; jmp puts; .done: ret
-//	putc: push dx; push ax; mov dx,0x3fd; .w: in al,dx; test al,0x20; jz .w
-//	      pop ax; mov dx,0x3f8; out dx,al; pop dx; ret
-//	putdec: mov cx,0; mov bx,10; .d: xor dx,dx; div bx; push dx; inc cx; test ax,ax; jnz .d
-//	        .o: pop ax; add al,'0'; call putc; loop .o; ret
-var bootSector = func() []byte {
-	code := []byte{
-		0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xfb, 0x88, 0x16, 0xb9,
-		0x7c, 0xb4, 0x02, 0xe8, 0x2a, 0x00, 0x72, 0x20, 0xff, 0x06, 0x00, 0x80, 0xb4, 0x03, 0xe8, 0x1f,
-		0x00, 0x72, 0x15, 0xbe, 0x86, 0x7c, 0xe8, 0x28, 0x00, 0xa1, 0x00, 0x80, 0xe8, 0x3e, 0x00, 0xbe,
-		0xb6, 0x7c, 0xe8, 0x1c, 0x00, 0xf4, 0xeb, 0xfd, 0xbe, 0x9d, 0x7c, 0xe8, 0x13, 0x00, 0xeb, 0xf5,
-		0xb0, 0x01, 0xb9, 0x02, 0x00, 0x30, 0xf6, 0x8a, 0x16, 0xb9, 0x7c, 0xbb, 0x00, 0x80, 0xcd, 0x13,
-		0xc3, 0xac, 0x84, 0xc0, 0x74, 0x05, 0xe8, 0x03, 0x00, 0xeb, 0xf6, 0xc3, 0x52, 0x50, 0xba, 0xfd,
-		0x03, 0xec, 0xa8, 0x20, 0x74, 0xfb, 0x58, 0xba, 0xf8, 0x03, 0xee, 0x5a, 0xc3, 0xb9, 0x00, 0x00,
-		0xbb, 0x0a, 0x00, 0x31, 0xd2, 0xf7, 0xf3, 0x52, 0x41, 0x85, 0xc0, 0x75, 0xf6, 0x58, 0x04, 0x30,
-		0xe8, 0xd9, 0xff, 0xe2, 0xf8, 0xc3,
+//go:embed testdata/boot.bin
+var bootSector []byte
+
+// What the demo disk prints on COM1.
+const (
+	// Marker is what the demo disk prints when it booted.
+	Marker = "GGNET-BOOT-OK count="
+	// TickMarker starts each tick's line.
+	TickMarker = "GGNET-TICK "
+	// RetryMarker starts the line printed when a disk call failed and is
+	// being retried.
+	RetryMarker = "GGNET-IO-RETRY "
+	// VerifyFailMarker is printed when a sector read back differs from what
+	// was written.
+	VerifyFailMarker = "GGNET-VERIFY-FAIL"
+)
+
+var tickLine = regexp.MustCompile(`(?m)^` + TickMarker + `(\d+)\n`)
+
+// Ticks returns the tick counters in serial (a VM's console, CRs removed)
+// in the order printed, complete lines only.
+func Ticks(serial string) []uint32 {
+	var out []uint32
+	for _, m := range tickLine.FindAllStringSubmatch(serial, -1) {
+		n, err := strconv.ParseUint(m[1], 10, 32)
+		if err == nil {
+			out = append(out, uint32(n))
+		}
 	}
-	b := make([]byte, 512)
-	copy(b, code)
-	copy(b[0x86:], "\r\nGGNET-BOOT-OK count=\x00")
-	copy(b[0x9d:], "\r\nGGNET-BOOT-FAIL disk\r\n\x00")
-	copy(b[0xb6:], "\r\n\x00")
-	// b[0xb9] is the saved drive number.
-	b[510], b[511] = 0x55, 0xaa
-	return b
-}()
+	return out
+}
 
-// Marker is what the demo disk prints when it booted.
-const Marker = "GGNET-BOOT-OK count="
+// Counters are what the demo disk keeps in LBA 1.
+type Counters struct {
+	Boots uint16
+	Ticks uint32
+}
 
-// WriteDemoDisk writes a disk image of size bytes with the boot sector and a
-// zero boot counter.
+// ReadCounters reads the demo disk's counters from a raw disk image (an
+// overlay file).
+func ReadCounters(path string) (Counters, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Counters{}, err
+	}
+	defer f.Close()
+	b := make([]byte, 8)
+	if _, err := f.ReadAt(b, 512); err != nil {
+		return Counters{}, fmt.Errorf("reading LBA 1 of %s: %w", path, err)
+	}
+	return Counters{Boots: binary.LittleEndian.Uint16(b), Ticks: binary.LittleEndian.Uint32(b[4:])}, nil
+}
+
+// WriteDemoDisk writes a disk image of size bytes with the boot sector and
+// zero counters.
 func WriteDemoDisk(path string, size int64) error {
 	f, err := os.Create(path)
 	if err != nil {
