@@ -17,6 +17,12 @@ import (
 // back empty and the storage role's resync rebuilds every target from the
 // desired state. tgtd's command line carries only the control port and the
 // portal.
+//
+// It serves the lab and `make demo` (--start-tgtd), where the agent is a host
+// process. A session of its own does not save tgtd in a container: every
+// process of a PID namespace dies with its init. The chart therefore runs
+// tgtd in a DaemonSet of its own (charts/ggnet/templates/tgtd.yaml) and the
+// agent only speaks to it over its socket.
 func SuperviseTGTD(ctx context.Context, controlPort int, portal string, log logr.Logger) {
 	d := &TGT{ControlPort: controlPort}
 	check := func() bool {

@@ -117,13 +117,13 @@ func TestBootAgentCapabilities(t *testing.T) {
 	}
 }
 
-// TestStorageAgentCapabilities: tgtd runs and serves a LUN, and its
-// management socket takes commands, with the chart's capabilities (none).
+// TestStorageAgentCapabilities: tgtd runs with the command line and the
+// capabilities (none) of the chart's tgtd DaemonSet, answers its readiness
+// probe, serves a LUN, and its management socket takes commands from a
+// process with the storage agent's capabilities (none).
 func TestStorageAgentCapabilities(t *testing.T) {
 	needRoot(t, "tgtd", "tgtadm", "iscsi-ls")
 	g := NewWithT(t)
-	caps := chartCaps(t, "", "ggnet-ggnet-storage")
-	g.Expect(caps).To(BeEmpty())
 
 	disk := filepath.Join(t.TempDir(), "disk.img")
 	g.Expect(os.WriteFile(disk, nil, 0o600)).To(Succeed())
@@ -132,9 +132,18 @@ func TestStorageAgentCapabilities(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	portal := l.Addr().String()
 	l.Close()
+	_, port, _ := net.SplitHostPort(portal)
 	control := strconv.Itoa(20000 + os.Getpid()%10000)
 
-	tgtd := setpriv(caps, "tgtd", "-f", "-C", control, "--iscsi", "portal="+portal)
+	pods := podSpecs(t, render(t, fmt.Sprintf("agent: {storage: {portalAddress: 127.0.0.1, portalPort: %s, tgtControlPort: %s}}", port, control)))
+	agentCaps := pods["ggnet-ggnet-storage"].Containers[0].SecurityContext.Capabilities.Add
+	g.Expect(agentCaps).To(BeEmpty())
+	c := pods["ggnet-ggnet-tgtd"].Containers[0]
+	tgtdCaps := c.SecurityContext.Capabilities.Add
+	g.Expect(tgtdCaps).To(BeEmpty())
+	g.Expect(c.Args).To(ContainElement("portal=" + portal))
+
+	tgtd := setpriv(tgtdCaps, c.Command[0], c.Args...)
 	var log strings.Builder
 	tgtd.Stdout, tgtd.Stderr = &log, &log
 	g.Expect(tgtd.Start()).To(Succeed())
@@ -146,17 +155,23 @@ func TestStorageAgentCapabilities(t *testing.T) {
 			_ = os.Remove(m)
 		}
 	})
+	probe := c.ReadinessProbe.Exec.Command
+	g.Eventually(func() error {
+		out, err := setpriv(tgtdCaps, probe[0], probe[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("readiness probe %v: %v: %s", probe, err, out)
+		}
+		return nil
+	}, 10*time.Second, 100*time.Millisecond).Should(Succeed(), func() string { return log.String() })
 	tgtadm := func(args ...string) error {
-		out, err := setpriv(caps, "tgtadm", append([]string{"-C", control, "--lld", "iscsi"}, args...)...).CombinedOutput()
+		out, err := setpriv(agentCaps, "tgtadm", append([]string{"-C", control, "--lld", "iscsi"}, args...)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("tgtadm %v: %v: %s", args, err, out)
 		}
 		return nil
 	}
 	iqn := "iqn.2026-11.io.ggnet:caps-test"
-	g.Eventually(func() error {
-		return tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
-	}, 10*time.Second, 100*time.Millisecond).Should(Succeed(), func() string { return log.String() })
+	g.Expect(tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)).To(Succeed(), func() string { return log.String() })
 	g.Expect(tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk)).To(Succeed())
 	g.Expect(tgtadm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "127.0.0.1")).To(Succeed())
 

@@ -119,19 +119,20 @@ agent:
 func TestPodSecurity(t *testing.T) {
 	for _, tc := range []struct {
 		name, values string
+		pods         int                            // workloads rendered (tgtd with tgt only)
 		add          map[string][]corev1.Capability // per workload; absent: privileged
 	}{
-		{name: "defaults", add: map[string][]corev1.Capability{
-			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}, "ggnet-ggnet-storage": nil}},
-		{name: "old kernel", values: "agent: {boot: {netRaw: true}}", add: map[string][]corev1.Capability{
-			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": nil}},
-		{name: "lio", values: "agent: {storage: {targetDriver: lio}}", add: map[string][]corev1.Capability{
+		{name: "defaults", pods: 4, add: map[string][]corev1.Capability{
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}, "ggnet-ggnet-storage": nil, "ggnet-ggnet-tgtd": nil}},
+		{name: "old kernel", values: "agent: {boot: {netRaw: true}}", pods: 4, add: map[string][]corev1.Capability{
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": nil, "ggnet-ggnet-tgtd": nil}},
+		{name: "lio", values: "agent: {storage: {targetDriver: lio}}", pods: 3, add: map[string][]corev1.Capability{
 			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
 			pods := podSpecs(t, render(t, tc.values))
-			g.Expect(pods).To(HaveLen(3))
+			g.Expect(pods).To(HaveLen(tc.pods), "every workload checked")
 			for name, p := range pods {
 				g.Expect(p.SecurityContext).NotTo(BeNil(), name)
 				g.Expect(p.SecurityContext.SeccompProfile).To(Equal(&corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}), name)
