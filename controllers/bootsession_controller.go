@@ -40,6 +40,9 @@ type BootSessionReconciler struct {
 	// ISCSIPort of the storage nodes' portals.
 	ISCSIPort int
 	Options   Options
+	// gone is shared with the StorageNodeReconciler: when the manager first
+	// saw a storage node missing.
+	gone *goneNodes
 }
 
 // sessionScope carries what the phases of one reconcile share.
@@ -56,6 +59,27 @@ type sessionScope struct {
 	// storageDown is filled by reconcileStorage: why the storage of a
 	// session that was StorageReady once is not ready now, or "".
 	storageDown string
+	// notes are filled by reconcileRefs and reconcileSchedule: what a
+	// session that goes on should say (its Machine or Image being deleted,
+	// its storage node missing within the grace); each is added to the
+	// Ready message and recorded as an Event when it first appears there.
+	notes []sessionNote
+	// requeueAfter is set by reconcileSchedule: when to look again (the end
+	// of a missing storage node's grace).
+	requeueAfter time.Duration
+}
+
+// sessionNote is one note of a session that goes on.
+type sessionNote struct {
+	eventType, reason, msg string
+}
+
+// withNotes appends the notes to msg.
+func (sc *sessionScope) withNotes(msg string) string {
+	for _, n := range sc.notes {
+		msg += "; " + n.msg
+	}
+	return msg
 }
 
 // Reconcile runs the phases in order and stops at the first that waits.
@@ -93,15 +117,44 @@ func (r *BootSessionReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if s.Spec.Stopped {
 		return r.reconcileStop(ctx, sc)
 	}
+	defer r.noteEvents(sc, base)
 	for _, phase := range []func(context.Context, *sessionScope) (bool, error){
 		r.reconcileRefs, r.reconcileExclusive, r.reconcileSchedule, r.reconcileCredentials, r.reconcileStorage, r.reconcileScript,
 	} {
 		ok, err := phase(ctx, sc)
-		if err != nil || !ok {
+		if err != nil {
 			return ctrl.Result{}, err
 		}
+		if !ok {
+			break
+		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: sc.requeueAfter}, nil
+}
+
+// noteEvents records an Event for each note that is new in the Ready
+// message.
+func (r *BootSessionReconciler) noteEvents(sc *sessionScope, base *bootv1.BootSession) {
+	var before, after string
+	if c := meta.FindStatusCondition(base.Status.Conditions, bootv1.ReadyCondition); c != nil {
+		before = c.Message
+	}
+	if c := meta.FindStatusCondition(sc.session.Status.Conditions, bootv1.ReadyCondition); c != nil {
+		after = c.Message
+	}
+	for _, n := range sc.notes {
+		if strings.Contains(after, n.msg) && !strings.Contains(before, n.msg) {
+			r.Recorder.Event(sc.session, n.eventType, n.reason, n.msg)
+		}
+	}
+}
+
+// grace is how long a storage node may be missing before its sessions fail.
+func (r *BootSessionReconciler) grace() time.Duration {
+	if r.Options.StorageNodeGrace > 0 {
+		return r.Options.StorageNodeGrace
+	}
+	return DefaultStorageNodeGrace
 }
 
 // wait records why the session waits: phase, Ready=False with reason, and an
@@ -122,46 +175,100 @@ func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSes
 	}
 }
 
-// reconcileRefs checks the Machine and the Image. A session of a Machine in
-// conflict (another Machine in the cluster holds its MAC or address) is not
-// scheduled; one already scheduled goes on (a running PC's disk is sacred),
-// and the boot agent does not serve it while the conflict lasts.
-// Conditions: Ready=False MachineNotFound, MachineConflict, ImageNotFound,
-// ImageNotReady.
+// reconcileRefs checks the Machine and the Image.
+//
+// A session not yet scheduled waits while its Machine or Image is being
+// deleted, and is never scheduled then: their deletion waits only for the
+// sessions that have seen it (see blocksDeletion), so these are checked
+// first. It also waits while its Machine is in conflict (another Machine in
+// the cluster holds its MAC or address), and until both exist and the Image
+// has a Ready replica.
+//
+// A scheduled session goes on (a running PC's disk is sacred): while its
+// Machine or Image is being deleted, whose deletion then waits for it, and
+// when its Image is gone (its disk is its own copy-on-write overlay), with a
+// note in its Ready message; while its Machine is in conflict, which the
+// boot agent does not serve. It waits only when its Machine is gone: the
+// boot agent has nothing to serve it from; its target stays.
+//
+// Conditions: Ready=False MachineDeleting, ImageDeleting, MachineNotFound,
+// MachineConflict, ImageNotFound, ImageNotReady.
 func (r *BootSessionReconciler) reconcileRefs(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
-	sc.machine = &bootv1.Machine{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}, sc.machine); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.wait(s, bootv1.SessionPending, bootv1.MachineNotFoundReason, fmt.Sprintf("Machine %s does not exist", s.Spec.MachineRef.Name))
-			return false, nil
-		}
+	scheduled := s.Status.StorageNode != ""
+	machine := &bootv1.Machine{}
+	machineFound, err := r.getRef(ctx, s.Namespace, s.Spec.MachineRef.Name, machine)
+	if err != nil {
 		return false, err
 	}
-	s.Status.MAC = sc.machine.Spec.MAC
-	conflict, err := machineConflict(ctx, r.Client, sc.machine)
+	image := &bootv1.Image{}
+	imageFound, err := r.getRef(ctx, s.Namespace, s.Spec.ImageRef.Name, image)
+	if err != nil {
+		return false, err
+	}
+	if !scheduled {
+		switch {
+		case machineFound && machine.DeletionTimestamp != nil:
+			r.wait(s, bootv1.SessionPending, bootv1.MachineDeletingReason,
+				fmt.Sprintf("Machine %s is being deleted; the session is not started (it would be, were a Machine %s made again)", machine.Name, machine.Name))
+			return false, nil
+		case imageFound && image.DeletionTimestamp != nil:
+			r.wait(s, bootv1.SessionPending, bootv1.ImageDeletingReason,
+				fmt.Sprintf("Image %s is being deleted; the session is not started (it would be, were an Image %s made again)", image.Name, image.Name))
+			return false, nil
+		}
+	}
+	if !machineFound {
+		msg := fmt.Sprintf("Machine %s does not exist", s.Spec.MachineRef.Name)
+		if scheduled {
+			msg += "; the boot agent cannot serve the session, whose target stays until it is stopped or deleted"
+		}
+		r.wait(s, bootv1.SessionPending, bootv1.MachineNotFoundReason, msg)
+		return false, nil
+	}
+	sc.machine = machine
+	s.Status.MAC = machine.Spec.MAC
+	conflict, err := machineConflict(ctx, r.Client, machine)
 	if err != nil {
 		return false, err
 	}
 	sc.conflict = conflict
-	if conflict != "" && s.Status.StorageNode == "" {
+	if conflict != "" && !scheduled {
 		r.wait(s, bootv1.SessionPending, bootv1.MachineConflictReason,
-			fmt.Sprintf("Machine %s has Conflict=True (%s); the session waits until the conflict is resolved", sc.machine.Name, conflict))
+			fmt.Sprintf("Machine %s has Conflict=True (%s); the session waits until the conflict is resolved", machine.Name, conflict))
 		return false, nil
 	}
-	sc.image = &bootv1.Image{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.ImageRef.Name}, sc.image); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.wait(s, bootv1.SessionPending, bootv1.ImageNotFoundReason, fmt.Sprintf("Image %s does not exist", s.Spec.ImageRef.Name))
-			return false, nil
-		}
-		return false, err
+	if machine.DeletionTimestamp != nil {
+		sc.notes = append(sc.notes, sessionNote{corev1.EventTypeNormal, bootv1.MachineDeletingReason,
+			fmt.Sprintf("Machine %s is being deleted: its deletion waits until this session ends", machine.Name)})
 	}
-	if sc.image.DeletionTimestamp != nil || sc.image.Status.ReadyReplicas == 0 {
-		r.wait(s, bootv1.SessionPending, bootv1.ImageNotReadyReason, fmt.Sprintf("Image %s has no Ready replica on any storage node", sc.image.Name))
+	switch {
+	case !imageFound && !scheduled:
+		r.wait(s, bootv1.SessionPending, bootv1.ImageNotFoundReason, fmt.Sprintf("Image %s does not exist", s.Spec.ImageRef.Name))
+		return false, nil
+	case !imageFound:
+		sc.notes = append(sc.notes, sessionNote{corev1.EventTypeNormal, bootv1.ImageNotFoundReason,
+			fmt.Sprintf("Image %s no longer exists; this session's disk is its own overlay and goes on", s.Spec.ImageRef.Name)})
+		return true, nil
+	case image.DeletionTimestamp != nil:
+		sc.notes = append(sc.notes, sessionNote{corev1.EventTypeNormal, bootv1.ImageDeletingReason,
+			fmt.Sprintf("Image %s is being deleted: its deletion waits until this session ends", image.Name)})
+	case !scheduled && image.Status.ReadyReplicas == 0:
+		r.wait(s, bootv1.SessionPending, bootv1.ImageNotReadyReason, fmt.Sprintf("Image %s has no Ready replica on any storage node", image.Name))
 		return false, nil
 	}
+	sc.image = image
 	return true, nil
+}
+
+// getRef reads a Machine or Image of the session's namespace from the cache;
+// found is false when it does not exist.
+func (r *BootSessionReconciler) getRef(ctx context.Context, ns, name string, obj client.Object) (found bool, err error) {
+	err = r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, obj)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // reconcileExclusive lets only the oldest unfinished session of a machine go
@@ -191,24 +298,42 @@ func (r *BootSessionReconciler) reconcileExclusive(ctx context.Context, sc *sess
 	return true, nil
 }
 
-// reconcileSchedule picks a storage node. Conditions: Scheduled; Ready=False
-// NoStorageNode, or Failed StorageNodeLost when the chosen node is gone.
+// reconcileSchedule picks a storage node. A scheduled session whose node's
+// Node object is missing goes on for the manager's storage node grace (a
+// Node deleted by mistake or re-registered by its kubelet comes back, and a
+// failed session would have its disk torn down): its Ready message says when
+// it fails unless the node returns. Conditions: Scheduled; Ready=False
+// NoStorageNode, or Failed StorageNodeLost when the chosen node has been gone
+// longer than the grace (the StorageNodeReconciler then releases its
+// storage finalizer).
 func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
-	if s.Status.StorageNode != "" {
+	if name := s.Status.StorageNode; name != "" {
 		node := &corev1.Node{}
-		if err := r.Get(ctx, types.NamespacedName{Name: s.Status.StorageNode}, node); err != nil {
-			if apierrors.IsNotFound(err) {
-				r.wait(s, bootv1.SessionFailed, bootv1.StorageNodeLostReason,
-					fmt.Sprintf("storage node %s no longer exists; the session cannot continue: create a new one", s.Status.StorageNode))
-				now := metav1.Now()
-				s.Status.Timeline.Stopped = &now
-				return false, nil
-			}
+		err := r.Get(ctx, types.NamespacedName{Name: name}, node)
+		switch {
+		case err == nil:
+			r.gone.present("node/" + name)
+			sc.node = node
+			return true, nil
+		case !apierrors.IsNotFound(err):
 			return false, err
 		}
-		sc.node = node
-		return true, nil
+		since := r.gone.missing("node/"+name, time.Now())
+		end := since.Add(r.grace())
+		if left := time.Until(end); left > 0 {
+			sc.requeueAfter = left
+			sc.notes = append(sc.notes, sessionNote{corev1.EventTypeWarning, bootv1.StorageNodeGoneReason,
+				fmt.Sprintf("storage node %s is missing since %s: unless it returns within the %s grace, the session fails at %s",
+					name, since.UTC().Format(time.RFC3339), r.grace(), end.UTC().Format(time.RFC3339))})
+			return true, nil
+		}
+		r.wait(s, bootv1.SessionFailed, bootv1.StorageNodeLostReason,
+			fmt.Sprintf("storage node %s no longer exists (missing since %s, longer than the %s grace); the session cannot continue: create a new one",
+				name, since.UTC().Format(time.RFC3339), r.grace()))
+		now := metav1.Now()
+		s.Status.Timeline.Stopped = &now
+		return false, nil
 	}
 	load := map[string]int{}
 	for _, rep := range sc.image.Status.Replicas {
@@ -257,12 +382,33 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 // session's Secret (owned by the session) with every key of
 // bootv1.SecretKey*; a Secret that lacks keys (made by an older manager)
 // gets the missing ones, the others are kept. No credential leaves the
-// Secret. Conditions: Ready=False NoStorageNode when the node has no address.
+// Secret. A session that has a target keeps its portal while its node is
+// missing (within the grace) or reports no address. Conditions: Ready=False
+// NoStorageNode when the node has no address and the session no target yet;
+// WaitingForStorage when its node is missing and it has no target yet.
 func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
-	portal, err := nodePortal(sc.node, r.ISCSIPort)
-	if err != nil {
-		r.wait(s, bootv1.SessionPending, bootv1.NoStorageNodeReason, err.Error())
+	var portal string
+	switch {
+	case sc.node != nil:
+		p, err := nodePortal(sc.node, r.ISCSIPort)
+		switch {
+		case err == nil:
+			portal = p
+		case s.Status.Target != nil:
+			// A Node that reports no address for a while (re-registered,
+			// its status not yet written) does not stop a session that has
+			// its portal.
+			portal = s.Status.Target.Portal
+		default:
+			r.wait(s, bootv1.SessionPending, bootv1.NoStorageNodeReason, err.Error())
+			return false, nil
+		}
+	case s.Status.Target != nil:
+		// The node is missing, within the grace: the session keeps its portal.
+		portal = s.Status.Target.Portal
+	default:
+		r.wait(s, bootv1.SessionProvisioning, bootv1.WaitingForStorageReason, sc.withNotes("waiting for storage node "+s.Status.StorageNode))
 		return false, nil
 	}
 	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: fmt.Sprintf("%s:%s:%s", r.IQNPrefix, s.Namespace, s.Name), LUN: 1}
@@ -391,7 +537,7 @@ func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionS
 		return false, nil
 	default:
 		r.wait(s, bootv1.SessionProvisioning, bootv1.WaitingForStorageReason,
-			"waiting for storage node "+s.Status.StorageNode+" to make the overlay and the iSCSI target")
+			sc.withNotes("waiting for storage node "+s.Status.StorageNode+" to make the overlay and the iSCSI target"))
 		return false, nil
 	}
 }
@@ -428,7 +574,7 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 	if sc.storageDown != "" {
 		msg += "; " + sc.storageDown
 	}
-	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, msg)
+	setReady(&s.Status.Conditions, s.Generation, true, bootv1.SucceededReason, sc.withNotes(msg))
 	return true, nil
 }
 
@@ -529,6 +675,9 @@ func announcedPortal(n *corev1.Node) (string, bool) {
 // SetupWithManager registers the controller: sessions, their Secrets, and
 // the Machines, Images and Nodes they depend on.
 func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.gone == nil {
+		r.gone = newGoneNodes()
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&bootv1.BootSession{}).
 		Watches(&bootv1.Image{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOf(indexSessionImage))).

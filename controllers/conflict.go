@@ -44,8 +44,10 @@ type claim struct {
 	reason string
 }
 
-// claimsOf lists, cluster-wide, the other live Machines with m's MAC or
-// reserved address.
+// claimsOf lists, cluster-wide, the other Machines with m's MAC or reserved
+// address. A Machine being deleted still claims them: its finalizer keeps it
+// only while a session of it may run, and that PC still uses its MAC and
+// address.
 func claimsOf(ctx context.Context, c client.Reader, m *bootv1.Machine) ([]claim, error) {
 	var out []claim
 	var sameMAC bootv1.MachineList
@@ -54,7 +56,7 @@ func claimsOf(ctx context.Context, c client.Reader, m *bootv1.Machine) ([]claim,
 	}
 	for i := range sameMAC.Items {
 		o := &sameMAC.Items[i]
-		if !sameMachine(o, m) && o.DeletionTimestamp == nil {
+		if !sameMachine(o, m) {
 			out = append(out, claim{o, "MAC " + m.Spec.MAC, bootv1.DuplicateMACReason})
 		}
 	}
@@ -65,7 +67,7 @@ func claimsOf(ctx context.Context, c client.Reader, m *bootv1.Machine) ([]claim,
 		}
 		for i := range sameIP.Items {
 			o := &sameIP.Items[i]
-			if !sameMachine(o, m) && o.DeletionTimestamp == nil {
+			if !sameMachine(o, m) {
 				out = append(out, claim{o, "address " + m.Spec.IPv4.Address, bootv1.DuplicateIPReason})
 			}
 		}

@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -17,8 +16,9 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
-// ImageReconciler summarizes replicas and blocks deletion while sessions use
-// the image.
+// ImageReconciler summarizes replicas and holds bootv1.ImageFinalizer on a
+// deleted Image while sessions use it (blocksDeletion): a scheduled session
+// goes on while its Image is being deleted, and no new one starts.
 type ImageReconciler struct {
 	client.Client
 	Recorder record.EventRecorder
@@ -42,22 +42,19 @@ func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		if err := r.List(ctx, &list, client.InNamespace(img.Namespace), client.MatchingFields{indexSessionImage: img.Name}); err != nil {
 			return ctrl.Result{}, err
 		}
-		users := 0
-		for i := range list.Items {
-			if !finished(&list.Items[i]) {
-				users++
-			}
-		}
-		if users > 0 {
-			msg := fmt.Sprintf("deletion waits for %d unfinished session(s) that use this image", users)
+		if users := deletionBlockers(list.Items); len(users) > 0 {
+			msg := inUseMessage(users, "this image")
 			if c := meta.FindStatusCondition(img.Status.Conditions, bootv1.ReadyCondition); c == nil || c.Reason != bootv1.InUseReason {
 				r.Recorder.Event(img, corev1.EventTypeWarning, bootv1.InUseReason, msg)
 			}
 			setReady(&img.Status.Conditions, img.Generation, false, bootv1.InUseReason, msg)
-			return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base)))
+			if equality.Semantic.DeepEqual(base.Status, img.Status) {
+				return ctrl.Result{}, nil
+			}
+			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base))))
 		}
 		if controllerutil.RemoveFinalizer(img, bootv1.ImageFinalizer) {
-			return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, img))
+			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, img)))
 		}
 		return ctrl.Result{}, nil
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"strings"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,6 +18,9 @@ const (
 	indexSessionNode    = "status.storageNode"
 	indexMachineMAC     = "spec.mac"
 	indexMachineIP      = "spec.ipv4.address"
+	// indexNodeFinalizer holds, for each bootv1.NodeFinalizer on an Image or
+	// a Machine, the part after bootv1.NodeFinalizerPrefix.
+	indexNodeFinalizer = "metadata.finalizers.storageNode"
 )
 
 // SetupIndexes registers the field indexes on the manager's cache.
@@ -48,10 +52,23 @@ func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
 			}
 			return nil
 		}},
+		{&bootv1.Image{}, indexNodeFinalizer, nodeFinalizerKeys},
+		{&bootv1.Machine{}, indexNodeFinalizer, nodeFinalizerKeys},
 	} {
 		if err := fi.IndexField(ctx, ix.obj, ix.field, ix.fn); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// nodeFinalizerKeys indexes an object by its node finalizers.
+func nodeFinalizerKeys(o client.Object) []string {
+	var out []string
+	for _, f := range o.GetFinalizers() {
+		if k, ok := strings.CutPrefix(f, bootv1.NodeFinalizerPrefix); ok && k != "" {
+			out = append(out, k)
+		}
+	}
+	return out
 }

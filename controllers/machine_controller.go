@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -32,16 +33,29 @@ type MachineReconciler struct {
 }
 
 // Reconcile computes the Machine's status from the Machine, the other
-// Machines with its MAC or address, and its sessions.
+// Machines with its MAC or address, and its sessions, and holds
+// bootv1.MachineFinalizer until a deleted Machine's sessions are done.
+//
+// Its status writes are merge patches from the object it read, with
+// optimistic locking: they carry only the fields it changed (never, for
+// example, status.persistentDisks, which the storage agents apply), and a
+// write from a cache that has not yet seen another writer's change to a
+// list it shares (conditions) is refused and retried rather than erasing
+// it.
 func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	m := &bootv1.Machine{}
 	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if m.DeletionTimestamp != nil {
-		return ctrl.Result{}, nil
+	if m.DeletionTimestamp == nil && controllerutil.AddFinalizer(m, bootv1.MachineFinalizer) {
+		if err := r.Update(ctx, m); err != nil {
+			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(err))
+		}
 	}
 	base := m.DeepCopy()
+	if m.DeletionTimestamp != nil {
+		return r.reconcileDelete(ctx, m, base)
+	}
 
 	conflict, err := r.conflict(ctx, m)
 	if err != nil || m.Name == "" {
@@ -71,10 +85,40 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		setReady(&m.Status.Conditions, m.Generation, true, bootv1.SucceededReason, "the reservation is served")
 	}
 	m.Status.ObservedGeneration = m.Generation
+	return r.patchStatus(ctx, m, base)
+}
+
+// patchStatus writes what changed in m's status since base (see Reconcile).
+func (r *MachineReconciler) patchStatus(ctx context.Context, m, base *bootv1.Machine) (ctrl.Result, error) {
 	if equality.Semantic.DeepEqual(base.Status, m.Status) {
 		return ctrl.Result{}, nil
 	}
-	return ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, m, client.MergeFrom(base)))
+	return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, m, statusPatch(base))))
+}
+
+// reconcileDelete keeps a deleted Machine, its reservation and its sessions'
+// scripts served by the boot agent, while sessions use it (blocksDeletion),
+// then releases bootv1.MachineFinalizer. Conditions: Ready=False InUse
+// naming the sessions, with a Warning Event when the wait starts.
+func (r *MachineReconciler) reconcileDelete(ctx context.Context, m, base *bootv1.Machine) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(m, bootv1.MachineFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	var sessions bootv1.BootSessionList
+	if err := r.List(ctx, &sessions, client.InNamespace(m.Namespace), client.MatchingFields{indexSessionMachine: m.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	setMachineSessions(m, sessions.Items)
+	if users := deletionBlockers(sessions.Items); len(users) > 0 {
+		msg := inUseMessage(users, "this machine")
+		if c := meta.FindStatusCondition(m.Status.Conditions, bootv1.ReadyCondition); c == nil || c.Reason != bootv1.InUseReason {
+			r.Recorder.Event(m, corev1.EventTypeWarning, bootv1.InUseReason, msg)
+		}
+		setReady(&m.Status.Conditions, m.Generation, false, bootv1.InUseReason, msg)
+		return r.patchStatus(ctx, m, base)
+	}
+	controllerutil.RemoveFinalizer(m, bootv1.MachineFinalizer)
+	return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, m)))
 }
 
 // conflict sets the Conflict condition (negative polarity; see

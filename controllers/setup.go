@@ -25,13 +25,25 @@ type Options struct {
 	IQNPrefix string
 	// ISCSIPort of the storage nodes' portals.
 	ISCSIPort int
+	// StorageNodeGrace is how long a storage node's Node object must be
+	// missing before the manager releases the node's storage finalizers and
+	// fails its sessions (StorageNodeReconciler); zero means
+	// DefaultStorageNodeGrace. The time a Node went missing is kept in
+	// memory: a manager restart starts the grace again.
+	StorageNodeGrace time.Duration
 }
+
+// DefaultStorageNodeGrace is the default of --storage-node-grace.
+const DefaultStorageNodeGrace = 5 * time.Minute
 
 // BindFlags registers the options as command-line flags.
 func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "Reconciles run at once per controller.")
 	fs.StringVar(&o.IQNPrefix, "iqn-prefix", "iqn.2026-11.io.ggnet", "Prefix of the target and initiator IQNs GGnet makes.")
 	fs.IntVar(&o.ISCSIPort, "iscsi-port", 3260, "iSCSI port of the storage nodes.")
+	fs.DurationVar(&o.StorageNodeGrace, "storage-node-grace", DefaultStorageNodeGrace,
+		"How long a storage node's Node object must be missing before the manager fails the node's sessions and releases its storage finalizers "+
+			"on sessions, Images and Machines (a Node back within it keeps everything; a manager restart starts it again).")
 }
 
 // Setup registers the field indexes and every GGnet reconciler with the
@@ -40,11 +52,19 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
+	if o.StorageNodeGrace <= 0 {
+		o.StorageNodeGrace = DefaultStorageNodeGrace
+	}
+	gone := newGoneNodes()
 	if err := (&BootSessionReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("bootsession-controller"),
-		IQNPrefix: o.IQNPrefix, ISCSIPort: o.ISCSIPort, Options: o}).SetupWithManager(mgr); err != nil {
+		IQNPrefix: o.IQNPrefix, ISCSIPort: o.ISCSIPort, Options: o, gone: gone}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	if err := (&MachineReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("machine-controller"), Options: o}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&StorageNodeReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("storagenode-controller"),
+		Grace: o.StorageNodeGrace, gone: gone}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return (&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("image-controller")}).SetupWithManager(mgr)

@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +28,52 @@ func holdsMachine(s *bootv1.BootSession) bool {
 	}
 	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition)
 	return c == nil || c.Reason != bootv1.MachineBusyReason
+}
+
+// blocksDeletion reports whether a session holds up the deletion of its
+// Machine or Image: it has not finished, and it is scheduled (a PC may run
+// on its disk), or it is not scheduled yet and has not seen the deletion (its
+// Ready reason is not MachineDeleting or ImageDeleting), so that a reconcile
+// begun before the deletion could still schedule it. A session not
+// scheduled that is stopped or being deleted ends without storage.
+func blocksDeletion(s *bootv1.BootSession) bool {
+	switch {
+	case finished(s):
+		return false
+	case s.Status.StorageNode != "":
+		return true
+	case s.Spec.Stopped || s.DeletionTimestamp != nil:
+		return false
+	}
+	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition)
+	return c == nil || (c.Reason != bootv1.MachineDeletingReason && c.Reason != bootv1.ImageDeletingReason)
+}
+
+// deletionBlockers returns the names of the sessions that hold up a
+// deletion (blocksDeletion), sorted.
+func deletionBlockers(sessions []bootv1.BootSession) []string {
+	var out []string
+	for i := range sessions {
+		if blocksDeletion(&sessions[i]) {
+			out = append(out, sessions[i].Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// inUseMessage says which sessions a deletion waits for (at most five by
+// name).
+func inUseMessage(users []string, what string) string {
+	names := users
+	if len(names) > 5 {
+		names = names[:5]
+	}
+	msg := fmt.Sprintf("deletion waits for %d unfinished session(s) that use %s: %s", len(users), what, strings.Join(names, ", "))
+	if len(users) > len(names) {
+		msg += fmt.Sprintf(" and %d more", len(users)-len(names))
+	}
+	return msg
 }
 
 // olderFirst orders sessions by creation, then name: the first one of a

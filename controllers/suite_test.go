@@ -73,7 +73,8 @@ var _ = BeforeSuite(func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancelMgr = cancel
 	// The same indexes and reconcilers as cmd/manager.
-	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260})).To(Succeed())
+	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260,
+		StorageNodeGrace: storageNodeGrace})).To(Succeed())
 	Expect((&standin.Storage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
@@ -95,14 +96,20 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// storageNodeGrace is the suite manager's --storage-node-grace: long enough
+// for a spec to bring a Node back within it, short enough to wait for.
+const storageNodeGrace = 5 * time.Second
+
 // newNamespace makes a namespace for one spec. A MAC and an address belong
 // to one Machine in the whole cluster, and envtest has no namespace
-// controller: the spec's Machines are deleted when it ends, and the next
-// spec starts once the manager saw them go.
+// controller: the spec's sessions and Machines are deleted when it ends
+// (a Machine goes once no session uses it), and the next spec starts once
+// the manager saw them go.
 func newNamespace(ctx context.Context) string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ggnet-ctrl-"}}
 	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
 	DeferCleanup(func(ctx context.Context) {
+		Expect(k8sClient.DeleteAllOf(ctx, &bootv1.BootSession{}, client.InNamespace(ns.Name))).To(Succeed())
 		Expect(k8sClient.DeleteAllOf(ctx, &bootv1.Machine{}, client.InNamespace(ns.Name))).To(Succeed())
 		Eventually(func() []bootv1.Machine {
 			var list bootv1.MachineList

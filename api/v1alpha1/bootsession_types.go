@@ -168,6 +168,26 @@ const (
 	// serve it.
 	MachineConflictReason = "MachineConflict"
 
+	// MachineDeletingReason: the session's Machine is being deleted. A
+	// session not yet scheduled waits (Ready=False) and is never scheduled
+	// while the deletion lasts; a scheduled one goes on (Ready stays True and
+	// its message says so), and the Machine's deletion waits for it
+	// (MachineFinalizer). Also the reason of the Normal Event on a scheduled
+	// session when its Machine's deletion starts.
+	MachineDeletingReason = "MachineDeleting"
+	// ImageDeletingReason: the session's Image is being deleted; as
+	// MachineDeletingReason, with ImageFinalizer.
+	ImageDeletingReason = "ImageDeleting"
+	// StorageNodeGoneReason is the reason of the Warning Events the manager
+	// records on sessions, Images and Machines whose storage node's Node
+	// object is gone: when it first sees it missing (naming when it will
+	// release the node's finalizer on the object) and when, after the
+	// manager's --storage-node-grace, it releases that finalizer (the files
+	// the object had on that node, if the node's disk comes back, are then no
+	// longer tracked). A session on a node gone longer than the grace fails
+	// with StorageNodeLostReason.
+	StorageNodeGoneReason = "StorageNodeGone"
+
 	// TargetUnavailableReason: StorageReady=False while the storage agent
 	// cannot drive its iSCSI target (the target daemon restarting, a failed
 	// request). The agent retries with backoff and the overlay is kept; a
@@ -219,8 +239,17 @@ const (
 	// StorageFinalizer is held by the storage agent until the target and, for
 	// Discard, the overlay are gone.
 	StorageFinalizer = "boot.ggnet.io/storage"
-	// ImageFinalizer blocks an Image's deletion while sessions use it.
+	// ImageFinalizer is held by the manager on every Image; an Image being
+	// deleted keeps it while sessions use it: scheduled sessions that have
+	// not finished, and unscheduled ones that have not yet seen the deletion
+	// (their Ready reason is not ImageDeletingReason or
+	// MachineDeletingReason).
 	ImageFinalizer = "boot.ggnet.io/image"
+	// MachineFinalizer is held by the manager on every Machine; a Machine
+	// being deleted keeps it, as ImageFinalizer, while sessions use it, so
+	// that a running PC keeps its reservation and its script until its
+	// session stops.
+	MachineFinalizer = "boot.ggnet.io/machine"
 )
 
 // +kubebuilder:object:root=true

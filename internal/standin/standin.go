@@ -4,6 +4,7 @@ package standin
 
 import (
 	"context"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,7 +19,8 @@ import (
 // Storage plays the storage agent through the API: for each session
 // scheduled on a node it holds the storage finalizer and reports
 // StorageReady with its own field owner; on stop or delete it tears down
-// (instantly) and releases the finalizer. Nodes named "broken-*" fail.
+// (instantly) and releases the finalizer. Nodes named "broken-*" fail;
+// nodes named "gone-*" have no agent (the spec plays it).
 type Storage struct {
 	client.Client
 	// Workers is the number of concurrent reconciles (default 1).
@@ -35,7 +37,7 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 	if err := s.Get(ctx, req.NamespacedName, bs); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if bs.Status.StorageNode == "" {
+	if bs.Status.StorageNode == "" || strings.HasPrefix(bs.Status.StorageNode, "gone-") {
 		return ctrl.Result{}, nil
 	}
 	if bs.Spec.Stopped || bs.DeletionTimestamp != nil {
