@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,28 @@ func stop(s *bootv1.BootSession) {
 	Eventually(phase(s), time.Minute).Should(Equal(bootv1.SessionStopped))
 }
 
+// targetTID returns the tgtd target id of iqn ("" when there is none): a
+// rebuilt target gets a new one.
+func targetTID(iqn string) string {
+	GinkgoHelper()
+	out, err := exec.Command("tgtadm", "-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi", "--mode", "target", "--op", "show").CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), string(out))
+	for _, line := range strings.Split(string(out), "\n") {
+		if num, name, ok := strings.Cut(strings.TrimPrefix(line, "Target "), ": "); ok && name == iqn {
+			return num
+		}
+	}
+	return ""
+}
+
+// fileID is the device and inode of path: the same file, not one made anew.
+func fileID(path string) string {
+	GinkgoHelper()
+	var st syscall.Stat_t
+	Expect(syscall.Stat(path, &st)).To(Succeed())
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
 func targetIQNs() []string {
 	list, err := (&target.TGT{ControlPort: l.TGTPort()}).List(ctx, "iqn.")
 	Expect(err).NotTo(HaveOccurred())
@@ -205,31 +228,98 @@ var _ = Describe("Netboot", Ordered, func() {
 		stop(s)
 	})
 
-	It("the agent killed and restarted while the VM runs: the VM keeps its disk and the next boot works", func() {
+	It("the agent, init of a PID namespace of its own, killed while a VM runs (a container restart): every process of the namespace dies, tgtd apart keeps the target, the VM never stops ticking", func() {
 		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
 		s := session(m, "restart", bootv1.WritebackDiscard)
 		vm, err := l.PowerOn(m.Spec.MAC)
 		Expect(err).NotTo(HaveOccurred())
+		defer vm.PowerOff()
 		b, err := vm.WaitBoot(3 * time.Minute)
 		Expect(err).NotTo(HaveOccurred(), b.Serial)
+		Eventually(phase(s), 30*time.Second).Should(Equal(bootv1.SessionActive))
+		_, err = vm.WaitTick(3, time.Minute)
+		Expect(err).NotTo(HaveOccurred(), vm.Serial())
+		iqn, overlay := s.Status.Target.IQN, s.Status.OverlayPath
 		conns := func() int {
-			c, err := (&target.TGT{ControlPort: l.TGTPort()}).Connections(ctx, s.Status.Target.IQN)
+			c, err := (&target.TGT{ControlPort: l.TGTPort()}).Connections(ctx, iqn)
 			Expect(err).NotTo(HaveOccurred())
 			return len(c)
 		}
 		Expect(conns()).To(Equal(1), "the VM is logged in")
+		tid := targetTID(iqn)
+		inode := fileID(overlay)
+		ns, initPID, err := l.AgentPIDNamespace()
+		Expect(err).NotTo(HaveOccurred())
+		hostNS, err := os.Readlink("/proc/self/ns/pid")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ns).NotTo(Equal(hostNS), "the agent runs in a PID namespace of its own")
 
+		By("killing the namespace's init with SIGKILL")
+		killed := time.Now()
 		l.Kill("bootagent")
+		Expect(lab.PIDsInNamespace(ns)).To(BeEmpty(), "every process of the agent's PID namespace (init %d) died", initPID)
+		atKill := vm.LastTick()
+		_, err = vm.WaitTick(atKill+4, time.Minute)
+		Expect(err).NotTo(HaveOccurred(), "the VM ticks on while no agent runs")
+		Expect(conns()).To(Equal(1))
+
+		By("starting the agent again: it re-attaches to the same target")
 		Expect(l.StartAgent()).To(Succeed())
-		Consistently(conns, 8*time.Second, time.Second).Should(Equal(1), "the VM keeps its iSCSI session through the agent's restart")
-		Expect(targetIQNs()).To(ContainElement(s.Status.Target.IQN))
-		_, err = os.Stat(s.Status.OverlayPath)
-		Expect(err).NotTo(HaveOccurred(), "the live overlay is kept")
+		restarted := time.Now()
+		Consistently(func(g Gomega) {
+			g.Expect(conns()).To(Equal(1), "the VM keeps its iSCSI session")
+			g.Expect(l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
+			g.Expect(s.Status.Phase).To(Equal(bootv1.SessionActive))
+		}, 8*time.Second, time.Second).Should(Succeed())
+		_, err = vm.WaitTick(vm.LastTick()+3, time.Minute)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(targetTID(iqn)).To(Equal(tid), "the same target: not rebuilt")
+		Expect(fileID(overlay)).To(Equal(inode), "the same overlay file")
+		Expect(s.Status.OverlayPath).To(Equal(overlay))
+		Expect(vm.TickProblems()).To(BeEmpty(), vm.Serial())
+		Expect(vm.Serial()).NotTo(ContainSubstring(lab.RetryMarker), "no disk call of the VM failed")
+		gap := vm.MaxTickGap(killed, restarted)
+		Expect(gap).To(BeNumerically("<", 5*time.Second), "the ticks never paused")
+		AddReportEntry("agent restart", fmt.Sprintf("agent down %s, longest pause of the VM's ticks %s",
+			restarted.Sub(killed).Round(100*time.Millisecond), gap.Round(100*time.Millisecond)))
 		vm.PowerOff()
 
 		stop(s)
 		s2 := session(m, "after-restart", bootv1.WritebackDiscard)
 		Expect(boot(m).Count).To(Equal(1))
 		stop(s2)
+	})
+
+	It("the old design, for contrast: tgtd started by the agent inside its PID namespace dies with it and the VM loses its disk", func() {
+		By("running tgtd from the agent (--start-tgtd) instead of apart")
+		l.Kill("bootagent")
+		l.Kill("tgtd")
+		var s *bootv1.BootSession
+		DeferCleanup(func() {
+			// The lab as it was: tgtd apart, the agent without it; then the
+			// session is stopped.
+			l.Kill("bootagent")
+			Expect(l.StartTGTD()).To(Succeed())
+			Expect(l.StartAgent()).To(Succeed())
+			if s != nil {
+				stop(s)
+			}
+		})
+		Expect(l.StartAgentWithTGTD()).To(Succeed())
+		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		s = session(m, "old-design", bootv1.WritebackDiscard)
+		vm, err := l.PowerOn(m.Spec.MAC)
+		Expect(err).NotTo(HaveOccurred())
+		defer vm.PowerOff()
+		b, err := vm.WaitBoot(3 * time.Minute)
+		Expect(err).NotTo(HaveOccurred(), b.Serial)
+		_, err = vm.WaitTick(2, time.Minute)
+		Expect(err).NotTo(HaveOccurred(), vm.Serial())
+
+		l.Kill("bootagent")
+		killed := vm.LastTick()
+		Consistently(vm.LastTick, 10*time.Second, time.Second).Should(BeNumerically("<=", killed+1), "the VM's disk went with the agent's container")
+		Expect((&target.TGT{ControlPort: l.TGTPort()}).Ping(ctx)).NotTo(Succeed(), "no tgtd runs")
+		vm.PowerOff()
 	})
 })

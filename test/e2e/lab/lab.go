@@ -1,13 +1,14 @@
 // Package lab is GGnet's local netboot lab, shared by `make demo` and the
 // end-to-end suite. Everything runs inside a network namespace of its own:
 // a bridge with the agent's address, a tap for the VM, etcd and
-// kube-apiserver (the envtest binaries), the manager and the boot agent with
-// both roles as processes, tgtd, and an XFS reflink data directory on a loop
-// device. Nothing reaches any other network.
+// kube-apiserver (the envtest binaries), the manager, the boot agent with
+// both roles in a PID namespace of its own (as in a container), tgtd apart
+// from it (as in its own DaemonSet), and an XFS reflink data directory on a
+// loop device. Nothing reaches any other network. Each process can be killed
+// and started again, the way kubelet restarts a container.
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -16,6 +17,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -83,6 +86,7 @@ type Lab struct {
 	Kubeconfig string
 	DataDir    string
 	t          testfs.T
+	mu         sync.Mutex
 	procs      map[string]*exec.Cmd
 	// stoppers names the processes whose stop is registered with t: once,
 	// the first time each starts. A restart inside a Ginkgo spec must not
@@ -90,9 +94,11 @@ type Lab struct {
 	// ends (GinkgoT's Cleanup is the spec's DeferCleanup).
 	stoppers map[string]bool
 	bin      string
-	// tgtPort is the control port of the lab's tgtd, which the agent runs
-	// and — by design — leaves running when it stops.
+	// tgtPort is the control port of the lab's tgtd.
 	tgtPort int
+	// apiserverArgs is kube-apiserver's command line, kept at its first kill
+	// to start it again the same way.
+	apiserverArgs []string
 }
 
 // Start brings the lab up: network, API server, storage node, manager,
@@ -100,8 +106,6 @@ type Lab struct {
 // bootagent.
 func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, stoppers: map[string]bool{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
-	// tgtd ignores SIGTERM while it has targets.
-	t.Cleanup(func() { _ = exec.Command("pkill", "-9", "-f", fmt.Sprintf("tgtd -f -C %d ", l.tgtPort)).Run() })
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", Bridge, "type", "bridge"},
@@ -157,6 +161,9 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	if err := l.StartManager(); err != nil {
 		return nil, err
 	}
+	if err := l.StartTGTD(); err != nil {
+		return nil, err
+	}
 	if err := l.StartAgent(); err != nil {
 		return nil, err
 	}
@@ -184,17 +191,24 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 }
 
 func (l *Lab) start(name string, args ...string) error {
-	// Appended, not truncated: a restarted process adds to its log, so a
-	// whole run's logs can be read (and searched for credentials) at the end.
+	return l.startCmd(name, exec.Command(filepath.Join(l.bin, name), args...))
+}
+
+// startCmd starts cmd as the lab's process name, its output appended to
+// <name>.log: a restarted process adds to its log, so a whole run's logs can
+// be read (and searched for credentials) at the end.
+func (l *Lab) startCmd(name string, cmd *exec.Cmd) error {
 	logf, err := os.OpenFile(filepath.Join(l.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(l.bin, name), args...)
+	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.procs[name] = cmd
 	if !l.stoppers[name] {
 		l.stoppers[name] = true
@@ -203,12 +217,18 @@ func (l *Lab) start(name string, args ...string) error {
 	return nil
 }
 
-// Kill stops a process of the lab (manager or bootagent) hard.
+// Kill stops a process of the lab (manager, bootagent, tgtd,
+// kube-apiserver after its first restart) hard, with SIGKILL, and waits for
+// it to end. The agent is the init of its PID namespace: every process of
+// that namespace dies with it.
 func (l *Lab) Kill(name string) {
-	if cmd := l.procs[name]; cmd != nil && cmd.Process != nil {
+	l.mu.Lock()
+	cmd := l.procs[name]
+	delete(l.procs, name)
+	l.mu.Unlock()
+	if cmd != nil && cmd.Process != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		delete(l.procs, name)
 	}
 }
 
@@ -222,14 +242,32 @@ func (l *Lab) StartManager() error {
 	return err
 }
 
-// StartAgent runs the boot agent with both roles; it runs tgtd.
-func (l *Lab) StartAgent() error {
-	if err := l.start("bootagent", "--boot", "--storage", "--kubeconfig", l.Kubeconfig,
+// StartAgent runs the boot agent with both roles in a PID namespace of its
+// own, as a container runs: the agent is that namespace's init, and killing
+// it (Kill("bootagent")) kills every process of the namespace, as a
+// container restart does. tgtd is not in it: it runs apart (StartTGTD), as
+// in production, where it has its own DaemonSet.
+func (l *Lab) StartAgent() error { return l.startAgent(false) }
+
+// StartAgentWithTGTD runs the agent as StartAgent does but has it start and
+// supervise tgtd itself (--start-tgtd), inside the agent's PID namespace:
+// the old design, where a restart of the agent's container took tgtd and
+// every PC's disk with it. The lab's own tgtd must be stopped first.
+func (l *Lab) StartAgentWithTGTD() error { return l.startAgent(true) }
+
+func (l *Lab) startAgent(withTGTD bool) error {
+	args := []string{"--boot", "--storage", "--kubeconfig", l.Kubeconfig,
 		"--node-name", NodeName, "--data-dir", l.DataDir, "--reserve-mib", "16",
-		"--start-tgtd", "--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP+":3260",
-		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP+":8880",
-		"--tftp-listen", ServerIP+":69", "--metrics-listen", "127.0.0.1:18881",
-		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"); err != nil {
+		"--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP + ":3260",
+		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP + ":8880",
+		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
+		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"}
+	if withTGTD {
+		args = append(args, "--start-tgtd")
+	}
+	cmd := exec.Command(filepath.Join(l.bin, "bootagent"), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	if err := l.startCmd("bootagent", cmd); err != nil {
 		return err
 	}
 	_, err := testbin.WaitHTTP(MetricsBase+"/readyz", 60*time.Second)
@@ -243,79 +281,6 @@ func (l *Lab) Machine(ctx context.Context, name, mac, ip string, policy bootv1.B
 		ImageRef: &bootv1.LocalObjectReference{Name: "demo"}, BootPolicy: policy, Writeback: wb,
 	}}
 	return m, l.Client.Create(ctx, m)
-}
-
-// Boot is one VM boot.
-type Boot struct {
-	// Count is the boot counter the disk printed (0 when it did not boot).
-	Count int
-	// Elapsed is power-on to marker.
-	Elapsed time.Duration
-	Serial  string
-}
-
-// VM is a running QEMU.
-type VM struct {
-	cmd    *exec.Cmd
-	serial string
-	start  time.Time
-}
-
-// PowerOn starts a QEMU VM (TCG) that network-boots through the lab's tap.
-func (l *Lab) PowerOn(mac string) (*VM, error) {
-	serial := filepath.Join(l.Dir, fmt.Sprintf("serial-%d.txt", time.Now().UnixNano()))
-	// -nographic makes SeaBIOS mirror the screen (iPXE's messages) to the
-	// serial port, which goes to a file with the disk's own output.
-	cmd := exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-nographic",
-		"-serial", "file:"+serial, "-monitor", "none", "-no-reboot",
-		"-netdev", "tap,id=n0,ifname="+Tap+",script=no,downscript=no",
-		// e1000 with its iPXE ROM from Debian's ipxe-qemu (virtio's ROM is not
-		// offered by SeaBIOS here).
-		"-device", "e1000,netdev=n0,mac="+mac,
-		"-boot", "n")
-	logf, err := os.Create(serial + ".qemu.log")
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	vm := &VM{cmd: cmd, serial: serial, start: time.Now()}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	l.t.Cleanup(vm.PowerOff)
-	return vm, nil
-}
-
-// Serial returns what the VM printed so far.
-func (vm *VM) Serial() string {
-	b, _ := os.ReadFile(vm.serial)
-	return string(bytes.ReplaceAll(b, []byte("\r"), nil))
-}
-
-// WaitBoot waits for the disk's marker and returns the boot.
-func (vm *VM) WaitBoot(timeout time.Duration) (Boot, error) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		s := vm.Serial()
-		if i := strings.Index(s, Marker); i >= 0 {
-			rest := s[i+len(Marker):]
-			if j := strings.IndexByte(rest, '\n'); j >= 0 {
-				var n int
-				_, _ = fmt.Sscanf(rest[:j], "%d", &n)
-				return Boot{Count: n, Elapsed: time.Since(vm.start), Serial: s}, nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return Boot{Serial: vm.Serial()}, fmt.Errorf("no %q from the VM after %s", Marker, timeout)
-}
-
-// PowerOff stops the VM.
-func (vm *VM) PowerOff() {
-	if vm.cmd.Process != nil {
-		_ = vm.cmd.Process.Kill()
-		_ = vm.cmd.Wait()
-	}
 }
 
 // Logs returns the contents of every log the lab's processes (manager,

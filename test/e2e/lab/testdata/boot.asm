@@ -101,6 +101,7 @@ pause:                          ; about half a second: 9 BIOS timer ticks (18.2 
     push dx
     mov dx, [0x046c]
 .wait:
+    sti                         ; iPXE's int 13h may return with interrupts off
     hlt
     mov ax, [0x046c]
     sub ax, dx
