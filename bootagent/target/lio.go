@@ -2,12 +2,9 @@ package target
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,13 +12,24 @@ import (
 
 // LIO drives the kernel iSCSI target through configfs: a fileio backstore
 // per session, a target with one TPG, one LUN, a portal, and an ACL for the
-// session's initiator with CHAP. Root is /sys/kernel/config in production; the
-// tests point it at a directory laid out like configfs.
+// session's initiator with CHAP. Root is /sys/kernel/config in production.
+//
+// configfs is not a file system to write blindly: the kernel refuses to
+// configure a backstore twice and (before Linux 5.17) to enable an enabled
+// TPG, an unlink of a LUN's link takes the disk away from a logged-in PC,
+// attributes cannot be created or removed, and groups go only when emptied
+// of what was made in them, children first. Ensure therefore reads first and
+// writes only what differs; Remove takes the target apart in the order the
+// kernel accepts. The tests hold it to those rules with a double of
+// configfs (package configfstest) and, where the kernel has LIO, with the
+// kernel.
 type LIO struct {
 	// Root is the configfs mount (default /sys/kernel/config).
 	Root string
 	// Portal is ip:port the TPG listens on.
 	Portal string
+	// FS is how configfs is reached (default OSConfigFS).
+	FS ConfigFS
 
 	mu sync.Mutex
 }
@@ -31,6 +39,13 @@ func (d *LIO) root() string {
 		return "/sys/kernel/config"
 	}
 	return d.Root
+}
+
+func (d *LIO) fs() ConfigFS {
+	if d.FS == nil {
+		return OSConfigFS{}
+	}
+	return d.FS
 }
 
 // backstoreName is a target's fileio backstore: one per target, named after
@@ -55,61 +70,16 @@ func (d *LIO) paths(t Target) (core, tpg string) {
 	return core, tpg
 }
 
-// write sets a configfs attribute unless it already reads value: the kernel
-// refuses some writes to a live object (a backstore's enable, an enabled
-// TPG's enable), and a resync must not disturb a running session. Values go
-// without a trailing newline: the auth attributes keep what they are given,
-// newline included.
-func write(path, value string) error {
-	if readValue(path) == value {
-		return nil
-	}
-	// configfs makes attribute directories (attrib, auth) itself; a plain
-	// directory standing in for it needs them made.
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("configfs %s: %w", path, err)
-	}
-	if err := os.WriteFile(path, []byte(value), 0o600); err != nil {
-		return fmt.Errorf("configfs %s: %w", path, err)
-	}
-	return nil
-}
-
 // lioUnset is what the kernel's auth attributes take to be cleared (and
 // show once cleared).
 const lioUnset = "NULL"
 
-// unset clears an auth attribute unless it is already clear.
-func unset(path string) error {
-	if v := readValue(path); v == "" || v == lioUnset {
-		return nil
-	}
-	return write(path, lioUnset)
-}
-
-func mkdir(path string) error {
-	if err := os.MkdirAll(path, 0o755); err != nil {
-		return fmt.Errorf("configfs %s: %w", path, err)
-	}
-	return nil
-}
-
-func symlink(target, link string) error {
-	if cur, err := os.Readlink(link); err == nil && cur == target {
-		return nil
-	}
-	_ = os.Remove(link)
-	if err := os.Symlink(target, link); err != nil {
-		return fmt.Errorf("configfs %s: %w", link, err)
-	}
-	return nil
-}
-
-// Ensure implements Driver: it reads the tree and writes only what differs.
-// The ACL carries the initiator's CHAP credentials (auth/userid, password)
-// and, for mutual CHAP, the target's (auth/userid_mutual, password_mutual:
-// the kernel's names, drivers/target/iscsi/iscsi_target_configfs.c). Its
-// errors never carry a secret.
+// Ensure implements Driver: it reads the tree and writes only what differs,
+// so a resync of a live target writes nothing. The ACL carries the
+// initiator's CHAP credentials (auth/userid, password) and, for mutual CHAP,
+// the target's (auth/userid_mutual, password_mutual: the kernel's names,
+// drivers/target/iscsi/iscsi_target_configfs.c). Its errors never carry a
+// secret.
 func (d *LIO) Ensure(_ context.Context, t Target) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -124,7 +94,7 @@ func (d *LIO) ensure(t Target) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if cur, err := d.read(t.IQN); err == nil && (cur.Path != t.Path || cur.InitiatorIQN != t.InitiatorIQN || cur.LUN != t.LUN) {
+	if cur, err := d.readTarget(t.IQN); err == nil && (cur.Path != t.Path || cur.InitiatorIQN != t.InitiatorIQN || cur.LUN != t.LUN) {
 		if err := d.removeLocked(t.IQN); err != nil {
 			return err
 		}
@@ -132,48 +102,33 @@ func (d *LIO) ensure(t Target) error {
 	core, tpg := d.paths(t)
 	lun := "lun_" + strconv.Itoa(t.LUN)
 	acl := filepath.Join(tpg, "acls", t.InitiatorIQN)
-	// A backstore is configured once: the kernel refuses fd_dev_name and
-	// enable on an enabled one.
-	backstore := readValue(filepath.Join(core, "enable")) == "1"
+	auth := func(name string) string { return filepath.Join(acl, "auth", name) }
 	mutual := func(name, value string) func() error {
 		if t.TargetUser == "" {
-			return func() error { return unset(filepath.Join(acl, "auth", name)) }
+			return func() error { return d.unset(auth(name)) }
 		}
-		return func() error { return write(filepath.Join(acl, "auth", name), value) }
+		return func() error { return d.set(auth(name), value) }
 	}
 	steps := []func() error{
-		func() error { return mkdir(core) },
-		func() error {
-			if backstore {
-				return nil
-			}
-			return write(filepath.Join(core, "control"), fmt.Sprintf("fd_dev_name=%s,fd_dev_size=%d", t.Path, st.Size()))
-		},
-		func() error {
-			if backstore {
-				return nil
-			}
-			return write(filepath.Join(core, "udev_path"), t.Path)
-		},
-		func() error { return write(filepath.Join(core, "enable"), "1") },
-		func() error { return mkdir(filepath.Join(tpg, "lun", lun)) },
-		func() error {
-			return symlink(filepath.Join("..", "..", "..", "..", "..", "core", "fileio_0", backstoreName(t.IQN)),
-				filepath.Join(tpg, "lun", lun, "ggnet"))
-		},
-		func() error { return mkdir(filepath.Join(tpg, "np", d.Portal)) },
-		func() error { return write(filepath.Join(tpg, "attrib", "authentication"), "1") },
-		func() error { return write(filepath.Join(tpg, "attrib", "generate_node_acls"), "0") },
-		func() error { return write(filepath.Join(tpg, "attrib", "demo_mode_write_protect"), "0") },
-		func() error { return mkdir(filepath.Join(acl, lun)) },
-		func() error {
-			return symlink(filepath.Join("..", "..", "..", "lun", lun), filepath.Join(acl, lun, "ggnet"))
-		},
-		func() error { return write(filepath.Join(acl, "auth", "userid"), t.CHAPUser) },
-		func() error { return write(filepath.Join(acl, "auth", "password"), t.CHAPPassword) },
+		func() error { return d.backstore(core, t.Path, st.Size()) },
+		func() error { return d.mkdirs(tpg) },
+		// Before the TPG is enabled: CHAP required, no ACL made up for
+		// unknown initiators, the LUN writable.
+		func() error { return d.set(filepath.Join(tpg, "attrib", "authentication"), "1") },
+		func() error { return d.set(filepath.Join(tpg, "attrib", "generate_node_acls"), "0") },
+		func() error { return d.set(filepath.Join(tpg, "attrib", "demo_mode_write_protect"), "0") },
+		func() error { return d.mkdirs(filepath.Join(tpg, "lun", lun)) },
+		func() error { return d.link(filepath.Join(tpg, "lun", lun), "ggnet", core) },
+		func() error { return d.mkdirs(filepath.Join(tpg, "np", d.Portal)) },
+		func() error { return d.mkdirs(filepath.Join(acl, lun)) },
+		func() error { return d.link(filepath.Join(acl, lun), "ggnet", filepath.Join(tpg, "lun", lun)) },
+		func() error { return d.set(auth("userid"), t.CHAPUser) },
+		func() error { return d.set(auth("password"), t.CHAPPassword) },
 		mutual("userid_mutual", t.TargetUser),
 		mutual("password_mutual", t.TargetPassword),
-		func() error { return write(filepath.Join(tpg, "enable"), "1") },
+		// Written only when it differs: the kernel refuses to enable an
+		// enabled TPG (EINVAL before Linux 5.17).
+		func() error { return d.set(filepath.Join(tpg, "enable"), "1") },
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -183,8 +138,38 @@ func (d *LIO) ensure(t Target) error {
 	return nil
 }
 
+// backstore makes the target's fileio backstore for path, once: the kernel
+// refuses fd_dev_name and enable on a configured one (EEXIST). A configured
+// backstore of another file (left by a target removed halfway) is removed
+// first; nothing links it, or removeLocked would have unlinked it.
+func (d *LIO) backstore(core, path string, size int64) error {
+	if d.read(filepath.Join(core, "enable")) == "1" {
+		if d.read(filepath.Join(core, "udev_path")) == path {
+			return nil
+		}
+		if err := d.rmdir(core); err != nil {
+			return err
+		}
+	}
+	if err := d.mkdirs(core); err != nil {
+		return err
+	}
+	// control is write-only: it cannot be compared, and is written only
+	// while the backstore is not configured.
+	if err := d.write(filepath.Join(core, "control"), fmt.Sprintf("fd_dev_name=%s,fd_dev_size=%d", path, size)); err != nil {
+		return err
+	}
+	if err := d.set(filepath.Join(core, "udev_path"), path); err != nil {
+		return err
+	}
+	return d.write(filepath.Join(core, "enable"), "1")
+}
+
 // Remove implements Driver: it disables the TPG (which drops the
-// initiator's connections), then removes links and directories depth-first.
+// initiator's connections at once), then takes the target apart children
+// first, as configfs requires: each ACL's mapped LUN links and groups, the
+// ACLs, the LUN links and groups, the portals, the TPG, the target, and last
+// the backstore. Attributes and default groups go with their group.
 func (d *LIO) Remove(_ context.Context, iqn string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -194,83 +179,97 @@ func (d *LIO) Remove(_ context.Context, iqn string) error {
 func (d *LIO) removeLocked(iqn string) error {
 	core, _ := d.paths(Target{IQN: iqn})
 	top := filepath.Join(d.root(), "target", "iscsi", iqn)
-	if _, err := os.Stat(top); errors.Is(err, fs.ErrNotExist) {
-		return removeTree(core)
-	}
-	_ = write(filepath.Join(top, "tpgt_1", "enable"), "0")
-	if err := removeTree(top); err != nil {
-		return err
-	}
-	return removeTree(core)
-}
-
-// removeTree removes links first, then directories depth-first. In configfs
-// attribute files cannot be unlinked and vanish with their directory; in a
-// plain directory they are removed first.
-func removeTree(dir string) error {
-	var dirs []string
-	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+	if d.exists(top) {
+		tpgs, err := d.subgroups(top, "tpgt_")
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
 			return err
 		}
-		switch {
-		case e.Type()&fs.ModeSymlink != 0:
-			return os.Remove(p)
-		case e.IsDir():
-			dirs = append(dirs, p)
+		for _, tpg := range tpgs {
+			if err := d.removeTPG(tpg); err != nil {
+				return err
+			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
+		if err := d.rmdir(top); err != nil {
+			return err
+		}
 	}
-	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
-	for _, p := range dirs {
-		if err := os.Remove(p); err != nil {
-			entries, _ := os.ReadDir(p)
-			for _, e := range entries {
-				if !e.IsDir() {
-					_ = os.Remove(filepath.Join(p, e.Name()))
-				}
-			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("configfs: removing %s: %w", p, err)
-			}
-		}
+	if d.exists(core) {
+		return d.rmdir(core)
 	}
 	return nil
 }
 
-func readValue(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
+func (d *LIO) removeTPG(tpg string) error {
+	if d.read(filepath.Join(tpg, "enable")) == "1" {
+		if err := d.write(filepath.Join(tpg, "enable"), "0"); err != nil {
+			return err
+		}
 	}
-	return strings.TrimSpace(string(b))
+	acls, err := d.subgroups(filepath.Join(tpg, "acls"), "")
+	if err != nil {
+		return err
+	}
+	for _, acl := range acls {
+		mapped, err := d.subgroups(acl, "lun_")
+		if err != nil {
+			return err
+		}
+		for _, m := range mapped {
+			if err := d.unlinkAll(m); err != nil {
+				return err
+			}
+			if err := d.rmdir(m); err != nil {
+				return err
+			}
+		}
+		if err := d.rmdir(acl); err != nil {
+			return err
+		}
+	}
+	luns, err := d.subgroups(filepath.Join(tpg, "lun"), "lun_")
+	if err != nil {
+		return err
+	}
+	for _, lun := range luns {
+		if err := d.unlinkAll(lun); err != nil {
+			return err
+		}
+		if err := d.rmdir(lun); err != nil {
+			return err
+		}
+	}
+	nps, err := d.subgroups(filepath.Join(tpg, "np"), "")
+	if err != nil {
+		return err
+	}
+	for _, np := range nps {
+		if err := d.rmdir(np); err != nil {
+			return err
+		}
+	}
+	return d.rmdir(tpg)
 }
 
-func (d *LIO) read(iqn string) (Target, error) {
+// readTarget reads a target back (no secrets).
+func (d *LIO) readTarget(iqn string) (Target, error) {
 	t := Target{IQN: iqn}
 	core, tpg := d.paths(t)
-	if _, err := os.Stat(tpg); err != nil {
+	if _, err := d.fs().Lstat(tpg); err != nil {
 		return t, err
 	}
-	t.Path = readValue(filepath.Join(core, "udev_path"))
-	luns, _ := os.ReadDir(filepath.Join(tpg, "lun"))
+	t.Path = d.read(filepath.Join(core, "udev_path"))
+	luns, _ := d.subgroups(filepath.Join(tpg, "lun"), "lun_")
 	for _, l := range luns {
-		if n, err := strconv.Atoi(strings.TrimPrefix(l.Name(), "lun_")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(l), "lun_")); err == nil {
 			t.LUN = n
 			break
 		}
 	}
-	acls, _ := os.ReadDir(filepath.Join(tpg, "acls"))
+	acls, _ := d.subgroups(filepath.Join(tpg, "acls"), "")
 	for _, a := range acls {
-		t.InitiatorIQN = a.Name()
-		t.CHAPUser = readValue(filepath.Join(tpg, "acls", a.Name(), "auth", "userid"))
-		if u := readValue(filepath.Join(tpg, "acls", a.Name(), "auth", "userid_mutual")); u != lioUnset {
+		t.InitiatorIQN = filepath.Base(a)
+		t.CHAPUser = d.read(filepath.Join(a, "auth", "userid"))
+		if u := d.read(filepath.Join(a, "auth", "userid_mutual")); u != lioUnset {
 			t.TargetUser = u
 		}
 		break
@@ -280,37 +279,57 @@ func (d *LIO) read(iqn string) (Target, error) {
 
 // List implements Driver.
 func (d *LIO) List(_ context.Context, prefix string) ([]Target, error) {
-	entries, err := os.ReadDir(filepath.Join(d.root(), "target", "iscsi"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dirs, err := d.subgroups(filepath.Join(d.root(), "target", "iscsi"), prefix)
 	if err != nil {
 		return nil, err
 	}
 	var out []Target
-	for _, e := range entries {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
-			continue
-		}
-		t, err := d.read(e.Name())
-		if err == nil {
+	for _, dir := range dirs {
+		if t, err := d.readTarget(filepath.Base(dir)); err == nil {
 			out = append(out, t)
 		}
 	}
 	return out, nil
 }
 
-// Connections implements Driver from the ACL's info file, which names the
-// initiator when it has an active session.
+// Connections implements Driver from the ACL's info file
+// (lio_target_nacl_info_show): "No active iSCSI Session ..." or the
+// session's "LIO Session ID: <sid>" and, per connection, "CID: <cid>" and
+// "Address <ip> TCP".
 func (d *LIO) Connections(_ context.Context, iqn string) ([]Connection, error) {
-	t, err := d.read(iqn)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, err := d.readTarget(iqn)
 	if err != nil || t.InitiatorIQN == "" {
 		return nil, nil
 	}
 	_, tpg := d.paths(t)
-	info := readValue(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))
+	return parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))), nil
+}
+
+func parseLIOInfo(initiator, info string) []Connection {
 	if info == "" || strings.Contains(info, "No active iSCSI Session") {
-		return nil, nil
+		return nil
 	}
-	return []Connection{{Initiator: t.InitiatorIQN}}, nil
+	var (
+		out []Connection
+		sid string
+	)
+	for _, line := range strings.Split(info, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 4 && f[0] == "LIO" && f[1] == "Session" && f[2] == "ID:":
+			sid = f[3]
+		case len(f) >= 2 && f[0] == "CID:":
+			out = append(out, Connection{Initiator: initiator, Session: sid, CID: f[1]})
+		case len(f) >= 2 && f[0] == "Address" && len(out) > 0:
+			out[len(out)-1].Address = f[1]
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, Connection{Initiator: initiator, Session: sid})
+	}
+	return out
 }
