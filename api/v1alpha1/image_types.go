@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -35,7 +36,13 @@ type HTTPSource struct {
 
 // PathSource adopts a file already present on the storage nodes.
 type PathSource struct {
-	// path is the absolute path of the file on every selected storage node.
+	// path is the absolute path of the file on every selected storage node,
+	// under the storage agents' image path root (--image-path-root, chart
+	// value agent.storage.imagePathRoot): /srv/ggnet-images/win11.raw with
+	// the root /srv/ggnet-images. The root is empty by default: path sources
+	// are then refused (reason PathNotAllowed). The file is opened through
+	// the root: a symbolic link or ".." leading out of it, and anything but
+	// a regular file, are refused.
 	// +required
 	// +kubebuilder:validation:MaxLength=4096
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')",message="path must be absolute and must not contain '..'"
@@ -83,6 +90,16 @@ type ImageSpec struct {
 	// selects every storage node.
 	// +optional
 	StorageNodeSelector *metav1.LabelSelector `json:"storageNodeSelector,omitempty"`
+
+	// maxVirtualSize caps the image's virtual size (the disk size a PC
+	// sees), for example 600Gi: a source whose virtual size is larger, or a
+	// source file larger than that (plus 1/8 and 64 MiB for the metadata of
+	// formats other than raw), is refused with reason TooLarge. Unset: the
+	// storage agent's default (--image-max-virtual-size-gib, chart value
+	// agent.storage.imageMaxVirtualSizeGiB, 512 GiB).
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0'))",message="maxVirtualSize must be positive"
+	MaxVirtualSize *resource.Quantity `json:"maxVirtualSize,omitempty"`
 }
 
 // ReplicaState is the state of one storage node's copy of an image.
@@ -178,6 +195,67 @@ const (
 	// InUseReason: deletion waits for sessions that use the image.
 	InUseReason = "InUse"
 )
+
+// Reasons of a Failed replica (status.replicas[].reason), reported by the
+// storage agent of the replica's node.
+const (
+	// ChecksumMismatchReason: the source's sha256 is not the Image's.
+	ChecksumMismatchReason = "ChecksumMismatch"
+	// SourceUnreachableReason: the download failed (refused, HTTP error,
+	// timeouts, a stalled transfer) after its retries.
+	SourceUnreachableReason = "SourceUnreachable"
+	// UnsupportedFormatReason: the format or the source kind is not one
+	// this agent places.
+	UnsupportedFormatReason = "UnsupportedFormat"
+	// DiskFullReason: placing the replica would cut into the free space
+	// reserved for running sessions (or the file system is full).
+	DiskFullReason = "DiskFull"
+	// SourceMissingReason: the path source does not exist on the node.
+	SourceMissingReason = "SourceMissing"
+	// ConvertFailedReason: qemu-img could not read or convert the source.
+	ConvertFailedReason = "ConvertFailed"
+	// PathNotAllowedReason: a path source outside the agent's image path
+	// root, one that leads out of it, not a regular file, or path sources
+	// off on the node.
+	PathNotAllowedReason = "PathNotAllowed"
+	// UnsafeImageReason: the source refers to other files (a backing file,
+	// an external data file, VMDK extents) or its header could not be
+	// checked.
+	UnsafeImageReason = "UnsafeImage"
+	// TooLargeReason: the virtual size or the download is over the Image's
+	// maxVirtualSize.
+	TooLargeReason = "TooLarge"
+	// StorageErrorReason: the node's data directory failed (an I/O or
+	// permission error); retried.
+	StorageErrorReason = "StorageError"
+)
+
+// StorageAnnotation on a storage node is the node's storage capacity and
+// use, a JSON NodeStorage written by its storage agent.
+const StorageAnnotation = "boot.ggnet.io/storage"
+
+// NodeStorage is the value of StorageAnnotation: the data directory's file
+// system as the storage agent last measured it.
+type NodeStorage struct {
+	// CapacityBytes is the size of the data directory's file system.
+	CapacityBytes int64 `json:"capacityBytes"`
+	// FreeBytes is its free space (available to the agent).
+	FreeBytes int64 `json:"freeBytes"`
+	// ReserveBytes is the free space kept for running sessions' writes: new
+	// overlays and replicas are refused below it.
+	ReserveBytes int64 `json:"reserveBytes"`
+	// ReplicaBytes is the space the image replicas take.
+	ReplicaBytes int64 `json:"replicaBytes"`
+	// OverlayBytes is the space the overlays' own writes take: the used
+	// space less the replicas (a fresh overlay shares all its blocks with
+	// its replica).
+	OverlayBytes int64 `json:"overlayBytes"`
+	// Overlays counts the overlay files (running sessions and persistent
+	// disks).
+	Overlays int `json:"overlays"`
+	// Updated is when it was measured.
+	Updated metav1.Time `json:"updated"`
+}
 
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status

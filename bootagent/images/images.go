@@ -1,39 +1,56 @@
 // Package images places image replicas on a storage node: it downloads an
-// HTTP(S) source (streamed, sha256 verified, retried with backoff) or adopts
-// a file already on the node, converts non-raw formats to raw with qemu-img,
-// and puts the result at <dataDir>/images/<namespace>/<name>/<uid>.raw
+// HTTP(S) source (streamed, sha256 verified, retried with backoff, with
+// timeouts, a stall timeout and a size cap) or adopts a file under the
+// node's image path root (opened through os.Root, regular files only),
+// checks and converts non-raw formats to raw with qemu-img (sandboxed, see
+// qemu.go), and puts the result at <dataDir>/images/<namespace>/<name>/<uid>.raw
 // through a temporary file and a rename, so no partial file is ever left at
-// the final path.
+// the final path. The free space reserved for running sessions holds
+// throughout: a download, a copy or a conversion that would cut into it
+// stops with DiskFull.
 package images
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
-	"golang.org/x/sys/unix"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
-// Reasons a replica fails with.
+// Reasons a replica fails with (declared in the API).
 const (
-	ReasonChecksumMismatch  = "ChecksumMismatch"
-	ReasonUnreachable       = "SourceUnreachable"
-	ReasonUnsupportedFormat = "UnsupportedFormat"
-	ReasonDiskFull          = "DiskFull"
-	ReasonSourceMissing     = "SourceMissing"
-	ReasonConvertFailed     = "ConvertFailed"
+	ReasonChecksumMismatch  = bootv1.ChecksumMismatchReason
+	ReasonUnreachable       = bootv1.SourceUnreachableReason
+	ReasonUnsupportedFormat = bootv1.UnsupportedFormatReason
+	ReasonDiskFull          = bootv1.DiskFullReason
+	ReasonSourceMissing     = bootv1.SourceMissingReason
+	ReasonConvertFailed     = bootv1.ConvertFailedReason
+	ReasonPathNotAllowed    = bootv1.PathNotAllowedReason
+	ReasonUnsafeImage       = bootv1.UnsafeImageReason
+	ReasonTooLarge          = bootv1.TooLargeReason
 )
+
+// Permanent reports whether a failure with reason repeats when the same
+// source is tried again: the bytes themselves are wrong (checksum, unsafe,
+// too large, not convertible). Others (the network, the disk, a missing or
+// misplaced file) may heal.
+func Permanent(reason string) bool {
+	switch reason {
+	case ReasonChecksumMismatch, ReasonUnsupportedFormat, ReasonConvertFailed, ReasonUnsafeImage, ReasonTooLarge:
+		return true
+	}
+	return false
+}
 
 // Error is a failed replica with a reason for the Image's status.
 type Error struct {
@@ -56,6 +73,18 @@ type Source struct {
 	SHA256 string
 	// Format is raw, qcow2, vmdk, vhdx or vpc.
 	Format string
+	// MaxVirtualSize caps the image's virtual size in bytes (0: the
+	// store's MaxVirtualSize).
+	MaxVirtualSize int64
+}
+
+// Progress is what Ensure is doing, for the replica's status.
+type Progress struct {
+	// State is Downloading (a URL), Pending (copying a path) or Converting.
+	State bootv1.ReplicaState
+	// Done and Total are bytes of the transfer (Total 0: not known yet); for
+	// Converting, Total is the virtual size.
+	Done, Total int64
 }
 
 // Result describes a placed replica.
@@ -67,17 +96,62 @@ type Result struct {
 
 // Store places replicas under <dataDir>/images.
 type Store struct {
-	Dir     string
-	Client  *http.Client
-	Log     logr.Logger
+	Dir    string
+	Client *http.Client
+	Log    logr.Logger
+	// Retries of a download after its first attempt.
 	Retries int
 	// Backoff is the first pause between attempts, doubling (default 1s).
 	Backoff time.Duration
+	// PathRoot is the only directory path sources are adopted from; empty
+	// refuses every path source (ReasonPathNotAllowed).
+	PathRoot string
+	// Reserve is the free space, in bytes, no download, copy or conversion
+	// cuts into: it is kept for running sessions' writes.
+	Reserve uint64
+	// MaxVirtualSize caps an image's virtual size in bytes unless its Source
+	// says otherwise (0: no cap).
+	MaxVirtualSize int64
+	// StallTimeout aborts a download attempt that received no byte for that
+	// long (it is retried like any network error).
+	StallTimeout time.Duration
+	// SpaceCheckInterval is how often a running conversion checks the free
+	// space (default 5s).
+	SpaceCheckInterval time.Duration
+	// Qemu runs qemu-img.
+	Qemu Qemu
 }
 
-// New returns a store under dataDir.
+// Default limits.
+const (
+	DefaultMaxVirtualSize = 512 << 30
+	DefaultStallTimeout   = 60 * time.Second
+	connectTimeout        = 30 * time.Second
+)
+
+// New returns a store under dataDir with the default limits.
 func New(dataDir string, log logr.Logger) *Store {
-	return &Store{Dir: filepath.Join(dataDir, "images"), Client: &http.Client{Timeout: 0}, Log: log, Retries: 4, Backoff: time.Second}
+	return &Store{
+		Dir: filepath.Join(dataDir, "images"), Client: NewHTTPClient(DefaultStallTimeout), Log: log,
+		Retries: 4, Backoff: time.Second, MaxVirtualSize: DefaultMaxVirtualSize, StallTimeout: DefaultStallTimeout,
+		Qemu: DefaultQemu(),
+	}
+}
+
+// NewHTTPClient is the downloads' client: bounded connect, TLS handshake
+// and response header waits, no overall timeout (an image takes as long as
+// it takes; the stall timeout ends a transfer that stopped moving).
+func NewHTTPClient(stall time.Duration) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   connectTimeout,
+		ResponseHeaderTimeout: stall,
+		ExpectContinueTimeout: time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   2,
+		ForceAttemptHTTP2:     true,
+	}}
 }
 
 // Path is the final place of a replica.
@@ -85,33 +159,59 @@ func (s *Store) Path(namespace, name, uid string) string {
 	return filepath.Join(s.Dir, namespace, name, uid+".raw")
 }
 
+// Existing returns the replica when it is in place.
+func (s *Store) Existing(namespace, name, uid string) (Result, bool) {
+	final := s.Path(namespace, name, uid)
+	st, err := os.Stat(final)
+	if err != nil || !st.Mode().IsRegular() {
+		return Result{}, false
+	}
+	sum, _ := os.ReadFile(final + ".sha256")
+	return Result{Path: final, SizeBytes: st.Size(), SHA256: strings.TrimSpace(string(sum))}, true
+}
+
 var formats = map[string]bool{"raw": true, "qcow2": true, "vmdk": true, "vhdx": true, "vpc": true}
 
-// Ensure places the replica unless it is already there.
-func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Source) (Result, error) {
-	final := s.Path(namespace, name, uid)
-	if st, err := os.Stat(final); err == nil {
-		sum, _ := os.ReadFile(final + ".sha256")
-		return Result{Path: final, SizeBytes: st.Size(), SHA256: strings.TrimSpace(string(sum))}, nil
+// Temporary file names in an image's directory (swept at start, see Sweep).
+const (
+	tmpDownload = ".download-"
+	tmpConvert  = ".convert-"
+	tmpSum      = ".sha256-"
+)
+
+// Ensure places the replica unless it is already there. progress, when not
+// nil, is called as the work moves on (from this goroutine).
+func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Source, progress func(Progress)) (Result, error) {
+	if r, ok := s.Existing(namespace, name, uid); ok {
+		return r, nil
+	}
+	if progress == nil {
+		progress = func(Progress) {}
 	}
 	if !formats[src.Format] {
 		return Result{}, fail(ReasonUnsupportedFormat, "format %q: want raw, qcow2, vmdk, vhdx or vpc", src.Format)
 	}
+	limit := src.MaxVirtualSize
+	if limit <= 0 {
+		limit = s.MaxVirtualSize
+	}
+	final := s.Path(namespace, name, uid)
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return Result{}, diskErr(err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(final), ".download-*")
+	tmp, err := os.CreateTemp(filepath.Dir(final), tmpDownload+"*")
 	if err != nil {
 		return Result{}, diskErr(err)
 	}
 	tmpName := tmp.Name()
 	defer os.Remove(tmpName)
+	guard := s.guard(ctx)
 	var sum string
 	switch {
 	case src.URL != "":
-		sum, err = s.download(ctx, src, tmp)
+		sum, err = s.download(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
 	case src.Path != "":
-		sum, err = copyFile(src.Path, tmp)
+		sum, err = s.adopt(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
 	default:
 		err = fail(ReasonSourceMissing, "no source")
 	}
@@ -125,19 +225,28 @@ func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Sou
 		return Result{}, fail(ReasonChecksumMismatch, "sha256 of the source is %s, the Image says %s", sum, src.SHA256)
 	}
 	raw := tmpName
-	if src.Format != "raw" {
-		raw = tmpName + ".raw"
-		defer os.Remove(raw)
-		out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", src.Format, "-O", "raw", tmpName, raw).CombinedOutput()
+	if src.Format == "raw" {
+		st, err := os.Stat(tmpName)
 		if err != nil {
-			if isNoSpace(string(out)) {
-				return Result{}, fail(ReasonDiskFull, "converting to raw: %s", strings.TrimSpace(string(out)))
-			}
-			return Result{}, fail(ReasonConvertFailed, "qemu-img convert from %s: %s", src.Format, strings.TrimSpace(string(out)))
+			return Result{}, err
+		}
+		if st.Size() > limit && limit > 0 {
+			return Result{}, fail(ReasonTooLarge, "the raw image is %s, over the Image's maxVirtualSize of %s", gib(st.Size()), gib(limit))
+		}
+	} else {
+		raw, err = s.convert(ctx, tmpName, src.Format, limit, guard, progress)
+		if raw != "" {
+			defer os.Remove(raw)
+		}
+		if err != nil {
+			return Result{}, err
 		}
 	}
-	if err := os.WriteFile(final+".sha256", []byte(sum+"\n"), 0o600); err != nil {
+	if err := writeAtomic(final+".sha256", []byte(sum+"\n")); err != nil {
 		return Result{}, diskErr(err)
+	}
+	if err := os.Chmod(raw, 0o600); err != nil {
+		return Result{}, err
 	}
 	if err := os.Rename(raw, final); err != nil {
 		return Result{}, diskErr(err)
@@ -147,6 +256,36 @@ func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Sou
 		return Result{}, err
 	}
 	return Result{Path: final, SizeBytes: st.Size(), SHA256: sum}, nil
+}
+
+// fileCap is the largest source file accepted for an image of at most limit
+// bytes: the limit itself for raw, plus 1/8 and 64 MiB for the other
+// formats' metadata.
+func fileCap(format string, limit int64) int64 {
+	if limit <= 0 {
+		return 1<<63 - 1
+	}
+	if format == "raw" {
+		return limit
+	}
+	return limit + limit/8 + 64<<20
+}
+
+// writeAtomic writes a small file through a temporary name and a rename.
+func writeAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpSum+"*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // Remove deletes a replica and its checksum.
@@ -161,84 +300,6 @@ func (s *Store) Remove(namespace, name, uid string) error {
 	return nil
 }
 
-func (s *Store) download(ctx context.Context, src Source, dst *os.File) (string, error) {
-	var last error
-	pause := s.Backoff
-	for attempt := 0; attempt <= s.Retries; attempt++ {
-		if attempt > 0 {
-			s.Log.Info("Retrying image download", "url", src.URL, "attempt", attempt, "error", last.Error())
-			select {
-			case <-ctx.Done():
-				return "", ctx.Err()
-			case <-time.After(pause):
-			}
-			pause *= 2
-			if _, err := dst.Seek(0, io.SeekStart); err != nil {
-				return "", err
-			}
-			if err := dst.Truncate(0); err != nil {
-				return "", err
-			}
-		}
-		sum, retry, err := s.fetch(ctx, src.URL, dst)
-		if err == nil || !retry {
-			return sum, err
-		}
-		last = err
-	}
-	return "", fail(ReasonUnreachable, "%s after %d attempts: %v", src.URL, s.Retries+1, last)
-}
-
-// fetch streams one attempt; retry says whether trying again may help.
-func (s *Store) fetch(ctx context.Context, url string, dst *os.File) (sum string, retry bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", false, fail(ReasonUnreachable, "%v", err)
-	}
-	resp, err := s.Client.Do(req)
-	if err != nil {
-		return "", true, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		e := fmt.Errorf("%s: %s", url, resp.Status)
-		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-			return "", true, e
-		}
-		return "", false, fail(ReasonUnreachable, "%v", e)
-	}
-	h := sha256.New()
-	start := time.Now()
-	n, err := io.Copy(io.MultiWriter(dst, h), resp.Body)
-	if err != nil {
-		if isNoSpaceErr(err) {
-			return "", false, fail(ReasonDiskFull, "writing the download: %v", err)
-		}
-		return "", true, err
-	}
-	s.Log.Info("Downloaded image", "url", url, "bytes", n, "duration", time.Since(start).String())
-	return hex.EncodeToString(h.Sum(nil)), false, nil
-}
-
-// copyFile adopts a file on the node: a reflink clone when it is on the data
-// directory's file system (instant), else a copy; it returns the sha256.
-func copyFile(path string, dst *os.File) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fail(ReasonSourceMissing, "%v", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if unix.IoctlFileClone(int(dst.Fd()), int(f.Fd())) == nil {
-		_, err = io.Copy(h, f)
-		return hex.EncodeToString(h.Sum(nil)), err
-	}
-	if _, err := io.Copy(io.MultiWriter(dst, h), f); err != nil {
-		return "", diskErr(err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 func diskErr(err error) error {
 	if isNoSpaceErr(err) {
 		return fail(ReasonDiskFull, "%v", err)
@@ -249,3 +310,17 @@ func diskErr(err error) error {
 func isNoSpaceErr(err error) bool { return errors.Is(err, syscall.ENOSPC) }
 
 func isNoSpace(out string) bool { return strings.Contains(out, "No space left on device") }
+
+// gib renders a size for messages.
+func gib(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	default:
+		return fmt.Sprintf("%d bytes", n)
+	}
+}

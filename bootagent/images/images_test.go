@@ -71,25 +71,26 @@ func TestPlaceReplicas(t *testing.T) {
 	s.Backoff = 10 * time.Millisecond
 	ctx := context.Background()
 
-	r, err := s.Ensure(ctx, "cafe", "win", "u1", Source{URL: srv.URL + "/win.raw", SHA256: sum(raw), Format: "raw"})
+	r, err := s.Ensure(ctx, "cafe", "win", "u1", Source{URL: srv.URL + "/win.raw", SHA256: sum(raw), Format: "raw"}, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(r.SizeBytes).To(Equal(int64(len(raw))))
 	g.Expect(r.SHA256).To(Equal(sum(raw)))
 	got, _ := os.ReadFile(r.Path)
 	g.Expect(bytes.Equal(got, raw)).To(BeTrue())
-	again, err := s.Ensure(ctx, "cafe", "win", "u1", Source{URL: "http://127.0.0.1:1/gone", Format: "raw"})
+	again, err := s.Ensure(ctx, "cafe", "win", "u1", Source{URL: "http://127.0.0.1:1/gone", Format: "raw"}, nil)
 	g.Expect(err).NotTo(HaveOccurred(), "an existing replica is not fetched again")
 	g.Expect(again).To(Equal(r))
 
-	r, err = s.Ensure(ctx, "cafe", "winq", "u2", Source{URL: srv.URL + "/win.qcow2", SHA256: sum(qcowBytes), Format: "qcow2"})
+	r, err = s.Ensure(ctx, "cafe", "winq", "u2", Source{URL: srv.URL + "/win.qcow2", SHA256: sum(qcowBytes), Format: "qcow2"}, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	got, _ = os.ReadFile(r.Path)
 	g.Expect(bytes.Equal(got, raw)).To(BeTrue(), "qcow2 converted to the same raw bytes")
 
-	r, err = s.Ensure(ctx, "cafe", "flaky", "u3", Source{URL: srv.URL + "/flaky.raw", SHA256: sum(raw), Format: "raw"})
+	r, err = s.Ensure(ctx, "cafe", "flaky", "u3", Source{URL: srv.URL + "/flaky.raw", SHA256: sum(raw), Format: "raw"}, nil)
 	g.Expect(err).NotTo(HaveOccurred(), "retried after two 503s")
 
-	r, err = s.Ensure(ctx, "cafe", "local", "u4", Source{Path: rawPath, Format: "raw"})
+	s.PathRoot = dir
+	r, err = s.Ensure(ctx, "cafe", "local", "u4", Source{Path: rawPath, Format: "raw"}, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(r.SHA256).To(Equal(sum(raw)))
 
@@ -102,11 +103,11 @@ func TestPlaceReplicas(t *testing.T) {
 		"404":               {Source{URL: srv.URL + "/missing.raw", SHA256: sum(raw), Format: "raw"}, ReasonUnreachable},
 		"unreachable":       {Source{URL: "http://127.0.0.1:1/x.raw", SHA256: sum(raw), Format: "raw"}, ReasonUnreachable},
 		"unsupported":       {Source{URL: srv.URL + "/win.raw", Format: "iso"}, ReasonUnsupportedFormat},
-		"missing path":      {Source{Path: "/nonexistent/x.raw", Format: "raw"}, ReasonSourceMissing},
+		"missing path":      {Source{Path: filepath.Join(dir, "nonexistent.raw"), Format: "raw"}, ReasonSourceMissing},
 		"not really qcow2":  {Source{URL: srv.URL + "/win.raw", SHA256: sum(raw), Format: "qcow2"}, ReasonConvertFailed},
 	} {
 		s.Retries = 1
-		_, err := s.Ensure(ctx, "cafe", "bad", "u-"+name, tc.src)
+		_, err := s.Ensure(ctx, "cafe", "bad", "u-"+name, tc.src, nil)
 		var ie *Error
 		g.Expect(errors.As(err, &ie)).To(BeTrue(), "%s: %v", name, err)
 		g.Expect(ie.Reason).To(Equal(tc.reason), name)
@@ -121,7 +122,7 @@ func TestDiskFull(t *testing.T) {
 	defer srv.Close()
 	data := testfs.Tmpfs(t)
 	s := New(data, logr.Discard())
-	_, err := s.Ensure(context.Background(), "cafe", "big", "u1", Source{URL: srv.URL + "/big.raw", SHA256: sum(big), Format: "raw"})
+	_, err := s.Ensure(context.Background(), "cafe", "big", "u1", Source{URL: srv.URL + "/big.raw", SHA256: sum(big), Format: "raw"}, nil)
 	var ie *Error
 	g.Expect(errors.As(err, &ie)).To(BeTrue(), "%v", err)
 	g.Expect(ie.Reason).To(Equal(ReasonDiskFull))

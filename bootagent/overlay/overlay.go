@@ -7,8 +7,11 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,27 +43,85 @@ func Open(dataDir string, reserve uint64) (*Store, error) {
 	return &Store{dir: dir, Reserve: reserve}, nil
 }
 
+// probe clones a file in dir. Both files are unnamed (O_TMPFILE): a crash
+// leaves nothing behind, and nothing another agent's sweep could take.
 func probe(dir string) error {
-	src, err := os.CreateTemp(dir, ".reflink-probe-*")
+	src, err := tmpfile(dir)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(src.Name())
 	defer src.Close()
 	if _, err := src.Write(make([]byte, 4096)); err != nil {
 		return err
 	}
-	dst, err := os.CreateTemp(dir, ".reflink-probe-*")
+	dst, err := tmpfile(dir)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(dst.Name())
 	defer dst.Close()
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
-		return fmt.Errorf("%w: cloning a file in %s failed (%v). GGnet never falls back to full copies. "+
-			"Put the data directory on XFS made with reflink (mkfs.xfs -m reflink=1, the default since xfsprogs 5.1) or on btrfs", ErrNoReflink, dir, err)
+		return noReflink(dir, err)
 	}
 	return nil
+}
+
+// tmpfile opens an unnamed file in dir. A file system without them
+// (O_TMPFILE) has no reflinks either.
+func tmpfile(dir string) (*os.File, error) {
+	f, err := os.OpenFile(dir, unix.O_TMPFILE|os.O_RDWR, 0o600)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) {
+		return nil, noReflink(dir, err)
+	}
+	return f, err
+}
+
+func noReflink(dir string, err error) error {
+	return fmt.Errorf("%w: cloning a file in %s failed (%v). GGnet never falls back to full copies. "+
+		"Put the data directory on XFS made with reflink (mkfs.xfs -m reflink=1, the default since xfsprogs 5.1) or on btrfs", ErrNoReflink, dir, err)
+}
+
+// Temporary names this package makes: an overlay being made, and the
+// reflink probe of older versions (now unnamed).
+const (
+	tmpOverlay = ".tmp-"
+	tmpProbe   = ".reflink-probe-"
+)
+
+// Sweep removes the temporary files a crashed agent left among the
+// overlays (only names this package makes), last modified before before —
+// the agent's start, so that nothing this agent writes is touched. With
+// namespace set it looks only in that namespace's directory: an agent
+// watching one namespace may share the node with another GGnet's agent
+// watching another. It returns what it removed; overlays are never touched.
+func (s *Store) Sweep(before time.Time, namespace string) ([]string, error) {
+	root := s.dir
+	if namespace != "" {
+		root = filepath.Join(s.dir, namespace)
+	}
+	var removed []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		name := d.Name()
+		litter := strings.HasPrefix(name, tmpOverlay) || (strings.HasPrefix(name, tmpProbe) && filepath.Dir(p) == s.dir)
+		if !d.Type().IsRegular() || !litter {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || !info.ModTime().Before(before) {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		removed = append(removed, p)
+		return nil
+	})
+	return removed, err
 }
 
 // Dir is the directory of all overlays.
@@ -93,7 +154,7 @@ func (s *Store) Ensure(path, image string) (created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return false, err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), tmpOverlay+filepath.Base(path)+"-*")
 	if err != nil {
 		return false, err
 	}

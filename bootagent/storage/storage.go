@@ -9,7 +9,12 @@ package storage
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -21,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
 	"github.com/ggnet/ggnet/bootagent/overlay"
 	"github.com/ggnet/ggnet/bootagent/target"
@@ -49,6 +55,23 @@ type Config struct {
 	// (bootv1.ISCSIPortalAnnotation). Empty: nothing is announced and the
 	// manager uses the node's InternalIP.
 	Portal string
+	// ImagePathRoot is the only directory path-source Images are adopted
+	// from: an absolute path that neither holds the data directory nor lies
+	// in it (an Image could otherwise adopt a session's disk). Empty: path
+	// sources are refused.
+	ImagePathRoot string
+	// ImageMaxVirtualSize caps an Image's virtual size in bytes unless the
+	// Image sets spec.maxVirtualSize (default images.DefaultMaxVirtualSize).
+	ImageMaxVirtualSize int64
+	// ImageStallTimeout ends a download attempt that received nothing for
+	// that long; it is retried with backoff (default 60s).
+	ImageStallTimeout time.Duration
+	// MetricsListen is the address of /metrics, /healthz and /readyz;
+	// empty or "-": none.
+	MetricsListen string
+	// CapacityInterval is how often the data directory's capacity and use
+	// are measured for the metrics and the Node (default 30s).
+	CapacityInterval time.Duration
 }
 
 // skipNameValidation lets the role be built again in one process (its
@@ -71,6 +94,16 @@ type Role struct {
 	// reconcile: a reconcile holds it shared, collection exclusively, so a
 	// target made a moment ago is never taken for garbage.
 	gcMu sync.RWMutex
+	// jobs place replicas, each in its own goroutine (replicas.go).
+	jobs *replicaJobs
+	// metrics are the role's own gauges (capacity.go).
+	metrics *storageMetrics
+	// metricsAddr is where /metrics, /healthz and /readyz listen (nil: off).
+	metricsAddr net.Addr
+	// synced is set once the caches synced (/readyz).
+	synced atomic.Bool
+	// lastStorage is what the Node's storage annotation says (capacity.go).
+	lastStorage bootv1.NodeStorage
 }
 
 // New checks the data directory (reflink or refuse) and builds the role.
@@ -83,11 +116,30 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 			return nil, err
 		}
 	}
+	start := time.Now()
 	if cfg.Resync == 0 {
 		cfg.Resync = 5 * time.Second
 	}
+	if cfg.ImageMaxVirtualSize == 0 {
+		cfg.ImageMaxVirtualSize = images.DefaultMaxVirtualSize
+	}
+	if cfg.ImageStallTimeout == 0 {
+		cfg.ImageStallTimeout = images.DefaultStallTimeout
+	}
+	if cfg.CapacityInterval == 0 {
+		cfg.CapacityInterval = 30 * time.Second
+	}
+	if err := checkImagePathRoot(cfg.ImagePathRoot, cfg.DataDir); err != nil {
+		return nil, err
+	}
 	ov, err := overlay.Open(cfg.DataDir, cfg.Reserve)
 	if err != nil {
+		return nil, err
+	}
+	img := images.New(cfg.DataDir, log.WithName("images"))
+	img.PathRoot, img.Reserve, img.MaxVirtualSize = cfg.ImagePathRoot, cfg.Reserve, cfg.ImageMaxVirtualSize
+	img.StallTimeout, img.Client = cfg.ImageStallTimeout, images.NewHTTPClient(cfg.ImageStallTimeout)
+	if err := sweepLitter(start, cfg.Namespace, ov, img, log); err != nil {
 		return nil, err
 	}
 	opts := ctrl.Options{
@@ -112,7 +164,11 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Role{cfg: cfg, log: log, mgr: mgr, reader: mgr.GetAPIReader(), overlays: ov, images: images.New(cfg.DataDir, log.WithName("images"))}
+	r := &Role{cfg: cfg, log: log, mgr: mgr, reader: mgr.GetAPIReader(), overlays: ov, images: img, jobs: newReplicaJobs(log)}
+	r.metrics = newStorageMetrics(r)
+	if err := r.setupMetricsServer(mgr); err != nil {
+		return nil, err
+	}
 	if err := (&sessionReconciler{Role: r, Client: mgr.GetClient()}).setup(mgr); err != nil {
 		return nil, err
 	}
@@ -125,6 +181,9 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err := mgr.Add(manager.RunnableFunc(r.collectGarbage)); err != nil {
 		return nil, err
 	}
+	if err := mgr.Add(manager.RunnableFunc(r.reportCapacity)); err != nil {
+		return nil, err
+	}
 	if cfg.Portal != "" {
 		if err := mgr.Add(manager.RunnableFunc(r.announcePortal)); err != nil {
 			return nil, err
@@ -133,5 +192,69 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	return r, nil
 }
 
-// Run runs the role until ctx ends.
-func (r *Role) Run(ctx context.Context) error { return r.mgr.Start(ctx) }
+// Run runs the role until ctx ends; it then stops the replica placements
+// under way (their temporary files go) and waits for them.
+func (r *Role) Run(ctx context.Context) error {
+	defer r.jobs.stopAll()
+	return r.mgr.Start(ctx)
+}
+
+// MetricsAddr is the address /metrics, /healthz and /readyz listen on (nil:
+// off).
+func (r *Role) MetricsAddr() net.Addr { return r.metricsAddr }
+
+// checkImagePathRoot accepts an empty root (path sources off) or an
+// absolute directory that neither holds the data directory nor lies in it.
+func checkImagePathRoot(root, dataDir string) error {
+	if root == "" {
+		return nil
+	}
+	if !filepath.IsAbs(root) {
+		return fmt.Errorf("--image-path-root %q: want an absolute path", root)
+	}
+	st, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("--image-path-root: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("--image-path-root %s: not a directory", root)
+	}
+	r, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return fmt.Errorf("--image-path-root: %w", err)
+	}
+	d, err := filepath.EvalSymlinks(dataDir)
+	if err != nil {
+		return fmt.Errorf("the data directory: %w", err)
+	}
+	if within(r, d) || within(d, r) {
+		return fmt.Errorf("--image-path-root %s and the data directory %s must not hold one another: "+
+			"an Image could adopt another session's disk or a replica", root, dataDir)
+	}
+	return nil
+}
+
+// within reports whether path is dir or lies under it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// sweepLitter removes the temporary files a crash left in the data
+// directory (only names the overlay and images packages make, only files
+// older than this start): one agent per node owns the data directory, or
+// one per namespace when the agents watch one namespace each.
+func sweepLitter(start time.Time, namespace string, ov *overlay.Store, img *images.Store, log logr.Logger) error {
+	a, err := ov.Sweep(start, namespace)
+	if err != nil {
+		return fmt.Errorf("sweeping the overlays' temporary files: %w", err)
+	}
+	b, err := img.Sweep(start, namespace)
+	if err != nil {
+		return fmt.Errorf("sweeping the images' temporary files: %w", err)
+	}
+	for _, f := range append(a, b...) {
+		log.Info("Removed a temporary file left by a crash", "file", f)
+	}
+	return nil
+}

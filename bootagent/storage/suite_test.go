@@ -105,7 +105,7 @@ func splitPort(portal string) (string, int, error) {
 // crash would: nothing is cleaned up on the way out).
 func runRole() (stop func()) {
 	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
-		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal}, log.WithName("storage"))
+		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot()}, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())
 	role = r
 	ctx, cancel := context.WithCancel(context.Background())
@@ -129,7 +129,7 @@ func runRole() (stop func()) {
 
 // goldenImage writes a file to import as an image.
 func goldenImage(size int64) string {
-	p := filepath.Join(GinkgoT().TempDir(), "golden.raw")
+	p := filepath.Join(imageDir(), "golden.raw")
 	f, err := os.Create(p)
 	Expect(err).NotTo(HaveOccurred())
 	_, err = f.WriteAt([]byte("GGNET GOLDEN IMAGE"), 0)
@@ -166,4 +166,21 @@ func iscsiPerf(l login) *exec.Cmd {
 	cmd := exec.Command("iscsi-perf", "-i", l.initiator, "-t", "600", "iscsi://"+tgtd.Portal+"/"+l.targetIQN+"/1")
 	cmd.Env = l.env()
 	return cmd
+}
+
+// imagePathRoot is the storage role's image path root in this suite, apart
+// from the data directory: path-source Images come from under it. A fixed
+// name, shared by runs, each file in a directory of its own (imageDir).
+func imagePathRoot() string {
+	root := filepath.Join(os.TempDir(), "ggnet-storage-suite-images")
+	Expect(os.MkdirAll(root, 0o755)).To(Succeed())
+	return root
+}
+
+// imageDir is a new directory under imagePathRoot, removed after the spec.
+func imageDir() string {
+	dir, err := os.MkdirTemp(imagePathRoot(), "golden-")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(os.RemoveAll, dir)
+	return dir
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -18,6 +19,9 @@ type storageFlags struct {
 	reserveMiB                                            uint64
 	controlPort                                           int
 	startTGTD                                             bool
+	imagePathRoot, metricsListen                          string
+	imageMaxVirtualSizeGiB                                int64
+	imageStallTimeout                                     time.Duration
 }
 
 func (f *storageFlags) bind(fs *flag.FlagSet) {
@@ -30,6 +34,15 @@ func (f *storageFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.portal, "portal", "", "iSCSI portal <IPv4>:<port> on the storage network (tgtd --iscsi portal=, LIO np), never 0.0.0.0; announced on this node for the manager to send PCs there. Required.")
 	fs.StringVar(&f.lioRoot, "lio-configfs", "/sys/kernel/config", "configfs mount for the LIO driver.")
 	fs.StringVar(&f.iqnPrefix, "iqn-prefix", "iqn.2026-11.io.ggnet:", "Targets whose IQN starts with this belong to GGnet.")
+	fs.StringVar(&f.imagePathRoot, "image-path-root", "",
+		"The only directory path-source Images are adopted from (opened through it: no symbolic link or .. out of it, regular files only); "+
+			"it must neither hold the data directory nor lie in it. Empty: path sources are refused.")
+	fs.Int64Var(&f.imageMaxVirtualSizeGiB, "image-max-virtual-size-gib", 512,
+		"Largest virtual size, in GiB, of an Image without spec.maxVirtualSize: larger sources (and downloads) are refused with TooLarge.")
+	fs.DurationVar(&f.imageStallTimeout, "image-stall-timeout", 60*time.Second,
+		"A download attempt that received nothing for this long is aborted and retried with backoff.")
+	fs.StringVar(&f.metricsListen, "storage-metrics-listen", ":8882",
+		"Listen address of the storage role's /healthz, /readyz and /metrics (apart from the boot role's --metrics-listen). - turns it off.")
 }
 
 func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace string, log logr.Logger) (*storage.Role, error) {
@@ -38,6 +51,12 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 	}
 	if err := storage.CheckPortal(f.portal); err != nil {
 		return nil, fmt.Errorf("--portal: %w", err)
+	}
+	if f.imageMaxVirtualSizeGiB < 1 {
+		return nil, fmt.Errorf("--image-max-virtual-size-gib %d: want 1 or more", f.imageMaxVirtualSizeGiB)
+	}
+	if f.imageStallTimeout < time.Second {
+		return nil, fmt.Errorf("--image-stall-timeout %s: want 1s or more", f.imageStallTimeout)
 	}
 	var d target.Driver
 	switch f.driver {
@@ -54,5 +73,7 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 	return storage.New(cfg, storage.Config{
 		NodeName: f.nodeName, DataDir: f.dataDir, Reserve: f.reserveMiB << 20,
 		IQNPrefix: f.iqnPrefix, Driver: d, Namespace: namespace, Portal: f.portal,
+		ImagePathRoot: f.imagePathRoot, ImageMaxVirtualSize: f.imageMaxVirtualSizeGiB << 30,
+		ImageStallTimeout: f.imageStallTimeout, MetricsListen: f.metricsListen,
 	}, log)
 }
