@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -190,5 +191,29 @@ var _ = Describe("A storage node that is gone", func() {
 		for _, name := range []string{"old", "win11", "seat-1", "stopped", "live"} {
 			Expect(events(ctx, f.ns, name)).NotTo(ContainElement(ContainSubstring("released finalizer")), name)
 		}
+	})
+})
+
+var _ = Describe("Storage nodes whose names share the node finalizer's 50-character cut", func() {
+	It("keep the finalizer while either Node exists", func() {
+		ctx := context.Background()
+		ns := newNamespace(ctx)
+		long := "gone-" + ns + "-" + strings.Repeat("x", 50)
+		a, b := long+"-a", long+"-b"
+		Expect(bootv1.NodeFinalizer(a)).To(Equal(bootv1.NodeFinalizer(b)))
+		storageNode(ctx, a, "10.20.0.5")
+		storageNode(ctx, b, "10.20.0.6")
+		img := fixture.Image(ns, "shared")
+		Expect(k8sClient.Create(ctx, img)).To(Succeed())
+		change(ctx, img, false, func(x *bootv1.Image) { controllerutil.AddFinalizer(x, bootv1.NodeFinalizer(a)) })
+		DeferCleanup(func(ctx context.Context) { dropFinalizer(ctx, get(ctx, img)(), bootv1.NodeFinalizer(a)) })
+		Expect(k8sClient.Delete(ctx, img)).To(Succeed())
+
+		deleteNode(ctx, a)
+		Consistently(finalizersOf(ctx, img), storageNodeGrace+time.Second, 250*time.Millisecond).Should(ContainElement(bootv1.NodeFinalizer(a)))
+		deleteNode(ctx, b)
+		deleted := time.Now()
+		Eventually(gone(ctx, img), eventually).Should(BeTrue())
+		Expect(time.Since(deleted)).To(BeNumerically(">=", storageNodeGrace))
 	})
 })

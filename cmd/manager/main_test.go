@@ -40,7 +40,7 @@ func TestManagerStarts(t *testing.T) {
 	metrics, probes := testbin.FreePort(t), testbin.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--kubeconfig", kubeconfig,
-		"--leader-elect", "--leader-election-namespace", "default",
+		"--leader-elect", "--leader-election-namespace", "default", "--storage-node-grace=2m",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probes))
 	var logs strings.Builder
