@@ -81,6 +81,6 @@ func TestNodeKey(t *testing.T) {
 	g.Expect(nodeKey("storage-1")).To(Equal("storage-1"))
 	long := strings.Repeat("n", 50)
 	g.Expect(nodeKey(long + "-a")).To(Equal(long))
-	g.Expect(nodeKey(long + "-b")).To(Equal(nodeKey(long+"-a")), "two long names share one node finalizer")
+	g.Expect(nodeKey(long+"-b")).To(Equal(nodeKey(long+"-a")), "two long names share one node finalizer")
 	g.Expect(bootv1.NodeFinalizerPrefix + nodeKey(long+"-a")).To(Equal(bootv1.NodeFinalizer(long + "-a")))
 }
