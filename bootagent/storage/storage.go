@@ -210,7 +210,7 @@ func checkImagePathRoot(root, dataDir string) error {
 		return nil
 	}
 	if !filepath.IsAbs(root) {
-		return fmt.Errorf("--image-path-root %q: want an absolute path", root)
+		return fmt.Errorf("--image-path-root %s: want an absolute path", root)
 	}
 	st, err := os.Stat(root)
 	if err != nil {
