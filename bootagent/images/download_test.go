@@ -3,6 +3,7 @@ package images
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
+	"golang.org/x/sys/unix"
 
 	"github.com/ggnet/ggnet/internal/testfs"
 )
@@ -49,6 +51,12 @@ func TestDownloadLimits(t *testing.T) {
 			return
 		case "/sparse.qcow2":
 			_, _ = w.Write(sparse)
+			return
+		case "/silent.raw": // not even a header
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
 			return
 		case "/slow.raw": // 64 KiB every 100 ms for 1.2 s
 			for i := 0; i < 12; i++ {
@@ -101,6 +109,28 @@ func TestDownloadLimits(t *testing.T) {
 		g.Expect(reason).To(Equal(ReasonUnreachable))
 		g.Expect(msg).To(ContainSubstring("after 2 attempts: no data for 300ms (stall timeout)"))
 		g.Expect(took).To(BeNumerically("<", 5*time.Second))
+
+		reason, msg, _ = ensure("/silent.raw", 0, 0)
+		g.Expect(reason).To(Equal(ReasonUnreachable), "a server that sends no response header")
+		g.Expect(msg).To(ContainSubstring("no data for 300ms (stall timeout)"))
+
+		// A TLS server that accepts and never answers the handshake.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		g.Expect(err).NotTo(HaveOccurred())
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		_, err = s.Ensure(ctx, "cafe", "tls", "u4", Source{URL: "https://" + ln.Addr().String() + "/x.raw", Format: "raw"}, nil)
+		reason, msg = failure(err)
+		g.Expect(reason).To(Equal(ReasonUnreachable), "a TLS handshake that never ends")
+		g.Expect(msg).To(ContainSubstring("no data for 300ms (stall timeout)"))
 
 		start := time.Now()
 		r, err := s.Ensure(ctx, "cafe", "slow", "u3", Source{URL: srv.URL + "/slow.raw", Format: "raw"}, nil)
@@ -180,4 +210,48 @@ func TestSweep(t *testing.T) {
 	}
 	_, ok := s.Existing("cafe", "win11", "uid-1")
 	g.Expect(ok).To(BeTrue())
+}
+
+// TestConversionKeepsTheReserve: a conversion is stopped (DiskFull) when the
+// free space falls into the reserve while it runs — here another writer
+// fills the file system while qemu-img, started 3 s late by a wrapper,
+// converts.
+func TestConversionKeepsTheReserve(t *testing.T) {
+	g := NewWithT(t)
+	src := t.TempDir()
+	raw := filepath.Join(src, "d.raw")
+	g.Expect(os.WriteFile(raw, bytes.Repeat([]byte("golden!!"), 1<<20), 0o644)).To(Succeed()) // 8 MiB
+	qemuImg(t, "convert", "-f", "raw", "-O", "qcow2", raw, filepath.Join(src, "d.qcow2"))
+	wrapper := filepath.Join(os.TempDir(), "ggnet-slow-qemu-img-"+strconv.Itoa(os.Getpid()))
+	g.Expect(os.WriteFile(wrapper, []byte("#!/bin/sh\n[ \"$1\" = convert ] && sleep 3\nexec qemu-img \"$@\"\n"), 0o755)).To(Succeed())
+	defer os.Remove(wrapper)
+
+	data := testfs.Tmpfs(t)
+	s := New(data, logr.Discard())
+	s.PathRoot, s.SpaceCheckInterval = src, 50*time.Millisecond
+	s.Qemu.Command = wrapper
+	free, err := Free(data)
+	g.Expect(err).NotTo(HaveOccurred())
+	s.Reserve = free - 40<<20
+	go func() { // the other writer
+		for {
+			matches, _ := filepath.Glob(filepath.Join(data, "images", "cafe", "d", tmpConvert+"*"))
+			if len(matches) > 0 {
+				f, err := os.Create(filepath.Join(data, "filler"))
+				if err == nil {
+					_ = unix.Fallocate(int(f.Fd()), 0, 0, 36<<20)
+					f.Close()
+				}
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	_, err = s.Ensure(context.Background(), "cafe", "d", "u1", Source{Path: filepath.Join(src, "d.qcow2"), Format: "qcow2"}, nil)
+	reason, msg := failure(err)
+	g.Expect(reason).To(Equal(ReasonDiskFull), "%v", err)
+	g.Expect(msg).To(ContainSubstring("stopped converting: the free space fell to"))
+	g.Expect(time.Since(start)).To(BeNumerically("<", 3*time.Second), "qemu-img was stopped, not waited for")
+	g.Expect(entries(t, filepath.Join(data, "images"))).To(BeEmpty())
 }

@@ -62,7 +62,42 @@ func DefaultQemu() Qemu {
 		InfoTimeout: 30 * time.Second, ConvertTimeout: 30 * time.Minute, ConvertPerGiB: 10 * time.Second}
 }
 
-func (q Qemu) dropsPrivileges() bool { return q.UID >= 0 && os.Geteuid() == 0 }
+// dropsPrivileges reports whether qemu-img runs as q.UID: the agent is root
+// with CAP_SETUID and CAP_SETGID. Without them (a container whose
+// capabilities were all dropped) it runs as the agent's user, its input
+// checked all the same.
+func (q Qemu) dropsPrivileges() bool {
+	return q.UID >= 0 && os.Geteuid() == 0 && setIDCapable(procStatus())
+}
+
+// Sandbox says whom qemu-img runs as, for the agent's log at start.
+func (q Qemu) Sandbox() string {
+	switch {
+	case q.dropsPrivileges():
+		return fmt.Sprintf("qemu-img runs as uid %d under prlimit", q.UID)
+	case q.UID >= 0 && os.Geteuid() == 0:
+		return "qemu-img runs as root under prlimit: give the storage agent CAP_SETUID and CAP_SETGID to run it as nobody"
+	default:
+		return fmt.Sprintf("qemu-img runs as uid %d (the agent's) under prlimit", os.Geteuid())
+	}
+}
+
+func procStatus() string {
+	b, _ := os.ReadFile("/proc/self/status")
+	return string(b)
+}
+
+// setIDCapable reports whether a /proc/<pid>/status shows CAP_SETGID (6)
+// and CAP_SETUID (7) effective.
+func setIDCapable(status string) bool {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<6|1<<7) == 1<<6|1<<7
+		}
+	}
+	return false
+}
 
 // run runs qemu-img with args, files as descriptors 3, 4, ..., and a file
 // size limit; it returns stdout, or an error with stderr.
@@ -81,8 +116,10 @@ func (q Qemu) run(ctx context.Context, timeout time.Duration, fsize int64, files
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 	cmd.Dir = "/"
 	cmd.WaitDelay = 5 * time.Second
-	// prlimit execs qemu-img: one process, killed with the agent.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// prlimit execs qemu-img: one process, killed with the agent, or with
+	// its process group at the timeout.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	if q.dropsPrivileges() {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(q.UID), Gid: uint32(q.GID), Groups: []uint32{}}
 	}

@@ -176,3 +176,44 @@ func TestQemuSandbox(t *testing.T) {
 	_, err = q.run(context.Background(), 10*time.Second, 4096, []*os.File{f}, "-c", write)
 	g.Expect(err).To(HaveOccurred(), "the file size limit holds")
 }
+
+func TestSetIDCapable(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(setIDCapable("Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n")).To(BeTrue())
+	g.Expect(setIDCapable("CapEff:\t000001fffeffff3f\n")).To(BeFalse(), "setuid and setgid dropped")
+	g.Expect(setIDCapable("CapEff:\t0000000000000000\n")).To(BeFalse())
+	g.Expect(setIDCapable("")).To(BeFalse())
+}
+
+// TestConvertWithoutSetIDCaps runs the test binary again as root without
+// CAP_SETUID and CAP_SETGID (the chart's agent container drops every
+// capability): qemu-img then runs as the agent's user, and an image still
+// converts, and an unsafe one is still refused.
+func TestConvertWithoutSetIDCaps(t *testing.T) {
+	g := NewWithT(t)
+	if os.Getenv("GGNET_TEST_NO_SETID") == "" {
+		cmd := exec.Command("setpriv", "--bounding-set=-setuid,-setgid", os.Args[0], "-test.run=^TestConvertWithoutSetIDCaps$", "-test.v")
+		cmd.Env = append(os.Environ(), "GGNET_TEST_NO_SETID=1")
+		out, err := cmd.CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), string(out))
+		g.Expect(string(out)).To(ContainSubstring("--- PASS: TestConvertWithoutSetIDCaps"))
+		return
+	}
+	q := DefaultQemu()
+	g.Expect(q.dropsPrivileges()).To(BeFalse())
+	g.Expect(q.Sandbox()).To(ContainSubstring("give the storage agent CAP_SETUID and CAP_SETGID"))
+	root := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "shadow")
+	g.Expect(os.WriteFile(secret, make([]byte, 1<<20), 0o600)).To(Succeed())
+	untrusted(t, root, secret)
+	raw, _ := os.ReadFile(filepath.Join(root, "good.raw"))
+	s := New(t.TempDir(), logr.Discard())
+	s.PathRoot = root
+	r, err := s.Ensure(context.Background(), "cafe", "win", "u1", Source{Path: filepath.Join(root, "good.qcow2"), Format: "qcow2"}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	got, _ := os.ReadFile(r.Path)
+	g.Expect(bytes.Equal(got, raw)).To(BeTrue())
+	_, err = s.Ensure(context.Background(), "cafe", "bad", "u2", Source{Path: filepath.Join(root, "child.vmdk"), Format: "vmdk"}, nil)
+	reason, _ := failure(err)
+	g.Expect(reason).To(Equal(ReasonUnsafeImage))
+}

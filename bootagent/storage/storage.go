@@ -139,6 +139,8 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	img := images.New(cfg.DataDir, log.WithName("images"))
 	img.PathRoot, img.Reserve, img.MaxVirtualSize = cfg.ImagePathRoot, cfg.Reserve, cfg.ImageMaxVirtualSize
 	img.StallTimeout, img.Client = cfg.ImageStallTimeout, images.NewHTTPClient(cfg.ImageStallTimeout)
+	log.Info("Placing image replicas", "pathRoot", cfg.ImagePathRoot, "maxVirtualSize", cfg.ImageMaxVirtualSize,
+		"stallTimeout", cfg.ImageStallTimeout.String(), "sandbox", img.Qemu.Sandbox())
 	if err := sweepLitter(start, cfg.Namespace, ov, img, log); err != nil {
 		return nil, err
 	}
