@@ -71,6 +71,7 @@ type IPv4Reservation struct {
 // Machine was created without); a reservation can be removed.
 // +kubebuilder:validation:XValidation:rule="!has(self.mac) || has(oldSelf.mac) && self.mac == oldSelf.mac",message="mac is immutable: a new NIC is a new Machine — create one",fieldPath=".mac",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="!has(self.ipv4) || has(oldSelf.ipv4) && self.ipv4.address == oldSelf.ipv4.address",message="ipv4.address is immutable: it cannot be added or changed after creation (the older Machine wins an address) — create a new Machine; removing the reservation is allowed",fieldPath=".ipv4.address",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.persistentDisks) || !has(oldSelf.persistentDisks.resetGeneration) || has(self.persistentDisks) && has(self.persistentDisks.resetGeneration) && self.persistentDisks.resetGeneration >= oldSelf.persistentDisks.resetGeneration",message="persistentDisks.resetGeneration may only grow: raise it by one to reset the machine's persistent disks",fieldPath=".persistentDisks.resetGeneration",reason=FieldValueForbidden
 type MachineSpec struct {
 	// mac is the boot NIC's MAC address: lowercase, colon-separated, like
 	// 52:54:00:12:34:56. Immutable: a new NIC is a new Machine.
@@ -109,6 +110,126 @@ type MachineSpec struct {
 	// +optional
 	// +kubebuilder:default=Discard
 	Writeback WritebackPolicy `json:"writeback,omitempty"`
+
+	// persistentDisks is the lifecycle of the machine's persistent disks: the
+	// overlays its Persist sessions keep, one per (image, storage node).
+	// +optional
+	PersistentDisks *PersistentDiskPolicy `json:"persistentDisks,omitempty"`
+}
+
+// PersistentDiskDeletePolicy says what happens to a Machine's persistent
+// disks when the Machine is deleted.
+// +kubebuilder:validation:Enum=Retain;Delete
+type PersistentDiskDeletePolicy string
+
+const (
+	// PersistentDiskRetain keeps the disks on their storage nodes; they are
+	// reported as orphans (the storage Node's
+	// OrphanedPersistentDisksCondition and the
+	// ggnet_storage_orphaned_persistent_disks metric) until an operator
+	// removes the files.
+	PersistentDiskRetain PersistentDiskDeletePolicy = "Retain"
+	// PersistentDiskDelete deletes the disks once no session of the Machine
+	// uses them; each storage node holding some keeps NodeFinalizer(node) on
+	// the Machine until its disks are gone.
+	PersistentDiskDelete PersistentDiskDeletePolicy = "Delete"
+)
+
+// PersistentDiskPolicy is the lifecycle of a Machine's persistent disks.
+type PersistentDiskPolicy struct {
+	// onDelete says what happens to the disks when the Machine is deleted:
+	// Retain (the default) keeps them, Delete removes them once no session
+	// of the Machine uses them.
+	// +optional
+	// +kubebuilder:default=Retain
+	OnDelete PersistentDiskDeletePolicy `json:"onDelete,omitempty"`
+
+	// resetGeneration resets the machine's persistent disks when raised: a
+	// disk made at a lower generation is deleted as soon as no session uses
+	// it (a running session keeps its disk; the disk's state says
+	// ResetPending), and the next Persist session starts from a fresh clone
+	// of its image. It applies to every image and every storage node. It may
+	// only grow.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ResetGeneration int64 `json:"resetGeneration,omitempty"`
+}
+
+// OnDeleteOrDefault is onDelete, Retain when unset.
+func (p *PersistentDiskPolicy) OnDeleteOrDefault() PersistentDiskDeletePolicy {
+	if p == nil || p.OnDelete == "" {
+		return PersistentDiskRetain
+	}
+	return p.OnDelete
+}
+
+// ResetGenerationOrZero is resetGeneration, 0 when unset.
+func (p *PersistentDiskPolicy) ResetGenerationOrZero() int64 {
+	if p == nil {
+		return 0
+	}
+	return p.ResetGeneration
+}
+
+// PersistentDiskState is what a persistent disk is doing.
+// +kubebuilder:validation:Enum=Available;InUse;ResetPending;DeletePending;Orphaned
+type PersistentDiskState string
+
+const (
+	// PersistentDiskAvailable: no session uses the disk; the machine's next
+	// Persist session of the image on this node continues from it.
+	PersistentDiskAvailable PersistentDiskState = "Available"
+	// PersistentDiskInUse: a session of the machine uses the disk.
+	PersistentDiskInUse PersistentDiskState = "InUse"
+	// PersistentDiskResetPending: resetGeneration was raised while a
+	// session uses the disk; it is deleted when that session ends.
+	PersistentDiskResetPending PersistentDiskState = "ResetPending"
+	// PersistentDiskDeletePending: the Machine is being deleted with
+	// onDelete: Delete while a session uses the disk; it is deleted when
+	// that session ends.
+	PersistentDiskDeletePending PersistentDiskState = "DeletePending"
+	// PersistentDiskOrphaned: the disk's Image (by UID) no longer exists. A
+	// new Image of the same name gets a new disk; this one is kept until an
+	// operator removes it (or resets the machine's disks).
+	PersistentDiskOrphaned PersistentDiskState = "Orphaned"
+)
+
+// PersistentDisk is one persistent disk of the machine on one storage node,
+// reported by that node's storage agent with its own field manager
+// (ggnet-storage-<node>).
+type PersistentDisk struct {
+	// node is the storage node that holds the disk.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node"`
+	// image is the name of the Image the disk was cloned from (empty when
+	// the agent no longer knows it).
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Image string `json:"image,omitempty"`
+	// imageUID is the UID of that Image: a disk is never used with another
+	// Image, even one recreated with the same name.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	ImageUID string `json:"imageUID"`
+	// path of the disk file on the node.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Path string `json:"path,omitempty"`
+	// sizeBytes is the disk's size as the PC sees it (the file's length;
+	// blocks shared with the image are not counted apart).
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// generation is the spec.persistentDisks.resetGeneration the disk was
+	// made at.
+	// +optional
+	Generation int64 `json:"generation,omitempty"`
+	// lastUsed is when a session last started or stopped using the disk.
+	// +optional
+	LastUsed *metav1.Time `json:"lastUsed,omitempty"`
+	// state of the disk.
+	// +optional
+	State PersistentDiskState `json:"state,omitempty"`
 }
 
 // DHCPReservation is what the agent's DHCP server hands this machine, as
@@ -164,6 +285,16 @@ type MachineStatus struct {
 	// lastBoot is the timeline of the most recent boot.
 	// +optional
 	LastBoot *BootTimeline `json:"lastBoot,omitempty"`
+
+	// persistentDisks lists the machine's persistent disks, one per storage
+	// node and Image; each storage agent applies its node's entries with its
+	// own field manager.
+	// +optional
+	// +listType=map
+	// +listMapKey=node
+	// +listMapKey=imageUID
+	// +kubebuilder:validation:MaxItems=256
+	PersistentDisks []PersistentDisk `json:"persistentDisks,omitempty"`
 }
 
 // Machine conditions and reasons.
