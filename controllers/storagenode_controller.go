@@ -149,17 +149,18 @@ func (r *StorageNodeReconciler) releaseSessions(ctx context.Context, node string
 		return 0, err
 	}
 	var held []*bootv1.BootSession
-	referenced := false
+	live := 0
 	for i := range list.Items {
 		s := &list.Items[i]
-		holds := controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer)
-		referenced = referenced || holds || !finished(s)
-		if holds && (s.DeletionTimestamp != nil || s.Spec.Stopped || finished(s)) {
+		ending := s.DeletionTimestamp != nil || s.Spec.Stopped || finished(s)
+		if !ending {
+			live++
+		} else if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
 			held = append(held, s)
 		}
 	}
-	if !referenced {
-		r.gone.present(key) // nothing left to wait for: forget it
+	if live == 0 && len(held) == 0 {
+		r.gone.present(key) // nothing refers to it: forget it
 		return 0, nil
 	}
 	since := r.gone.missing(key, now)
@@ -168,6 +169,9 @@ func (r *StorageNodeReconciler) releaseSessions(ctx context.Context, node string
 		if err := r.release(ctx, s, bootv1.StorageFinalizer, node, key, since, left); err != nil {
 			return 0, err
 		}
+	}
+	if left <= 0 && live == 0 {
+		r.gone.present(key) // all released
 	}
 	return max(left, 0), nil
 }
@@ -210,6 +214,9 @@ func (r *StorageNodeReconciler) releaseNodeFinalizers(ctx context.Context, key s
 		if err := r.release(ctx, o, fin, key, "finalizer/"+key, since, left); err != nil {
 			return 0, err
 		}
+	}
+	if left <= 0 {
+		r.gone.present("finalizer/" + key) // all released
 	}
 	return max(left, 0), nil
 }
