@@ -29,6 +29,11 @@ demo-down: ## Tear down a lab left by make demo KEEP=1.
 test: deps vet envtest-bins ## Install what is missing, then run go vet and every test with -race.
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" ./hack/test.sh $(GO_TEST_FLAGS)
 
+.PHONY: fault
+fault: deps envtest-bins ## Run the fault suite's long form and print its table (root; FAULT_ITERATIONS=20, FAULT_SEED=<seed> reruns one, FAULT_VMS=2).
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" go test -count=1 -timeout 6h -v ./test/e2e/ \
+		-ginkgo.label-filter=fault -ginkgo.v -fault.iterations=$${FAULT_ITERATIONS:-20} -fault.seed=$${FAULT_SEED:-0} -fault.vms=$${FAULT_VMS:-2}
+
 ##@ Development
 
 .PHONY: deps

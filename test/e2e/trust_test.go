@@ -56,7 +56,10 @@ func sessionSecret(s *bootv1.BootSession) *corev1.Secret {
 	GinkgoHelper()
 	Expect(s.Status.CHAPSecretRef).NotTo(BeNil())
 	var sec corev1.Secret
-	Expect(l.Client.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
+	// Retried: the fault suite restarts the API server under it.
+	Expect(api(func() error {
+		return l.Client.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec)
+	})).To(Succeed())
 	return &sec
 }
 

@@ -36,8 +36,10 @@ import (
 
 // Addresses and names inside the lab.
 const (
-	ServerIP  = "10.99.0.1"
-	Bridge    = "ggbr0"
+	ServerIP = "10.99.0.1"
+	Bridge   = "ggbr0"
+	// Tap is the first VM's tap; each VM running at once has one of its
+	// own (ggtap1, ggtap2, ...), on the same bridge.
 	Tap       = "ggtap0"
 	NodeName  = "lab-storage"
 	Namespace = "lab"
@@ -96,6 +98,9 @@ type Lab struct {
 	bin      string
 	// tgtPort is the control port of the lab's tgtd.
 	tgtPort int
+	// taps are the free taps on the bridge (ggtap<n>), nTaps how many exist.
+	taps  []string
+	nTaps int
 	// apiserverArgs is kube-apiserver's command line, kept at its first kill
 	// to start it again the same way.
 	apiserverArgs []string
@@ -111,15 +116,15 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 		{"link", "add", Bridge, "type", "bridge"},
 		{"addr", "add", ServerIP + "/24", "dev", Bridge},
 		{"link", "set", Bridge, "up"},
-		{"tuntap", "add", Tap, "mode", "tap"},
-		{"link", "set", Tap, "master", Bridge},
-		{"link", "set", Tap, "up"},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("ip %s: %v %s", strings.Join(args, " "), err, out)
 		}
 	}
 	l.DataDir = testfs.XFS(t, 4<<30)
+	if err := os.MkdirAll(l.imageRoot(), 0o755); err != nil {
+		return nil, err
+	}
 
 	env, cfg, err := testenv.Start(func(e *envtest.Environment) {
 		e.ControlPlaneStopTimeout = 2 * time.Second
@@ -168,7 +173,7 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 		return nil, err
 	}
 
-	disk := filepath.Join(l.Dir, "demo.raw")
+	disk := filepath.Join(l.imageRoot(), "demo.raw")
 	if err := WriteDemoDisk(disk, 64<<20); err != nil {
 		return nil, err
 	}
@@ -242,6 +247,9 @@ func (l *Lab) StartManager() error {
 	return err
 }
 
+// imageRoot is the directory the agent may read path-source Images from.
+func (l *Lab) imageRoot() string { return filepath.Join(l.Dir, "images") }
+
 // StartAgent runs the boot agent with both roles in a PID namespace of its
 // own, as a container runs: the agent is that namespace's init, and killing
 // it (Kill("bootagent")) kills every process of the namespace, as a
@@ -261,7 +269,8 @@ func (l *Lab) startAgent(withTGTD bool) error {
 		"--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP + ":3260",
 		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP + ":8880",
 		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
-		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug"}
+		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug",
+		"--image-path-root", l.imageRoot(), "--storage-metrics-listen", "127.0.0.1:18882"}
 	if withTGTD {
 		args = append(args, "--start-tgtd")
 	}

@@ -43,30 +43,72 @@ type VM struct {
 // PowerOn starts a QEMU VM (TCG) that network-boots through the lab's tap.
 // The lab watches its console and notes when each tick appears.
 func (l *Lab) PowerOn(mac string) (*VM, error) {
+	tap, err := l.getTap()
+	if err != nil {
+		return nil, err
+	}
 	serial := filepath.Join(l.Dir, fmt.Sprintf("serial-%d.txt", time.Now().UnixNano()))
 	// -nographic makes SeaBIOS mirror the screen (iPXE's messages) to the
 	// serial port, which goes to a file with the disk's own output.
 	cmd := exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-nographic",
 		"-serial", "file:"+serial, "-monitor", "none", "-no-reboot",
-		"-netdev", "tap,id=n0,ifname="+Tap+",script=no,downscript=no",
+		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
 		// e1000 with its iPXE ROM from Debian's ipxe-qemu (virtio's ROM is not
 		// offered by SeaBIOS here).
 		"-device", "e1000,netdev=n0,mac="+mac,
 		"-boot", "n")
 	logf, err := os.Create(serial + ".qemu.log")
 	if err != nil {
+		l.putTap(tap)
 		return nil, err
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	vm := &VM{MAC: mac, cmd: cmd, serial: serial, start: time.Now(), stop: make(chan struct{}), exited: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
+		l.putTap(tap)
 		return nil, err
 	}
-	go func() { _ = cmd.Wait(); close(vm.exited) }()
+	go func() { _ = cmd.Wait(); l.putTap(tap); close(vm.exited) }()
 	go vm.watch()
 	l.t.Cleanup(vm.PowerOff)
 	return vm, nil
+}
+
+// getTap returns a free tap on the lab's bridge, making one when none is.
+func (l *Lab) getTap() (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.taps); n > 0 {
+		tap := l.taps[n-1]
+		l.taps = l.taps[:n-1]
+		return tap, nil
+	}
+	tap := fmt.Sprintf("ggtap%d", l.nTaps)
+	for _, args := range [][]string{
+		{"tuntap", "add", tap, "mode", "tap"},
+		{"link", "set", tap, "master", Bridge},
+		{"link", "set", tap, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("ip %s: %v %s", strings.Join(args, " "), err, out)
+		}
+	}
+	l.nTaps++
+	return tap, nil
+}
+
+// putTap gives a VM's tap back once its QEMU ended.
+func (l *Lab) putTap(tap string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.taps = append(l.taps, tap)
+}
+
+// QEMULog returns what QEMU itself printed (its errors).
+func (vm *VM) QEMULog() string {
+	b, _ := os.ReadFile(vm.serial + ".qemu.log")
+	return string(b)
 }
 
 // watch notes the time each new tick line appears on the console.
