@@ -14,8 +14,10 @@ import (
 // collectGarbage runs after the caches synced and then every Resync: it
 // removes the GGnet targets and Discard overlays on this node that no live
 // session wants — what a crash in the middle of a teardown, or sessions
-// deleted while the agent was down, leave behind. Persist overlays are never
-// collected, and nothing a live session uses is ever removed.
+// deleted while the agent was down, leave behind. Persistent disks (the
+// persist/ directories and the old layout's persist-*.raw) are never
+// collected, and nothing a live session uses is ever removed. An agent
+// watching one namespace collects only that namespace's.
 func (r *Role) collectGarbage(ctx context.Context) error {
 	if !r.mgr.GetCache().WaitForCacheSync(ctx) {
 		return nil
@@ -55,8 +57,10 @@ func (r *Role) collectOnce(ctx context.Context) error {
 			if s.Status.Target != nil {
 				wantTargets[s.Status.Target.IQN] = true
 			}
-			rel, _ := filepath.Rel(r.overlays.Dir(), r.OverlayPath(s))
-			wantOverlays[rel] = true
+			if s.Spec.Writeback != bootv1.WritebackPersist {
+				rel, _ := filepath.Rel(r.overlays.Dir(), r.discardPath(s))
+				wantOverlays[rel] = true
+			}
 		}
 	}
 	targets, err := r.cfg.Driver.List(ctx, ownedIQNPrefix(r.cfg.IQNPrefix, r.cfg.Namespace))
@@ -76,7 +80,7 @@ func (r *Role) collectOnce(ctx context.Context) error {
 		return err
 	}
 	for _, f := range files {
-		if strings.HasPrefix(filepath.Base(f), "persist-") || wantOverlays[f] || !ownsOverlay(f, r.cfg.Namespace) {
+		if persistent(f) || wantOverlays[f] || !ownsOverlay(f, r.cfg.Namespace) {
 			continue
 		}
 		r.log.Info("Removing an overlay no session wants", "overlay", f)
@@ -108,6 +112,16 @@ func ownsOverlay(rel, namespace string) bool {
 	}
 	dir, _, ok := strings.Cut(filepath.ToSlash(rel), "/")
 	return ok && dir == namespace
+}
+
+// persistent reports whether an overlay file (relative to the overlay
+// directory) may be a persistent disk, which the collector never touches:
+// anything under <namespace>/persist/, and <namespace>/persist-*.raw of the
+// old layout (a Discard session named persist-... leaves its overlay to
+// its own teardown).
+func persistent(rel string) bool {
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	return len(parts) > 2 && parts[1] == persistDir || strings.HasPrefix(parts[len(parts)-1], legacyPrefix)
 }
 
 func hasFinalizer(s *bootv1.BootSession) bool {

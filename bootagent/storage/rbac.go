@@ -1,10 +1,16 @@
 package storage
 
-// The storage role reconciles sessions and images on its node: their
-// finalizers, its own status fields, the CHAP Secrets, its Node's labels.
-// It patches its Node with one annotation: the iSCSI portal it listens on
-// (bootv1.ISCSIPortalAnnotation).
-// +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images,verbs=get;list;watch;update
-// +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status,verbs=get;patch
+// The storage role reconciles sessions, images and machines on its node:
+// their finalizers (the storage finalizer on sessions, NodeFinalizer(node) on
+// Images with a replica here and on Machines with persistent disks here and
+// onDelete: Delete), its own status fields (server-side apply with its field
+// manager), the CHAP Secrets, its Node's labels. It patches its Node with one
+// annotation, the iSCSI portal it listens on (bootv1.ISCSIPortalAnnotation),
+// and one condition, bootv1.OrphanedPersistentDisksCondition, and records
+// Events on sessions, Machines and its Node.
+// +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images;machines,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status;machines/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups="",resources=nodes/status,verbs=patch
+// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch

@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -66,10 +68,12 @@ const (
 )
 
 // Reconcile makes the session's overlay and target, or tears them down. A
-// session whose storage was ready once never gets StorageFailed: while its
-// target cannot be made it shows StorageReady=False TargetUnavailable, keeps
-// its overlay and is retried with backoff (a running PC's disk is sacred;
-// only the session's stop or deletion removes it).
+// session whose storage was ready once (reconcileRunning) never gets
+// StorageFailed: while its target cannot be made it shows StorageReady=False
+// TargetUnavailable, keeps its overlay and is retried with backoff, and an
+// overlay that vanished under it is reported (OverlayLost), never replaced
+// (a running PC's disk is sacred; only the session's stop or deletion
+// removes it). A new session gets its overlay and target from reconcileNew.
 func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &bootv1.BootSession{}
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
@@ -93,9 +97,33 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 	}
 
+	var sec corev1.Secret
+	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{RequeueAfter: time.Second}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonNoCredentials, "waiting for the CHAP Secret", s.Status.OverlayPath)
+		}
+		return ctrl.Result{}, err
+	}
+	if wasStorageReady(s) {
+		return r.reconcileRunning(ctx, s, &sec, log)
+	}
+	return r.reconcileNew(ctx, s, &sec, log)
+}
+
+// reconcileNew makes the overlay and target of a session that was never
+// StorageReady: a fresh clone of the Image's replica on this node for
+// Discard, the Machine's persistent disk for the Image for Persist
+// (newSessionDisk). Conditions: StorageReady=False ImageNotFound,
+// ImageNotOnNode, MachineNotFound, PersistentDiskInUse, MachineDeleting,
+// InsufficientSpace, TargetUnavailable or StorageFailed; True TargetReady.
+func (r *sessionReconciler) reconcileNew(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, log logr.Logger) (ctrl.Result, error) {
 	var img bootv1.Image
 	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.ImageRef.Name}, &img); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.ImageNotFoundReason,
+				"Image "+s.Spec.ImageRef.Name+" is not known to this storage node", "")
+		}
+		return ctrl.Result{}, err
 	}
 	replica := ""
 	for _, rep := range img.Status.Replicas {
@@ -107,34 +135,119 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonImageNotOnNode,
 			"image "+img.Name+" has no Ready replica on this node", "")
 	}
-	var sec corev1.Secret
-	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec); err != nil {
-		if apierrors.IsNotFound(err) {
-			return ctrl.Result{RequeueAfter: time.Second}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonNoCredentials, "waiting for the CHAP Secret", "")
-		}
-		return ctrl.Result{}, err
-	}
 
-	path := r.OverlayPath(s)
-	created, err := r.overlays.Ensure(path, replica)
+	var path string
+	var created bool
+	var err error
+	if s.Spec.Writeback == bootv1.WritebackPersist {
+		var unlock func()
+		var w *waitFor
+		path, created, unlock, w, err = r.newSessionDisk(ctx, s, &img, replica)
+		if w != nil {
+			return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, w.reason, w.msg, "")
+		}
+		if unlock != nil {
+			// Held until the target is made: nothing judges the disk
+			// unused in between.
+			defer unlock()
+		}
+		var oe *overlayError
+		switch {
+		case errors.As(err, &oe):
+			err = oe.err
+		case err != nil && transient(err):
+			return ctrl.Result{}, r.unavailable(ctx, s, sec, "cannot check who uses the persistent disk", err, "")
+		case err != nil:
+			return ctrl.Result{}, err
+		}
+	} else {
+		path = r.discardPath(s)
+		created, err = r.overlays.Ensure(path, replica)
+	}
 	switch {
 	case errors.Is(err, overlay.ErrLowSpace):
 		return ctrl.Result{RequeueAfter: 30 * time.Second}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonInsufficientSpace, err.Error(), "")
-	case err != nil && wasStorageReady(s):
-		log.Error(err, "Checking the overlay of a running session, retrying", "path", path)
-		return ctrl.Result{}, r.unavailable(ctx, s, &sec, "cannot check the overlay", err, path)
 	case err != nil:
 		log.Error(err, "Making overlay", "path", path)
 		return ctrl.Result{}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the overlay; see the agent's log", "")
 	case created:
 		log.Info("Made overlay", "path", path, "image", replica)
 	}
-	t := sessionTarget(s, &sec, path)
+	return r.serve(ctx, s, sec, path, log)
+}
+
+// reconcileRunning keeps the target of a session that was StorageReady
+// once: such a session may have a PC running on its disk, so it needs only
+// its overlay (a standalone clone: not the image replica) and its Secret,
+// and keeps the overlay path it was served with. An overlay that vanished
+// is never made again (see overlayLost).
+func (r *sessionReconciler) reconcileRunning(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, log logr.Logger) (ctrl.Result, error) {
+	path := r.runningPath(s)
+	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil && c.Reason == bootv1.OverlayLostReason {
+		return ctrl.Result{}, nil // for good: only the session's stop ends it
+	}
+	if path == "" {
+		return ctrl.Result{}, r.overlayLost(ctx, s, "", log)
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return ctrl.Result{}, r.overlayLost(ctx, s, path, log)
+	} else if err != nil {
+		log.Error(err, "Checking the overlay of a running session, retrying", "path", path)
+		return ctrl.Result{}, r.unavailable(ctx, s, sec, "cannot check the overlay", err, path)
+	}
+	return r.serve(ctx, s, sec, path, log)
+}
+
+// runningPath is the overlay a session that was StorageReady was served
+// with: a Discard session's own; for Persist its status.overlayPath when
+// that names a persistent disk of the session's namespace (a running
+// session keeps its disk, even one of the old layout), else "".
+func (r *sessionReconciler) runningPath(s *bootv1.BootSession) string {
+	if s.Spec.Writeback != bootv1.WritebackPersist {
+		return r.discardPath(s)
+	}
+	p := s.Status.OverlayPath
+	if p == "" || filepath.Clean(p) != p {
+		return ""
+	}
+	dir, name := filepath.Split(p)
+	switch filepath.Clean(dir) {
+	case r.persistPath(s.Namespace):
+		if _, ok := parseDisk(dir, name); ok {
+			return p
+		}
+	case filepath.Join(r.overlays.Dir(), s.Namespace):
+		if strings.HasPrefix(name, legacyPrefix) && strings.HasSuffix(name, ".raw") {
+			return p
+		}
+	}
+	return ""
+}
+
+// overlayLost reports that the overlay of a session that was StorageReady is
+// gone: StorageReady=False OverlayLost, for good, and a Warning Event. No
+// fresh overlay is made in its place: the PC would find another disk under
+// it (a fresh clone, or another session's). The target is left alone: tgtd
+// keeps the deleted file open, so a PC logged in goes on with its disk until
+// the session stops, and removing the target would cut it off; if the
+// target is gone already (tgtd restarted) it is not made again. The
+// session's stop removes the target as usual.
+func (r *sessionReconciler) overlayLost(ctx context.Context, s *bootv1.BootSession, path string, log logr.Logger) error {
+	log.Info("The overlay of a running session is gone; not making another", "path", path)
+	msg := "the overlay " + path + " is gone from the storage node; no other disk is served in its place " +
+		"(a PC logged in keeps the deleted file through its open target until the session stops); stop the session"
+	r.persist.recorder.Event(s, corev1.EventTypeWarning, bootv1.OverlayLostReason, msg)
+	return r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.OverlayLostReason, msg, path)
+}
+
+// serve makes the session's target on path and reports StorageReady=True.
+func (r *sessionReconciler) serve(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, path string, log logr.Logger) (ctrl.Result, error) {
+	t := sessionTarget(s, sec, path)
 	if err := r.cfg.Driver.Ensure(ctx, t); err != nil {
 		if wasStorageReady(s) || transient(err) {
 			// controller-runtime logs the returned error (redacted, as the
 			// condition's message) with each retry.
-			return ctrl.Result{}, r.unavailable(ctx, s, &sec, "cannot make the iSCSI target", err, path)
+			return ctrl.Result{}, r.unavailable(ctx, s, sec, "cannot make the iSCSI target", err, path)
 		}
 		log.Error(err, "Making iSCSI target", "iqn", t.IQN)
 		return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the iSCSI target; see the agent's log", path)
@@ -174,14 +287,14 @@ func (r *sessionReconciler) unavailable(ctx context.Context, s *bootv1.BootSessi
 
 // wasStorageReady reports whether the session's storage was ready once: the
 // manager stamped timeline.storageReady, or this agent's condition is True or
-// already says TargetUnavailable. Such a session may have a PC running on its
+// already says TargetUnavailable or OverlayLost. Such a session may have a PC running on its
 // disk, so no driver error fails it.
 func wasStorageReady(s *bootv1.BootSession) bool {
 	if s.Status.Timeline.StorageReady != nil {
 		return true
 	}
 	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
-	return c != nil && (c.Status == metav1.ConditionTrue || c.Reason == bootv1.TargetUnavailableReason)
+	return c != nil && (c.Status == metav1.ConditionTrue || c.Reason == bootv1.TargetUnavailableReason || c.Reason == bootv1.OverlayLostReason)
 }
 
 // transient reports whether a driver error is the target daemon being away
@@ -274,7 +387,7 @@ func (r *sessionReconciler) teardown(ctx context.Context, s *bootv1.BootSession,
 		}
 	}
 	if s.Spec.Writeback != bootv1.WritebackPersist {
-		if err := r.overlays.Remove(r.OverlayPath(s)); err != nil {
+		if err := r.overlays.Remove(r.discardPath(s)); err != nil {
 			return err
 		}
 	}

@@ -94,6 +94,8 @@ type Role struct {
 	// reconcile: a reconcile holds it shared, collection exclusively, so a
 	// target made a moment ago is never taken for garbage.
 	gcMu sync.RWMutex
+	// persist is the persistent disks' state (persist.go).
+	persist *persistState
 	// jobs place replicas, each in its own goroutine (replicas.go).
 	jobs *replicaJobs
 	// metrics are the role's own gauges (capacity.go).
