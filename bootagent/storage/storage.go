@@ -131,11 +131,11 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if cfg.CapacityInterval == 0 {
 		cfg.CapacityInterval = 30 * time.Second
 	}
-	if err := checkImagePathRoot(cfg.ImagePathRoot, cfg.DataDir); err != nil {
-		return nil, err
-	}
 	ov, err := overlay.Open(cfg.DataDir, cfg.Reserve)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkImagePathRoot(cfg.ImagePathRoot, cfg.DataDir); err != nil {
 		return nil, err
 	}
 	img := images.New(cfg.DataDir, log.WithName("images"))

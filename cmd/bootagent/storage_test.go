@@ -123,7 +123,7 @@ func TestBothRolesServeProbesAndMetrics(t *testing.T) {
 // in it, nor with limits out of range.
 func TestStorageFlagsRefused(t *testing.T) {
 	_, bin := setup(t)
-	data := t.TempDir()
+	data := testfs.XFS(t, 1<<30)
 	for _, tc := range []struct {
 		args []string
 		want string
