@@ -123,9 +123,9 @@ func TestPodSecurity(t *testing.T) {
 		add          map[string][]corev1.Capability // per workload; absent: privileged
 	}{
 		{name: "defaults", pods: 4, add: map[string][]corev1.Capability{
-			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}, "ggnet-ggnet-storage": nil, "ggnet-ggnet-tgtd": nil}},
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}, "ggnet-ggnet-storage": {"SETUID", "SETGID"}, "ggnet-ggnet-tgtd": nil}},
 		{name: "old kernel", values: "agent: {boot: {netRaw: true}}", pods: 4, add: map[string][]corev1.Capability{
-			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": nil, "ggnet-ggnet-tgtd": nil}},
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": {"SETUID", "SETGID"}, "ggnet-ggnet-tgtd": nil}},
 		{name: "lio", values: "agent: {storage: {targetDriver: lio}}", pods: 3, add: map[string][]corev1.Capability{
 			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}}},
 	} {
