@@ -137,7 +137,9 @@ func orphanCondition() *corev1.NodeCondition {
 	return nil
 }
 
-// orphanMessage is the message of the orphan condition while True.
+// orphanMessage is the message of the orphan condition while True. It names
+// the first ten orphans by path; this suite's specs leave six on its data
+// directory.
 func orphanMessage() func() string {
 	return func() string {
 		c := orphanCondition()
@@ -238,7 +240,7 @@ var _ = Describe("Persistent disks", func() {
 		Eventually(l.diskState(m, img), eventually).Should(Equal(bootv1.PersistentDiskInUse))
 		Expect(l.diskState(m, old)()).To(Equal(bootv1.PersistentDiskOrphaned), "both disks are listed")
 		l.stop(s2)
-		Consistently(func() float64 { return orphanGauge(l.ns) }, 3*time.Second).Should(Equal(1.0))
+		Consistently(func() float64 { return orphanGauge(l.ns) }, 2*time.Second).Should(Equal(1.0))
 		Expect(exists(oldDisk)).To(BeTrue())
 	})
 
@@ -255,7 +257,7 @@ var _ = Describe("Persistent disks", func() {
 		l.updateMachine(m, func(m *bootv1.Machine) { m.Spec.PersistentDisks = &bootv1.PersistentDiskPolicy{ResetGeneration: 1} })
 		Eventually(l.diskState(m, img), eventually).Should(Equal(bootv1.PersistentDiskResetPending))
 		Eventually(func() []string { return l.events("seat-1") }, eventually).Should(ContainElement(bootv1.PersistentDiskResetPendingReason))
-		Consistently(func() string { return readAt(disk, 4096, 10) }, 3*time.Second).Should(Equal("SAVED GAME"), "the disk is sacred while its session runs")
+		Consistently(func() string { return readAt(disk, 4096, 10) }, 2*time.Second).Should(Equal("SAVED GAME"), "the disk is sacred while its session runs")
 		Expect(targets()).To(ContainElement(HaveField("Path", disk)))
 
 		By("lowering it is refused")
@@ -313,7 +315,7 @@ var _ = Describe("Persistent disks", func() {
 		By("deleting the Machine while its session runs: the disk stays")
 		Expect(k8sClient.Delete(l.ctx, m)).To(Succeed())
 		Eventually(l.diskState(m, img), eventually).Should(Equal(bootv1.PersistentDiskDeletePending))
-		Consistently(func() bool { return exists(disk) }, 3*time.Second).Should(BeTrue())
+		Consistently(func() bool { return exists(disk) }, 2*time.Second).Should(BeTrue())
 		Expect(l.gone(m)()).To(BeFalse(), "this node's finalizer holds the Machine")
 		Expect(targets()).To(ContainElement(HaveField("Path", disk)))
 
@@ -325,7 +327,14 @@ var _ = Describe("Persistent disks", func() {
 		Consistently(func() float64 { return orphanGauge(l.ns) }, 2*time.Second).Should(BeNumerically("<=", 0))
 	})
 
-	It("never lets the garbage collector touch a persistent disk", func() {
+	It("never lets the garbage collector touch a persistent disk; reports the orphans beside the kubelet's conditions", func() {
+		// The kubelet's condition, which the agent's patch leaves alone.
+		node := &corev1.Node{}
+		Expect(k8sClient.Get(context.Background(), client.ObjectKey{Name: nodeName}, node)).To(Succeed())
+		kubelet := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "kubelet is posting ready status",
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}
+		node.Status.Conditions = append(node.Status.Conditions, kubelet)
+		Expect(k8sClient.Status().Update(context.Background(), node)).To(Succeed())
 		runRole()
 		l := newLab()
 		l.imageWith("win11", "GOLDEN")
@@ -350,6 +359,22 @@ var _ = Describe("Persistent disks", func() {
 		Eventually(func() float64 { return orphanGauge(l.ns) }, eventually).Should(Equal(3.0))
 		Eventually(orphanMessage(), eventually).Should(And(ContainSubstring(stray+" (Machine gone)"),
 			ContainSubstring(odd+" (not a disk name)"), ContainSubstring(legacy+" (old layout)")))
+		Expect(k8sClient.Get(context.Background(), client.ObjectKey{Name: nodeName}, node)).To(Succeed())
+		Expect(node.Status.Conditions).To(ContainElement(And(HaveField("Type", corev1.NodeReady), HaveField("Reason", "KubeletReady"))))
+		Eventually(func() []string {
+			var list corev1.EventList
+			Expect(k8sClient.List(l.ctx, &list, client.InNamespace(metav1.NamespaceDefault))).To(Succeed())
+			var msgs []string
+			for _, e := range list.Items {
+				if e.InvolvedObject.Kind == "Node" && e.Reason == bootv1.OrphanedPersistentDisksReason && e.Type == corev1.EventTypeWarning {
+					msgs = append(msgs, e.Message)
+				}
+			}
+			return msgs
+		}, eventually).Should(ContainElement(ContainSubstring(odd)), "a Warning Event on the Node names new orphans")
+		for _, p := range []string{disk, stray, odd, legacy} {
+			Expect(exists(p)).To(BeTrue(), "reported, never removed: %s", p)
+		}
 	})
 
 	It("adopts a disk of the old layout only when its name maps to exactly one (Machine, Image) pair", func() {
@@ -512,7 +537,7 @@ var _ = Describe("A session whose overlay vanished", func() {
 		Expect(c.Status).To(Equal(metav1.ConditionFalse))
 		Expect(c.Message).To(ContainSubstring(overlay))
 		Expect(l.events("s")).To(ContainElement(bootv1.OverlayLostReason))
-		Consistently(func() bool { return exists(overlay) }, 4*time.Second).Should(BeFalse(), "no fresh overlay is made")
+		Consistently(func() bool { return exists(overlay) }, 3*time.Second).Should(BeFalse(), "no fresh overlay is made")
 		Expect(s.Status.OverlayPath).To(Equal(overlay))
 
 		By("the target still serves the deleted file the PC was using")
@@ -557,7 +582,7 @@ var _ = Describe("Stopping a session during a tgtd outage", func() {
 			g.Expect(s.Finalizers).To(ContainElement(bootv1.StorageFinalizer))
 			g.Expect(s.Status.Phase).NotTo(Equal(bootv1.SessionStopped))
 			g.Expect(exists(overlay)).To(BeTrue(), "the overlay stays while the target may exist")
-		}, 6*time.Second, 250*time.Millisecond).Should(Succeed())
+		}, 4*time.Second, 250*time.Millisecond).Should(Succeed())
 
 		tgtd.Restart(GinkgoT())
 		restarted = true
