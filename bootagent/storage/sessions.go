@@ -125,10 +125,15 @@ func (r *sessionReconciler) reconcileNew(ctx context.Context, s *bootv1.BootSess
 		}
 		return ctrl.Result{}, err
 	}
+	// The replica is this agent's own file for the Image's UID, never the
+	// path in the status: whoever may patch images/status must not point a
+	// clone at another file of the node.
 	replica := ""
 	for _, rep := range img.Status.Replicas {
 		if rep.Node == r.cfg.NodeName && rep.State == bootv1.ReplicaReady {
-			replica = rep.Path
+			if res, ok := r.images.Existing(img.Namespace, img.Name, string(img.UID)); ok {
+				replica = res.Path
+			}
 		}
 	}
 	if replica == "" {
