@@ -357,7 +357,27 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		nodes[name] = n
 		return true
 	}
-	chosen := scheduleNode(sc.image.Status.Replicas, s.Spec.StorageNode, load, exists)
+	pin := s.Spec.StorageNode
+	if s.Spec.Writeback == bootv1.WritebackPersist {
+		if disk := persistentDisk(sc.machine, sc.image); disk != nil {
+			if pin != "" && pin != disk.Node {
+				msg := fmt.Sprintf("Machine %s's persistent disk for Image %s is on storage node %s, but the session is pinned to %s; "+
+					"raise the Machine's spec.persistentDisks.resetGeneration to start from a fresh disk", sc.machine.Name, sc.image.Name, disk.Node, pin)
+				r.wait(s, bootv1.SessionPending, bootv1.PersistentDiskUnavailableReason, msg)
+				return false, nil
+			}
+			pin = disk.Node
+			if scheduleNode(sc.image.Status.Replicas, pin, load, exists) == "" {
+				msg := fmt.Sprintf("Machine %s's persistent disk for Image %s is on storage node %s, which is gone or holds no Ready replica of the Image; "+
+					"the session waits for it (raise the Machine's spec.persistentDisks.resetGeneration to start from a fresh disk elsewhere)", sc.machine.Name, sc.image.Name, pin)
+				meta.SetStatusCondition(&s.Status.Conditions, metav1.Condition{Type: bootv1.ScheduledCondition, Status: metav1.ConditionFalse,
+					Reason: bootv1.PersistentDiskUnavailableReason, Message: msg, ObservedGeneration: s.Generation})
+				r.wait(s, bootv1.SessionPending, bootv1.PersistentDiskUnavailableReason, msg)
+				return false, nil
+			}
+		}
+	}
+	chosen := scheduleNode(sc.image.Status.Replicas, pin, load, exists)
 	if chosen == "" {
 		msg := fmt.Sprintf("no storage node holds a Ready replica of Image %s", sc.image.Name)
 		if s.Spec.StorageNode != "" {
@@ -524,7 +544,12 @@ func (r *BootSessionReconciler) reconcileStorage(_ context.Context, sc *sessionS
 		if c != nil {
 			sc.storageDown += " " + c.Reason
 		}
-		sc.storageDown += "; the disk is kept and the storage agent retries"
+		if c != nil && c.Reason == bootv1.OverlayLostReason {
+			sc.storageDown += ": the overlay file is gone from the node; a PC still running keeps its open disk until the session stops, " +
+				"but the session cannot boot again: stop it"
+		} else {
+			sc.storageDown += "; the disk is kept and the storage agent retries"
+		}
 		if prev := meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition); c != nil &&
 			(prev == nil || !strings.Contains(prev.Message, "reports StorageReady=False")) {
 			r.Recorder.Event(s, corev1.EventTypeWarning, c.Reason, sc.storageDown)
@@ -731,4 +756,32 @@ func (r *BootSessionReconciler) sessionsOnNode(ctx context.Context, o client.Obj
 		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
 	}
 	return out
+}
+
+// persistentDisk is the Machine's persistent disk for the Image that a
+// Persist session must use: of the disks its storage agents list for the
+// Image's UID at the Machine's current reset generation (older ones are
+// being reset), the one used last. Nil: the session may start from a fresh
+// disk on any node.
+func persistentDisk(m *bootv1.Machine, img *bootv1.Image) *bootv1.PersistentDisk {
+	var best *bootv1.PersistentDisk
+	gen := m.Spec.PersistentDisks.ResetGenerationOrZero()
+	for i := range m.Status.PersistentDisks {
+		d := &m.Status.PersistentDisks[i]
+		if d.ImageUID != string(img.UID) || d.Generation < gen ||
+			d.State == bootv1.PersistentDiskResetPending || d.State == bootv1.PersistentDiskDeletePending {
+			continue
+		}
+		if best == nil || lastUsed(d).After(lastUsed(best)) || (lastUsed(d).Equal(lastUsed(best)) && d.Node < best.Node) {
+			best = d
+		}
+	}
+	return best
+}
+
+func lastUsed(d *bootv1.PersistentDisk) time.Time {
+	if d.LastUsed == nil {
+		return time.Time{}
+	}
+	return d.LastUsed.Time
 }

@@ -188,6 +188,14 @@ const (
 	// with StorageNodeLostReason.
 	StorageNodeGoneReason = "StorageNodeGone"
 
+	// PersistentDiskUnavailableReason: a Persist session waits because the
+	// Machine's persistent disk for its Image is on a storage node that
+	// cannot serve it now (gone, or without a Ready replica of the Image).
+	// The session is not started on another node from a fresh disk: the
+	// machine's writes are on that disk. Raising the Machine's
+	// spec.persistentDisks.resetGeneration lets it start afresh anywhere.
+	PersistentDiskUnavailableReason = "PersistentDiskUnavailable"
+
 	// TargetUnavailableReason: StorageReady=False while the storage agent
 	// cannot drive its iSCSI target (the target daemon restarting, a failed
 	// request). The agent retries with backoff and the overlay is kept; a
