@@ -82,7 +82,7 @@ func run(tt *testbin.Program, bin string, keep bool) error {
 		return err
 	}
 	// Stream what the VM prints (SeaBIOS, iPXE, then the demo disk) until
-	// the disk's marker.
+	// the disk's marker and its third tick.
 	done := make(chan struct{})
 	go func() {
 		printed := 0
@@ -103,12 +103,17 @@ func run(tt *testbin.Program, bin string, keep bool) error {
 		}
 	}()
 	boot, err := vm.WaitBoot(3 * time.Minute)
+	if err == nil {
+		// The disk goes on writing and reading back its tick counter.
+		_, err = vm.WaitTick(3, time.Minute)
+	}
 	close(done)
 	time.Sleep(300 * time.Millisecond)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("    booted from iSCSI in %s (power-on to marker); boot counter %d\n", boot.Elapsed.Round(100*time.Millisecond), boot.Count)
+	fmt.Printf("    booted from iSCSI in %s (power-on to marker); boot counter %d; the disk ticks on (each tick a write read back through iSCSI)\n",
+		boot.Elapsed.Round(100*time.Millisecond), boot.Count)
 
 	step("The session's timeline")
 	_ = waitPhase(ctx, l, s, bootv1.SessionActive, 30*time.Second)

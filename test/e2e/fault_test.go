@@ -99,7 +99,7 @@ type row struct {
 	downFor    time.Duration
 	converged  time.Duration // from the component's start to every invariant holding
 	powerCycle int           // VMs the suite power-cycled because their firmware gave up booting
-	ioRetries  int           // failure streaks the running VMs' disks rode out
+	ioRetries  int           // disk failure streaks the running VMs rode out (their own retries after iPXE gave up)
 	violations []string
 }
 
@@ -348,10 +348,15 @@ func (f *faults) iteration(r *row, c component, st *seat) {
 	k := f.arm(r, c, st)
 	defer k.cancel()
 
+	// The disk failure streaks the other VMs ride out during this iteration.
+	retries := map[*seat]int{}
+	for _, s := range f.seats {
+		retries[s] = strings.Count(s.vm.Serial(), lab.RetryMarker)
+	}
 	By("shutting the PC down, queueing its next session, stopping the current one")
 	st.tick = st.vm.LastTick()
 	st.vm.PowerOff()
-	r.ioRetries += strings.Count(st.vm.Serial(), lab.RetryMarker)
+	r.ioRetries += strings.Count(st.vm.Serial(), lab.RetryMarker) - retries[st]
 	old := st.s
 	st.gen++
 	k.names(old.Name, fmt.Sprintf("%s-%d", st.m.Name, st.gen))
@@ -378,9 +383,11 @@ func (f *faults) iteration(r *row, c component, st *seat) {
 	r.violations = append(r.violations, f.violations(old)...)
 	r.converged = time.Since(restarted)
 	for _, s := range f.seats {
-		if s != st {
-			r.ioRetries += strings.Count(s.vm.Serial(), lab.RetryMarker)
+		n := strings.Count(s.vm.Serial(), lab.RetryMarker)
+		if s != st { // the cycled seat's VM is a new one
+			n -= retries[s]
 		}
+		r.ioRetries += n
 	}
 }
 
