@@ -431,7 +431,7 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 		r.wait(s, bootv1.SessionProvisioning, bootv1.WaitingForStorageReason, sc.withNotes("waiting for storage node "+s.Status.StorageNode))
 		return false, nil
 	}
-	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: fmt.Sprintf("%s:%s:%s", r.IQNPrefix, s.Namespace, s.Name), LUN: 1}
+	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: TargetIQN(r.IQNPrefix, s), LUN: 1}
 	s.Status.InitiatorIQN = fmt.Sprintf("%s:initiator:%s:%s", r.IQNPrefix, s.Namespace, s.Spec.MachineRef.Name)
 	if err := r.ensureSecret(ctx, s); err != nil {
 		return false, err
@@ -580,6 +580,13 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 		InitiatorIQN: s.Status.InitiatorIQN,
 	})
 	if err != nil {
+		if s.Status.Timeline.StorageReady != nil {
+			// A PC may run on the disk: a failed session would have its
+			// storage torn down (say, by a manager upgrade with stricter
+			// checks). It stays, not Ready, until someone stops it.
+			r.wait(s, phaseOf(s), "ScriptInvalid", "the boot script cannot be rendered (the disk is kept); see the manager's log")
+			return false, err
+		}
 		r.wait(s, bootv1.SessionFailed, "ScriptInvalid", "the boot script cannot be rendered; see the manager's log")
 		return false, err
 	}
@@ -784,4 +791,10 @@ func lastUsed(d *bootv1.PersistentDisk) time.Time {
 		return time.Time{}
 	}
 	return d.LastUsed.Time
+}
+
+// TargetIQN is a session's target name: <prefix>:<namespace>:<session>. The
+// storage agent accepts no other for the session.
+func TargetIQN(prefix string, s *bootv1.BootSession) string {
+	return fmt.Sprintf("%s:%s:%s", prefix, s.Namespace, s.Name)
 }

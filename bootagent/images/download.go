@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +28,7 @@ func (s *Store) download(ctx context.Context, src Source, dst *os.File, maxBytes
 	}
 	for attempt := 0; attempt <= s.Retries; attempt++ {
 		if attempt > 0 {
-			s.Log.Info("Retrying image download", "url", src.URL, "attempt", attempt, "error", last.Error())
+			s.Log.Info("Retrying image download", "url", redactURL(src.URL), "attempt", attempt, "error", scrubURL(last.Error(), src.URL))
 			select {
 			case <-ctx.Done():
 				return "", ctx.Err()
@@ -43,11 +45,11 @@ func (s *Store) download(ctx context.Context, src Source, dst *os.File, maxBytes
 		}
 		sum, retry, err := s.fetch(ctx, src.URL, dst, maxBytes, guard, progress)
 		if err == nil || !retry {
-			return sum, err
+			return sum, scrubErr(err, src.URL)
 		}
 		last = err
 	}
-	return "", fail(ReasonUnreachable, "%s after %d attempts: %v", src.URL, s.Retries+1, last)
+	return "", fail(ReasonUnreachable, "%s after %d attempts: %s", redactURL(src.URL), s.Retries+1, scrubURL(last.Error(), src.URL))
 }
 
 // fetch streams one attempt; retry says whether trying again may help. An
@@ -107,7 +109,7 @@ func (s *Store) fetch(ctx context.Context, url string, dst *os.File, maxBytes in
 	case total > 0 && n != total:
 		return "", true, fmt.Errorf("%s: got %d of %d bytes", url, n, total)
 	}
-	s.Log.Info("Downloaded image", "url", url, "bytes", n, "duration", time.Since(start).String())
+	s.Log.Info("Downloaded image", "url", redactURL(url), "bytes", n, "duration", time.Since(start).String())
 	return hex.EncodeToString(h.Sum(nil)), false, nil
 }
 
@@ -175,4 +177,55 @@ func (g *guardedWriter) Write(p []byte) (int, error) {
 	g.done += int64(n)
 	g.progress(Progress{State: g.state, Done: g.done, Total: g.total})
 	return n, err
+}
+
+// redactURL is a source URL as logs and status show it: without a user's
+// password and without the query, where signed URLs carry their signature.
+func redactURL(raw string) string {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "[redacted]"
+	}
+	u.Fragment = ""
+	return u.String()
+}
+
+// scrubURL replaces the URL's credentials (user info, query) in msg, in
+// whatever form the HTTP client quoted them.
+func scrubURL(msg, raw string) string {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return strings.ReplaceAll(msg, raw, "(the source URL)")
+	}
+	msg = strings.ReplaceAll(msg, raw, redactURL(raw))
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "[redacted]")
+		}
+		msg = strings.ReplaceAll(msg, u.User.String()+"@", "")
+		msg = strings.ReplaceAll(msg, u.User.Username()+":***@", "")
+	}
+	if u.RawQuery != "" {
+		msg = strings.ReplaceAll(msg, u.RawQuery, "[redacted]")
+	}
+	return msg
+}
+
+// scrubErr is err with scrubURL applied to its message, keeping its reason.
+func scrubErr(err error, raw string) error {
+	if err == nil {
+		return nil
+	}
+	var ie *Error
+	if errors.As(err, &ie) {
+		return &Error{Reason: ie.Reason, Err: errors.New(scrubURL(ie.Err.Error(), raw))}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return errors.New(scrubURL(err.Error(), raw))
 }

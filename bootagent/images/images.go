@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -120,6 +121,37 @@ type Store struct {
 	SpaceCheckInterval time.Duration
 	// Qemu runs qemu-img.
 	Qemu Qemu
+
+	// Node-wide bounds (a namespace admin creating a hundred Images must
+	// not start a hundred transfers or qemu-img processes beside tgtd, nor
+	// have each check the free space on its own): transfers (downloads and
+	// copies) at once, and conversions at once. A stalled transfer frees its
+	// slot at the stall timeout.
+	slotsOnce              sync.Once
+	transfers, conversions chan struct{}
+}
+
+// Placements a node runs at once: transfers, and conversions.
+const (
+	MaxTransfers   = 8
+	MaxConversions = 1
+)
+
+func (s *Store) slots() {
+	s.slotsOnce.Do(func() {
+		s.transfers = make(chan struct{}, MaxTransfers)
+		s.conversions = make(chan struct{}, MaxConversions)
+	})
+}
+
+// acquire takes a slot of ch, or fails when ctx ends first.
+func acquire(ctx context.Context, ch chan struct{}) (release func(), err error) {
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Default limits.
@@ -191,9 +223,11 @@ func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Sou
 	if !formats[src.Format] {
 		return Result{}, fail(ReasonUnsupportedFormat, "format %q: want raw, qcow2, vmdk, vhdx or vpc", src.Format)
 	}
-	limit := src.MaxVirtualSize
-	if limit <= 0 {
-		limit = s.MaxVirtualSize
+	// The Image may lower the node's cap, never raise it: the node's is the
+	// operator's, the Image's its namespace admin's.
+	limit := s.MaxVirtualSize
+	if src.MaxVirtualSize > 0 && (limit <= 0 || src.MaxVirtualSize < limit) {
+		limit = src.MaxVirtualSize
 	}
 	final := s.Path(namespace, name, uid)
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
@@ -208,10 +242,18 @@ func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Sou
 	guard := s.guard(ctx)
 	var sum string
 	switch {
-	case src.URL != "":
-		sum, err = s.download(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
-	case src.Path != "":
-		sum, err = s.adopt(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
+	case src.URL != "" || src.Path != "":
+		s.slots()
+		var release func()
+		if release, err = acquire(ctx, s.transfers); err != nil {
+			break
+		}
+		if src.URL != "" {
+			sum, err = s.download(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
+		} else {
+			sum, err = s.adopt(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
+		}
+		release()
 	default:
 		err = fail(ReasonSourceMissing, "no source")
 	}

@@ -301,6 +301,12 @@ func (s *Store) convert(ctx context.Context, src, format string, limit int64, gu
 	if err := checkHeader(in, format); err != nil {
 		return "", err
 	}
+	s.slots()
+	release, err := acquire(ctx, s.conversions)
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	q := s.Qemu
 	if q.dropsPrivileges() {
 		// Readable by qemu-img's user through its descriptor; the

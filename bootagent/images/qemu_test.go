@@ -83,6 +83,15 @@ func TestUntrustedImages(t *testing.T) {
 	}
 	g.Expect(entries(t, s.Dir)).To(BeEmpty(), "nothing placed, no temporary file left")
 
+	// An Image may lower the node's cap, never raise it past the operator's.
+	small := New(t.TempDir(), logr.Discard())
+	small.PathRoot = root
+	small.MaxVirtualSize = 512 << 10
+	_, err := small.Ensure(ctx, "cafe", "raised", "u-raised", Source{Path: filepath.Join(root, "good.qcow2"), Format: "qcow2", MaxVirtualSize: 1 << 40}, nil)
+	reason, msg := failure(err)
+	g.Expect(reason).To(Equal(ReasonTooLarge), "an Image's maxVirtualSize over the node's cap: %v", err)
+	g.Expect(msg).To(ContainSubstring("512.0 KiB"))
+
 	for _, f := range []struct{ file, format string }{{"good.qcow2", "qcow2"}, {"good.vmdk", "vmdk"}, {"stream.vmdk", "vmdk"}, {"good.vhdx", "vhdx"}} {
 		var states []string
 		r, err := s.Ensure(ctx, "cafe", strings.ReplaceAll(f.file, ".", "-"), "u1", Source{Path: filepath.Join(root, f.file), Format: f.format},

@@ -166,7 +166,12 @@ func (s *Store) Ensure(path, image string) (created bool, err error) {
 	if err := tmp.Close(); err != nil {
 		return false, err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	// Never over an existing file: an overlay that appeared meanwhile may
+	// be under a running PC, and is kept.
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp.Name(), unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return false, nil
+		}
 		return false, err
 	}
 	return true, nil

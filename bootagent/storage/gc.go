@@ -117,11 +117,11 @@ func ownsOverlay(rel, namespace string) bool {
 // persistent reports whether an overlay file (relative to the overlay
 // directory) may be a persistent disk, which the collector never touches:
 // anything under <namespace>/persist/, and <namespace>/persist-*.raw of the
-// old layout (a Discard session named persist-... leaves its overlay to
-// its own teardown).
+// old layout (isLegacy: not a Discard session's overlay that is named
+// persist-...-<uid>.raw, which is collected like any other).
 func persistent(rel string) bool {
 	parts := strings.Split(filepath.ToSlash(rel), "/")
-	return len(parts) > 2 && parts[1] == persistDir || strings.HasPrefix(parts[len(parts)-1], legacyPrefix)
+	return len(parts) > 2 && parts[1] == persistDir || isLegacy(parts[len(parts)-1])
 }
 
 func hasFinalizer(s *bootv1.BootSession) bool {

@@ -37,6 +37,9 @@ func TestGarbageNeverPersistent(t *testing.T) {
 		{"cafe/persist/copied-by-hand.raw", true},
 		{"cafe/persist-seat-1-win11.raw", true},
 		{"cafe/s1-5f0c3a4e-1b2c-4d5e-8f90-0123456789ab.raw", false},
+		// A Discard session named persist-... is no old-layout disk: its
+		// overlay ends in the session's UID and is collected like others.
+		{"cafe/persist-x-5f0c3a4e-1b2c-4d5e-8f90-0123456789ab.raw", false},
 		// A namespace named persist holds Discard overlays.
 		{"persist/s1-5f0c3a4e-1b2c-4d5e-8f90-0123456789ab.raw", false},
 	} {

@@ -73,6 +73,17 @@ const persistDir = "persist"
 // legacyPrefix starts the persistent disks of the old, name-keyed layout.
 const legacyPrefix = "persist-"
 
+// discardName matches a Discard session's overlay, <session>-<session UID>.raw.
+var discardName = regexp.MustCompile(`-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.raw$`)
+
+// isLegacy reports whether a file name in <namespace>/ is a persistent disk
+// of the old layout, persist-<machine>-<image>.raw — and not the overlay of a
+// Discard session that happens to be named persist-..., which ends in the
+// session's UID.
+func isLegacy(name string) bool {
+	return strings.HasPrefix(name, legacyPrefix) && strings.HasSuffix(name, ".raw") && !discardName.MatchString(name)
+}
+
 const uidPattern = `[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`
 
 var (
@@ -438,6 +449,9 @@ func (r *Role) adoptLegacy(m *bootv1.Machine, img *bootv1.Image, legacy string, 
 // legacyPairs returns the (Machine, Image) name pairs of a namespace whose
 // old-layout disk is named name (persist-<machine>-<image>.raw).
 func (r *Role) legacyPairs(ctx context.Context, namespace, name string) ([][2]string, error) {
+	if !isLegacy(name) {
+		return nil, nil
+	}
 	rest, ok := strings.CutPrefix(name, legacyPrefix)
 	if !ok {
 		return nil, nil

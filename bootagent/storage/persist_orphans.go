@@ -116,7 +116,7 @@ func (r *Role) scanOrphans(ctx context.Context) error {
 			return err
 		}
 		for _, p := range legacy {
-			if !regularFile(p) {
+			if !isLegacy(filepath.Base(p)) || !regularFile(p) {
 				continue
 			}
 			adopted, err := r.adoptOrphan(ctx, ns, p)

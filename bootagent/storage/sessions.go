@@ -91,6 +91,17 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if s.Status.Target == nil || s.Status.CHAPSecretRef == nil || s.Status.InitiatorIQN == "" {
 		return ctrl.Result{}, nil // the manager has not filled them yet; its write wakes us
 	}
+	if own := r.sessionIQN(s); s.Status.Target.IQN != own {
+		// Whoever may write bootsessions/status must not make this agent
+		// rebuild or serve another session's target (of any namespace) on
+		// this session's file. A running session's target is left alone.
+		log.Error(nil, "status.target.iqn is not this session's target name; not acting on it", "iqn", s.Status.Target.IQN, "want", own)
+		if wasStorageReady(s) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason,
+			"status.target.iqn is not this session's target name "+own, "")
+	}
 	if !controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
 		if err := r.finalizer(ctx, s, true); err != nil {
 			return ctrl.Result{}, err
@@ -222,7 +233,7 @@ func (r *sessionReconciler) runningPath(s *bootv1.BootSession) string {
 			return p
 		}
 	case filepath.Join(r.overlays.Dir(), s.Namespace):
-		if strings.HasPrefix(name, legacyPrefix) && strings.HasSuffix(name, ".raw") {
+		if isLegacy(name) {
 			return p
 		}
 	}
@@ -386,10 +397,9 @@ func (r *sessionReconciler) teardown(ctx context.Context, s *bootv1.BootSession,
 	if !controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
 		return nil
 	}
-	if s.Status.Target != nil && s.Status.Target.IQN != "" {
-		if err := r.cfg.Driver.Remove(ctx, s.Status.Target.IQN); err != nil {
-			return err
-		}
+	// Only this session's own target name, whatever the status says.
+	if err := r.cfg.Driver.Remove(ctx, r.sessionIQN(s)); err != nil {
+		return err
 	}
 	if s.Spec.Writeback != bootv1.WritebackPersist {
 		if err := r.overlays.Remove(r.discardPath(s)); err != nil {
@@ -415,4 +425,11 @@ func (r *sessionReconciler) finalizer(ctx context.Context, s *bootv1.BootSession
 		}
 		return r.Update(ctx, cur)
 	}))
+}
+
+// sessionIQN is the only target name a session may have, as the manager
+// names it: <prefix>:<namespace>:<session>. The status is checked against it,
+// never trusted for it.
+func (r *Role) sessionIQN(s *bootv1.BootSession) string {
+	return ownedIQNPrefix(r.cfg.IQNPrefix, s.Namespace) + s.Name
 }
