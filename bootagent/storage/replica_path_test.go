@@ -24,6 +24,7 @@ var _ = Describe("A replica path in the Image's status", Ordered, func() {
 		// The agent re-reports its own path; the intruder keeps patching
 		// until the session is made.
 		done := make(chan struct{})
+		key := client.ObjectKeyFromObject(img)
 		go func() {
 			defer GinkgoRecover()
 			for {
@@ -33,7 +34,7 @@ var _ = Describe("A replica path in the Image's status", Ordered, func() {
 				default:
 				}
 				cur := &bootv1.Image{}
-				if k8sClient.Get(l.ctx, client.ObjectKeyFromObject(img), cur) == nil {
+				if k8sClient.Get(l.ctx, key, cur) == nil {
 					patched := cur.DeepCopy()
 					for i := range patched.Status.Replicas {
 						patched.Status.Replicas[i].Path = foreign
