@@ -361,6 +361,11 @@ func (f *faults) iteration(r *row, c component, st *seat) {
 	st.gen++
 	k.names(old.Name, fmt.Sprintf("%s-%d", st.m.Name, st.gen))
 	st.s = f.createSession(st)
+	// The next session waits for the machine (Pending) before the current
+	// one is stopped, as a queued session does.
+	if cur, ok := waitPhase(st.s, convergeBound, bootv1.SessionPending); !ok {
+		r.violations = append(r.violations, fmt.Sprintf("session %s not Pending within %s while %s runs: phase %q", st.s.Name, convergeBound, old.Name, cur.Status.Phase))
+	}
 	f.stopSession(old)
 
 	By("booting the PC in its next session")

@@ -91,4 +91,46 @@ var _ = Describe("Storage faults", func() {
 		vm.PowerOff()
 		stop(s)
 	})
+
+	// Found by the fault suite (tgtd killed while a Persist session was
+	// Provisioning): a session that never was StorageReady must get its disk
+	// once the target daemon is back, like any new session.
+	It("sessions provisioned while tgtd is down get their disks once tgtd is back, and their PCs boot", func() {
+		l.Kill("tgtd")
+		tgtdUp := false
+		DeferCleanup(func() {
+			if !tgtdUp {
+				Expect(l.StartTGTD()).To(Succeed())
+			}
+		})
+		var ms []*bootv1.Machine
+		var ss []*bootv1.BootSession
+		for _, wb := range []bootv1.WritebackPolicy{bootv1.WritebackPersist, bootv1.WritebackDiscard} {
+			m := machine(bootv1.BootPolicyManual, wb)
+			s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "tgtd-down-" + strings.ToLower(string(wb))},
+				Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name},
+					ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: wb}}
+			Expect(l.Client.Create(ctx, s)).To(Succeed())
+			ms, ss = append(ms, m), append(ss, s)
+		}
+		for _, s := range ss {
+			Eventually(func() string {
+				_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+				if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil {
+					return c.Reason
+				}
+				return ""
+			}, time.Minute).Should(Equal(bootv1.TargetUnavailableReason), "%s: the agent tried while tgtd was down", s.Name)
+		}
+		Expect(l.StartTGTD()).To(Succeed())
+		tgtdUp = true
+		for i, s := range ss {
+			Eventually(phase(s), 90*time.Second).Should(Equal(bootv1.SessionReady), func() string {
+				return fmt.Sprintf("%s: conditions %+v", s.Name, s.Status.Conditions)
+			})
+			rememberCredentials(s)
+			Expect(boot(ms[i]).Count).To(Equal(1), s.Name)
+			stop(s)
+		}
+	})
 })
