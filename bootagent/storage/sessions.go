@@ -302,15 +302,21 @@ func (r *sessionReconciler) unavailable(ctx context.Context, s *bootv1.BootSessi
 }
 
 // wasStorageReady reports whether the session's storage was ready once: the
-// manager stamped timeline.storageReady, or this agent's condition is True or
-// already says TargetUnavailable or OverlayLost. Such a session may have a PC running on its
-// disk, so no driver error fails it.
+// manager stamped timeline.storageReady, or this agent's condition is True,
+// OverlayLost, or TargetUnavailable with the overlay's path (a target that
+// went away after it was made, before the manager's stamp). Such a session
+// may have a PC running on its disk, so no driver error fails it.
+// TargetUnavailable without a path is a new session that could not be
+// provisioned (tgtd away while its persistent disk's users were checked): it
+// is provisioned again as new, never taken for a running one whose overlay
+// is lost.
 func wasStorageReady(s *bootv1.BootSession) bool {
 	if s.Status.Timeline.StorageReady != nil {
 		return true
 	}
 	c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
-	return c != nil && (c.Status == metav1.ConditionTrue || c.Reason == bootv1.TargetUnavailableReason || c.Reason == bootv1.OverlayLostReason)
+	return c != nil && (c.Status == metav1.ConditionTrue || c.Reason == bootv1.OverlayLostReason ||
+		c.Reason == bootv1.TargetUnavailableReason && s.Status.OverlayPath != "")
 }
 
 // transient reports whether a driver error is the target daemon being away

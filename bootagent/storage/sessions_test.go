@@ -83,7 +83,13 @@ func TestWasStorageReady(t *testing.T) {
 		{"new session", bootv1.BootSessionStatus{}, false},
 		{"waiting for its image", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, ReasonImageNotOnNode)}, false},
 		{"ready now", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionTrue, ReasonTargetReady)}, true},
-		{"target unavailable", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, bootv1.TargetUnavailableReason)}, true},
+		{"target unavailable after it was made", bootv1.BootSessionStatus{OverlayPath: "/data/overlays/cafe/s-uid.raw",
+			Conditions: cond(metav1.ConditionFalse, bootv1.TargetUnavailableReason)}, true},
+		// A new Persist session whose disk's users could not be checked
+		// while tgtd was away: it has no disk yet, and is provisioned as new
+		// (taking it for a running one marked it OverlayLost for good).
+		{"target unavailable before any overlay", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, bootv1.TargetUnavailableReason)}, false},
+		{"overlay lost", bootv1.BootSessionStatus{Conditions: cond(metav1.ConditionFalse, bootv1.OverlayLostReason)}, true},
 		{"stamped by the manager", bootv1.BootSessionStatus{Timeline: bootv1.SessionTimeline{StorageReady: &now},
 			Conditions: cond(metav1.ConditionFalse, bootv1.StorageFailedReason)}, true},
 	} {
