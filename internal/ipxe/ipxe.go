@@ -151,9 +151,14 @@ func Render(s Session) (string, error) {
 	w("echo GGnet: booting %s from image %s", s.Name, s.Image)
 	w("set initiator-iqn %s", s.InitiatorIQN)
 	b.WriteString(creds)
-	// iPXE retries a failing SAN device ten times by default, for minutes;
-	// this script has its own retries with a message each.
-	w("set san-retries 1")
+	// san-retries counts the reopens (about 5 s apart) of a SAN device
+	// whose command failed after it was attached: 20 carry a target outage
+	// of about 100 s (tgtd restarting, the agent rebuilding the target)
+	// inside the disk call, so that a boot loader reading through iPXE's
+	// INT 13h sees no error. The first login of sanboot is not retried by
+	// it: a wrong secret or an unreachable portal fails at once, and this
+	// script has its own retries with a message each.
+	w("set san-retries %d", SANRetries)
 	for i := 1; i <= s.Retries+1; i++ {
 		w(":attempt%d", i)
 		w("sanboot %s || goto failed%d", uri, i)
@@ -348,3 +353,6 @@ func safeURL(s string) bool {
 	}
 	return true
 }
+
+// SANRetries is the session script's san-retries.
+const SANRetries = 20

@@ -45,17 +45,17 @@ func TestRenderCredentials(t *testing.T) {
 	}{
 		"preview": {
 			creds: nil,
-			want:  []string{"set initiator-iqn iqn.2026-11.io.ggnet:initiator:cafe:seat-031\n" + CredentialsComment + "\nset san-retries 1\n"},
+			want:  []string{"set initiator-iqn iqn.2026-11.io.ggnet:initiator:cafe:seat-031\n" + CredentialsComment + "\nset san-retries 20\n"},
 			not:   []string{"set username", "set password", "set reverse-"},
 		},
 		"one-way CHAP": {
 			creds: &Credentials{Username: "u", Password: "Xk2p9QvL0aB7cD4e"},
-			want:  []string{"\nset username u\nset password Xk2p9QvL0aB7cD4e\nset san-retries 1\n"},
+			want:  []string{"\nset username u\nset password Xk2p9QvL0aB7cD4e\nset san-retries 20\n"},
 			not:   []string{"set reverse-", CredentialsComment},
 		},
 		"mutual CHAP": {
 			creds: &Credentials{Username: "u", Password: "Xk2p9QvL0aB7cD4e", TargetUsername: "t", TargetPassword: "Pq8rT3uVw5yZa1Bc"},
-			want:  []string{"\nset username u\nset password Xk2p9QvL0aB7cD4e\nset reverse-username t\nset reverse-password Pq8rT3uVw5yZa1Bc\nset san-retries 1\n"},
+			want:  []string{"\nset username u\nset password Xk2p9QvL0aB7cD4e\nset reverse-username t\nset reverse-password Pq8rT3uVw5yZa1Bc\nset san-retries 20\n"},
 			not:   []string{CredentialsComment},
 		},
 	} {
