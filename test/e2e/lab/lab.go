@@ -135,6 +135,12 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	}
 	l.Env, l.Config = env, cfg
 	t.Cleanup(func() { _ = env.Stop() })
+	// A kube-apiserver restarted by a spec (KillAPIServer, StartAPIServer)
+	// serves the rest of the suite: its stopper is the lab's, registered
+	// here, not the first restarting spec's (which would kill it when that
+	// spec ends, and every later spec would find no API server).
+	l.stoppers["kube-apiserver"] = true
+	t.Cleanup(func() { l.Kill("kube-apiserver") })
 	if l.Client, err = client.New(cfg, client.Options{Scheme: scheme.New()}); err != nil {
 		return nil, err
 	}
