@@ -77,15 +77,19 @@ var _ = Describe("Storage faults", func() {
 		Expect(err).NotTo(HaveOccurred(), vm.Serial())
 		Expect(vm.TickProblems()).To(BeEmpty(), "every tick is one more than the disk held before it:\n%s", vm.Serial())
 		Expect(vm.Serial()).To(ContainSubstring(lab.Marker+"1\n"), "one boot only")
+		// The session script's san-retries let iPXE reopen the device for
+		// about 100 s: the outage stays inside one disk call, which an OS
+		// reading through the BIOS (a boot loader) would not retry itself.
+		Expect(vm.Serial()).NotTo(ContainSubstring(lab.RetryMarker), "no disk call failed back to the VM's program")
 		Eventually(conns, 30*time.Second).Should(Equal(1), "the VM's iSCSI connection is back")
 		c, err := lab.ReadCounters(overlay)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(c.Ticks).To(BeNumerically(">=", lastBefore), "the overlay holds every tick acknowledged before the outage")
 		Expect(c.Boots).To(Equal(uint16(1)))
 		gap := vm.MaxTickGap(down, up)
-		report := "tick %d before the kill, %d during the outage; longest pause of the ticks %s; tgtd down %s, target rebuilt %s after tgtd; iPXE retried within its own SAN retries: %t"
+		report := "tick %d before the kill, %d during the outage; longest pause of the ticks %s; tgtd down %s, target rebuilt %s after tgtd"
 		args := []any{lastBefore, duringOutage, gap.Round(100 * time.Millisecond), up.Sub(down).Round(100 * time.Millisecond),
-			rebuilt.Sub(up).Round(100 * time.Millisecond), !strings.Contains(vm.Serial(), lab.RetryMarker)}
+			rebuilt.Sub(up).Round(100 * time.Millisecond)}
 		AddReportEntry("tgtd outage", fmt.Sprintf(report, args...))
 		GinkgoWriter.Printf(report+"\n", args...)
 		vm.PowerOff()
