@@ -90,22 +90,8 @@ func (r *Role) measure() (bootv1.NodeStorage, error) {
 	return ns, nil
 }
 
-// reportCapacity measures every CapacityInterval until ctx ends.
-func (r *Role) reportCapacity(ctx context.Context) error {
-	t := time.NewTicker(r.cfg.CapacityInterval)
-	defer t.Stop()
-	for {
-		if err := r.reportCapacityOnce(ctx); err != nil && ctx.Err() == nil {
-			r.log.Error(err, "Reporting the storage capacity")
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
+// reportCapacityOnce measures the data directory and reports it (run every
+// CapacityInterval).
 func (r *Role) reportCapacityOnce(ctx context.Context) error {
 	ns, err := r.measure()
 	if err != nil {

@@ -4,38 +4,19 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
-// collectGarbage runs after the caches synced and then every Resync: it
-// removes the GGnet targets and Discard overlays on this node that no live
-// session wants — what a crash in the middle of a teardown, or sessions
-// deleted while the agent was down, leave behind. Persistent disks (the
-// persist/ directories and the old layout's persist-*.raw) are never
-// collected, and nothing a live session uses is ever removed. An agent
-// watching one namespace collects only that namespace's.
-func (r *Role) collectGarbage(ctx context.Context) error {
-	if !r.mgr.GetCache().WaitForCacheSync(ctx) {
-		return nil
-	}
-	t := time.NewTicker(r.cfg.Resync)
-	defer t.Stop()
-	for {
-		if err := r.collectOnce(ctx); err != nil {
-			r.log.Error(err, "Collecting garbage")
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
+// collectOnce, run after the caches synced and then every Resync, removes
+// the GGnet targets and Discard overlays on this node that no live session
+// wants — what a crash in the middle of a teardown, or sessions deleted
+// while the agent was down, leave behind. Persistent disks (the persist/
+// directories and the old layout's persist-*.raw) are never collected, and
+// nothing a live session uses is ever removed. An agent watching one
+// namespace collects only that namespace's.
 func (r *Role) collectOnce(ctx context.Context) error {
 	r.gcMu.Lock()
 	defer r.gcMu.Unlock()

@@ -123,7 +123,10 @@ func (r *Role) setupPersist(mgr ctrl.Manager) error {
 	if err := (&persistReconciler{Role: r, Client: mgr.GetClient()}).setup(mgr); err != nil {
 		return err
 	}
-	return mgr.Add(orphanScanner{r})
+	// Every Resync: the persistent disks of this node that no existing
+	// Machine and Image own are reported, and disks of the old layout that
+	// surely belong to one (Machine, Image) pair are adopted.
+	return mgr.Add(r.periodic("Scanning persistent disks", r.cfg.Resync, true, r.scanOrphans))
 }
 
 // diskFile is one persistent disk file of the UID-keyed layout.

@@ -40,31 +40,8 @@ func init() {
 	metrics.Registry.MustRegister(persistentDisksGauge, orphanedDisksGauge)
 }
 
-// orphanScanner reports, every Resync, the persistent disks of this node
-// that no existing Machine and Image own, and adopts disks of the old
-// layout that surely belong to one (Machine, Image) pair.
-type orphanScanner struct{ *Role }
-
 // orphan is one reported file.
 type orphan struct{ path, why string }
-
-func (o orphanScanner) Start(ctx context.Context) error {
-	if !o.mgr.GetCache().WaitForCacheSync(ctx) {
-		return nil
-	}
-	t := time.NewTicker(o.cfg.Resync)
-	defer t.Stop()
-	for {
-		if err := o.scanOrphans(ctx); err != nil && ctx.Err() == nil {
-			o.log.Error(err, "Scanning persistent disks")
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
 
 // scanOrphans counts the persistent disks of each namespace this agent
 // watches, adopts the old layout's files that it can, and reports the rest

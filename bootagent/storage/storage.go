@@ -182,10 +182,10 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err := r.setupPersist(mgr); err != nil {
 		return nil, err
 	}
-	if err := mgr.Add(manager.RunnableFunc(r.collectGarbage)); err != nil {
+	if err := mgr.Add(r.periodic("Collecting garbage", r.cfg.Resync, true, r.collectOnce)); err != nil {
 		return nil, err
 	}
-	if err := mgr.Add(manager.RunnableFunc(r.reportCapacity)); err != nil {
+	if err := mgr.Add(r.periodic("Reporting the storage capacity", r.cfg.CapacityInterval, false, r.reportCapacityOnce)); err != nil {
 		return nil, err
 	}
 	if cfg.Portal != "" {
