@@ -87,10 +87,55 @@ type SessionTimeline struct {
 	Ready        *metav1.Time `json:"ready,omitempty"`
 	DHCP         *metav1.Time `json:"dhcp,omitempty"`
 	ScriptServed *metav1.Time `json:"scriptServed,omitempty"`
-	ISCSILogin   *metav1.Time `json:"iscsiLogin,omitempty"`
-	ISCSILogout  *metav1.Time `json:"iscsiLogout,omitempty"`
-	Stopping     *metav1.Time `json:"stopping,omitempty"`
-	Stopped      *metav1.Time `json:"stopped,omitempty"`
+	// iscsiLogin is the machine's first iSCSI login to its target (normally
+	// the firmware's); it is never moved by a later login.
+	ISCSILogin *metav1.Time `json:"iscsiLogin,omitempty"`
+	// iscsiLogout is when the machine's last iSCSI session ended, leaving
+	// none: set while no session is logged in (after at least one was),
+	// removed by the next login.
+	ISCSILogout *metav1.Time `json:"iscsiLogout,omitempty"`
+	// logins are the machine's iSCSI sessions to its target, newest last,
+	// each stamped when the storage agent saw it (it samples its target
+	// about twice a second). A boot normally shows two: the firmware's
+	// (iPXE's sanboot), then the OS's own login from the iBFT (a new session,
+	// same initiator). The firmware's may end before the OS logs in (UEFI)
+	// or linger after it (BIOS). At most 8 rows: the oldest logged-out rows
+	// go first.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	Logins   []SessionLogin `json:"logins,omitempty"`
+	Stopping *metav1.Time   `json:"stopping,omitempty"`
+	Stopped  *metav1.Time   `json:"stopped,omitempty"`
+}
+
+// MaxSessionLogins is how many rows timeline.logins keeps.
+const MaxSessionLogins = 8
+
+// SessionLogin is one iSCSI session (login to logout) of the machine to its
+// target. It holds no credential.
+type SessionLogin struct {
+	// at is when the storage agent first saw the session logged in.
+	// +required
+	At metav1.Time `json:"at"`
+	// initiator is the initiator's iSCSI name (the session's InitiatorName).
+	// +optional
+	// +kubebuilder:validation:MaxLength=223
+	Initiator string `json:"initiator,omitempty"`
+	// address is the initiator's IP address, as the target saw it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Address string `json:"address,omitempty"`
+	// sessionID is the target's own id of the session (tgtd's I_T nexus id,
+	// LIO's session id): opaque, it tells two sessions of the same initiator
+	// apart.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	SessionID string `json:"sessionID,omitempty"`
+	// loggedOutAt is when the storage agent saw the session gone; unset
+	// while it is logged in.
+	// +optional
+	LoggedOutAt *metav1.Time `json:"loggedOutAt,omitempty"`
 }
 
 // BootSessionStatus is the observed state of a BootSession.
