@@ -2,12 +2,13 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -51,6 +53,9 @@ func (r *sessionReconciler) setup(mgr ctrl.Manager) error {
 		s, ok := o.(*bootv1.BootSession)
 		return ok && s.Status.StorageNode == r.cfg.NodeName
 	})
+	if err := mgr.Add(manager.RunnableFunc(newLoginWatcher(r).run)); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).Named("storage-sessions").
 		For(&bootv1.BootSession{}, builder.WithPredicates(mine)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: &skipNameValidation,
@@ -268,19 +273,11 @@ func (r *sessionReconciler) serve(ctx context.Context, s *bootv1.BootSession, se
 		log.Error(err, "Making iSCSI target", "iqn", t.IQN)
 		return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "cannot make the iSCSI target; see the agent's log", path)
 	}
-	rebuilt := false
 	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil && c.Reason == bootv1.TargetUnavailableReason {
 		log.Info("Rebuilt the iSCSI target", "iqn", t.IQN)
-		rebuilt = true
 	}
-	if err := r.storageReady(ctx, s, metav1.ConditionTrue, ReasonTargetReady, "overlay and iSCSI target ready", path); err != nil {
-		return ctrl.Result{}, err
-	}
-	if rebuilt {
-		// The PC has not logged in again yet: that is no logout.
-		return ctrl.Result{RequeueAfter: r.cfg.Resync}, nil
-	}
-	return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.recordLogins(ctx, s, t.IQN)
+	// The logins are the login watcher's (loginWatcher), not the resync's.
+	return ctrl.Result{RequeueAfter: r.cfg.Resync}, r.storageReady(ctx, s, metav1.ConditionTrue, ReasonTargetReady, "overlay and iSCSI target ready", path)
 }
 
 // errUnavailable is what Reconcile returns while a session's target cannot be
@@ -374,25 +371,252 @@ func (r *sessionReconciler) storageReady(ctx context.Context, s *bootv1.BootSess
 	return client.IgnoreNotFound(applyStatus(ctx, r.Client, r.cfg.FieldOwner(), s, "BootSession", st))
 }
 
-// recordLogins stamps the first iSCSI login and the logout after it.
-func (r *sessionReconciler) recordLogins(ctx context.Context, s *bootv1.BootSession, iqn string) error {
-	conns, err := r.cfg.Driver.Connections(ctx, iqn)
+// loginSampleInterval is how often the login watcher samples who is logged
+// in to this node's targets: a login or logout is stamped within about that
+// long of when it happened (and the API's times are to the second).
+var loginSampleInterval = 500 * time.Millisecond
+
+// loginGoneKeep is how long the watcher remembers when it saw a session
+// gone, for a write that has to be retried.
+const loginGoneKeep = time.Minute
+
+// loginWatcher keeps every session's timeline.logins (and iscsiLogin,
+// iscsiLogout) in step with who is logged in to its target. Twice a second
+// it asks the target daemon, in one request for all of this node's targets
+// (Driver.Sessions: one tgtd target show), who is logged in, notes when each
+// session (target IQN and the daemon's session id) first appeared and when
+// it went, and folds that into the status of each session whose rows differ
+// (mergeLogins): it writes only on change. The rows are matched to the
+// daemon's sessions by session id, so after an agent restart a session
+// already in the status is not added again (one that logged in or out while
+// the agent was away is stamped when the agent comes back). A sample that
+// fails (the daemon away) changes nothing: a daemon that comes back empty
+// then shows every session gone, which they are.
+type loginWatcher struct {
+	r *sessionReconciler
+	// seen is when each live session was first seen; gone when one was
+	// first seen missing.
+	seen, gone map[nexusKey]time.Time
+	// failing: the last sample failed (logged once, not every tick).
+	failing bool
+}
+
+// nexusKey is one iSCSI session of a target.
+type nexusKey struct{ iqn, session string }
+
+func newLoginWatcher(r *sessionReconciler) *loginWatcher {
+	return &loginWatcher{r: r, seen: map[nexusKey]time.Time{}, gone: map[nexusKey]time.Time{}}
+}
+
+func (w *loginWatcher) run(ctx context.Context) error {
+	if !w.r.mgr.GetCache().WaitForCacheSync(ctx) {
+		return nil
+	}
+	t := time.NewTicker(loginSampleInterval)
+	defer t.Stop()
+	for {
+		err := w.tick(ctx, time.Now())
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && !w.failing:
+			w.r.log.Error(err, "Sampling the iSCSI logins (retrying every tick, logged once)")
+			w.failing = true
+		case err == nil && w.failing:
+			w.r.log.Info("Sampling the iSCSI logins again")
+			w.failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// tick takes one sample at now and writes the timelines it changes.
+func (w *loginWatcher) tick(ctx context.Context, now time.Time) error {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	live, err := w.r.cfg.Driver.Sessions(c, w.r.cfg.IQNPrefix)
+	cancel()
 	if err != nil {
 		return err
 	}
-	tl := s.Status.Timeline
-	var field string
-	switch {
-	case len(conns) > 0 && tl.ISCSILogin == nil:
-		field = "iscsiLogin"
-	case len(conns) == 0 && tl.ISCSILogin != nil && tl.ISCSILogout == nil:
-		field = "iscsiLogout"
-	default:
-		return nil
+	w.observe(live, now)
+	var list bootv1.BootSessionList
+	if err := w.r.mgr.GetCache().List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return err
 	}
-	r.log.Info("Recording iSCSI "+field, "BootSession", s.Namespace+"/"+s.Name)
-	patch := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"status":{"timeline":{%q:%q}}}`, field, metav1.Now().UTC().Format(time.RFC3339)))
-	return client.IgnoreNotFound(r.Status().Patch(ctx, s, patch, client.FieldOwner(r.cfg.FieldOwner())))
+	var errs []error
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Status.StorageNode != w.r.cfg.NodeName || s.Status.Target == nil {
+			continue
+		}
+		iqn := w.r.sessionIQN(s)
+		conns := live[iqn]
+		if len(conns) == 0 && len(s.Status.Timeline.Logins) == 0 {
+			continue // the common case of a fleet: nothing to look at
+		}
+		tl, changed := mergeLogins(s.Status.Timeline, conns, func(key string) time.Time {
+			if t, ok := w.seen[nexusKey{iqn, key}]; ok {
+				return t
+			}
+			if t, ok := w.gone[nexusKey{iqn, key}]; ok {
+				return t
+			}
+			return now
+		})
+		if changed {
+			errs = append(errs, w.r.recordLogins(ctx, s, tl))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// observe notes the sessions of live that are new and those that went.
+func (w *loginWatcher) observe(live map[string][]target.Connection, now time.Time) {
+	cur := map[nexusKey]bool{}
+	for iqn, conns := range live {
+		for _, c := range conns {
+			k := nexusKey{iqn, connKey(c)}
+			cur[k] = true
+			if _, ok := w.seen[k]; !ok {
+				w.seen[k] = now
+				delete(w.gone, k)
+				w.r.log.Info("iSCSI login", "target", iqn, "initiator", c.Initiator, "address", c.Address, "sessionID", c.Session)
+			}
+		}
+	}
+	for k := range w.seen {
+		if !cur[k] {
+			delete(w.seen, k)
+			w.gone[k] = now
+			w.r.log.Info("iSCSI logout", "target", k.iqn, "sessionID", k.session)
+		}
+	}
+	for k, t := range w.gone {
+		if now.Sub(t) > loginGoneKeep {
+			delete(w.gone, k)
+		}
+	}
+}
+
+// connKey names one session of a target: the daemon's session id, else the
+// initiator and its address.
+func connKey(c target.Connection) string {
+	if c.Session != "" {
+		return c.Session
+	}
+	return c.Initiator + "@" + c.Address
+}
+
+func rowKey(l bootv1.SessionLogin) string {
+	return connKey(target.Connection{Initiator: l.Initiator, Address: l.Address, Session: l.SessionID})
+}
+
+// mergeLogins folds the sessions logged in to a target now (live) into a
+// session's timeline and reports whether it changed: a live session without
+// an open row (one not logged out) gets a new row, stamped when(its key); an
+// open row whose session is not live is logged out at when(its key), never
+// before its login. Rows stay oldest first; beyond bootv1.MaxSessionLogins
+// the oldest logged-out rows go first. iscsiLogin is set once, to the first
+// row; iscsiLogout is the last logout while no row is open and absent while
+// one is (a timeline without rows, from before the rows existed, keeps
+// both). tl is not modified.
+func mergeLogins(tl bootv1.SessionTimeline, live []target.Connection, when func(key string) time.Time) (bootv1.SessionTimeline, bool) {
+	rows := slices.Clone(tl.Logins)
+	changed := false
+	liveKeys := map[string]bool{}
+	var fresh []target.Connection
+	for _, c := range live {
+		if k := connKey(c); !liveKeys[k] {
+			liveKeys[k] = true
+			fresh = append(fresh, c)
+		}
+	}
+	open := map[string]bool{}
+	for i := range rows {
+		if rows[i].LoggedOutAt != nil {
+			continue
+		}
+		k := rowKey(rows[i])
+		if liveKeys[k] && !open[k] {
+			open[k] = true
+			continue
+		}
+		out := when(k)
+		if out.Before(rows[i].At.Time) {
+			out = rows[i].At.Time
+		}
+		rows[i].LoggedOutAt = &metav1.Time{Time: out}
+		changed = true
+	}
+	var added []bootv1.SessionLogin
+	for _, c := range fresh {
+		if k := connKey(c); !open[k] {
+			added = append(added, bootv1.SessionLogin{At: metav1.NewTime(when(k)), Initiator: c.Initiator, Address: c.Address, SessionID: c.Session})
+		}
+	}
+	slices.SortStableFunc(added, func(a, b bootv1.SessionLogin) int { return a.At.Compare(b.At.Time) })
+	if len(added) > 0 {
+		rows = append(rows, added...)
+		changed = true
+	}
+	for len(rows) > bootv1.MaxSessionLogins {
+		i := slices.IndexFunc(rows, func(l bootv1.SessionLogin) bool { return l.LoggedOutAt != nil })
+		rows = slices.Delete(rows, max(i, 0), max(i, 0)+1)
+	}
+	tl.Logins = rows
+	if len(rows) == 0 {
+		return tl, changed
+	}
+	if tl.ISCSILogin == nil {
+		first := rows[0].At
+		tl.ISCSILogin = &first
+		changed = true
+	}
+	var last *metav1.Time
+	for _, l := range rows {
+		if l.LoggedOutAt == nil {
+			last = nil
+			break
+		}
+		if last == nil || l.LoggedOutAt.After(last.Time) {
+			last = l.LoggedOutAt
+		}
+	}
+	if (last == nil) != (tl.ISCSILogout == nil) || last != nil && last.Unix() != tl.ISCSILogout.Unix() {
+		tl.ISCSILogout = last
+		changed = true
+	}
+	return tl, changed
+}
+
+// recordLogins writes a session's iSCSI logins, login and logout (from
+// mergeLogins) with this agent's field manager: a JSON merge patch of those
+// three timeline fields only (the manager merge-patches the others), which
+// carries the resourceVersion it was computed from, so that rows computed
+// from a stale cache are refused (a conflict: the next tick tries again)
+// rather than written over newer ones.
+func (r *sessionReconciler) recordLogins(ctx context.Context, s *bootv1.BootSession, tl bootv1.SessionTimeline) error {
+	type timeline struct {
+		ISCSILogin *metav1.Time `json:"iscsiLogin,omitempty"`
+		// null removes it
+		ISCSILogout *metav1.Time          `json:"iscsiLogout"`
+		Logins      []bootv1.SessionLogin `json:"logins"`
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": s.ResourceVersion},
+		"status":   map[string]any{"timeline": timeline{tl.ISCSILogin, tl.ISCSILogout, tl.Logins}},
+	})
+	if err != nil {
+		return err
+	}
+	err = r.Status().Patch(ctx, s.DeepCopy(), client.RawPatch(types.MergePatchType, patch), client.FieldOwner(r.cfg.FieldOwner()))
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		return nil // a stale cache: the next tick sees the newer object
+	}
+	return err
 }
 
 // teardown removes the target (closing the initiator's connections) and,

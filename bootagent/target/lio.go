@@ -309,6 +309,31 @@ func (d *LIO) Connections(_ context.Context, iqn string) ([]Connection, error) {
 	return parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))), nil
 }
 
+// Sessions implements Driver: the ACL info of every target with the prefix
+// (configfs reads, no daemon). LIO's info shows only the initiator's newest
+// session (se_nacl->nacl_sess), so an older one still logged in (the
+// firmware's, beside the OS's) is not listed.
+func (d *LIO) Sessions(_ context.Context, prefix string) (map[string][]Connection, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dirs, err := d.subgroups(filepath.Join(d.root(), "target", "iscsi"), prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]Connection{}
+	for _, dir := range dirs {
+		t, err := d.readTarget(filepath.Base(dir))
+		if err != nil || t.InitiatorIQN == "" {
+			continue
+		}
+		_, tpg := d.paths(t)
+		if c := parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))); len(c) > 0 {
+			out[t.IQN] = c
+		}
+	}
+	return out, nil
+}
+
 func parseLIOInfo(initiator, info string) []Connection {
 	if info == "" || strings.Contains(info, "No active iSCSI Session") {
 		return nil

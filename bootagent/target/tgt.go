@@ -340,6 +340,22 @@ func (d *TGT) Connections(ctx context.Context, iqn string) ([]Connection, error)
 	return nil, nil
 }
 
+// Sessions implements Driver with one target show, as Connections for
+// every target at once.
+func (d *TGT) Sessions(ctx context.Context, prefix string) (map[string][]Connection, error) {
+	all, err := d.show(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]Connection{}
+	for _, t := range all {
+		if len(t.nexus) > 0 && strings.HasPrefix(t.iqn, prefix) {
+			out[t.iqn] = t.nexus
+		}
+	}
+	return out, nil
+}
+
 // Ping asks tgtd for its targets: nil when tgtd answers on its socket.
 func (d *TGT) Ping(ctx context.Context) error {
 	_, err := d.show(ctx)
