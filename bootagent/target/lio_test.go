@@ -312,3 +312,21 @@ func TestParseLIOInfo(t *testing.T) {
 	g.Expect(parseLIOInfo("iqn.x:i", "InitiatorName: iqn.x:i\nsomething new\n")).To(Equal([]Connection{{Initiator: "iqn.x:i"}}),
 		"an info the parser does not know still says someone is logged in")
 }
+
+// TestLIOSessions: the sessions of every target of the prefix, from their
+// ACLs' info; a target nobody is logged in to is left out.
+func TestLIOSessions(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, f := lioDouble()
+	a, b := mutual(sample(t, "s1")), sample(t, "s2")
+	b.InitiatorIQN = prefix + "initiator:cafe:seat-2"
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	g.Expect(d.Ensure(ctx, b)).To(Succeed())
+	g.Expect(d.Sessions(ctx, prefix)).To(BeEmpty())
+	g.Expect(f.Login(a.IQN, credentials(a))).To(Succeed())
+	got, err := d.Sessions(ctx, prefix)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got).To(Equal(map[string][]Connection{a.IQN: {{Initiator: a.InitiatorIQN, Address: "10.20.0.31", Session: "1", CID: "0"}}}))
+	g.Expect(d.Sessions(ctx, "iqn.2000-01.other:")).To(BeEmpty())
+}

@@ -361,3 +361,50 @@ func TestParseShowConnections(t *testing.T) {
 	g.Expect(list[0].outgoing).To(Equal("cafe-s1-target"))
 	g.Expect(list[0].acls).To(Equal([]string{"iqn.2026-11.io.ggnet:initiator:cafe:seat-1"}))
 }
+
+// TestTGTSessions: one initiator logged in twice to a real tgtd (two
+// libiscsi sessions, each with an ISID of its own, as a firmware's and then
+// an OS's login) is two sessions with distinct ids; when one ends, the
+// other stays.
+func TestTGTSessions(t *testing.T) {
+	g := NewWithT(t)
+	tgtd := testtgt.Start(t)
+	ctx := context.Background()
+	d := &TGT{ControlPort: tgtd.ControlPort}
+	a, b := sample(t, "s1"), sample(t, "s2")
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	g.Expect(d.Ensure(ctx, b)).To(Succeed())
+	g.Expect(d.Sessions(ctx, prefix)).To(BeEmpty())
+
+	perf := func() *exec.Cmd {
+		cmd := exec.Command("iscsi-perf", "-i", a.InitiatorIQN, "-t", "60", "iscsi://"+tgtd.Portal+"/"+a.IQN+"/1")
+		cmd.Env = append(os.Environ(), "LIBISCSI_CHAP_USERNAME="+a.CHAPUser, "LIBISCSI_CHAP_PASSWORD="+a.CHAPPassword)
+		g.Expect(cmd.Start()).To(Succeed())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	first := perf()
+	g.Eventually(func() (map[string][]Connection, error) { return d.Sessions(ctx, prefix) }, "10s").Should(HaveKey(a.IQN))
+	perf()
+	g.Eventually(func() ([]Connection, error) {
+		all, err := d.Sessions(ctx, prefix)
+		return all[a.IQN], err
+	}, "10s").Should(HaveLen(2))
+	all, _ := d.Sessions(ctx, prefix)
+	g.Expect(all).NotTo(HaveKey(b.IQN), "nobody is logged in to the other target")
+	s := all[a.IQN]
+	g.Expect(s[0].Session).NotTo(Equal(s[1].Session))
+	for _, c := range s {
+		g.Expect(c.Initiator).To(Equal(a.InitiatorIQN))
+		g.Expect(c.Address).To(Equal("127.0.0.1"))
+		g.Expect(c.Session).NotTo(BeEmpty())
+	}
+	g.Expect(d.Connections(ctx, a.IQN)).To(Equal(s), "as Connections shows them")
+
+	_ = first.Process.Kill()
+	_ = first.Wait()
+	g.Eventually(func() ([]Connection, error) {
+		all, err := d.Sessions(ctx, prefix)
+		return all[a.IQN], err
+	}, "10s").Should(HaveLen(1))
+}

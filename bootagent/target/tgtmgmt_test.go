@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -171,4 +172,42 @@ func TestTGTNoTgtd(t *testing.T) {
 	_, err := d.List(context.Background(), "")
 	g.Expect(err).To(MatchError(ContainSubstring("socket.7")))
 	g.Expect(d.Ping(context.Background())).NotTo(Succeed())
+}
+
+// TestTGTSessionsOneRequest: the sessions of every target come from one
+// target show, whatever the number of targets; targets of another prefix
+// and targets nobody is logged in to are left out; each I_T nexus is one
+// session.
+func TestTGTSessionsOneRequest(t *testing.T) {
+	g := NewWithT(t)
+	show := ""
+	for i, name := range []string{"cafe:s1", "cafe:s2", "cafe:s3"} {
+		show += fmt.Sprintf("Target %d: %s%s\n    System information:\n        Driver: iscsi\n        State: ready\n    I_T nexus information:\n", i+1, prefix, name)
+		if name == "cafe:s1" {
+			show += "        I_T nexus: 7\n            Initiator: " + prefix + "initiator:cafe:seat-1 alias: none\n            Connection: 0\n                IP Address: 10.20.0.31\n" +
+				"        I_T nexus: 9\n            Initiator: " + prefix + "initiator:cafe:seat-1 alias: seat-1\n            Connection: 1\n                IP Address: 10.20.0.31\n"
+		}
+		if name == "cafe:s3" {
+			show += "        I_T nexus: 12\n            Initiator: " + prefix + "initiator:cafe:seat-3 alias: none\n            Connection: 0\n                IP Address: 10.20.0.33\n"
+		}
+		show += "    LUN information:\n        LUN: 0\n            Type: controller\n    Account information:\n    ACL information:\n"
+	}
+	show += "Target 4: iqn.2000-01.other:x\n    I_T nexus information:\n        I_T nexus: 1\n            Initiator: iqn.2000-01.other:i alias: none\n            Connection: 0\n                IP Address: 10.0.0.1\n"
+	f := startFakeTGTD(t, func(mode tgtMode, op tgtOp, _ string) (uint32, string) {
+		if mode == modeTarget && op == opShow {
+			return 0, show
+		}
+		return 22, ""
+	})
+	d := &TGT{Socket: f.prefix, ControlPort: 7}
+	got, err := d.Sessions(context.Background(), prefix)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.requests()).To(HaveLen(1), "one request for all targets")
+	g.Expect(got).To(Equal(map[string][]Connection{
+		prefix + "cafe:s1": {
+			{Initiator: prefix + "initiator:cafe:seat-1", Address: "10.20.0.31", Session: "7", CID: "0"},
+			{Initiator: prefix + "initiator:cafe:seat-1", Address: "10.20.0.31", Session: "9", CID: "1"},
+		},
+		prefix + "cafe:s3": {{Initiator: prefix + "initiator:cafe:seat-3", Address: "10.20.0.33", Session: "12", CID: "0"}},
+	}))
 }
