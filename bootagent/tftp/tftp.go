@@ -81,6 +81,11 @@ const (
 	DefaultMaxPerSource = 8
 )
 
+// MaxWindowSize is the largest windowsize (RFC 7440) the server grants: a
+// client asking for more gets this many blocks per ACK. EDK2's PXE client
+// asks for 4 (PcdPxeTftpWindowSize); iPXE does not ask.
+const MaxWindowSize = 16
+
 // Server serves scripts and files over TFTP.
 type Server struct {
 	root         *os.Root
@@ -145,6 +150,7 @@ func New(rootDir string, scripts Scripts, opts ...Option) (*Server, error) {
 	s.srv = tftp.NewServer(s.read, s.write)
 	s.srv.SetTimeout(s.timeout)
 	s.srv.SetRetries(5)
+	s.srv.SetWindowSize(MaxWindowSize)
 	return s, nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/ipv4"
 )
 
 // fakeScripts is the table's authorization as a map: a MAC's token and bound
@@ -100,6 +101,10 @@ func serve(t *testing.T, scripts Scripts, opts ...Option) (addr string, efi []by
 	must(t, err)
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	must(t, err)
+	// pin/tftp caps blksize at the receiving interface's MTU, which it learns
+	// from IP_PKTINFO; Serve turns that on, and a request queued before it
+	// did (the test's first, racing the goroutine) would get 512-byte blocks.
+	must(t, ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = s.Serve(ctx, conn); close(done) }()
