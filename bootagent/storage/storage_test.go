@@ -245,30 +245,84 @@ var _ = Describe("Storage role", Ordered, func() {
 		Expect(string(got[:9])).To(Equal("LIVE DATA"))
 	})
 
-	It("records the initiator's iSCSI login and logout", func() {
-		runRole()
+	It("records each iSCSI login and logout of the initiator, when it happens, across an agent restart", func() {
+		stop := runRole()
 		l := newLab()
 		l.image("win11", 64<<20)
 		l.machine("seat-1")
 		s := l.session("s", "seat-1", "win11", bootv1.WritebackDiscard)
 		info := credentials(s)
-		// iscsi-perf stays logged in while it reads.
-		cmd := iscsiPerf(info)
-		Expect(cmd.Start()).To(Succeed())
-		Eventually(func() *metav1.Time {
+		logins := func() []bootv1.SessionLogin {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
-			return s.Status.Timeline.ISCSILogin
-		}, eventually).ShouldNot(BeNil())
+			return s.Status.Timeline.Logins
+		}
+		// The API's times are to the second; the watcher samples twice a
+		// second. A generous bound, not a timing: the row's time is within
+		// [made-1s, made+3s].
+		within := func(got metav1.Time, made time.Time) {
+			ExpectWithOffset(1, got.Time).To(BeTemporally(">=", made.Truncate(time.Second)))
+			ExpectWithOffset(1, got.Time).To(BeTemporally("<=", made.Add(3*time.Second)))
+		}
+
+		By("the firmware's login: one initiator session (iscsi-perf stays logged in while it reads)")
+		firstAt := time.Now()
+		fw := iscsiPerf(info)
+		Expect(fw.Start()).To(Succeed())
+		DeferCleanup(func() { _ = fw.Process.Kill(); _ = fw.Wait() })
+		Eventually(logins, eventually).Should(HaveLen(1))
+		row := s.Status.Timeline.Logins[0]
+		within(row.At, firstAt)
+		Expect(row.Initiator).To(Equal(info.initiator))
+		Expect(row.Address).To(Equal("127.0.0.1"))
+		Expect(row.SessionID).NotTo(BeEmpty())
+		Expect(row.LoggedOutAt).To(BeNil())
+		Expect(s.Status.Timeline.ISCSILogin).NotTo(BeNil())
+		Expect(s.Status.Timeline.ISCSILogin.Time).To(BeTemporally("==", row.At.Time))
 		Eventually(func() string {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
 			return string(s.Status.Phase)
 		}, eventually).Should(Equal("Active"))
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+
+		By("the OS's login beside it: the same initiator, a new session (another ISID)")
+		time.Sleep(1500 * time.Millisecond) // a later second than the first
+		secondAt := time.Now()
+		osLogin := iscsiPerf(info)
+		Expect(osLogin.Start()).To(Succeed())
+		DeferCleanup(func() { _ = osLogin.Process.Kill(); _ = osLogin.Wait() })
+		Eventually(logins, eventually).Should(HaveLen(2))
+		rows := s.Status.Timeline.Logins
+		within(rows[1].At, secondAt)
+		Expect(rows[1].At.After(rows[0].At.Time)).To(BeTrue(), "the firmware's first, then the OS's")
+		Expect(rows[1].SessionID).NotTo(Equal(rows[0].SessionID))
+		Expect(rows[1].Initiator).To(Equal(info.initiator))
+		Expect(s.Status.Timeline.ISCSILogin.Time).To(BeTemporally("==", rows[0].At.Time), "iscsiLogin stays the first login")
+
+		By("the firmware's session ends: its row is logged out, the OS's stays open")
+		goneAt := time.Now()
+		_ = fw.Process.Kill()
+		_ = fw.Wait()
+		Eventually(func() *metav1.Time { return logins()[0].LoggedOutAt }, eventually).ShouldNot(BeNil())
+		within(*s.Status.Timeline.Logins[0].LoggedOutAt, goneAt)
+		Expect(s.Status.Timeline.Logins[1].LoggedOutAt).To(BeNil())
+		Expect(s.Status.Timeline.ISCSILogout).To(BeNil(), "the OS is still logged in")
+
+		By("an agent restart adds no row for a session already in the status")
+		stop()
+		runRole()
+		before := s.Status.Timeline.Logins
+		Consistently(logins, 3*time.Second, 250*time.Millisecond).Should(Equal(before))
+
+		By("the OS's session ends: no session left, iscsiLogout")
+		lastAt := time.Now()
+		_ = osLogin.Process.Kill()
+		_ = osLogin.Wait()
 		Eventually(func() *metav1.Time {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
 			return s.Status.Timeline.ISCSILogout
 		}, eventually).ShouldNot(BeNil())
+		within(*s.Status.Timeline.ISCSILogout, lastAt)
+		Expect(s.Status.Timeline.Logins).To(HaveLen(2))
+		Expect(s.Status.Timeline.Logins[1].LoggedOutAt.Time).To(BeTemporally("==", s.Status.Timeline.ISCSILogout.Time))
 	})
 
 	It("holds only the session Secrets in its cache", func() {
