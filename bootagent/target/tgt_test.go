@@ -408,3 +408,34 @@ func TestTGTSessions(t *testing.T) {
 		return all[a.IQN], err
 	}, "10s").Should(HaveLen(1))
 }
+
+// BenchmarkTGTSessions: the login watcher's sample (one target show) on a
+// real tgtd holding many targets, one initiator logged in to one of them.
+// b.N samples; the number of targets is GGNET_BENCH_TARGETS (default 500).
+func BenchmarkTGTSessions(b *testing.B) {
+	n := 500
+	if v, err := strconv.Atoi(os.Getenv("GGNET_BENCH_TARGETS")); err == nil && v > 0 {
+		n = v
+	}
+	tgtd := testtgt.Start(b)
+	ctx := context.Background()
+	d := &TGT{ControlPort: tgtd.ControlPort}
+	dir := b.TempDir()
+	path := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		t := Target{IQN: prefix + "bench:s" + strconv.Itoa(i), LUN: 1, Path: path,
+			InitiatorIQN: prefix + "initiator:bench:seat-" + strconv.Itoa(i), CHAPUser: "bench-s" + strconv.Itoa(i), CHAPPassword: "Xk2p9QvL0aB7cD4e"}
+		if err := d.Ensure(ctx, t); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := d.Sessions(ctx, prefix); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
