@@ -29,6 +29,7 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/bootagent/httpboot"
+	"github.com/ggnet/ggnet/bootagent/ra"
 	"github.com/ggnet/ggnet/bootagent/table"
 	"github.com/ggnet/ggnet/bootagent/tftp"
 	"github.com/ggnet/ggnet/internal/scheme"
@@ -85,6 +86,10 @@ type BootConfig struct {
 	Discovery          bool
 	DiscoveryNamespace string
 	DiscoveryMax       int
+	// IPv6RA answers IPv6 router solicitations of known Machines on
+	// Interfaces so that iPXE's IPv6 autoconfiguration ends at once (package
+	// ra); auto stays quiet while a real router is heard. Empty is off.
+	IPv6RA ra.Mode
 }
 
 // Config configures the agent.
@@ -385,6 +390,10 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 		}
 	}
 
+	if err := a.startRA(ctx, spawn); err != nil {
+		return err
+	}
+
 	if b.TFTPListen != "-" {
 		ts, err := tftp.New(b.HTTP.IPXERootOrDefault(), tftpScripts{a}, tftp.WithMetrics(tftp.NewMetrics(a.registry)),
 			tftp.WithMaxPerSource(b.TFTPMaxPerSource), tftp.WithLogger(a.log.WithName("tftp")))
@@ -426,6 +435,30 @@ func (a *Agent) startBootRole(ctx context.Context, spawn func(string, func() err
 	return a.serveHTTP(ctx, spawn, "metrics", b.MetricsListen,
 		&http.Server{Handler: probes, ReadHeaderTimeout: httpboot.ReadHeaderTimeout, ReadTimeout: httpboot.ReadTimeout,
 			WriteTimeout: httpboot.WriteTimeout, IdleTimeout: httpboot.IdleTimeout, MaxHeaderBytes: httpboot.MaxHeaderBytes}, 64)
+}
+
+// startRA starts the router advertisement responder on the boot
+// interfaces. Without CAP_NET_RAW auto mode logs why and boots go on with
+// iPXE's IPv6 wait; on fails the agent.
+func (a *Agent) startRA(ctx context.Context, spawn func(string, func() error)) error {
+	b := a.cfg.Boot
+	if b.IPv6RA == "" || b.IPv6RA == ra.ModeOff {
+		return nil
+	}
+	r, err := ra.Listen(ra.Config{
+		Policy:     &ra.Policy{Mode: b.IPv6RA, Known: a.table.HasMachine, Ready: a.synced.Load},
+		Interfaces: b.Interfaces, Log: a.log.WithName("ra"), Metrics: ra.NewMetrics(a.registry),
+	})
+	if err != nil {
+		if b.IPv6RA == ra.ModeAuto {
+			a.log.Error(err, "Not answering IPv6 router solicitations: iPXE will wait about 16 s for an IPv6 router at each boot (--ipv6-ra=auto)")
+			return nil
+		}
+		return fmt.Errorf("--ipv6-ra=%s: %w", b.IPv6RA, err)
+	}
+	a.log.Info("Answering IPv6 router solicitations of known Machines", "mode", b.IPv6RA, "interfaces", b.Interfaces)
+	spawn("ra", func() error { return r.Serve(ctx) })
+	return nil
 }
 
 // serveHTTP listens on addr with at most maxConns connections, and

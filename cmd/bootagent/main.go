@@ -18,6 +18,7 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/agent"
 	"github.com/ggnet/ggnet/bootagent/dhcp"
+	"github.com/ggnet/ggnet/bootagent/ra"
 	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
@@ -26,7 +27,7 @@ func main() {
 		cfg                  agent.Config
 		bootRole, storage    bool
 		ifaces, mode, server string
-		fallback             string
+		fallback, ipv6RA     string
 		requireToken         bool
 		st                   storageFlags
 	)
@@ -66,6 +67,9 @@ func main() {
 	flag.BoolVar(&b.Discovery, "discovery", false, "Record unknown PXE clients as Machines awaiting approval.")
 	flag.StringVar(&b.DiscoveryNamespace, "discovery-namespace", "", "Namespace of discovered Machines.")
 	flag.IntVar(&b.DiscoveryMax, "discovery-max", 1000, "Discovered Machines kept at most in total (besides a rate of a few per second); past it unknown clients are not recorded.")
+	flag.StringVar(&ipv6RA, "ipv6-ra", "auto",
+		"Answer IPv6 router solicitations of known Machines on the boot interfaces with a router advertisement that configures nothing (lifetime 0, no prefix, M=O=0), "+
+			"so that iPXE's IPv6 autoconfiguration ends at once instead of after about 16 s: auto (not while a real IPv6 router is heard on the interface), on, or off. Needs CAP_NET_RAW (docs/ipv6.md).")
 	st.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -102,6 +106,11 @@ func main() {
 		b.Interfaces = strings.Split(ifaces, ",")
 	}
 	b.DHCP.Mode = dhcp.Mode(mode)
+	raMode, err := ra.ParseMode(ipv6RA)
+	if err != nil {
+		fail(err, "Bad --ipv6-ra")
+	}
+	b.IPv6RA = raMode
 	if !bindNeighborsSet {
 		b.BindNeighbors = b.DHCP.Mode == dhcp.ModeProxy
 	}
