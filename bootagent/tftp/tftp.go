@@ -5,7 +5,10 @@
 // the iPXE binaries from a root directory. Names are cleaned before any
 // file-system access, and files are opened through an os.Root so nothing
 // outside the root is reachable, symlinks included. Transfers are bounded in
-// total and per source address.
+// total and per source address. A client gets the blksize it asks for (RFC
+// 2348; up to the receiving interface's MTU less 28) and the windowsize
+// (RFC 7440) up to MaxWindowSize, through the pin/tftp fork in
+// third_party/tftp (see its PATCH.md).
 package tftp
 
 import (

@@ -82,6 +82,15 @@ func TestWindowSize(t *testing.T) {
 		}
 	})
 
+	t.Run("a window holds at most 128 KiB", func(t *testing.T) {
+		g := NewWithT(t)
+		r := get(t, addr, "16", func(o *tftpclient.Options) { o.BlockSize = "65464" })
+		g.Expect(r.OACK).To(HaveKeyWithValue("blksize", "65464"))
+		g.Expect(r.OACK).To(HaveKeyWithValue("windowsize", "2"))
+		g.Expect(r.MaxAhead).To(Equal(2))
+		g.Expect(bytes.Equal(r.Data, efi)).To(BeTrue())
+	})
+
 	t.Run("client without the option gets lockstep", func(t *testing.T) {
 		g := NewWithT(t)
 		// The client ACKs every block (window 1); had the server sent more

@@ -177,6 +177,18 @@ func (s *sender) sendOptions() error {
 			delete(s.opts, name)
 		}
 	}
+	if s.windowSize > 1 {
+		// A transfer holds a window of blocks: at most maxWindowBytes of
+		// data, and at least one block.
+		limit := maxWindowBytes / (len(s.send) - 4)
+		if limit < 1 {
+			limit = 1
+		}
+		if s.windowSize > limit {
+			s.windowSize = limit
+			s.opts["windowsize"] = strconv.Itoa(limit)
+		}
+	}
 	if len(s.opts) > 0 {
 		m := packOACK(s.send, s.opts)
 		_, err := s.sendWithRetry(m)

@@ -10,6 +10,11 @@ import (
 // maxWindowSize is the largest windowsize RFC 7440 allows.
 const maxWindowSize = 65535
 
+// maxWindowBytes bounds the data of a window a transfer holds: the window
+// granted is also at most this over the block size (2 blocks of 65464, 89
+// of 1468).
+const maxWindowBytes = 128 << 10
+
 // parseWindowSize parses a windowsize option value: decimal digits only, no
 // sign or spaces, between 1 and 65535 (RFC 7440, section 3).
 func parseWindowSize(v string) (int, error) {

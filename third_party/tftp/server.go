@@ -160,8 +160,9 @@ func (s *Server) SetBlockSize(i int) {
 // SetWindowSize enables the windowsize option (RFC 7440) on read requests
 // and sets the largest window the server grants: a client asking for a
 // window of n blocks gets min(n, max) in the OACK, and the server then sends
-// that many DATA packets before it waits for an ACK. A transfer holds max
-// blocks in memory. With max 0 or 1 (the default) the option is not
+// that many DATA packets before it waits for an ACK. The window granted is
+// also at most 128 KiB over the block size (2 blocks of 65464 bytes), so
+// that a transfer holds at most 128 KiB of its file. With max 0 or 1 (the default) the option is not
 // acknowledged and every client gets the lockstep transfer of RFC 1350.
 // Values above 65535 are clamped to 65535. The option is ignored while
 // SetAnticipate is enabled.
