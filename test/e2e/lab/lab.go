@@ -47,7 +47,9 @@ const (
 	// MetricsBase is the agent's health and metrics listener, off the boot
 	// LAN (loopback of the lab's namespace).
 	MetricsBase = "http://127.0.0.1:18881"
-	netnsEnv    = "GGNET_LAB_NETNS"
+	// UEFIBootFile is what the agent sends UEFI PXE clients.
+	UEFIBootFile = "snponly.efi"
+	netnsEnv     = "GGNET_LAB_NETNS"
 )
 
 // InNetns re-runs this program inside a new network namespace unless it
@@ -183,22 +185,49 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	if err := WriteDemoDisk(disk, 64<<20); err != nil {
 		return nil, err
 	}
-	img := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "demo"},
-		Spec: bootv1.ImageSpec{Source: bootv1.ImageSource{Path: &bootv1.PathSource{Path: disk}}, Format: bootv1.ImageFormatRaw}}
-	if err := l.Client.Create(ctx, img); err != nil {
+	if err := l.CreateImage(ctx, "demo", disk); err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for img.Status.ReadyReplicas == 0 {
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the demo Image did not become Ready; see %s", l.Dir)
-		}
-		time.Sleep(200 * time.Millisecond)
-		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(img), img); err != nil {
+	for _, name := range []string{"demo"} {
+		if err := l.WaitImage(ctx, name, 60*time.Second); err != nil {
 			return nil, err
 		}
 	}
 	return l, nil
+}
+
+// CreateImage makes a raw Image name of the file src, which it puts in the
+// image root (a hard link where it can: the agent only reads it).
+func (l *Lab) CreateImage(ctx context.Context, name, src string) error {
+	disk := filepath.Join(l.imageRoot(), name+".raw")
+	if src != disk {
+		if err := os.Link(src, disk); err != nil {
+			if err := copyFile(src, disk); err != nil {
+				return err
+			}
+		}
+	}
+	img := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: name},
+		Spec: bootv1.ImageSpec{Source: bootv1.ImageSource{Path: &bootv1.PathSource{Path: disk}}, Format: bootv1.ImageFormatRaw}}
+	return l.Client.Create(ctx, img)
+}
+
+// WaitImage waits until the Image name is Ready on the storage node.
+func (l *Lab) WaitImage(ctx context.Context, name string, timeout time.Duration) error {
+	img := &bootv1.Image{}
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := l.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: name}, img); err != nil {
+			return err
+		}
+		if img.Status.ReadyReplicas > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the Image %s did not become Ready in %s; see %s", name, timeout, l.Dir)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func (l *Lab) start(name string, args ...string) error {
@@ -275,6 +304,10 @@ func (l *Lab) startAgent(withTGTD bool) error {
 		"--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP + ":3260",
 		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP + ":8880",
 		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
+		// UEFI VMs load iPXE over the firmware's own NIC driver (SNP):
+		// Debian's ipxe.efi is a link to /boot/ipxe.efi, outside the iPXE
+		// directory, which the agent does not follow.
+		"--uefi-boot-file", UEFIBootFile,
 		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug",
 		"--image-path-root", l.imageRoot(), "--storage-metrics-listen", "127.0.0.1:18882"}
 	if withTGTD {
