@@ -13,7 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # mount and procps (the lab mounts a loop device and stops its processes),
 # qemu-block-extra (qemu-io's iSCSI driver: the storage fault test reads a
 # disk back through its target).
-packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe iproute2 kea-admin util-linux mount procps)
+packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe ovmf iproute2 kea-admin util-linux mount procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
