@@ -34,6 +34,11 @@ fault: deps envtest-bins ## Run the fault suite's long form and print its table 
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" go test -count=1 -timeout 6h -v ./test/e2e/ \
 		-ginkgo.label-filter=fault -ginkgo.v -fault.iterations=$${FAULT_ITERATIONS:-20} -fault.seed=$${FAULT_SEED:-0} -fault.vms=$${FAULT_VMS:-2}
 
+.PHONY: bench-boot
+bench-boot: deps envtest-bins build ## Boot benchmark: power-on to marker through GGnet against QEMU's slirp, same run (root; BENCH_BOOTS=5, BENCH_PATHS=ggnet,slirp,slirp-noipv6).
+	go build -o $(BIN)/bench-boot ./test/benchmark/boot
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-boot -bin $(BIN) -n $${BENCH_BOOTS:-5} -paths $${BENCH_PATHS:-ggnet,slirp,slirp-noipv6}
+
 ##@ Development
 
 .PHONY: deps
