@@ -140,7 +140,7 @@ func (s *Slirp) PowerOn(mac string) (*VM, error) {
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	vm := &VM{MAC: mac, cmd: cmd, serial: serial, start: time.Now(), stop: make(chan struct{}), exited: make(chan struct{})}
+	vm := &VM{MAC: mac, Firmware: FirmwareBIOS, cmd: cmd, serial: serial, start: time.Now(), stop: make(chan struct{}), exited: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
