@@ -122,12 +122,16 @@ func TestPodSecurity(t *testing.T) {
 		pods         int                            // workloads rendered (tgtd with tgt only)
 		add          map[string][]corev1.Capability // per workload; absent: privileged
 	}{
+		// NET_RAW: the IPv6 router advertisement responder's raw ICMPv6
+		// socket (agent.boot.ipv6RA, default auto).
 		{name: "defaults", pods: 4, add: map[string][]corev1.Capability{
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": {"SETUID", "SETGID"}, "ggnet-ggnet-tgtd": nil}},
+		{name: "no RA", values: "agent: {boot: {ipv6RA: \"off\"}}", pods: 4, add: map[string][]corev1.Capability{
 			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}, "ggnet-ggnet-storage": {"SETUID", "SETGID"}, "ggnet-ggnet-tgtd": nil}},
-		{name: "old kernel", values: "agent: {boot: {netRaw: true}}", pods: 4, add: map[string][]corev1.Capability{
+		{name: "no RA on an old kernel", values: "agent: {boot: {ipv6RA: \"off\", netRaw: true}}", pods: 4, add: map[string][]corev1.Capability{
 			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}, "ggnet-ggnet-storage": {"SETUID", "SETGID"}, "ggnet-ggnet-tgtd": nil}},
 		{name: "lio", values: "agent: {storage: {targetDriver: lio}}", pods: 3, add: map[string][]corev1.Capability{
-			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE"}}},
+			"ggnet-ggnet-manager": nil, "ggnet-ggnet-boot": {"NET_BIND_SERVICE", "NET_RAW"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
