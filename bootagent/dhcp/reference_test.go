@@ -194,7 +194,9 @@ func refSetBootOptions(resp *dhcpv4.DHCPv4, client Client, bf BootFile, cfg *Con
 	case client.IPXE && !proxy:
 		// iPXE waits several seconds for a ProxyDHCP answer when the
 		// reply says PXEClient; from the server that hands out the address
-		// and the script URL there is nothing more to wait for.
+		// and the script URL there is nothing more to wait for; no-pxedhcp
+		// ends iPXE's wait for ProxyDHCP offers.
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(175), []byte{176, 1, 1}))
 	case client.PXE:
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
 		if proxy {
