@@ -33,12 +33,20 @@ import (
 	"github.com/ggnet/ggnet/test/e2e/lab"
 )
 
-const mac = "52:54:00:67:6b:01"
+// The benchmark's Machines: a BIOS one (also the slirp VMs' MAC) and a UEFI
+// one.
+const (
+	mac     = "52:54:00:67:6b:01"
+	macUEFI = "52:54:00:67:6b:02"
+	// osMarker is the real OS's first line on the serial port once it
+	// took its disk over (lab.OSMarker, test/e2e/lab/osdisk.go).
+	osMarker = "GGNET-OS-BOOT count="
+)
 
 func main() {
 	n := flag.Int("n", 5, "Boots per path.")
 	bin := flag.String("bin", "bin", "Directory of the manager and bootagent binaries.")
-	paths := flag.String("paths", "ggnet,slirp", "Paths to boot, comma-separated: ggnet, slirp, slirp-noipv6 (slirp with ipv6=off: iPXE waits for a router as on a LAN without one).")
+	paths := flag.String("paths", "ggnet,slirp", "Paths to boot, comma-separated: ggnet, ggnet-uefi (OVMF's own PXE client, TFTP, then iPXE; up to its sanboot, as a boot sector does not boot on UEFI), ggnet-os and ggnet-uefi-os (the real OS, the lab's Image \"os\"), slirp, slirp-noipv6 (slirp with ipv6=off: iPXE waits for a router as on a LAN without one).")
 	agentArgs := flag.String("agent-args", "", "Extra boot agent flags, space-separated (e.g. --ipv6-ra=off to measure the stall).")
 	keep := flag.Bool("keep", false, "Leave the lab and its files (serial consoles, logs).")
 	flag.Parse()
@@ -67,12 +75,19 @@ func main() {
 type path struct {
 	name    string
 	powerOn func(i int) (*lab.VM, func() error, error)
-	boots   []boot
+	// mac is the VM's; sniff, when not nil, sees its packets on the
+	// lab's bridge (GGnet paths only: slirp's network is inside QEMU).
+	mac   string
+	sniff *sniffer
+	// marker ends a boot (default lab.Marker, the demo disk's).
+	marker string
+	boots  []boot
 }
 
 type boot struct {
 	elapsed time.Duration
 	stages  []stageAt
+	net     []stageAt // packets seen on the bridge, since power-on
 }
 
 type stageAt struct {
@@ -96,21 +111,47 @@ func run(tt *testbin.Program, abs string, n int, names []string) error {
 	ctx := context.Background()
 	var l *lab.Lab
 	var sl *lab.Slirp
+	var sn *sniffer
 	var ps []*path
+	created := map[string]bool{}
 	for _, name := range names {
 		switch name {
-		case "ggnet":
+		case "ggnet", "ggnet-uefi", "ggnet-os", "ggnet-uefi-os":
 			if l == nil {
 				fmt.Println("starting the lab (API server, manager, boot agent, tgtd)")
 				var err error
 				if l, err = lab.Start(ctx, tt, abs); err != nil {
 					return err
 				}
-				if _, err := l.Machine(ctx, "bench", mac, "10.99.0.150", bootv1.BootPolicyManual, bootv1.WritebackDiscard); err != nil {
+				if sn, err = sniff(lab.Bridge); err != nil {
 					return err
 				}
+				defer sn.close()
 			}
-			ps = append(ps, &path{name: "GGnet", powerOn: func(i int) (*lab.VM, func() error, error) { return ggnetBoot(ctx, l, i) }})
+			p := &path{name: "GGnet", mac: mac, sniff: sn, marker: lab.Marker}
+			m, ip, fw, image := "bench", "10.99.0.150", lab.FirmwareBIOS, "demo"
+			if strings.HasPrefix(name, "ggnet-uefi") {
+				// A boot sector does not boot on UEFI: with the demo
+				// disk the UEFI boot is timed up to iPXE's sanboot.
+				p.name, p.mac, m, ip, fw, p.marker = "GGnet UEFI", macUEFI, "bench-uefi", "10.99.0.151", lab.FirmwareUEFI, "Registered SAN device"
+			}
+			if strings.HasSuffix(name, "-os") {
+				// The real OS (the lab's Image "os"): power-on to its
+				// first marker on the serial port.
+				p.name, image, p.marker = p.name+" OS", "os", osMarker
+			}
+			if !created[m] {
+				machine := &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: m}, Spec: bootv1.MachineSpec{
+					MAC: p.mac, Hostname: m, IPv4: &bootv1.IPv4Reservation{Address: ip, PrefixLength: 24},
+					ImageRef: &bootv1.LocalObjectReference{Name: "demo"}, BootPolicy: bootv1.BootPolicyManual,
+					Writeback: bootv1.WritebackDiscard, Firmware: bootv1.Firmware(fw)}}
+				if err := l.Client.Create(ctx, machine); err != nil {
+					return err
+				}
+				created[m] = true
+			}
+			p.powerOn = func(i int) (*lab.VM, func() error, error) { return ggnetBoot(ctx, l, m, image, p.mac, fw, i) }
+			ps = append(ps, p)
 		case "slirp", "slirp-noipv6":
 			if sl == nil {
 				var err error
@@ -123,7 +164,7 @@ func run(tt *testbin.Program, abs string, n int, names []string) error {
 			if !ipv6 {
 				label = "slirp ipv6=off"
 			}
-			ps = append(ps, &path{name: label, powerOn: func(int) (*lab.VM, func() error, error) {
+			ps = append(ps, &path{name: label, marker: lab.Marker, powerOn: func(int) (*lab.VM, func() error, error) {
 				sl.IPv6 = ipv6
 				vm, err := sl.PowerOn(mac)
 				return vm, func() error { return nil }, err
@@ -139,29 +180,41 @@ func run(tt *testbin.Program, abs string, n int, names []string) error {
 				return fmt.Errorf("%s boot %d: %w", p.name, i+1, err)
 			}
 			w := watch(vm)
-			b, err := vm.WaitBoot(3 * time.Minute)
+			if p.sniff != nil {
+				p.sniff.start(p.mac, w.start)
+			}
+			b, err := vm.WaitMarker(p.marker, 3*time.Minute)
 			w.stop()
+			var pkts []stageAt
+			if p.sniff != nil {
+				pkts = p.sniff.stop()
+			}
 			vm.PowerOff()
 			if err != nil {
 				return fmt.Errorf("%s boot %d did not reach the marker (the path did not answer?): %w\nconsole:\n%s", p.name, i+1, err, tail(b.Serial, 3000))
 			}
 			st := w.stages(b.Elapsed)
-			p.boots = append(p.boots, boot{elapsed: b.Elapsed, stages: st})
+			p.boots = append(p.boots, boot{elapsed: b.Elapsed, stages: st, net: pkts})
 			fmt.Printf("%-15s boot %d: %5.1f s  %s\n", p.name, i+1, b.Elapsed.Seconds(), formatStages(st))
+			if pkts != nil {
+				fmt.Printf("%-15s   on the wire: %s\n", "", formatStages(pkts))
+			}
 			if err := done(); err != nil {
 				return err
 			}
 		}
 	}
 	report(ps)
+	fmt.Println()
+	reportWire(ps)
 	return nil
 }
 
 // ggnetBoot makes a session for the Machine, waits until it is Ready and
 // powers the VM on; done stops the session.
-func ggnetBoot(ctx context.Context, l *lab.Lab, i int) (*lab.VM, func() error, error) {
-	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: fmt.Sprintf("bench-%d-%d", time.Now().Unix(), i)},
-		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: "bench"}, ImageRef: bootv1.LocalObjectReference{Name: "demo"},
+func ggnetBoot(ctx context.Context, l *lab.Lab, machine, image, mac string, fw lab.Firmware, i int) (*lab.VM, func() error, error) {
+	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: fmt.Sprintf("%s-%s-%d-%d", machine, image, time.Now().Unix(), i)},
+		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: machine}, ImageRef: bootv1.LocalObjectReference{Name: image},
 			Writeback: bootv1.WritebackDiscard}}
 	if err := l.Client.Create(ctx, s); err != nil {
 		return nil, nil, err
@@ -169,7 +222,7 @@ func ggnetBoot(ctx context.Context, l *lab.Lab, i int) (*lab.VM, func() error, e
 	if err := waitPhase(ctx, l, s, bootv1.SessionReady, time.Minute); err != nil {
 		return nil, nil, err
 	}
-	vm, err := l.PowerOn(mac)
+	vm, err := l.PowerOnWith(mac, lab.VMOptions{Firmware: fw})
 	done := func() error {
 		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
 			return err
@@ -194,20 +247,22 @@ func waitPhase(ctx context.Context, l *lab.Lab, s *bootv1.BootSession, phase boo
 	return fmt.Errorf("session %s is %s, not %s, after %s (conditions %+v)", s.Name, s.Status.Phase, phase, timeout, s.Status.Conditions)
 }
 
-// stages are what the console shows on the way, in order: SeaBIOS hands
-// over to the NIC's iPXE ROM, iPXE starts configuring the NIC (DHCPv4 and
+// stages are what the console shows on the way, in order: OVMF starts its
+// own PXE client (UEFI only), SeaBIOS hands over to the NIC's iPXE ROM or
+// OVMF to the snponly.efi it fetched over TFTP, iPXE starts configuring the NIC (DHCPv4 and
 // IPv6 autoconfiguration at once), finishes it ("ok" ends the line), has
 // its script, registers the SAN disk, and the disk prints its marker.
 var stages = []struct {
 	name string
 	find func(s string) int // end offset in the console, -1 when not there
 }{
+	{"pxe", after("Start PXE over IPv4")},
 	{"rom", after("iPXE initialising devices")},
 	{"conf", after("Configuring (")},
 	{"conf-ok", lineEnd("Configuring (")},
 	{"script", after("[script]")},
 	{"san", after("Registered SAN device")},
-	{"marker", after(lab.Marker)},
+	{"marker", func(s string) int { return -1 }}, // the path's marker: the lab's time
 }
 
 func after(sub string) func(string) int {
@@ -303,6 +358,10 @@ func formatStages(st []stageAt) string {
 			fmt.Fprintf(&b, " %s -", s.name)
 			continue
 		}
+		if s.name == "rs-sent" {
+			fmt.Fprintf(&b, " %s %d", s.name, int(s.at/time.Second))
+			continue
+		}
 		fmt.Fprintf(&b, " %s %.1f", s.name, s.at.Seconds())
 	}
 	return strings.TrimSpace(b.String())
@@ -330,7 +389,7 @@ func report(ps []*path) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f", p.name, len(p.boots), med.Seconds(), lo.Seconds(), hi.Seconds())
 		for k := range stages {
-			fmt.Fprintf(tw, "\t%.1f", median(p.boots, func(b boot) time.Duration { return b.stages[k].at }).Seconds())
+			fmt.Fprintf(tw, "\t%s", seconds(median(p.boots, func(b boot) time.Duration { return b.stages[k].at })))
 		}
 		ratio := "-"
 		if ref > 0 {
@@ -339,17 +398,55 @@ func report(ps []*path) {
 		fmt.Fprintf(tw, "\t%s\n", ratio)
 	}
 	tw.Flush()
-	fmt.Println("(stage columns: median seconds after power-on at which the console showed: rom = iPXE initialising devices, conf = Configuring (DHCPv4 + IPv6 autoconfiguration start), conf-ok = its end, script = an iPXE script loaded, san = SAN device registered, marker = the disk's marker)")
+	fmt.Println("(stage columns: median seconds after power-on at which the console showed: pxe = OVMF's PXE client starts (UEFI), rom = iPXE initialising devices, conf = Configuring (DHCPv4 + IPv6 autoconfiguration start), conf-ok = its end, script = an iPXE script loaded, san = SAN device registered, marker = the disk's marker)")
 }
 
+// reportWire prints the medians of the packets' times for the paths whose
+// packets the bridge sees.
+func reportWire(ps []*path) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "on the wire\tboots")
+	for _, n := range netStageNames {
+		fmt.Fprintf(tw, "\t%s", n)
+	}
+	fmt.Fprintln(tw)
+	for _, p := range ps {
+		if p.sniff == nil {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d", p.name, len(p.boots))
+		for k, n := range netStageNames {
+			m := median(p.boots, func(b boot) time.Duration { return b.net[k].at })
+			if n == "rs-sent" && m >= 0 {
+				fmt.Fprintf(tw, "\t%.1f", m.Seconds())
+				continue
+			}
+			fmt.Fprintf(tw, "\t%s", seconds(m))
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+	fmt.Println("(median seconds after power-on at which the lab's bridge carried: fw-ack = the firmware's DHCP ACK (UEFI), rrq/tftp-end = its TFTP read request and the agent's last TFTP packet, discover/ack = iPXE's DHCP, rs = iPXE's first router solicitation, ns/na = the agent's neighbour solicitation for the VM's link-local and its answer, ra = the first router advertisement to the VM; rs-sent = solicitations iPXE sent up to it)")
+}
+
+func seconds(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", d.Seconds())
+}
+
+// median of the values f gives that are known (>= 0); -1 when none is.
 func median(bs []boot, f func(boot) time.Duration) time.Duration {
 	v := make([]time.Duration, 0, len(bs))
 	for _, b := range bs {
-		v = append(v, f(b))
+		if d := f(b); d >= 0 {
+			v = append(v, d)
+		}
 	}
 	slices.Sort(v)
 	if len(v) == 0 {
-		return 0
+		return -1
 	}
 	if len(v)%2 == 1 {
 		return v[len(v)/2]
