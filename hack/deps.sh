@@ -12,8 +12,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # TFTP), iproute2 (network namespaces), kea-admin (perfdhcp, benchmarks),
 # mount and procps (the lab mounts a loop device and stops its processes),
 # qemu-block-extra (qemu-io's iSCSI driver: the storage fault test reads a
-# disk back through its target).
-packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe ovmf iproute2 kea-admin util-linux mount procps)
+# disk back through its target); mtools, dosfstools, gdisk, e2fsprogs,
+# syslinux, syslinux-common, cpio, kmod, xz-utils (hack/osdisk.sh builds the
+# real-OS demo disk with them).
+packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe ovmf iproute2 kea-admin util-linux mount procps
+  mtools dosfstools gdisk e2fsprogs syslinux syslinux-common cpio kmod xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,3 +42,4 @@ fi
 make -s -C "$root" "$root/bin/controller-gen-v0.23.0" >/dev/null
 "$root/hack/envtest-bins.sh" >/dev/null
 "$root/hack/helm.sh" >/dev/null
+"$root/hack/osdisk.sh" >/dev/null

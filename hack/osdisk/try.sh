@@ -33,9 +33,9 @@ pass=NotASecret-osdisk-try
 
 tgtd_pid= qemu=
 cleanup() {
-  [[ -n $qemu ]] && kill "$qemu" 2>/dev/null
+  [[ -z $qemu ]] || kill "$qemu" 2>/dev/null || true
   # tgtd -f stays up on SIGTERM while it has targets.
-  [[ -n $tgtd_pid ]] && kill -KILL "$tgtd_pid" 2>/dev/null
+  [[ -z $tgtd_pid ]] || kill -KILL "$tgtd_pid" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   [[ -n ${TRY_KEEP:-} ]] || rm -rf "$work"
 }
