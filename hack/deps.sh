@@ -13,10 +13,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # mount and procps (the lab mounts a loop device and stops its processes),
 # qemu-block-extra (qemu-io's iSCSI driver: the storage fault test reads a
 # disk back through its target); mtools, dosfstools, gdisk, e2fsprogs,
-# syslinux, syslinux-common, cpio, kmod, xz-utils (hack/osdisk.sh builds the
+# syslinux, syslinux-common, cpio, kmod, xz-utils, zstd (hack/osdisk.sh builds the
 # real-OS demo disk with them).
 packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe ovmf iproute2 kea-admin util-linux mount procps
-  mtools dosfstools gdisk e2fsprogs syslinux syslinux-common cpio kmod xz-utils)
+  mtools dosfstools gdisk e2fsprogs syslinux syslinux-common cpio kmod xz-utils zstd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -107,13 +107,13 @@ esac
 t0=$(date +%s.%N)
 ip netns exec "$ns" qemu-system-x86_64 "${args[@]}" &
 qemu=$!
-seen=()
+declare -A seen=()
 deadline=$(($(date +%s) + ${TRY_TIMEOUT:-300}))
 while kill -0 "$qemu" 2>/dev/null; do
-  for m in GGNET-OS-START GGNET-OS-BOOT GGNET-OS-TICK\ 10 GGNET-OS-DONE GGNET-OS-FAIL; do
-    [[ " ${seen[*]-} " == *" $m "* ]] && continue
+  for m in "Booting from SAN" GGNET-OS-START GGNET-OS-BOOT GGNET-OS-TICK\ 10 GGNET-OS-DONE GGNET-OS-FAIL; do
+    [[ -n ${seen[$m]-} ]] && continue
     if grep -q "$m" "$work/serial"; then
-      seen+=("$m")
+      seen[$m]=1
       awk -v m="$m" -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%-16s %6.1f s\n", m, b - a}' >&2
     fi
   done

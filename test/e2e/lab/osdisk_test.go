@@ -145,7 +145,7 @@ func TestOSDisk(t *testing.T) {
 	for file, prefix := range map[string]string{
 		"::EFI/BOOT/BOOTX64.EFI":      "MZ",
 		"::vmlinuz":                   "MZ",
-		"::initrd.img":                "\x1f\x8b",
+		"::initrd.img":                "\x28\xb5\x2f\xfd", // zstd
 		"::syslinux/ldlinux.sys":      "",
 		"::syslinux/ldlinux.c32":      "",
 		"::syslinux/syslinux.cfg":     "",
