@@ -25,6 +25,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -224,11 +225,15 @@ func ggnetBoot(ctx context.Context, l *lab.Lab, machine, image, mac string, fw l
 	}
 	vm, err := l.PowerOnWith(mac, lab.VMOptions{Firmware: fw})
 	done := func() error {
-		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
-			return err
-		}
-		s.Spec.Stopped = true
-		if err := l.Client.Update(ctx, s); err != nil {
+		// The manager writes the session too: retry on a conflict.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
+				return err
+			}
+			s.Spec.Stopped = true
+			return l.Client.Update(ctx, s)
+		})
+		if err != nil {
 			return err
 		}
 		return waitPhase(ctx, l, s, bootv1.SessionStopped, time.Minute)

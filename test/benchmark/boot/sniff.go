@@ -107,17 +107,24 @@ func netStages(evs []packetAt) []stageAt {
 		}
 		return -1
 	}
-	// iPXE's part begins after the firmware's TFTP download, if any.
+	// iPXE's part is the last DHCP exchange; the firmware's (UEFI: PXE,
+	// then HTTP boot when PXE gave up) come before it.
 	ipxe := time.Duration(0)
-	if rrq := first(pRRQ, 0); rrq >= 0 {
+	for _, e := range evs {
+		if e.what == pDiscover && (e.at-ipxe > 500*time.Millisecond || ipxe == 0) {
+			ipxe = e.at // a new exchange (not a retransmission within it)
+		}
+	}
+	for _, e := range evs {
+		if e.what == pAck && e.at < ipxe && out[0].at < 0 {
+			set(0, e.at)
+		}
+	}
+	if rrq := first(pRRQ, 0); rrq >= 0 && rrq < ipxe {
 		set(1, rrq)
 		for _, e := range evs {
-			if e.what == pAck && e.at < rrq {
-				set(0, e.at)
-			}
-			if e.what == pTFTP && e.at > rrq {
+			if e.what == pTFTP && e.at > rrq && e.at < ipxe {
 				set(2, e.at)
-				ipxe = e.at
 			}
 		}
 	}
@@ -126,7 +133,7 @@ func netStages(evs []packetAt) []stageAt {
 	if disc >= 0 {
 		set(4, first(pAck, disc))
 	}
-	rs := first(pRS, ipxe)
+	rs := first(pRS, ipxe-100*time.Millisecond)
 	set(5, rs)
 	if rs < 0 {
 		return out
