@@ -254,5 +254,11 @@ mkdir -p "$out/$key"
   echo "$hv"
 } >"$out/$key/info"
 mv "$raw" "$disk"
+# Disks of other keys were made by another version of this script or of the
+# packages: nothing asks for them any more.
+for d in "$out"/*/; do
+  [[ $d == "$out/$key/" ]] || rm -rf "$d"
+done
+rm -f "$out"/.quick-*
 log "built in $(($(date +%s) - start)) s: kernel $kver, initrd $(($(stat -c %s "$work/initrd.img") / 1024)) KiB"
 finish
