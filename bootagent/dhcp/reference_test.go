@@ -199,9 +199,9 @@ func refSetBootOptions(resp *dhcpv4.DHCPv4, client Client, bf BootFile, cfg *Con
 		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(175), []byte{176, 1, 1}))
 	case client.PXE:
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
-		if proxy {
-			resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl))
-		}
+		// Proxy or not: without PXE vendor options a firmware PXE client
+		// (EDK2) asks a boot server on 4011 instead of loading the file.
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl))
 	}
 }
 

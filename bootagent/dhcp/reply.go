@@ -306,6 +306,15 @@ func (p *replier) reservationReply(req *Request, client Client, r Reservation, k
 	if r.Hostname != "" {
 		w.optionString(dhcpv4.OptionHostName, r.Hostname)
 	}
+	if boot && client.PXE && !client.HTTP && !client.IPXE {
+		// A firmware PXE client (PXEClient in option 60) that finds no PXE
+		// vendor options takes the offer for a BINL one and asks a boot
+		// server on port 4011 for its file instead of loading the one in
+		// the offer: EDK2 (OVMF, UEFI PCs) does, and after ~10 s without
+		// an answer falls back to HTTP boot. Sub-option 6 = 8: no boot
+		// server discovery, load the boot file named in the reply.
+		w.option(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl)
+	}
 	lease := uint32(cfg.LeaseTime / time.Second)
 	if !inform {
 		w.optionUint32(dhcpv4.OptionIPAddressLeaseTime, lease)

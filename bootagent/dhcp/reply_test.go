@@ -190,6 +190,19 @@ func TestReservationBootFiles(t *testing.T) {
 				g.Expect(resp.BootFileName).To(Equal(tc.file))
 				g.Expect(resp.BootFileNameOption()).To(Equal(tc.file))
 				g.Expect(resp.ClassIdentifier()).To(Equal(tc.class))
+				// A firmware PXE client gets "load the file in the reply"
+				// (EDK2 asks a boot server on 4011 otherwise); iPXE gets
+				// no-pxedhcp (or it waits for ProxyDHCP offers).
+				if tc.class == "PXEClient" {
+					g.Expect(resp.GetOneOption(dhcpv4.OptionVendorSpecificInformation)).To(Equal([]byte{6, 1, 8, 255}))
+				} else {
+					g.Expect(resp.Options.Has(dhcpv4.OptionVendorSpecificInformation)).To(BeFalse())
+				}
+				if name == "iPXE" {
+					g.Expect(resp.GetOneOption(dhcpv4.GenericOptionCode(175))).To(Equal([]byte{176, 1, 1}))
+				} else {
+					g.Expect(resp.Options.Has(dhcpv4.GenericOptionCode(175))).To(BeFalse())
+				}
 				if tc.siaddr {
 					g.Expect(resp.ServerIPAddr.String()).To(Equal("10.20.0.2"))
 					g.Expect(resp.TFTPServerName()).To(Equal("10.20.0.2"))
