@@ -18,8 +18,8 @@ help: ## List the targets.
 ##@ Main jobs
 
 .PHONY: demo
-demo: ## Run the local lab: a QEMU VM netboots from an image through GGnet (root; KEEP=1 leaves it running).
-	./hack/demo.sh
+demo: ## Run the local lab: a QEMU VM netboots from an image through GGnet (root; KEEP=1 leaves it running; FIRMWARE=uefi boots the real OS through OVMF, IMAGE=os on BIOS).
+	FIRMWARE=$(FIRMWARE) IMAGE=$(IMAGE) ./hack/demo.sh
 
 .PHONY: demo-down
 demo-down: ## Tear down a lab left by make demo KEEP=1.

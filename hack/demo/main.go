@@ -1,8 +1,16 @@
 // Command demo is `make demo`: inside a network namespace of its own it
 // starts the lab (API server, manager, boot agent with both roles, tgtd, an
-// XFS reflink data directory), creates a demo Image, a Machine and a
-// BootSession, boots a QEMU VM from the network, streams what it prints,
-// shows the session's timeline, stops the session and shows the cleanup.
+// XFS reflink data directory), creates a Machine and a BootSession, boots a
+// QEMU VM from the network, streams what it prints, shows the session's
+// timeline, stops the session and shows the cleanup.
+//
+// -firmware bios (the default) boots the boot-sector disk (Image "demo")
+// through SeaBIOS and the NIC's iPXE ROM. -firmware uefi boots the real OS
+// (Image "os", hack/osdisk.sh) through OVMF: the firmware's own PXE client
+// gets an address and snponly.efi from the agent's DHCP and TFTP, iPXE gets
+// the session's script over HTTP and sanboots the iSCSI disk, and the OS
+// logs in to the target again from the iBFT iPXE left, counts its boot on
+// the disk's filesystem, ticks, and powers off.
 package main
 
 import (
@@ -30,14 +38,35 @@ const mac = "52:54:00:67:67:01"
 func main() {
 	keep := flag.Bool("keep", false, "Leave the lab running.")
 	bin := flag.String("bin", "bin", "Directory of the manager and bootagent binaries.")
+	firmware := flag.String("firmware", "bios", "The VM's firmware: bios (SeaBIOS and the NIC's iPXE ROM) or uefi (OVMF's own PXE and TFTP, then iPXE).")
+	image := flag.String("image", "", "The Image to boot: demo (the boot-sector disk; BIOS only) or os (the real OS). Default: demo on BIOS, os on UEFI.")
 	flag.Parse()
+	var fw lab.Firmware
+	switch strings.ToLower(*firmware) {
+	case "bios", "":
+		fw = lab.FirmwareBIOS
+	case "uefi":
+		fw = lab.FirmwareUEFI
+	default:
+		fmt.Fprintf(os.Stderr, "demo: firmware %q: want bios or uefi\n", *firmware)
+		os.Exit(2)
+	}
+	switch {
+	case *image == "" && fw == lab.FirmwareUEFI:
+		*image = "os"
+	case *image == "":
+		*image = "demo"
+	case *image != "demo" && *image != "os":
+		fmt.Fprintf(os.Stderr, "demo: image %q: want demo or os\n", *image)
+		os.Exit(2)
+	}
 	if code, ran := lab.InNetns("ggnet-demo", *keep); ran {
 		os.Exit(code)
 	}
 	ctrl.SetLogger(logr.Discard())
 	tt := &testbin.Program{Keep: *keep}
 	defer tt.Done()
-	if err := run(tt, *bin, *keep); err != nil {
+	if err := run(tt, *bin, *keep, fw, *image); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		tt.Done()
 		os.Exit(1)
@@ -46,7 +75,38 @@ func main() {
 
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
-func run(tt *testbin.Program, bin string, keep bool) error {
+// stepLine is a console line that marks a step of a boot.
+type stepLine struct{ line, what string }
+
+// firmwareSteps are the steps of each firmware, in order, up to sanboot;
+// imageSteps those of each Image's disk after it.
+var (
+	firmwareSteps = map[lab.Firmware][]stepLine{
+		lab.FirmwareBIOS: {
+			{"iPXE initialising devices", "iPXE (the NIC's option ROM) starts"},
+			{"GGnet: booting", "iPXE runs the session's script (DHCP, then HTTP)"},
+			{"Booting from SAN device", "sanboot: iPXE logged in to the iSCSI target and boots the disk's boot sector (INT 13h)"},
+		},
+		lab.FirmwareUEFI: {
+			{">>Start PXE over IPv4", "OVMF's PXE client starts (DHCP, client architecture 7)"},
+			{"NBP filename is", "the agent's DHCP named the boot file"},
+			{"NBP file downloaded successfully", "OVMF fetched it over the agent's TFTP"},
+			{"iPXE initialising devices", "iPXE (" + lab.UEFIBootFile + ") starts"},
+			{"GGnet: booting", "iPXE runs the session's script (DHCP, then HTTP)"},
+			{"Booting from SAN device", "sanboot: iPXE logged in to the iSCSI target and starts the disk's EFI boot loader"},
+		},
+	}
+	imageSteps = map[string][]stepLine{
+		"demo": {{lab.Marker, "the boot sector counted its boot on the iSCSI disk"}},
+		"os": {
+			{"GGNET-OS-START", "the OS's kernel runs its initramfs"},
+			{lab.OSMarker, "the OS logged in from the iBFT, mounted the disk and counted its boot"},
+			{lab.OSDoneMarker, "the OS synced its last tick and powers off"},
+		},
+	}
+)
+
+func run(tt *testbin.Program, bin string, keep bool, fw lab.Firmware, image string) error {
 	ctx := context.Background()
 	abs, _ := filepath.Abs(bin)
 	step("Starting the lab: etcd, kube-apiserver, manager, boot agent (boot and storage roles), tgtd, XFS on a loop device")
@@ -62,12 +122,23 @@ func run(tt *testbin.Program, bin string, keep bool) error {
 	}
 	kubectl("get", "images", "-n", lab.Namespace, "-o", "wide")
 
-	step("Creating Machine seat-1 (MAC %s) and BootSession seat-1-demo", mac)
-	if _, err := l.Machine(ctx, "seat-1", mac, "10.99.0.101", bootv1.BootPolicyManual, bootv1.WritebackDiscard); err != nil {
+	marker, machineFW := lab.Marker, bootv1.FirmwareBIOS
+	if image == "os" {
+		marker = lab.OSMarker
+	}
+	if fw == lab.FirmwareUEFI {
+		machineFW = bootv1.FirmwareUEFI
+	}
+	step("Creating Machine seat-1 (MAC %s, firmware %s) and BootSession seat-1-%s (Image %s)", mac, machineFW, image, image)
+	m := &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-1"}, Spec: bootv1.MachineSpec{
+		MAC: mac, Hostname: "seat-1", Firmware: machineFW, IPv4: &bootv1.IPv4Reservation{Address: "10.99.0.101", PrefixLength: 24},
+		ImageRef: &bootv1.LocalObjectReference{Name: image}, BootPolicy: bootv1.BootPolicyManual, Writeback: bootv1.WritebackDiscard,
+	}}
+	if err := l.Client.Create(ctx, m); err != nil {
 		return err
 	}
-	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-1-demo"}, Spec: bootv1.BootSessionSpec{
-		MachineRef: bootv1.LocalObjectReference{Name: "seat-1"}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Writeback: bootv1.WritebackDiscard}}
+	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-1-" + image}, Spec: bootv1.BootSessionSpec{
+		MachineRef: bootv1.LocalObjectReference{Name: "seat-1"}, ImageRef: bootv1.LocalObjectReference{Name: image}, Writeback: bootv1.WritebackDiscard}}
 	if err := l.Client.Create(ctx, s); err != nil {
 		return err
 	}
@@ -76,8 +147,12 @@ func run(tt *testbin.Program, bin string, keep bool) error {
 	}
 	kubectl("get", "ggnet", "-n", lab.Namespace)
 
-	step("Powering on a QEMU VM (TCG) that boots from the network")
-	vm, err := l.PowerOn(mac)
+	if fw == lab.FirmwareUEFI {
+		step("Powering on a QEMU VM (TCG) with UEFI firmware (OVMF, virtio-net without option ROM) that boots from the network")
+	} else {
+		step("Powering on a QEMU VM (TCG) with SeaBIOS and the e1000's iPXE ROM that boots from the network")
+	}
+	vm, err := l.PowerOnWith(mac, lab.VMOptions{Firmware: fw})
 	if err != nil {
 		return err
 	}
@@ -102,18 +177,42 @@ func run(tt *testbin.Program, bin string, keep bool) error {
 			}
 		}
 	}()
-	boot, err := vm.WaitBoot(3 * time.Minute)
+	boot, err := vm.WaitMarker(marker, 4*time.Minute, lab.OSFailMarker)
 	if err == nil {
-		// The disk goes on writing and reading back its tick counter.
-		_, err = vm.WaitTick(3, time.Minute)
+		if image == "os" {
+			// The OS ticks ten times (each a write and a sync on its
+			// filesystem), then powers off.
+			if !vm.Wait(2 * time.Minute) {
+				err = fmt.Errorf("the OS did not power off")
+			} else if out := vm.Serial(); !strings.Contains(out, lab.OSDoneMarker) || strings.Contains(out, lab.OSFailMarker) {
+				err = fmt.Errorf("the OS did not finish its writes")
+			}
+		} else {
+			// The disk goes on writing and reading back its tick counter.
+			_, err = vm.WaitTick(3, time.Minute)
+		}
 	}
 	close(done)
 	time.Sleep(300 * time.Millisecond)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("    booted from iSCSI in %s (power-on to marker); boot counter %d; the disk ticks on (each tick a write read back through iSCSI)\n",
-		boot.Elapsed.Round(100*time.Millisecond), boot.Count)
+	if image == "os" {
+		fmt.Printf("    the OS booted from iSCSI in %s (power-on to marker); boot counter %d; it wrote ten ticks and powered off\n",
+			boot.Elapsed.Round(100*time.Millisecond), boot.Count)
+	} else {
+		fmt.Printf("    booted from iSCSI in %s (power-on to marker); boot counter %d; the disk ticks on (each tick a write read back through iSCSI)\n",
+			boot.Elapsed.Round(100*time.Millisecond), boot.Count)
+	}
+
+	step("The boot, step by step (when the lab saw each on the console, from power-on)")
+	for _, st := range append(firmwareSteps[fw], imageSteps[image]...) {
+		if at, ok := vm.SeenAt(st.line); ok {
+			fmt.Printf("    %7s  %s\n", "+"+at.Sub(vm.Started()).Round(100*time.Millisecond).String(), st.what)
+		} else {
+			fmt.Printf("    %7s  %s\n", "-", st.what)
+		}
+	}
 
 	step("The session's timeline")
 	_ = waitPhase(ctx, l, s, bootv1.SessionActive, 30*time.Second)
@@ -168,6 +267,14 @@ func printTimeline(s *bootv1.BootSession, boot lab.Boot) {
 			continue
 		}
 		fmt.Printf("    %-14s %s (+%s)\n", e.name, e.t.Format(time.TimeOnly), e.t.Sub(created.Time).Round(time.Second))
+	}
+	for i, in := range tl.Logins {
+		who := "the firmware's (iPXE's sanboot)"
+		if i > 0 {
+			who = "the OS's (iscsistart, from the iBFT)"
+		}
+		fmt.Printf("    %-14s %s (+%s) %s, initiator %s from %s\n", fmt.Sprintf("login %d", i+1), in.At.Format(time.TimeOnly),
+			in.At.Sub(created.Time).Round(time.Second), who, in.Initiator, in.Address)
 	}
 	fmt.Printf("    %-14s %s after power-on (the disk printed its marker)\n", "booted", boot.Elapsed.Round(100*time.Millisecond))
 	fmt.Printf("    phase %s on %s, target %s\n", s.Status.Phase, s.Status.StorageNode, s.Status.Target.IQN)

@@ -109,7 +109,8 @@ type Lab struct {
 }
 
 // Start brings the lab up: network, API server, storage node, manager,
-// agent, and the demo Image (Ready on the node). bin holds manager and
+// agent, and two Images, Ready on the node: "demo", the boot-sector disk,
+// and "os", the real OS (OSDiskPath). bin holds manager and
 // bootagent.
 func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, stoppers: map[string]bool{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
@@ -188,7 +189,15 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	if err := l.CreateImage(ctx, "demo", disk); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"demo"} {
+	// The real OS (hack/osdisk.sh, built once into bin/osdisk).
+	osDisk, err := OSDiskPath()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.CreateImage(ctx, "os", osDisk); err != nil {
+		return nil, err
+	}
+	for _, name := range []string{"demo", "os"} {
 		if err := l.WaitImage(ctx, name, 60*time.Second); err != nil {
 			return nil, err
 		}
