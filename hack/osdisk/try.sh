@@ -7,6 +7,9 @@
 #
 #   hack/osdisk/try.sh bios   SeaBIOS + the e1000's iPXE ROM (-boot n), the
 #                             iPXE script from QEMU's own DHCP/TFTP
+#   hack/osdisk/try.sh FW COPY  boots COPY, a copy of the disk made before
+#                             (cp --sparse=always), instead of a fresh one:
+#                             a second boot counts 2
 #   hack/osdisk/try.sh uefi   OVMF, virtio-net without option ROM; Debian's
 #                             ipxe.efi from a small FAT disk (QEMU's DHCP
 #                             gives one boot file name to every client, so
@@ -44,7 +47,12 @@ trap 'exit 1' INT TERM
 
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-cp --sparse=always "$disk" "$work/os.raw"
+if [[ -n ${2:-} ]]; then
+  [[ $(realpath "$2") != "$(realpath "$disk")" ]] || { echo "$2 is the built disk itself: boot a copy" >&2; exit 2; }
+  ln -s "$(realpath "$2")" "$work/os.raw"
+else
+  cp --sparse=always "$disk" "$work/os.raw"
+fi
 
 ip netns exec "$ns" tgtd -f --control-port "$ctl" --iscsi portal=127.0.0.1:3260 >"$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
