@@ -37,8 +37,11 @@ pass=NotASecret-osdisk-try
 tgtd_pid= qemu=
 cleanup() {
   [[ -z $qemu ]] || kill "$qemu" 2>/dev/null || true
-  # tgtd -f stays up on SIGTERM while it has targets.
-  [[ -z $tgtd_pid ]] || kill -KILL "$tgtd_pid" 2>/dev/null || true
+  # Whatever runs in the namespace is ours: tgtd (ip netns exec forks, so
+  # $tgtd_pid is ip's; tgtd -f stays up on SIGTERM while it has targets).
+  local p
+  for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  [[ -z $tgtd_pid ]] || wait "$tgtd_pid" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   [[ -n ${TRY_KEEP:-} ]] || rm -rf "$work"
 }
