@@ -78,8 +78,9 @@ type Config struct {
 	HTTPBase string
 	// BIOSFile is sent to BIOS PXE clients (default undionly.kpxe).
 	BIOSFile string
-	// UEFIFile is sent to UEFI PXE clients (default ipxe.efi; snponly.efi
-	// uses the firmware's own NIC driver).
+	// UEFIFile is sent to UEFI PXE clients (default snponly.efi: iPXE on
+	// the firmware's own NIC driver, so it runs on every NIC the firmware
+	// boots from; ipxe.efi carries iPXE's own drivers).
 	UEFIFile string
 	// LeaseTime of reservations (default 12h).
 	LeaseTime time.Duration
@@ -94,7 +95,7 @@ func (c *Config) Defaults() {
 		c.BIOSFile = "undionly.kpxe"
 	}
 	if c.UEFIFile == "" {
-		c.UEFIFile = "ipxe.efi"
+		c.UEFIFile = "snponly.efi"
 	}
 	if c.LeaseTime == 0 {
 		c.LeaseTime = 12 * time.Hour

@@ -147,13 +147,13 @@ func TestReservationBootFiles(t *testing.T) {
 		override Firmware
 	}{
 		"BIOS PXE":              {mods: biosPXE(), file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
-		"UEFI x86-64 PXE (7)":   {mods: uefiPXE(iana.EFI_BC), file: "ipxe.efi", siaddr: true, class: "PXEClient"},
-		"UEFI x86-64 PXE (9)":   {mods: uefiPXE(iana.EFI_X86_64), file: "ipxe.efi", siaddr: true, class: "PXEClient"},
-		"UEFI PXE, snponly":     {mods: uefiPXE(iana.EFI_X86_64), cfg: func(c *Config) { c.UEFIFile = "snponly.efi" }, file: "snponly.efi", siaddr: true, class: "PXEClient"},
-		"UEFI HTTP boot":        {mods: uefiHTTP(), file: "http://10.20.0.2:8880/ipxe/ipxe.efi", class: "HTTPClient"},
+		"UEFI x86-64 PXE (7)":   {mods: uefiPXE(iana.EFI_BC), file: "snponly.efi", siaddr: true, class: "PXEClient"},
+		"UEFI x86-64 PXE (9)":   {mods: uefiPXE(iana.EFI_X86_64), file: "snponly.efi", siaddr: true, class: "PXEClient"},
+		"UEFI PXE, ipxe.efi":    {mods: uefiPXE(iana.EFI_X86_64), cfg: func(c *Config) { c.UEFIFile = "ipxe.efi" }, file: "ipxe.efi", siaddr: true, class: "PXEClient"},
+		"UEFI HTTP boot":        {mods: uefiHTTP(), file: "http://10.20.0.2:8880/ipxe/snponly.efi", class: "HTTPClient"},
 		"iPXE":                  {mods: ipxeClient(), file: "http://10.20.0.2:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe", class: ""},
 		"BIOS forced on UEFI":   {mods: uefiPXE(iana.EFI_X86_64), override: FirmwareBIOS, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
-		"UEFI forced, no arch":  {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, override: FirmwareUEFI, file: "ipxe.efi", siaddr: true, class: "PXEClient"},
+		"UEFI forced, no arch":  {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, override: FirmwareUEFI, file: "snponly.efi", siaddr: true, class: "PXEClient"},
 		"PXE without option 93": {mods: []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))}, file: "undionly.kpxe", siaddr: true, class: "PXEClient"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -281,7 +281,7 @@ func TestProxy(t *testing.T) {
 		req.ClientIPAddr = net.IPv4(192, 168, 1, 50)
 		resp, result := answer(t, req, backend(), cfg, true)
 		g.Expect(result).To(Equal(ResultAck))
-		g.Expect(resp.BootFileName).To(Equal("ipxe.efi"))
+		g.Expect(resp.BootFileName).To(Equal("snponly.efi"))
 	})
 	t.Run("iPXE behind the café router gets its script", func(t *testing.T) {
 		g := NewWithT(t)

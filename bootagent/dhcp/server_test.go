@@ -81,8 +81,8 @@ func TestServerExchanges(t *testing.T) {
 		file string
 	}{
 		"BIOS PXE":  {biosPXE(), "undionly.kpxe"},
-		"UEFI PXE":  {uefiPXE(iana.EFI_X86_64), "ipxe.efi"},
-		"UEFI HTTP": {uefiHTTP(), "http://127.0.0.1:8880/ipxe/ipxe.efi"},
+		"UEFI PXE":  {uefiPXE(iana.EFI_X86_64), "snponly.efi"},
+		"UEFI HTTP": {uefiHTTP(), "http://127.0.0.1:8880/ipxe/snponly.efi"},
 		"iPXE":      {ipxeClient(), "http://127.0.0.1:8880/boot/" + tokenKnown + "/52:54:00:12:34:31.ipxe"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -167,7 +167,7 @@ func TestServerRelayed(t *testing.T) {
 	g.Expect(resp.MessageType()).To(Equal(dhcpv4.MessageTypeOffer))
 	g.Expect(resp.GatewayIPAddr.String()).To(Equal("127.0.0.2"))
 	g.Expect(resp.YourIPAddr.String()).To(Equal("10.20.0.131"))
-	g.Expect(resp.BootFileName).To(Equal("ipxe.efi"))
+	g.Expect(resp.BootFileName).To(Equal("snponly.efi"))
 }
 
 func TestServerProxy(t *testing.T) {

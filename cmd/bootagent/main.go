@@ -41,7 +41,7 @@ func main() {
 	flag.StringVar(&b.ProxyListen, "proxy-listen", ":4011", "proxyDHCP listen address (proxy mode).")
 	flag.IntVar(&b.DHCPWorkers, "dhcp-workers", 8, "DHCP workers per socket.")
 	flag.StringVar(&server, "server-ip", "", "This agent's IPv4 address on the boot network (siaddr, server identifier).")
-	flag.StringVar(&b.DHCP.UEFIFile, "uefi-boot-file", "ipxe.efi", "Boot file for UEFI PXE clients: ipxe.efi or snponly.efi.")
+	flag.StringVar(&b.DHCP.UEFIFile, "uefi-boot-file", "snponly.efi", "Boot file for UEFI PXE clients: snponly.efi (iPXE on the firmware's NIC driver) or ipxe.efi (iPXE's own drivers; Debian's is a link out of --ipxe-root, which is not served).")
 	flag.StringVar(&b.DHCP.BIOSFile, "bios-boot-file", "undionly.kpxe", "Boot file for BIOS PXE clients.")
 	flag.DurationVar(&b.DHCP.LeaseTime, "lease-time", 12*time.Hour, "Lease time of reservations.")
 	flag.StringVar(&b.TFTPListen, "tftp-listen", "", "TFTP listen address (default <server-ip>:69, or :69 without --server-ip); - turns TFTP off.")

@@ -47,7 +47,10 @@ const (
 	// MetricsBase is the agent's health and metrics listener, off the boot
 	// LAN (loopback of the lab's namespace).
 	MetricsBase = "http://127.0.0.1:18881"
-	// UEFIBootFile is what the agent sends UEFI PXE clients.
+	// UEFIBootFile is what the agent sends UEFI PXE clients by default (the
+	// lab runs it with the default): iPXE on the firmware's own NIC driver
+	// (SNP). Debian's ipxe.efi is a link to /boot/ipxe.efi, outside the iPXE
+	// directory, which the agent does not follow.
 	UEFIBootFile = "snponly.efi"
 	netnsEnv     = "GGNET_LAB_NETNS"
 )
@@ -313,10 +316,6 @@ func (l *Lab) startAgent(withTGTD bool) error {
 		"--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP + ":3260",
 		"--dhcp-interfaces", Bridge, "--server-ip", ServerIP, "--http-listen", ServerIP + ":8880",
 		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
-		// UEFI VMs load iPXE over the firmware's own NIC driver (SNP):
-		// Debian's ipxe.efi is a link to /boot/ipxe.efi, outside the iPXE
-		// directory, which the agent does not follow.
-		"--uefi-boot-file", UEFIBootFile,
 		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug",
 		"--image-path-root", l.imageRoot(), "--storage-metrics-listen", "127.0.0.1:18882"}
 	if withTGTD {
