@@ -2,6 +2,7 @@ package storage
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -189,4 +190,39 @@ func TestMergeLoginsCap(t *testing.T) {
 		times(t, map[string]int{"late": 3, "early": 2}))
 	g.Expect([]string{y.Logins[0].SessionID, y.Logins[1].SessionID}).To(Equal([]string{"early", "late"}))
 	g.Expect(y.ISCSILogin).To(Equal(mt(2)))
+}
+
+// TestMergeLoginsAllOpenOverCap: a PC holding more live sessions than the
+// cap (its OS has the iBFT's credentials and can open as many as it likes)
+// keeps its oldest rows, and a second sample of the same sessions changes
+// nothing — no status write per sample.
+func TestMergeLoginsAllOpenOverCap(t *testing.T) {
+	g := NewWithT(t)
+	var live []target.Connection
+	at := map[string]int{}
+	for i := range bootv1.MaxSessionLogins + 3 {
+		id := fmt.Sprintf("s%02d", i)
+		live = append(live, conn(id, "10.20.0.31"))
+		at[id] = i
+	}
+	tl, changed := mergeLogins(bootv1.SessionTimeline{}, live, times(t, at))
+	g.Expect(changed).To(BeTrue())
+	g.Expect(tl.Logins).To(HaveLen(bootv1.MaxSessionLogins))
+	g.Expect(tl.Logins[0].SessionID).To(Equal("s00"), "the firmware's row stays")
+	g.Expect(tl.Logins[1].SessionID).To(Equal("s01"), "the OS's row stays")
+	for i := range 5 {
+		var again bool
+		tl, again = mergeLogins(tl, live, times(t, at))
+		g.Expect(again).To(BeFalse(), "sample %d of the same live sessions", i)
+	}
+	g.Expect(tl.Logins).To(HaveLen(bootv1.MaxSessionLogins))
+
+	// One of the kept sessions ends: its row is logged out and a session
+	// past the cap gets a row in place of the oldest logged-out one.
+	at["s00"] = 20 // its logout
+	tl, changed = mergeLogins(tl, live[1:], times(t, at))
+	g.Expect(changed).To(BeTrue())
+	g.Expect(tl.Logins).To(HaveLen(bootv1.MaxSessionLogins))
+	g.Expect(tl.Logins[0].SessionID).To(Equal("s01"))
+	g.Expect(tl.Logins[len(tl.Logins)-1].SessionID).To(Equal(fmt.Sprintf("s%02d", bootv1.MaxSessionLogins)))
 }

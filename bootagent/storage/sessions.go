@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -565,13 +566,22 @@ func mergeLogins(tl bootv1.SessionTimeline, live []target.Connection, when func(
 		}
 	}
 	slices.SortStableFunc(added, func(a, b bootv1.SessionLogin) int { return a.At.Compare(b.At.Time) })
-	if len(added) > 0 {
-		rows = append(rows, added...)
-		changed = true
-	}
+	rows = append(rows, added...)
 	for len(rows) > bootv1.MaxSessionLogins {
 		i := slices.IndexFunc(rows, func(l bootv1.SessionLogin) bool { return l.LoggedOutAt != nil })
-		rows = slices.Delete(rows, max(i, 0), max(i, 0)+1)
+		if i < 0 {
+			// Every row is a live session: keep the oldest (the firmware's
+			// and the OS's); sessions past the cap get no row until one
+			// ends. Evicting an open row instead would add it back on the
+			// next sample and evict another: a PC holding more sessions
+			// than the cap would have its status rewritten every sample.
+			rows = rows[:bootv1.MaxSessionLogins]
+			break
+		}
+		rows = slices.Delete(rows, i, i+1)
+	}
+	if !apiequality.Semantic.DeepEqual(tl.Logins, rows) {
+		changed = true
 	}
 	tl.Logins = rows
 	if len(rows) == 0 {

@@ -63,6 +63,21 @@ func sessionSecret(s *bootv1.BootSession) *corev1.Secret {
 	return &sec
 }
 
+// expectNoCHAPSecretOnScreen checks a VM's console (what iPXE, the kernel
+// and the OS's init printed — on a real PC, its screen) for any CHAP secret
+// the suite saw. The token may be there: iPXE shows the script's URL.
+func expectNoCHAPSecretOnScreen(console, vm string) {
+	GinkgoHelper()
+	credentials.Lock()
+	defer credentials.Unlock()
+	for v, which := range credentials.values {
+		if strings.HasSuffix(which, "/"+bootv1.SecretKeyPassword) || strings.HasSuffix(which, "/"+bootv1.SecretKeyTargetPassword) {
+			// A boolean, so that a failure does not print the secret.
+			Expect(strings.Contains(console, v)).To(BeFalse(), "%s is on the console of %s", which, vm)
+		}
+	}
+}
+
 // expectNoCredentialInCommandLines reads every process's command line (the
 // manager, the agent, tgtd and whatever they started) for a known secret.
 func expectNoCredentialInCommandLines() {
