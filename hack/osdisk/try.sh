@@ -61,6 +61,12 @@ ip netns exec "$ns" tgtd -f --control-port "$ctl" --iscsi portal=127.0.0.1:3260 
 tgtd_pid=$!
 tgt() { tgtadm -C "$ctl" --lld iscsi "$@"; }
 for _ in $(seq 50); do tgt --mode target --op show >/dev/null 2>&1 && break; sleep 0.1; done
+# Another tgtd on the same control port (the lab's, a benchmark's) would
+# answer the loop above: never configure it.
+if ! kill -0 "$tgtd_pid" 2>/dev/null; then
+  echo "tgtd did not start (control port $ctl taken?): $(cat "$work/tgtd.log")" >&2
+  exit 1
+fi
 tgt --mode target --op new --tid 1 --targetname "$iqn"
 tgt --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$work/os.raw"
 tgt --mode target --op bind --tid 1 --initiator-address ALL
