@@ -41,10 +41,15 @@ const (
 	// UnknownMAC: no Machine has the solicitation's MAC. The agent answers
 	// DHCP for its Machines only; other hosts on the LAN are left alone.
 	UnknownMAC Result = "unknown_mac"
-	// NoMAC: no source link-layer address option, or the unspecified
-	// source address (RFC 4861 would have the answer multicast to every
-	// node; iPXE always solicits from its link-local address with its MAC).
+	// NoMAC: no source link-layer address option (a MAC of 6 bytes).
 	NoMAC Result = "no_mac"
+	// NotLinkLocal: the source address is not an IPv6 link-local unicast
+	// address. iPXE always solicits from its link-local address with its
+	// MAC; the unspecified source (::, which RFC 4861 allows only without
+	// a link-layer address option, and whose answer would go to every
+	// node) and any other source are left unanswered, so that a forged
+	// solicitation cannot make the node resolve arbitrary addresses.
+	NotLinkLocal Result = "not_link_local"
 	// RouterPresent: auto mode heard a real router on this interface.
 	RouterPresent Result = "router_present"
 	// Probing: auto mode has not yet given a router time to answer its
@@ -53,7 +58,10 @@ const (
 	// NotReady: the agent's caches have not synced (it does not know its
 	// Machines yet).
 	NotReady Result = "not_ready"
-	// RateLimited: over the answer rate.
+	// MACRateLimited: this MAC was answered less than the per-MAC spacing
+	// ago (iPXE solicits at least 250 ms apart: a real PC never is).
+	MACRateLimited Result = "mac_rate_limited"
+	// RateLimited: over the answer rate of all MACs together.
 	RateLimited Result = "rate_limited"
 	// Off: mode off (which opens no socket, so never counts it).
 	Off Result = "off"
@@ -128,13 +136,22 @@ func (p *Policy) holdoff() time.Duration {
 	return DefaultHoldoff
 }
 
+// LinkLocal reports whether a is an IPv6 link-local unicast address
+// (fe80::/10, not an IPv4 one mapped): the only source answered.
+func LinkLocal(a netip.Addr) bool {
+	return a.Is6() && !a.Is4In6() && a.IsLinkLocalUnicast()
+}
+
 // Decide says what to do with a solicitation from src (its IPv6 source)
 // carrying s, heard on iface at now.
 func (p *Policy) Decide(iface string, src netip.Addr, s Solicitation, now time.Time) Result {
 	if p.Mode == ModeOff {
 		return Off
 	}
-	if len(s.MAC) != 6 || !src.IsValid() || src.IsUnspecified() {
+	if !LinkLocal(src) {
+		return NotLinkLocal
+	}
+	if len(s.MAC) != 6 {
 		return NoMAC
 	}
 	if p.Ready != nil && !p.Ready() {

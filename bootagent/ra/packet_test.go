@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 var pcMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x01}
@@ -145,7 +146,21 @@ func TestDecide(t *testing.T) {
 		{"on, unknown MAC", ModeOn, ready, ll, net.HardwareAddr{2, 0, 0, 0, 0, 1}, false, 0, time.Hour, UnknownMAC},
 		{"auto, unknown MAC", ModeAuto, ready, ll, net.HardwareAddr{2, 0, 0, 0, 0, 1}, true, 0, time.Hour, UnknownMAC},
 		{"no SLLA", ModeOn, ready, ll, nil, false, 0, time.Hour, NoMAC},
-		{"unspecified source", ModeOn, ready, netip.IPv6Unspecified(), pcMAC, false, 0, time.Hour, NoMAC},
+		// Link-local unicast sources only: iPXE's. Any other is not
+		// answered (the node would resolve it), whatever the mode.
+		{"unspecified source", ModeOn, ready, netip.IPv6Unspecified(), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"unspecified source, no SLLA", ModeOn, ready, netip.IPv6Unspecified(), nil, false, 0, time.Hour, NotLinkLocal},
+		{"global source", ModeOn, ready, netip.MustParseAddr("2001:db8::1"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"unique local source", ModeOn, ready, netip.MustParseAddr("fd00::1"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"multicast source", ModeOn, ready, netip.MustParseAddr("ff02::1"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"link-local multicast source", ModeOn, ready, netip.MustParseAddr("ff02::2"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"loopback source", ModeOn, ready, netip.IPv6Loopback(), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"IPv4 link-local mapped", ModeOn, ready, netip.MustParseAddr("::ffff:169.254.1.1"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"IPv4 link-local", ModeOn, ready, netip.MustParseAddr("169.254.1.1"), pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"no source", ModeOn, ready, netip.Addr{}, pcMAC, false, 0, time.Hour, NotLinkLocal},
+		{"unknown MAC, global source", ModeOn, ready, netip.MustParseAddr("2001:db8::1"), net.HardwareAddr{2, 0, 0, 0, 0, 1}, false, 0, time.Hour, NotLinkLocal},
+		{"link-local with a zone", ModeOn, ready, ll.WithZone("boot0"), pcMAC, false, 0, time.Hour, Answered},
+		{"auto, global source, no router", ModeAuto, ready, netip.MustParseAddr("2001:db8::1"), pcMAC, true, 0, time.Hour, NotLinkLocal},
 		{"caches not synced", ModeOn, func() bool { return false }, ll, pcMAC, false, 0, time.Hour, NotReady},
 		{"off", ModeOff, ready, ll, pcMAC, true, 0, time.Hour, Off},
 	} {
@@ -168,5 +183,62 @@ func TestDecide(t *testing.T) {
 	}
 	if _, err := ParseMode("yes"); err == nil {
 		t.Fatal("ParseMode(yes) passed")
+	}
+}
+
+// TestAllow: one answer per MAC per spacing, whatever the burst, and a
+// burst from one MAC does not take from the others' shared rate; a PC
+// soliciting as iPXE does (250 ms apart or more) is always answered.
+func TestAllow(t *testing.T) {
+	other := net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x02}
+	r := &Responder{cfg: Config{MACSpacing: DefaultMACSpacing}, limit: rate.NewLimiter(2, 2)}
+	t0 := time.Unix(1000, 0)
+	if got := r.allow(pcMAC, t0); got != Answered {
+		t.Fatalf("first: %s", got)
+	}
+	for i := 0; i < 1000; i++ {
+		if got := r.allow(pcMAC, t0.Add(time.Duration(i)*100*time.Microsecond)); got != MACRateLimited {
+			t.Fatalf("burst %d: %s, want %s", i, got, MACRateLimited)
+		}
+	}
+	// The burst took one token of two: another MAC is answered.
+	if got := r.allow(other, t0.Add(time.Millisecond)); got != Answered {
+		t.Fatalf("another MAC during the burst: %s", got)
+	}
+	// The shared rate still applies (2/s, burst 2, both taken).
+	third := net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x03}
+	if got := r.allow(third, t0.Add(2*time.Millisecond)); got != RateLimited {
+		t.Fatalf("over the shared rate: %s, want %s", got, RateLimited)
+	}
+	// A rate-limited MAC is not held back by the spacing afterwards.
+	if got := r.allow(third, t0.Add(time.Second)); got != Answered {
+		t.Fatalf("after the shared rate refilled: %s", got)
+	}
+
+	// iPXE's pace, with a shared rate that never binds.
+	r = &Responder{cfg: Config{}, limit: rate.NewLimiter(200, 200)}
+	for i := 0; i < 20; i++ {
+		if got := r.allow(pcMAC, t0.Add(time.Duration(i)*250*time.Millisecond)); got != Answered {
+			t.Fatalf("solicitation %d at 250 ms: %s", i, got)
+		}
+	}
+	if got := r.allow(pcMAC, t0.Add(19*250*time.Millisecond+199*time.Millisecond)); got != MACRateLimited {
+		t.Fatalf("199 ms after: %s", got)
+	}
+}
+
+// TestAllowPrunes: MACs answered long ago leave the map.
+func TestAllowPrunes(t *testing.T) {
+	r := &Responder{cfg: Config{}, limit: rate.NewLimiter(rate.Inf, 0)}
+	t0 := time.Unix(1000, 0)
+	for i := 0; i < 500; i++ {
+		r.allow(net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}, t0)
+	}
+	if len(r.answered) != 500 {
+		t.Fatalf("%d MACs held, want 500", len(r.answered))
+	}
+	r.allow(pcMAC, t0.Add(time.Minute))
+	if len(r.answered) != 1 {
+		t.Fatalf("%d MACs held after a minute, want 1", len(r.answered))
 	}
 }

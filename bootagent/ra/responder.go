@@ -19,6 +19,7 @@ type Metrics struct {
 	dropped       *prometheus.CounterVec
 	heard         *prometheus.CounterVec
 	sendErrors    prometheus.Counter
+	readErrors    prometheus.Counter
 	routerPresent *prometheus.GaugeVec
 }
 
@@ -27,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		solicitations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ggnet_ra_solicitations_total",
-			Help: "IPv6 router solicitations heard on the boot interfaces, by what was done (answered, unknown_mac, no_mac, router_present, probing, not_ready, rate_limited).",
+			Help: "IPv6 router solicitations heard on the boot interfaces, by what was done (answered, unknown_mac, no_mac, not_link_local, router_present, probing, not_ready, mac_rate_limited, rate_limited).",
 		}, []string{"result"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ggnet_ra_dropped_total",
@@ -41,18 +42,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ggnet_ra_send_errors_total",
 			Help: "Router advertisements or probes that could not be sent.",
 		}),
+		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ggnet_ra_read_errors_total",
+			Help: "Failed reads of the raw ICMPv6 sockets (retried every 100 ms; logged once per run of errors).",
+		}),
 		routerPresent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ggnet_ra_router_present",
 			Help: "1 while auto mode is quiet on the interface because a real IPv6 router was heard within the hold-off.",
 		}, []string{"interface"}),
 	}
-	for _, r := range []Result{Answered, UnknownMAC, NoMAC, RouterPresent, Probing, NotReady, RateLimited} {
+	for _, r := range []Result{Answered, UnknownMAC, NoMAC, NotLinkLocal, RouterPresent, Probing, NotReady, MACRateLimited, RateLimited} {
 		m.solicitations.WithLabelValues(string(r))
 	}
 	for _, r := range []string{"malformed", "hop_limit"} {
 		m.dropped.WithLabelValues(r)
 	}
-	reg.MustRegister(m.solicitations, m.dropped, m.heard, m.sendErrors, m.routerPresent)
+	reg.MustRegister(m.solicitations, m.dropped, m.heard, m.sendErrors, m.readErrors, m.routerPresent)
 	return m
 }
 
@@ -63,19 +68,34 @@ type Config struct {
 	// ProbeInterval is how often auto mode solicits routers (default
 	// DefaultProbeInterval).
 	ProbeInterval time.Duration
-	// Rate bounds the answers per second, all interfaces together (default
-	// 200, burst as many): a flood of forged solicitations costs a few
-	// small packets.
-	Rate    rate.Limit
-	Log     logr.Logger
-	Metrics *Metrics
+	// Rate bounds the answers per second, all interfaces and MACs together
+	// (default 200, burst as many): a flood of forged solicitations costs a
+	// few small packets.
+	Rate rate.Limit
+	// MACSpacing is the least time between two answers to one MAC (default
+	// DefaultMACSpacing): solicitations forged with a known Machine's MAC
+	// cannot use up Rate and starve the other Machines.
+	MACSpacing time.Duration
+	Log        logr.Logger
+	Metrics    *Metrics
 }
+
+// DefaultMACSpacing is the default Config.MACSpacing: iPXE solicits at
+// least 250 ms apart, so a real PC is never held back.
+const DefaultMACSpacing = 200 * time.Millisecond
 
 // Responder answers router solicitations on the boot interfaces.
 type Responder struct {
 	cfg   Config
 	limit *rate.Limiter
 	socks []*sock
+
+	mu sync.Mutex
+	// answered is when each MAC was last answered. Only known Machines'
+	// MACs reach it, and entries older than MACSpacing are pruned, so it
+	// holds at most the Machines answered lately.
+	answered map[[6]byte]time.Time
+	pruned   time.Time
 }
 
 type sock struct {
@@ -94,6 +114,9 @@ func Listen(cfg Config) (*Responder, error) {
 	}
 	if cfg.Rate <= 0 {
 		cfg.Rate = 200
+	}
+	if cfg.MACSpacing <= 0 {
+		cfg.MACSpacing = DefaultMACSpacing
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
@@ -175,15 +198,30 @@ func (r *Responder) probe(ctx context.Context, s *sock) {
 func (r *Responder) read(ctx context.Context, s *sock) {
 	log := r.cfg.Log.WithValues("interface", s.iface)
 	buf, oob := make([]byte, 1500), make([]byte, oobSize)
+	failing := 0 // reads failed in a row
 	for {
 		n, oobn, _, addr, err := s.conn.ReadMsgIP(buf, oob)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			log.Error(err, "Reading ICMPv6")
-			time.Sleep(100 * time.Millisecond)
+			r.cfg.Metrics.readErrors.Inc()
+			if failing == 0 {
+				// Once per run of errors: a lasting one would log ten
+				// lines a second forever.
+				log.Error(err, "Reading ICMPv6 (retrying every 100 ms, logged once until a read succeeds)")
+			}
+			failing++
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
+		}
+		if failing > 0 {
+			log.Info("Reading ICMPv6 again", "failedReads", failing)
+			failing = 0
 		}
 		r.handle(s, buf[:n], hopLimit(oob[:oobn]), addr, time.Now())
 	}
@@ -229,8 +267,8 @@ func (r *Responder) handle(s *sock, b []byte, hops int, addr *net.IPAddr, now ti
 			return
 		}
 		res := p.Decide(s.iface, src, sol, now)
-		if res == Answered && !r.limit.AllowN(now, 1) {
-			res = RateLimited
+		if res == Answered {
+			res = r.allow(sol.MAC, now)
 		}
 		m.solicitations.WithLabelValues(string(res)).Inc()
 		if res != Answered {
@@ -245,4 +283,37 @@ func (r *Responder) handle(s *sock, b []byte, hops int, addr *net.IPAddr, now ti
 	default:
 		m.dropped.WithLabelValues("malformed").Inc()
 	}
+}
+
+// allow applies the per-MAC spacing, then the rate of all MACs together, to
+// an answer to mac at now, and records it when allowed. A MAC over its
+// spacing does not take from the shared rate.
+func (r *Responder) allow(mac net.HardwareAddr, now time.Time) Result {
+	var k [6]byte
+	copy(k[:], mac)
+	spacing := r.cfg.MACSpacing
+	if spacing <= 0 {
+		spacing = DefaultMACSpacing
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if last, ok := r.answered[k]; ok && now.Sub(last) < spacing && !now.Before(last) {
+		return MACRateLimited
+	}
+	if r.limit != nil && !r.limit.AllowN(now, 1) {
+		return RateLimited
+	}
+	if r.answered == nil {
+		r.answered = map[[6]byte]time.Time{}
+	}
+	if now.Sub(r.pruned) >= 10*spacing {
+		for m, t := range r.answered {
+			if now.Sub(t) >= spacing {
+				delete(r.answered, m)
+			}
+		}
+		r.pruned = now
+	}
+	r.answered[k] = now
+	return Answered
 }

@@ -84,11 +84,19 @@ func in(t *testing.T, ns string, f func()) {
 // start runs a responder on boot0 in the node namespace.
 func (l *lab) start(t *testing.T, p *Policy) *Metrics {
 	t.Helper()
+	return l.startWith(t, Config{Policy: p})
+}
+
+// startWith runs a responder configured by cfg (its policy, spacing and
+// rate; the rest is the lab's) on boot0 in the node namespace.
+func (l *lab) startWith(t *testing.T, cfg Config) *Metrics {
+	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
+	cfg.Interfaces, cfg.Log, cfg.Metrics, cfg.ProbeInterval = []string{"boot0"}, testr.New(t), m, time.Hour
 	var r *Responder
 	var err error
 	in(t, l.node, func() {
-		r, err = Listen(Config{Policy: p, Interfaces: []string{"boot0"}, Log: testr.New(t), Metrics: m, ProbeInterval: time.Hour})
+		r, err = Listen(cfg)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +162,47 @@ func count(m *Metrics, r Result) float64 {
 	return testutil.ToFloat64(m.solicitations.WithLabelValues(string(r)))
 }
 
+// counter is a metric the tests wait for.
+type counter struct {
+	what string
+	get  func() float64
+	want float64
+}
+
+func solicitations(m *Metrics, r Result, want float64) counter {
+	return counter{string(r), func() float64 { return count(m, r) }, want}
+}
+
+func dropped(m *Metrics, reason string, want float64) counter {
+	return counter{"dropped " + reason, func() float64 { return testutil.ToFloat64(m.dropped.WithLabelValues(reason)) }, want}
+}
+
+// settle waits (up to 5 s, in 20 ms steps) until every counter has its
+// value, then checks that they keep it a little longer: nothing more was
+// counted late.
+func settle(t *testing.T, cs ...counter) {
+	t.Helper()
+	off := func() string {
+		for _, c := range cs {
+			if got := c.get(); got != c.want {
+				return fmt.Sprintf("%s %v, want %v", c.what, got, c.want)
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for off() != "" && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if o := off(); o != "" {
+		t.Fatal(o)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if o := off(); o != "" {
+		t.Fatalf("later: %s", o)
+	}
+}
+
 // TestAnswersKnownMachine: a PC's solicitation (as iPXE sends it) gets a
 // unicast advertisement from the boot interface's link-local address with
 // hop limit 255 that configures nothing; an unknown MAC gets none; a
@@ -182,32 +231,20 @@ func TestAnswersKnownMachine(t *testing.T) {
 	if err != nil || a.Router() {
 		t.Fatalf("%+v %v: want an advertisement that configures nothing", a, err)
 	}
-	if got := count(m, Answered); got != 1 {
-		t.Fatalf("answered %v, want 1", got)
-	}
+	settle(t, solicitations(m, Answered, 1))
 
 	send(Solicit(net.HardwareAddr{0x02, 0, 0, 0, 0, 9}))
-	if b, _, _ := readType(t, pc, TypeRouterAdvertisement, 500*time.Millisecond); b != nil {
-		t.Fatal("an unknown MAC was answered")
-	}
 	send([]byte{133, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0})
 	// A solicitation sent with hop limit 64 was forwarded: not from the link.
 	setHops(t, pc, 64)
 	send(Solicit(pcMAC))
-	time.Sleep(300 * time.Millisecond)
-	for _, c := range []struct {
-		what string
-		got  float64
-	}{
-		{"unknown_mac", count(m, UnknownMAC)},
-		{"malformed", testutil.ToFloat64(m.dropped.WithLabelValues("malformed"))},
-		{"hop_limit", testutil.ToFloat64(m.dropped.WithLabelValues("hop_limit"))},
-	} {
-		if c.got != 1 {
-			t.Errorf("%s %v, want 1", c.what, c.got)
-		}
+	settle(t, solicitations(m, Answered, 1), solicitations(m, UnknownMAC, 1), dropped(m, "malformed", 1), dropped(m, "hop_limit", 1))
+	if b, _, _ := readType(t, pc, TypeRouterAdvertisement, 100*time.Millisecond); b != nil {
+		t.Fatal("an unknown MAC or a forwarded solicitation was answered")
 	}
 	setHops(t, pc, HopLimit)
+	// Past the per-MAC spacing since the first answer: two settles and a
+	// read took 300 ms at least.
 	send(Solicit(pcMAC))
 	if b, _, _ := readType(t, pc, TypeRouterAdvertisement, 3*time.Second); b == nil {
 		t.Fatal("no answer after the dropped packets")
@@ -245,18 +282,18 @@ func TestAutoQuietWithRouter(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond) // past the probe wait
+	// Past the probe wait: only the router keeps the responder quiet.
+	p.mu.Lock()
+	probed := p.started["boot0"]
+	p.mu.Unlock()
+	time.Sleep(time.Until(probed.Add(p.ProbeWait + 50*time.Millisecond)))
 	if _, err := router.WriteToIP(Solicit(pcMAC), &net.IPAddr{IP: allRouters, Zone: "pc0"}); err != nil {
 		t.Fatal(err)
 	}
-	if b, _, _ := readType(t, router, TypeRouterAdvertisement, 500*time.Millisecond); b != nil {
+	settle(t, solicitations(m, RouterPresent, 1), solicitations(m, Answered, 0), solicitations(m, Probing, 0),
+		counter{"routers heard", func() float64 { return testutil.ToFloat64(m.heard.WithLabelValues("router")) }, 1})
+	if b, _, _ := readType(t, router, TypeRouterAdvertisement, 100*time.Millisecond); b != nil {
 		t.Fatal("answered beside a real router")
-	}
-	if got := count(m, RouterPresent); got != 1 {
-		t.Fatalf("router_present %v, want 1", got)
-	}
-	if got := testutil.ToFloat64(m.heard.WithLabelValues("router")); got != 1 {
-		t.Fatalf("routers heard %v, want 1", got)
 	}
 
 	// The router gone past the hold-off: answered again.
@@ -269,4 +306,70 @@ func TestAutoQuietWithRouter(t *testing.T) {
 	if b, _, _ := readType(t, router, TypeRouterAdvertisement, 3*time.Second); b == nil {
 		t.Fatalf("not answered once the router was gone: answered %v router_present %v probing %v heard %v", count(m, Answered), count(m, RouterPresent), count(m, Probing), testutil.ToFloat64(m.heard.WithLabelValues("router")))
 	}
+}
+
+// TestPerMACSpacing: a burst of solicitations with one known Machine's MAC
+// (as a LAN host forging them would send) gets one answer, the rest are
+// counted mac_rate_limited, and another known Machine is still answered.
+// Solicitations from a source that is not link-local are not answered.
+func TestPerMACSpacing(t *testing.T) {
+	l := newLab(t)
+	other := net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x02}
+	both := func(mac net.HardwareAddr) bool {
+		return known(mac) || mac.String() == other.String() || mac.String() == "52:54:00:67:68:03"
+	}
+	// A spacing far longer than the test: the burst cannot outlast it
+	// however slow the machine.
+	m := l.startWith(t, Config{Policy: &Policy{Mode: ModeOn, Known: both}, MACSpacing: time.Hour})
+	pc := l.pc(t)
+	send := func(mac net.HardwareAddr) {
+		t.Helper()
+		if _, err := pc.WriteToIP(Solicit(mac), &net.IPAddr{IP: allRouters, Zone: "pc0"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const burst = 50
+	for i := 0; i < burst; i++ {
+		send(pcMAC)
+	}
+	settle(t, solicitations(m, Answered, 1), solicitations(m, MACRateLimited, burst-1), solicitations(m, RateLimited, 0))
+	answers := 0
+	for {
+		b, _, _ := readType(t, pc, TypeRouterAdvertisement, 200*time.Millisecond)
+		if b == nil {
+			break
+		}
+		answers++
+	}
+	if answers != 1 {
+		t.Fatalf("%d answers to a burst from one MAC, want 1", answers)
+	}
+
+	send(other)
+	if b, _, _ := readType(t, pc, TypeRouterAdvertisement, 3*time.Second); b == nil {
+		t.Fatal("another known Machine was not answered after the burst")
+	}
+	settle(t, solicitations(m, Answered, 2), solicitations(m, MACRateLimited, burst-1))
+
+	// From a unique local address (not link-local), with a known MAC not
+	// answered yet: counted, not answered.
+	if out, err := exec.Command("ip", "-n", l.lan, "addr", "add", "fd00::2/64", "dev", "pc0", "nodad").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	var ula *net.IPConn
+	in(t, l.lan, func() {
+		var err error
+		if ula, err = net.ListenIP("ip6:ipv6-icmp", &net.IPAddr{IP: net.ParseIP("fd00::2")}); err != nil {
+			t.Error(err)
+		}
+	})
+	if ula == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { _ = ula.Close() })
+	setHops(t, ula, HopLimit)
+	if _, err := ula.WriteToIP(Solicit(net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x03}), &net.IPAddr{IP: allRouters, Zone: "pc0"}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, solicitations(m, NotLinkLocal, 1), solicitations(m, Answered, 2))
 }

@@ -432,11 +432,36 @@ func (t *Table) Discovered() int {
 	return len(t.discovered)
 }
 
-// HasMachine reports whether any Machine has this MAC.
+// HasMachine reports whether any Machine has this MAC, discovered ones
+// included.
 func (t *Table) HasMachine(mac net.HardwareAddr) bool {
 	k, _ := keyOf(mac)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	e := t.byMAC[k]
 	return e != nil && e.machine != nil
+}
+
+// HasConfiguredMachine reports whether a Machine that is not a discovered
+// placeholder has this MAC (with Conflict=True or not): a host the cluster
+// was told about, not one the agent recorded because it asked. With
+// discovery on, any MAC a LAN host makes up becomes a discovered Machine;
+// the IPv6 router advertisement responder answers only these.
+func (t *Table) HasConfiguredMachine(mac net.HardwareAddr) bool {
+	k, ok := keyOf(mac)
+	if !ok {
+		return false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e := t.byMAC[k]
+	if e == nil {
+		return false
+	}
+	for _, m := range e.machines {
+		if !m.Discovered {
+			return true
+		}
+	}
+	return false
 }

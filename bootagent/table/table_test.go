@@ -354,3 +354,45 @@ func TestParseARP(t *testing.T) {
 	_, ok = ProcNeighbors{Path: "/nonexistent"}.Lookup(netip.MustParseAddr("10.20.0.131"))
 	g.Expect(ok).To(BeFalse())
 }
+
+// TestHasConfiguredMachine: a MAC only discovered Machines have is known to
+// HasMachine (the recorder's "already recorded") but not to
+// HasConfiguredMachine (the IPv6 router advertisement responder's "a
+// Machine the cluster was told about"); adopting it, or a real Machine
+// beside it, conflicted or not, makes it configured.
+func TestHasConfiguredMachine(t *testing.T) {
+	g := NewWithT(t)
+	tb := New()
+	hw, other := mac(hw1), mac("52:54:00:00:00:02")
+	g.Expect(tb.HasMachine(hw)).To(BeFalse())
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeFalse())
+	g.Expect(tb.HasConfiguredMachine(nil)).To(BeFalse())
+	g.Expect(tb.HasConfiguredMachine(net.HardwareAddr{1, 2, 3})).To(BeFalse())
+
+	tb.UpsertMachine(machine("a/discovered", hw1, discovered, created(1)))
+	tb.UpsertMachine(machine("a/discovered2", hw1, discovered, created(2)))
+	g.Expect(tb.HasMachine(hw)).To(BeTrue())
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeFalse(), "discovered only")
+
+	// A conflicted real Machine beside it: the discovered one answers for
+	// the MAC (better), yet the MAC is configured.
+	tb.UpsertMachine(machine("b/conflicted", hw1, created(5), conflict))
+	m, _ := tb.Machine(hw)
+	g.Expect(m.Key).To(Equal("a/discovered"))
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeTrue())
+	tb.DeleteMachine("b/conflicted")
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeFalse())
+
+	// Adopted: the label is gone.
+	tb.UpsertMachine(machine("a/discovered", hw1, created(1)))
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeTrue())
+	g.Expect(tb.HasConfiguredMachine(other)).To(BeFalse())
+
+	// Moved to another MAC.
+	tb.UpsertMachine(machine("a/discovered", "52:54:00:00:00:02", created(1)))
+	g.Expect(tb.HasConfiguredMachine(hw)).To(BeFalse())
+	g.Expect(tb.HasMachine(hw)).To(BeTrue(), "a/discovered2 is still there")
+	g.Expect(tb.HasConfiguredMachine(other)).To(BeTrue())
+	tb.DeleteMachine("a/discovered")
+	g.Expect(tb.HasConfiguredMachine(other)).To(BeFalse())
+}
