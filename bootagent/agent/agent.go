@@ -446,7 +446,7 @@ func (a *Agent) startRA(ctx context.Context, spawn func(string, func() error)) e
 		return nil
 	}
 	r, err := ra.Listen(ra.Config{
-		Policy:     &ra.Policy{Mode: b.IPv6RA, Known: a.table.HasMachine, Ready: a.synced.Load},
+		Policy:     &ra.Policy{Mode: b.IPv6RA, Known: a.table.HasConfiguredMachine, Ready: a.synced.Load},
 		Interfaces: b.Interfaces, Log: a.log.WithName("ra"), Metrics: ra.NewMetrics(a.registry),
 	})
 	if err != nil {
