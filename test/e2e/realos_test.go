@@ -306,6 +306,55 @@ var _ = Describe("Real OS", Ordered, func() {
 		expectNoCHAPSecretOnScreen(vm.Serial(), m.Name)
 		stop(s)
 	})
+
+	It("mutual CHAP (BIOS): the OS verifies the target; another target secret after the firmware's login fails the OS's login", func() {
+		m := osMachine(bootv1.FirmwareAuto, bootv1.WritebackDiscard)
+		s := osSession(m, m.Name+"-1")
+		sec := sessionSecret(s)
+		targetUser := string(sec.Data[bootv1.SecretKeyTargetUsername])
+		Expect(targetUser).NotTo(BeEmpty(), "the session has mutual CHAP")
+		logins := func() []bootv1.SessionLogin {
+			_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+			return s.Status.Timeline.Logins
+		}
+		vm, err := l.PowerOnWith(m.Spec.MAC, lab.VMOptions{Firmware: lab.FirmwareBIOS})
+		Expect(err).NotTo(HaveOccurred())
+		defer vm.PowerOff()
+
+		By("the firmware logs in with the target's right secret (iPXE checks it too)")
+		Eventually(logins, 3*time.Minute, 200*time.Millisecond).ShouldNot(BeEmpty(), func() string { return vm.Serial() })
+		Expect(s.Status.Timeline.Logins).To(HaveLen(1), "only the firmware's login so far")
+
+		By("the target's outgoing account gets another secret while iPXE loads the OS's kernel")
+		setTargetOutgoingPassword(s.Status.Target.IQN, targetUser, "NotTheTarget5678")
+		changed := time.Now()
+		// The change must land before the OS could log in: its kernel has not
+		// started, and the timeline still has only the firmware's login.
+		// Otherwise the spec proves nothing, and says so.
+		_, kernelRan := vm.SeenAt(osStarted)
+		Expect(kernelRan).To(BeFalse(), "too late: the OS's kernel ran before the target's secret was changed; nothing is proven:\n%s", vm.Serial())
+		Expect(logins()).To(HaveLen(1), "too late: a second login before the target's secret was changed")
+
+		By("the OS asks the target to prove itself, and refuses it")
+		b, err := vm.WaitMarker(lab.OSMarker, 3*time.Minute, lab.OSFailMarker)
+		Expect(err).To(HaveOccurred(), "the OS booted although the target could not prove itself: it does not verify the target (mutual CHAP)\n%s", b.Serial)
+		Expect(vm.Wait(time.Minute)).To(BeTrue(), "the OS powers off after its failure")
+		out := vm.Serial()
+		Expect(out).To(ContainSubstring(lab.OSFailMarker+"iscsistart -b"), "the OS's login failed:\n%s", out)
+		// open-iscsi's words for a target whose CHAP response is wrong: the
+		// initiator itself refused the target (not the target the initiator).
+		Expect(out).To(ContainSubstring("received incorrect CHAP response from target"), "the OS refused the target's proof:\n%s", out)
+		Expect(out).NotTo(ContainSubstring(lab.OSMarker), out)
+		kernel, ok := vm.SeenAt(osStarted)
+		Expect(ok).To(BeTrue(), "the OS's kernel ran:\n%s", out)
+		Expect(kernel).To(BeTemporally(">", changed), "the OS started after the change")
+		Expect(logins()).To(HaveLen(1), "no login of the OS on the timeline")
+		expectNoCHAPSecretOnScreen(out, m.Name)
+		Expect(strings.Contains(out, "NotTheTarget5678")).To(BeFalse(), "the wrong target secret is on the console")
+		AddReportEntry("mutual CHAP "+m.Name, fmt.Sprintf("firmware login %s, target secret changed %s, kernel seen %s",
+			s.Status.Timeline.Logins[0].At.Format("15:04:05"), changed.Format("15:04:05.0"), kernel.Format("15:04:05.0")))
+		stop(s)
+	})
 })
 
 // setTargetPassword gives user another CHAP secret on the target iqn than
@@ -321,4 +370,20 @@ func setTargetPassword(iqn, user, password string) {
 	tgtadm("--mode", "account", "--op", "delete", "--user", user)
 	tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
 	tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user)
+}
+
+// setTargetOutgoingPassword gives the target's own (outgoing, mutual CHAP)
+// account user another secret on the target iqn than the one the machine's
+// script gave the initiator to check the target with.
+func setTargetOutgoingPassword(iqn, user, password string) {
+	GinkgoHelper()
+	tgtadm := func(args ...string) {
+		out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), string(out))
+	}
+	tid := targetTID(iqn)
+	Expect(tid).NotTo(BeEmpty())
+	tgtadm("--mode", "account", "--op", "delete", "--user", user)
+	tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
+	tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user, "--outgoing")
 }
