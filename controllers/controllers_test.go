@@ -315,7 +315,7 @@ var _ = Describe("Machine", func() {
 
 	It("creates a session when the agent asks for an AutoSession machine", func() {
 		m := fixture.Machine(ns, "seat-1", fixture.WithImage("win11"), fixture.WithBootPolicy(bootv1.BootPolicyAutoSession))
-		m.Annotations = map[string]string{SessionRequestedAnnotation: "2026-11-26T12:00:00Z"}
+		m.Annotations = map[string]string{bootv1.SessionRequestedAnnotation: "2026-11-26T12:00:00Z"}
 		Expect(k8sClient.Create(ctx, m)).To(Succeed())
 		var list bootv1.BootSessionList
 		Eventually(func() int {
@@ -324,7 +324,7 @@ var _ = Describe("Machine", func() {
 		}, eventually).Should(Equal(1))
 		Expect(list.Items[0].Spec.MachineRef.Name).To(Equal("seat-1"))
 		Expect(list.Items[0].Spec.ImageRef.Name).To(Equal("win11"))
-		Eventually(func() map[string]string { return get(ctx, m)().Annotations }, eventually).ShouldNot(HaveKey(SessionRequestedAnnotation))
+		Eventually(func() map[string]string { return get(ctx, m)().Annotations }, eventually).ShouldNot(HaveKey(bootv1.SessionRequestedAnnotation))
 		Consistently(func() int {
 			_ = k8sClient.List(ctx, &list, client.InNamespace(ns))
 			return len(list.Items)

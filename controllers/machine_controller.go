@@ -19,10 +19,6 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
-// SessionRequestedAnnotation is set by the boot agent on an AutoSession
-// Machine that network-booted without a session.
-const SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
-
 // MachineReconciler renders reservations, detects conflicts, keeps the
 // active session and the last boot's timeline, and answers AutoSession
 // requests.
@@ -190,7 +186,7 @@ func setMachineSessions(m *bootv1.Machine, sessions []bootv1.BootSession) {
 // is AutoSession with an image and has no unfinished session, it creates one,
 // then removes the request.
 func (r *MachineReconciler) autoSession(ctx context.Context, m *bootv1.Machine) error {
-	if _, asked := m.Annotations[SessionRequestedAnnotation]; !asked {
+	if _, asked := m.Annotations[bootv1.SessionRequestedAnnotation]; !asked {
 		return nil
 	}
 	if m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Spec.ImageRef != nil && m.Status.ActiveSession == "" {
@@ -205,7 +201,7 @@ func (r *MachineReconciler) autoSession(ctx context.Context, m *bootv1.Machine) 
 		if !busy {
 			s := &bootv1.BootSession{
 				ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: fmt.Sprintf("%s-%d", m.Name, time.Now().Unix()),
-					Labels: map[string]string{"boot.ggnet.io/auto-session": "true", "boot.ggnet.io/machine": m.Name}},
+					Labels: map[string]string{bootv1.AutoSessionLabel: "true", bootv1.MachineLabel: m.Name}},
 				Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: *m.Spec.ImageRef,
 					Writeback: m.Spec.Writeback},
 			}
@@ -219,7 +215,7 @@ func (r *MachineReconciler) autoSession(ctx context.Context, m *bootv1.Machine) 
 		}
 	}
 	patch := client.MergeFrom(m.DeepCopy())
-	delete(m.Annotations, SessionRequestedAnnotation)
+	delete(m.Annotations, bootv1.SessionRequestedAnnotation)
 	return client.IgnoreNotFound(r.Patch(ctx, m, patch))
 }
 

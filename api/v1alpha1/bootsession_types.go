@@ -274,8 +274,21 @@ const (
 	SecretKeyToken = "token"
 )
 
-// Annotations on Nodes.
+// Labels on BootSessions.
 const (
+	// AutoSessionLabel ("true") marks a session the Machine controller
+	// created for an AutoSession Machine that network-booted.
+	AutoSessionLabel = "boot.ggnet.io/auto-session"
+	// MachineLabel on an AutoSession's session is its Machine's name.
+	MachineLabel = "boot.ggnet.io/machine"
+)
+
+// Labels and annotations on Nodes.
+const (
+	// StorageNodeLabel ("true") is the label the Helm chart's storage agent
+	// and the sample Images select storage nodes by (an Image's
+	// nodeSelector); the code does not require it.
+	StorageNodeLabel = "ggnet.io/storage"
 	// ISCSIPortalAnnotation on a storage node is the iSCSI portal its storage
 	// agent's target listens on, <IPv4>:<port> (the agent's --portal, set
 	// when the agent starts). The manager hands PCs this portal, and the

@@ -325,6 +325,21 @@ const (
 	DiscoveredLabel = "boot.ggnet.io/discovered"
 )
 
+// Annotations on Machines.
+const (
+	// SessionRequestedAnnotation is set on an AutoSession Machine by the boot
+	// agent when the machine network-boots without a session (its value is
+	// the time, RFC 3339); the Machine controller answers by creating one and
+	// removes the annotation.
+	SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
+	// DiscoveredAtAnnotation on a discovered Machine is when the boot agent
+	// recorded it (RFC 3339).
+	DiscoveredAtAnnotation = "boot.ggnet.io/discovered-at"
+	// ClientAnnotation on a discovered Machine describes the PXE client the
+	// boot agent saw (architecture, vendor class, user class).
+	ClientAnnotation = "boot.ggnet.io/client"
+)
+
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=mach,categories=ggnet

@@ -372,7 +372,7 @@ var _ = Describe("Boot agent", func() {
 		// The controller's part: see the request, create the session, make it Ready.
 		Eventually(func(g Gomega) {
 			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(m), m)).To(Succeed())
-			g.Expect(m.Annotations).To(HaveKey(SessionRequestedAnnotation))
+			g.Expect(m.Annotations).To(HaveKey(bootv1.SessionRequestedAnnotation))
 		}, 10*time.Second).Should(Succeed())
 		s := fixture.Session(ns, "seat-031-auto", "seat-031", "win11")
 		Expect(k8sClient.Create(ctx, s)).To(Succeed())

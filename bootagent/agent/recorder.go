@@ -27,11 +27,6 @@ import (
 	"github.com/ggnet/ggnet/bootagent/table"
 )
 
-// SessionRequestedAnnotation is set on an AutoSession Machine by the agent
-// when the machine network-boots without a session; the Machine controller
-// answers by creating one.
-const SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
-
 // FieldOwner is the agent's field manager.
 const FieldOwner = "ggnet-bootagent"
 
@@ -287,7 +282,7 @@ func (r *recorder) BootFailed(sessionKey, errno string) {
 func (r *recorder) RequestSession(m table.Machine) {
 	r.enqueue("request/"+m.Key, func(ctx context.Context) error {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			SessionRequestedAnnotation: time.Now().UTC().Format(time.RFC3339),
+			bootv1.SessionRequestedAnnotation: time.Now().UTC().Format(time.RFC3339),
 		}}})
 		obj := &bootv1.Machine{}
 		obj.Namespace, obj.Name = m.Namespace, m.Name
@@ -320,8 +315,8 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 		m.Namespace = r.discoveryNamespace
 		m.Name = "discovered-" + strings.ReplaceAll(key, ":", "")
 		m.Labels = map[string]string{bootv1.DiscoveredLabel: "true"}
-		m.Annotations = map[string]string{"boot.ggnet.io/discovered-at": time.Now().UTC().Format(time.RFC3339),
-			"boot.ggnet.io/client": clientDescription(c)}
+		m.Annotations = map[string]string{bootv1.DiscoveredAtAnnotation: time.Now().UTC().Format(time.RFC3339),
+			bootv1.ClientAnnotation: clientDescription(c)}
 		m.Spec = bootv1.MachineSpec{MAC: key, BootPolicy: bootv1.BootPolicyLocalBoot}
 		err := r.c.Create(ctx, m, client.FieldOwner(FieldOwner))
 		if apierrors.IsAlreadyExists(err) {

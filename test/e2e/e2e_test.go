@@ -186,7 +186,7 @@ var _ = Describe("Netboot", Ordered, func() {
 		var list bootv1.BootSessionList
 		Expect(l.Client.List(ctx, &list, client.InNamespace(lab.Namespace), client.MatchingFields{"spec.machineRef.name": m.Name})).To(Succeed())
 		Expect(list.Items).To(HaveLen(1))
-		Expect(list.Items[0].Labels).To(HaveKeyWithValue("boot.ggnet.io/auto-session", "true"))
+		Expect(list.Items[0].Labels).To(HaveKeyWithValue(bootv1.AutoSessionLabel, "true"))
 		stop(&list.Items[0])
 	})
 

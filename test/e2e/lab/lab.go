@@ -163,7 +163,7 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 		return nil, err
 	}
 
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{"ggnet.io/storage": "true"}}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{bootv1.StorageNodeLabel: "true"}}}
 	if err := l.Client.Create(ctx, node); err != nil {
 		return nil, err
 	}
