@@ -48,7 +48,7 @@ func (r *persistReconciler) setup(mgr ctrl.Manager) error {
 		Watches(&bootv1.Image{}, handler.EnqueueRequestsFromMapFunc(r.machinesWithDisks)).
 		// The orphan scanner adopted a disk of the old layout.
 		WatchesRawSource(source.Channel(r.persist.machines, &handler.EnqueueRequestForObject{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &skipNameValidation}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 2}).
 		Complete(r)
 }
 

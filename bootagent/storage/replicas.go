@@ -54,7 +54,7 @@ type imageReconciler struct {
 func (r *imageReconciler) setup(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).Named("storage-images").For(&bootv1.Image{}).
 		WatchesRawSource(source.Channel(r.jobs.events, &handler.EnqueueRequestForObject{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &skipNameValidation}).Complete(r)
+		WithOptions(controller.Options{MaxConcurrentReconciles: 2}).Complete(r)
 }
 
 // replicaFinalizer is this node's finalizer on an Image: held while the node

@@ -28,7 +28,8 @@ import (
 // does not run it (the test may look at what New did first).
 func newRoleWith(mod func(*Config)) *Role {
 	cfg := Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
-		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot()}
+		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot(),
+		Controller: rebuilt}
 	mod(&cfg)
 	r, err := New(restCfg, cfg, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())

@@ -59,7 +59,7 @@ func (r *sessionReconciler) setup(mgr ctrl.Manager) error {
 	}
 	return ctrl.NewControllerManagedBy(mgr).Named("storage-sessions").
 		For(&bootv1.BootSession{}, builder.WithPredicates(mine)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: &skipNameValidation,
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4,
 			// A session whose target cannot be made is retried with
 			// exponential backoff, capped so that a PC waits at most
 			// retryCap for its target once tgtd is back.

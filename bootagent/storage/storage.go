@@ -23,6 +23,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -72,11 +73,11 @@ type Config struct {
 	// CapacityInterval is how often the data directory's capacity and use
 	// are measured for the metrics and the Node (default 30s).
 	CapacityInterval time.Duration
+	// Controller is the manager's options for all of the role's
+	// controllers (zero: controller-runtime's defaults). The tests, which
+	// build the role again in one process, set SkipNameValidation.
+	Controller config.Controller
 }
-
-// skipNameValidation lets the role be built again in one process (its
-// restart tests); its controllers' names are still one per role.
-var skipNameValidation = true
 
 // FieldOwner is the storage agent's field manager on this node.
 func (c Config) FieldOwner() string { return "ggnet-storage-" + c.NodeName }
@@ -150,6 +151,7 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 		Scheme:                 scheme.New(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		Controller:             cfg.Controller,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{

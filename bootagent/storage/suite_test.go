@@ -17,10 +17,12 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/controllers"
 	"github.com/ggnet/ggnet/internal/scheme"
@@ -59,7 +61,7 @@ var _ = BeforeSuite(func() {
 	dataDir = testfs.XFS(t, 2<<30)
 
 	// The storage node, reachable on loopback at tgtd's portal.
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"ggnet.io/storage": "true"}}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{bootv1.StorageNodeLabel: "true"}}}
 	Expect(k8sClient.Create(context.Background(), node)).To(Succeed())
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}
 	Expect(k8sClient.Status().Update(context.Background(), node)).To(Succeed())
@@ -101,11 +103,16 @@ func splitPort(portal string) (string, int, error) {
 	return portal[:i], p, err
 }
 
+// rebuilt lets the specs build the role again in one process (a restart):
+// its controllers' names are registered once per build.
+var rebuilt = config.Controller{SkipNameValidation: new(true)}
+
 // runRole starts the storage role and returns a func that stops it (as a
 // crash would: nothing is cleaned up on the way out).
 func runRole() (stop func()) {
 	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
-		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot()}, log.WithName("storage"))
+		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot(),
+		Controller: rebuilt}, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())
 	role = r
 	ctx, cancel := context.WithCancel(context.Background())
