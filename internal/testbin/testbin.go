@@ -16,18 +16,12 @@ import (
 	"time"
 
 	"github.com/ggnet/ggnet/internal/testenv"
+	"github.com/ggnet/ggnet/internal/testfs"
 )
-
-// T is what Build needs of a test: *testing.T or GinkgoT().
-type T interface {
-	Helper()
-	Fatalf(format string, args ...any)
-	TempDir() string
-}
 
 // Build compiles the package at pkg (for example ./cmd/manager) into a
 // temporary directory and returns the binary.
-func Build(t T, pkg string) string {
+func Build(t testfs.T, pkg string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	cmd := exec.Command("go", "build", "-o", out, pkg)

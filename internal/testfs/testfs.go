@@ -48,7 +48,10 @@ func run(t T, name string, args ...string) {
 	}
 }
 
-// T is what the helpers need of a test: *testing.T or GinkgoT().
+// T is what the test helpers (testfs, testtgt, testbin, the e2e lab) need of
+// a test: *testing.T, GinkgoT() or, in the demo, a testbin.Program. It is
+// not testing.TB, which GinkgoT() and Program cannot implement (its private
+// method).
 type T interface {
 	Helper()
 	Fatal(args ...any)

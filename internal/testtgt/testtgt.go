@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/ggnet/ggnet/internal/testfs"
 )
 
 // TGTD is a running tgtd.
@@ -24,7 +26,7 @@ type TGTD struct {
 
 // Start runs tgtd until the test ends (or Kill). A control port another
 // tgtd holds (tgtd refuses it and exits) is exchanged for another.
-func Start(t T) *TGTD {
+func Start(t testfs.T) *TGTD {
 	t.Helper()
 	var last error
 	for range 5 {
@@ -102,19 +104,10 @@ func (d *TGTD) Pid() int { return d.cmd.Process.Pid }
 
 // Restart kills tgtd and starts a new one on the same ports: it comes back
 // with no targets.
-func (d *TGTD) Restart(t T) {
+func (d *TGTD) Restart(t testfs.T) {
 	t.Helper()
 	d.Kill()
 	if err := d.start(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// T is what the helpers need of a test: *testing.T or GinkgoT().
-type T interface {
-	Helper()
-	Fatal(args ...any)
-	Fatalf(format string, args ...any)
-	Cleanup(func())
-	TempDir() string
 }
