@@ -14,8 +14,8 @@ import (
 // machineEntry converts a Machine for the table. The API server validated the
 // formats; anything that still does not parse is left out rather than served.
 func machineEntry(m *bootv1.Machine) (table.Machine, bool) {
-	mac, err := net.ParseMAC(m.Spec.MAC)
-	if err != nil || len(mac) != 6 {
+	mac, ok := ipxe.ParseMAC(m.Spec.MAC)
+	if !ok {
 		return table.Machine{}, false
 	}
 	r := dhcp.Reservation{MAC: mac, Hostname: m.Spec.Hostname, LocalBoot: m.Spec.BootPolicy == bootv1.BootPolicyLocalBoot}

@@ -201,7 +201,7 @@ func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, b
 	base := strings.TrimRight(cfg.HTTPBase, "/")
 	switch {
 	case c.IPXE:
-		return appendScriptURL(dst, base, r.MAC, r.Token), true
+		return ipxe.AppendScriptURL(dst, base, r.MAC, r.Token), true
 	case c.HTTP:
 		dst = append(dst, base...)
 		dst = append(dst, "/ipxe/"...)
@@ -211,18 +211,6 @@ func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, b
 	default:
 		return append(dst, cfg.BIOSFile...), false
 	}
-}
-
-// ScriptURL is the machine's iPXE script URL on the agent:
-// httpBase + "/" + ipxe.ScriptPath(mac, token).
-func ScriptURL(httpBase string, mac net.HardwareAddr, token string) string {
-	return string(appendScriptURL(nil, strings.TrimRight(httpBase, "/"), mac, token))
-}
-
-func appendScriptURL(dst []byte, base string, mac net.HardwareAddr, token string) []byte {
-	dst = append(dst, base...)
-	dst = append(dst, '/')
-	return ipxe.AppendScriptPath(dst, mac, token)
 }
 
 // replier builds replies; each server worker has its own, so a reply costs

@@ -180,7 +180,7 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 		status       int
 	)
 	peer := remoteAddr(r)
-	mac, _, err := ipxe.ParseScriptPath("boot/" + r.PathValue("file"))
+	mac, _, err := ipxe.ParseScriptPath(ipxe.ScriptDir + r.PathValue("file"))
 	failed, isReport := r.URL.Query()["failed"]
 	switch {
 	case h.cfg.Ready != nil && !h.cfg.Ready():
@@ -326,7 +326,7 @@ func isErrno(s string) bool {
 // fallback renders a fallback script whose retry fetches the same URL,
 // token included (the body goes only to an allowed requester).
 func (h *Handler) fallback(req request, reason string, on ipxe.Failure) string {
-	url := strings.TrimRight(h.cfg.BaseURL, "/") + "/" + ipxe.ScriptPath(req.mac, req.token)
+	url := ipxe.ScriptURL(h.cfg.BaseURL, req.mac, req.token)
 	s, err := ipxe.Fallback(reason, on, h.cfg.RetryDelay, url)
 	if err != nil {
 		// Reasons are built from validated names; this is a bug, not input.

@@ -149,8 +149,8 @@ func keyOf(mac net.HardwareAddr) (macKey, bool) {
 }
 
 func keyOfString(s string) (macKey, bool) {
-	mac, err := net.ParseMAC(s)
-	if err != nil {
+	mac, ok := ipxe.ParseMAC(s)
+	if !ok {
 		return macKey{}, false
 	}
 	return keyOf(mac)

@@ -14,9 +14,10 @@ const (
 	RouteFile   = "file"
 )
 
-// scriptDir is the script namespace: every name under it is a script route,
-// never a file, so a token-shaped name never reaches the file system.
-const scriptDir = "boot/"
+// scriptDir is the script namespace (ipxe.ScriptDir): every name under it is
+// a script route, never a file, so a token-shaped name never reaches the file
+// system.
+const scriptDir = ipxe.ScriptDir
 
 // Resolved is where a request name leads.
 type Resolved struct {
@@ -89,8 +90,5 @@ func logName(name string, r Resolved, err error) string {
 	if !strings.HasPrefix(name, scriptDir) {
 		return name // "<mac>.ipxe"
 	}
-	if r.Token == "" {
-		return scriptDir + r.MAC.String() + ".ipxe"
-	}
-	return scriptDir + "(token)/" + r.MAC.String() + ".ipxe"
+	return ipxe.LogScriptPath(r.MAC, r.Token)
 }

@@ -10,30 +10,65 @@ import (
 // no padding) of 20 random bytes.
 const TokenLength = 32
 
+// ScriptDir is the script namespace, relative to the agent's HTTP base and
+// the TFTP root: every name under it is a script route, never a file.
+const ScriptDir = "boot/"
+
 // ScriptPath is the one home of a machine's script path, relative to the
 // agent's HTTP base and the TFTP root: "boot/<token>/<mac>.ipxe", or
 // "boot/<mac>.ipxe" when token is empty. The MAC is in lowercase colon form.
 func ScriptPath(mac net.HardwareAddr, token string) string {
-	var buf [len("boot/") + TokenLength + len("/xx:xx:xx:xx:xx:xx.ipxe")]byte
+	var buf [len(ScriptDir) + TokenLength + len("/xx:xx:xx:xx:xx:xx.ipxe")]byte
 	return string(AppendScriptPath(buf[:0], mac, token))
 }
 
 // AppendScriptPath appends ScriptPath(mac, token) to dst. It allocates
 // nothing when dst has room, for the DHCP path.
 func AppendScriptPath(dst []byte, mac net.HardwareAddr, token string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, "boot/"...)
+	dst = append(dst, ScriptDir...)
 	if token != "" {
 		dst = append(dst, token...)
 		dst = append(dst, '/')
 	}
+	dst = AppendMAC(dst, mac)
+	return append(dst, ".ipxe"...)
+}
+
+// ScriptURL is the machine's script URL on the agent: base (its trailing
+// "/" dropped) + "/" + ScriptPath(mac, token).
+func ScriptURL(base string, mac net.HardwareAddr, token string) string {
+	return string(AppendScriptURL(nil, base, mac, token))
+}
+
+// AppendScriptURL appends ScriptURL(base, mac, token) to dst. It allocates
+// nothing when dst has room, for the DHCP path.
+func AppendScriptURL(dst []byte, base string, mac net.HardwareAddr, token string) []byte {
+	dst = append(dst, strings.TrimRight(base, "/")...)
+	dst = append(dst, '/')
+	return AppendScriptPath(dst, mac, token)
+}
+
+// LogScriptPath is ScriptPath as it may appear in logs: a token is written
+// "(token)" (it is a credential).
+func LogScriptPath(mac net.HardwareAddr, token string) string {
+	if token != "" {
+		token = "(token)"
+	}
+	return string(AppendScriptPath(nil, mac, token))
+}
+
+// AppendMAC appends mac in lowercase colon form (xx:xx:xx:xx:xx:xx for six
+// bytes, as net.HardwareAddr.String and the Machine API write it) to dst,
+// allocating nothing when dst has room.
+func AppendMAC(dst []byte, mac net.HardwareAddr) []byte {
+	const hex = "0123456789abcdef"
 	for i, b := range mac {
 		if i > 0 {
 			dst = append(dst, ':')
 		}
 		dst = append(dst, hex[b>>4], hex[b&0xf])
 	}
-	return append(dst, ".ipxe"...)
+	return dst
 }
 
 // ErrBadScriptPath is what ParseScriptPath returns for a path that is not a
@@ -46,7 +81,7 @@ var ErrBadScriptPath = errors.New("want boot/<token>/<mac>.ipxe or boot/<mac>.ip
 // contains the path, which may carry a token.
 func ParseScriptPath(p string) (mac net.HardwareAddr, token string, err error) {
 	p = strings.TrimPrefix(p, "/")
-	rest, ok := strings.CutPrefix(p, "boot/")
+	rest, ok := strings.CutPrefix(p, ScriptDir)
 	if !ok {
 		return nil, "", ErrBadScriptPath
 	}
@@ -60,16 +95,17 @@ func ParseScriptPath(p string) (mac net.HardwareAddr, token string, err error) {
 			return nil, "", ErrBadScriptPath
 		}
 	}
-	mac, ok = parseMAC(base)
+	mac, ok = ParseMAC(base)
 	if !ok {
 		return nil, "", ErrBadScriptPath
 	}
 	return mac, token, nil
 }
 
-// parseMAC parses a six-byte MAC written xx:xx:xx:xx:xx:xx or
-// xx-xx-xx-xx-xx-xx, either case.
-func parseMAC(s string) (net.HardwareAddr, bool) {
+// ParseMAC parses a six-byte MAC written xx:xx:xx:xx:xx:xx or
+// xx-xx-xx-xx-xx-xx, either case: script paths, and the Machine API's MAC
+// (lowercase colon form).
+func ParseMAC(s string) (net.HardwareAddr, bool) {
 	if len(s) != 17 {
 		return nil, false
 	}

@@ -46,6 +46,34 @@ func TestAppendScriptPathAllocates(t *testing.T) {
 	NewWithT(t).Expect(string(buf)).To(Equal("boot/" + token + "/52:54:00:12:34:56.ipxe"))
 }
 
+func TestScriptURL(t *testing.T) {
+	g := NewWithT(t)
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	for _, base := range []string{"http://10.0.0.2:8880", "http://10.0.0.2:8880/", "http://10.0.0.2:8880//"} {
+		g.Expect(ScriptURL(base, mac, token)).To(Equal("http://10.0.0.2:8880/boot/" + token + "/52:54:00:12:34:56.ipxe"), base)
+	}
+	g.Expect(ScriptURL("http://h", mac, "")).To(Equal("http://h/boot/52:54:00:12:34:56.ipxe"))
+	buf := make([]byte, 0, 256)
+	g.Expect(testing.AllocsPerRun(1000, func() { buf = AppendScriptURL(buf[:0], "http://10.0.0.2:8880/", mac, token) })).To(BeZero())
+	g.Expect(LogScriptPath(mac, token)).To(Equal("boot/(token)/52:54:00:12:34:56.ipxe"))
+	g.Expect(LogScriptPath(mac, "")).To(Equal("boot/52:54:00:12:34:56.ipxe"))
+}
+
+func TestMAC(t *testing.T) {
+	g := NewWithT(t)
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f}
+	g.Expect(string(AppendMAC(nil, mac))).To(Equal(mac.String()), "the form net.HardwareAddr.String and the API write")
+	for _, s := range []string{"52:54:00:ab:cd:0f", "52-54-00-AB-CD-0F", "52:54:00:Ab:cD:0f"} {
+		got, ok := ParseMAC(s)
+		g.Expect(ok).To(BeTrue(), s)
+		g.Expect(got).To(Equal(mac), s)
+	}
+	for _, s := range []string{"", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:00", "52:54-00:ab:cd:0f", "5254.00ab.cd0f", "52:54:00:ab:cd:0g", " 52:54:00:ab:cd:0f"} {
+		_, ok := ParseMAC(s)
+		g.Expect(ok).To(BeFalse(), s)
+	}
+}
+
 func TestParseScriptPath(t *testing.T) {
 	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	for name, tc := range map[string]struct {
