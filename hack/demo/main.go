@@ -29,11 +29,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/hack/demo/state"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/test/e2e/lab"
 )
 
-const mac = "52:54:00:67:67:01"
+const (
+	mac = "52:54:00:67:67:01"
+	// netns is the demo's network namespace (ip netns).
+	netns = "ggnet-demo"
+)
 
 func main() {
 	keep := flag.Bool("keep", false, "Leave the lab running.")
@@ -60,13 +65,22 @@ func main() {
 		fmt.Fprintf(os.Stderr, "demo: image %q: want demo or os\n", *image)
 		os.Exit(2)
 	}
-	if code, ran := lab.InNetns("ggnet-demo", *keep); ran {
+	if _, err := os.Lstat(state.Path); err == nil {
+		// Starting again would take the kept lab's namespace name and leave
+		// its processes running where make demo-down could not tell them.
+		fmt.Fprintf(os.Stderr, "demo: a lab kept by an earlier make demo KEEP=1 is recorded in %s: run make demo-down first\n", state.Path)
+		os.Exit(1)
+	}
+	if code, ran := lab.InNetns(netns, *keep); ran {
 		os.Exit(code)
 	}
 	ctrl.SetLogger(logr.Discard())
-	tt := &testbin.Program{Keep: *keep}
+	tt := &recorder{Program: &testbin.Program{Keep: *keep}, netns: netns}
 	defer tt.Done()
-	if err := run(tt, *bin, *keep, fw, *image); err != nil {
+	err := run(tt, *bin, *keep, fw, *image)
+	// A kept lab, whole or not, is recorded for make demo-down.
+	tt.save()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		tt.Done()
 		os.Exit(1)
@@ -106,7 +120,7 @@ var (
 	}
 )
 
-func run(tt *testbin.Program, bin string, keep bool, fw lab.Firmware, image string) error {
+func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) error {
 	ctx := context.Background()
 	abs, _ := filepath.Abs(bin)
 	step("Starting the lab: etcd, kube-apiserver, manager, boot agent (boot and storage roles), tgtd, XFS on a loop device")
@@ -114,6 +128,7 @@ func run(tt *testbin.Program, bin string, keep bool, fw lab.Firmware, image stri
 	if err != nil {
 		return err
 	}
+	tt.lab = l
 	fmt.Printf("    lab directory %s, network %s/24 on bridge %s, VM tap %s\n", l.Dir, lab.ServerIP, lab.Bridge, lab.Tap)
 	kubectl := func(args ...string) {
 		cmd := exec.Command(filepath.Join(l.Env.BinaryAssetsDirectory, "kubectl"), append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)
@@ -235,7 +250,7 @@ func run(tt *testbin.Program, bin string, keep bool, fw lab.Firmware, image stri
 
 	if keep {
 		step("The lab keeps running")
-		fmt.Printf("    kubectl:   ip netns exec ggnet-demo %s/kubectl --kubeconfig %s get ggnet -A\n", l.Env.BinaryAssetsDirectory, l.Kubeconfig)
+		fmt.Printf("    kubectl:   ip netns exec %s %s/kubectl --kubeconfig %s get ggnet -A\n", netns, l.Env.BinaryAssetsDirectory, l.Kubeconfig)
 		fmt.Printf("    tear down: make demo-down\n")
 		return nil
 	}
