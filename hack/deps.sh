@@ -31,10 +31,14 @@ if ((${#missing[@]})); then
   apt-get update -qq
   # policy-rc.d keeps package scripts from starting daemons (tgtd) on the host.
   # One the machine already has is left as it is (it says what its owner
-  # wants); one made here is removed again.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  # wants), even a dangling link: ours is created only where nothing is
+  # (noclobber: O_EXCL, no check-then-write race). It is removed again at
+  # exit only while it is still ours, word for word.
+  policy=/usr/sbin/policy-rc.d
+  ours=$'#!/bin/sh\n# Made by GGnet hack/deps.sh for its apt-get install; removed when it ends.\nexit 101'
+  if (set -o noclobber; printf '%s\n' "$ours" >"$policy") 2>/dev/null; then
+    chmod +x "$policy"
+    trap 'if [[ ! -L $policy && "$(cat "$policy" 2>/dev/null)" == "$ours" ]]; then rm -f "$policy"; fi' EXIT
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
