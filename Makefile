@@ -3,8 +3,24 @@ SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
 BIN               ?= $(CURDIR)/bin
-CONTROLLER_GEN_VERSION ?= v0.23.0
+
+# Tool versions: every tool GGnet builds is pinned here and only here. Each is
+# built from the Go module proxy into bin/ once. The hack/ scripts get them
+# from the environment (exported below) or, run by hand, from
+# `make print-<VARIABLE>`.
+export CONTROLLER_GEN_VERSION ?= v0.23.0
+export GOLANGCI_LINT_VERSION  ?= v2.15.0
+export HELM_VERSION           ?= v4.3.1
+# kube-apiserver and kubectl (the envtest API server) are the Kubernetes release
+# of the client libraries: k8s.io/api v0.N.M in go.mod gives v1.N.M. etcd is the
+# version that release requires in its go.mod (hack/envtest-bins.sh reads it).
+ifeq ($(origin ENVTEST_K8S_VERSION),undefined)
+ENVTEST_K8S_VERSION := $(patsubst v0.%,v1.%,$(shell go list -m -f '{{.Version}}' k8s.io/api))
+endif
+export ENVTEST_K8S_VERSION
+
 CONTROLLER_GEN    ?= $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+GOLANGCI_LINT     ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 GO_TEST_FLAGS     ?=
 FUZZTIME          ?= 150000x
 FUZZTIME_LONG     ?= 10000000x
@@ -54,6 +70,10 @@ build: ## Build the manager and the boot agent into bin/.
 vet: ## go vet ./...
 	go vet ./...
 
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run golangci-lint (.golangci.yml) on every package.
+	$(GOLANGCI_LINT) run ./...
+
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and markers.
 	$(CONTROLLER_GEN) crd:maxDescLen=512 paths=./api/... output:crd:artifacts:config=config/crd/bases
@@ -73,7 +93,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: verify
-verify: manifests generate ## Regenerate everything; fail if the tree changed.
+verify: manifests generate lint ## Regenerate everything and lint; fail if the tree changed.
 	go mod tidy
 	# third_party/ keeps upstream's bytes (its PATCH.md lists what GGnet changed).
 	gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/') | (! grep .) || (echo "gofmt needed on the files above" && false)
@@ -87,7 +107,23 @@ envtest-bins: ## Build kube-apiserver and etcd from the Go module proxy into bin
 fuzz: ## Run every fuzz target for FUZZTIME_LONG executions each (about 5 minutes).
 	./hack/fuzz.sh $(FUZZTIME_LONG)
 
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Build controller-gen into bin/ (once).
+
+.PHONY: golangci-lint
+golangci-lint: $(GOLANGCI_LINT) ## Build golangci-lint into bin/ (once).
+
+.PHONY: print-%
+print-%: ## Print a variable, e.g. make -s print-HELM_VERSION (the hack/ scripts read the tool versions so).
+	@echo '$($*)'
+
 $(CONTROLLER_GEN):
 	mkdir -p $(BIN)
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 	mv $(BIN)/controller-gen $(CONTROLLER_GEN)
+
+# A few minutes the first time (about 300 modules).
+$(GOLANGCI_LINT):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/golangci-lint $(GOLANGCI_LINT)

@@ -43,7 +43,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-make -s -C "$root" "$root/bin/controller-gen-v0.23.0" >/dev/null
+make -s -C "$root" controller-gen >/dev/null
 "$root/hack/envtest-bins.sh" >/dev/null
 "$root/hack/helm.sh" >/dev/null
 "$root/hack/osdisk.sh" >/dev/null

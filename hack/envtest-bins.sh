@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver and etcd from the Go module proxy into bin/k8s/<version>/,
-# at the Kubernetes version matching k8s.io/api in go.mod. Does nothing when both
+# at the Makefile's ENVTEST_K8S_VERSION (the Kubernetes release matching
+# k8s.io/api in go.mod; from the environment under make). Does nothing when both
 # binaries are already there. Prints the directory (for KUBEBUILDER_ASSETS).
 #
 # Release downloads (setup-envtest) are not reachable where GGnet is developed, so
@@ -10,8 +11,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-api_version=$(cd "$root" && go list -m -f '{{.Version}}' k8s.io/api)   # v0.37.2
-kube_version="v1${api_version#v0}"                                        # v1.37.2
+kube_version=${ENVTEST_K8S_VERSION:-$(make -s --no-print-directory -C "$root" print-ENVTEST_K8S_VERSION)}  # v1.37.2
+[[ $kube_version == v1.* ]] || { echo "hack/envtest-bins.sh: ENVTEST_K8S_VERSION '$kube_version' is not v1.N.M (the Makefile sets it)" >&2; exit 1; }
+api_version="v0${kube_version#v1}"                                        # v0.37.2, the staging modules
 out="$root/bin/k8s/${kube_version#v}"
 
 # A binary without the version stamped in (older builds of this script)

@@ -399,6 +399,7 @@ func TestLongPollBounds(t *testing.T) {
 	g.Expect(body).To(ContainSubstring("the boot agent is busy"), "past the total cap: the retry fallback at once")
 	g.Expect(body).To(ContainSubstring("chain --replace --autofree"))
 	status, body = get(g, url(auto[0]))
+	g.Expect(status).To(Equal(200))
 	g.Expect(body).To(ContainSubstring("the boot agent is busy"), "a second long poll for one MAC")
 	g.Expect(testutil.ToFloat64(f.h.requests.WithLabelValues(ResultBusy))).To(Equal(2.0))
 

@@ -104,10 +104,9 @@ type persistState struct {
 	machines chan event.GenericEvent
 	// reported are the orphan paths the last scan reported, for Events
 	// only on new ones; the gauge's namespaces, to zero those that went.
-	mu           sync.Mutex
-	reported     map[string]bool
-	gaugedNS     map[string]bool
-	conditionSet bool
+	mu       sync.Mutex
+	reported map[string]bool
+	gaugedNS map[string]bool
 }
 
 // setupPersist registers what keeps the persistent (Persist) disks of this

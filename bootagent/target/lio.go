@@ -265,14 +265,13 @@ func (d *LIO) readTarget(iqn string) (Target, error) {
 			break
 		}
 	}
-	acls, _ := d.subgroups(filepath.Join(tpg, "acls"), "")
-	for _, a := range acls {
+	if acls, _ := d.subgroups(filepath.Join(tpg, "acls"), ""); len(acls) > 0 {
+		a := acls[0]
 		t.InitiatorIQN = filepath.Base(a)
 		t.CHAPUser = d.read(filepath.Join(a, "auth", "userid"))
 		if u := d.read(filepath.Join(a, "auth", "userid_mutual")); u != lioUnset {
 			t.TargetUser = u
 		}
-		break
 	}
 	return t, nil
 }

@@ -6,6 +6,7 @@ package helm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -66,7 +67,7 @@ func objects(t *testing.T, manifests string) []*unstructured.Unstructured {
 	d := utilyaml.NewYAMLOrJSONDecoder(bytes.NewBufferString(manifests), 4096)
 	for {
 		u := &unstructured.Unstructured{}
-		if err := d.Decode(&u.Object); err == io.EOF {
+		if err := d.Decode(&u.Object); errors.Is(err, io.EOF) {
 			return out
 		} else if err != nil {
 			t.Fatal(err)
