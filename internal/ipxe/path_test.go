@@ -50,7 +50,7 @@ func TestScriptURL(t *testing.T) {
 	g := NewWithT(t)
 	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	for _, base := range []string{"http://10.0.0.2:8880", "http://10.0.0.2:8880/", "http://10.0.0.2:8880//"} {
-		g.Expect(ScriptURL(base, mac, token)).To(Equal("http://10.0.0.2:8880/boot/" + token + "/52:54:00:12:34:56.ipxe"), base)
+		g.Expect(ScriptURL(base, mac, token)).To(Equal("http://10.0.0.2:8880/boot/"+token+"/52:54:00:12:34:56.ipxe"), base)
 	}
 	g.Expect(ScriptURL("http://h", mac, "")).To(Equal("http://h/boot/52:54:00:12:34:56.ipxe"))
 	buf := make([]byte, 0, 256)
