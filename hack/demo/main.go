@@ -31,7 +31,7 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/hack/demo/state"
 	"github.com/ggnet/ggnet/internal/testbin"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 const (

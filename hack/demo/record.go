@@ -8,7 +8,7 @@ import (
 
 	"github.com/ggnet/ggnet/hack/demo/state"
 	"github.com/ggnet/ggnet/internal/testbin"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 // recorder is the demo's testfs.T: a testbin.Program that notes each

@@ -23,7 +23,7 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/internal/testbin"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 // TestMain runs the suite inside a network namespace of its own (it needs

@@ -19,7 +19,7 @@ import (
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/scheme"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 // The fault suite's knobs. The short form (the defaults) runs in `make

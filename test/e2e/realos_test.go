@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 // The real OS (hack/osdisk.sh): a Debian kernel whose initramfs logs in to

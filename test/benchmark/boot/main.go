@@ -31,7 +31,7 @@ import (
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/testbin"
-	"github.com/ggnet/ggnet/test/e2e/lab"
+	"github.com/ggnet/ggnet/internal/lab"
 )
 
 // The benchmark's Machines: a BIOS one (also the slirp VMs' MAC) and a UEFI
@@ -40,7 +40,7 @@ const (
 	mac     = "52:54:00:67:6b:01"
 	macUEFI = "52:54:00:67:6b:02"
 	// osMarker is the real OS's first line on the serial port once it
-	// took its disk over (lab.OSMarker, test/e2e/lab/osdisk.go).
+	// took its disk over (lab.OSMarker, internal/lab/osdisk.go).
 	osMarker = "GGNET-OS-BOOT count="
 )
 
