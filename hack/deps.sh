@@ -31,14 +31,20 @@ if ((${#missing[@]})); then
   apt-get update -qq
   # policy-rc.d keeps package scripts from starting daemons (tgtd) on the host.
   # One the machine already has is left as it is (it says what its owner
-  # wants), even a dangling link: ours is created only where nothing is
-  # (noclobber: O_EXCL, no check-then-write race). It is removed again at
-  # exit only while it is still ours, word for word.
+  # wants), even a dangling link: ours is written to a file of its own and
+  # hard-linked into place, which fails when anything is at the name and
+  # never follows a link (noclobber would write through a link to a
+  # non-regular file, /dev/null say). It is removed again at exit only while
+  # it is still ours, word for word.
   policy=/usr/sbin/policy-rc.d
   ours=$'#!/bin/sh\n# Made by GGnet hack/deps.sh for its apt-get install; removed when it ends.\nexit 101'
-  if (set -o noclobber; printf '%s\n' "$ours" >"$policy") 2>/dev/null; then
-    chmod +x "$policy"
-    trap 'if [[ ! -L $policy && "$(cat "$policy" 2>/dev/null)" == "$ours" ]]; then rm -f "$policy"; fi' EXIT
+  if [[ ! -e $policy && ! -L $policy ]]; then
+    tmp=$(mktemp /usr/sbin/.ggnet-policy-rc.d.XXXXXX)
+    printf '%s\n' "$ours" >"$tmp" && chmod 755 "$tmp"
+    if ln "$tmp" "$policy" 2>/dev/null; then
+      trap 'if [[ ! -L $policy && "$(cat "$policy" 2>/dev/null)" == "$ours" ]]; then rm -f "$policy"; fi' EXIT
+    fi
+    rm -f "$tmp"
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

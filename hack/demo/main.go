@@ -19,8 +19,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -30,8 +32,8 @@ import (
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/hack/demo/state"
-	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/testbin"
 )
 
 const (
@@ -77,6 +79,16 @@ func main() {
 	ctrl.SetLogger(logr.Discard())
 	tt := &recorder{Program: &testbin.Program{Keep: *keep}, netns: netns}
 	defer tt.Done()
+	if *keep {
+		// Interrupted, a kept demo records what it has started so far.
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			<-sig
+			tt.save()
+			os.Exit(130)
+		}()
+	}
 	err := run(tt, *bin, *keep, fw, *image)
 	// A kept lab, whole or not, is recorded for make demo-down.
 	tt.save()
@@ -129,6 +141,10 @@ func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) err
 		return err
 	}
 	tt.lab = l
+	// Recorded now as well as at the end: a kept demo stopped half-way
+	// (Ctrl-C while the VM boots) leaves the lab's processes, mount and
+	// namespace, and make demo-down must know them.
+	tt.save()
 	fmt.Printf("    lab directory %s, network %s/24 on bridge %s, VM tap %s\n", l.Dir, lab.ServerIP, lab.Bridge, lab.Tap)
 	kubectl := func(args ...string) {
 		cmd := exec.Command(filepath.Join(l.Env.BinaryAssetsDirectory, "kubectl"), append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)

@@ -7,8 +7,8 @@ import (
 	"sort"
 
 	"github.com/ggnet/ggnet/hack/demo/state"
-	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/testbin"
 )
 
 // recorder is the demo's testfs.T: a testbin.Program that notes each

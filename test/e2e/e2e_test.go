@@ -22,8 +22,8 @@ import (
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/target"
-	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/testbin"
 )
 
 // TestMain runs the suite inside a network namespace of its own (it needs

@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
-	"github.com/ggnet/ggnet/internal/scheme"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/scheme"
 )
 
 // The fault suite's knobs. The short form (the defaults) runs in `make

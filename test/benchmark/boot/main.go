@@ -30,8 +30,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
-	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/testbin"
 )
 
 // The benchmark's Machines: a BIOS one (also the slirp VMs' MAC) and a UEFI
