@@ -135,21 +135,18 @@ func walkOptions(b []byte, f func(typ byte, body []byte)) error {
 // and retransmission timer unspecified, and only the source link-layer
 // address option (the boot interface's MAC, so the PC need not resolve
 // it). The kernel fills the checksum.
-func Advertise(mac net.HardwareAddr) []byte {
-	b := make([]byte, 16, 16+8)
-	b[0] = TypeRouterAdvertisement
-	if len(mac) == 6 {
-		b = append(b, optSourceLLAddr, 1)
-		b = append(b, mac...)
-	}
-	return b
-}
+func Advertise(mac net.HardwareAddr) []byte { return message(TypeRouterAdvertisement, 16, mac) }
 
 // Solicit returns a router solicitation with the source link-layer address
 // option: the responder's probe for real routers.
-func Solicit(mac net.HardwareAddr) []byte {
-	b := make([]byte, 8, 8+8)
-	b[0] = TypeRouterSolicitation
+func Solicit(mac net.HardwareAddr) []byte { return message(TypeRouterSolicitation, 8, mac) }
+
+// message is an ICMPv6 message of type typ whose fixed part (header
+// included) is n zero bytes, with the source link-layer address option when
+// mac is an Ethernet address.
+func message(typ byte, n int, mac net.HardwareAddr) []byte {
+	b := make([]byte, n, n+8)
+	b[0] = typ
 	if len(mac) == 6 {
 		b = append(b, optSourceLLAddr, 1)
 		b = append(b, mac...)

@@ -197,22 +197,7 @@ var _ = Describe("Netboot", Ordered, func() {
 		// (as after a botched rotation by hand).
 		var sec corev1.Secret
 		Expect(l.Client.Get(ctx, client.ObjectKey{Namespace: lab.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec)).To(Succeed())
-		user := string(sec.Data["username"])
-		tgtadm := func(args ...string) string {
-			out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
-			Expect(err).NotTo(HaveOccurred(), string(out))
-			return string(out)
-		}
-		tid := ""
-		for _, line := range strings.Split(tgtadm("--mode", "target", "--op", "show"), "\n") {
-			if num, iqn, ok := strings.Cut(strings.TrimPrefix(line, "Target "), ": "); ok && iqn == s.Status.Target.IQN {
-				tid = num
-			}
-		}
-		Expect(tid).NotTo(BeEmpty())
-		tgtadm("--mode", "account", "--op", "delete", "--user", user)
-		tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", "NotTheSecret1234")
-		tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user)
+		setTargetPassword(s.Status.Target.IQN, string(sec.Data["username"]), "NotTheSecret1234")
 
 		vm, err := l.PowerOn(m.Spec.MAC)
 		Expect(err).NotTo(HaveOccurred())

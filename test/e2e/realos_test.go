@@ -359,23 +359,18 @@ var _ = Describe("Real OS", Ordered, func() {
 
 // setTargetPassword gives user another CHAP secret on the target iqn than
 // the one in the machine's script (as after a botched rotation by hand).
-func setTargetPassword(iqn, user, password string) {
-	GinkgoHelper()
-	tgtadm := func(args ...string) {
-		out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), string(out))
-	}
-	tid := targetTID(iqn)
-	Expect(tid).NotTo(BeEmpty())
-	tgtadm("--mode", "account", "--op", "delete", "--user", user)
-	tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
-	tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user)
-}
+func setTargetPassword(iqn, user, password string) { rebindAccount(iqn, user, password) }
 
 // setTargetOutgoingPassword gives the target's own (outgoing, mutual CHAP)
 // account user another secret on the target iqn than the one the machine's
 // script gave the initiator to check the target with.
 func setTargetOutgoingPassword(iqn, user, password string) {
+	rebindAccount(iqn, user, password, "--outgoing")
+}
+
+// rebindAccount makes tgtd's account user again with password and binds it
+// to the target iqn (with bindFlags, e.g. --outgoing).
+func rebindAccount(iqn, user, password string, bindFlags ...string) {
 	GinkgoHelper()
 	tgtadm := func(args ...string) {
 		out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
@@ -385,5 +380,5 @@ func setTargetOutgoingPassword(iqn, user, password string) {
 	Expect(tid).NotTo(BeEmpty())
 	tgtadm("--mode", "account", "--op", "delete", "--user", user)
 	tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
-	tgtadm("--mode", "account", "--op", "bind", "--tid", tid, "--user", user, "--outgoing")
+	tgtadm(append([]string{"--mode", "account", "--op", "bind", "--tid", tid, "--user", user}, bindFlags...)...)
 }
