@@ -796,5 +796,5 @@ func lastUsed(d *bootv1.PersistentDisk) time.Time {
 // TargetIQN is a session's target name: <prefix>:<namespace>:<session>. The
 // storage agent accepts no other for the session.
 func TargetIQN(prefix string, s *bootv1.BootSession) string {
-	return fmt.Sprintf("%s:%s:%s", prefix, s.Namespace, s.Name)
+	return bootv1.TargetIQN(prefix, s.Namespace, s.Name)
 }

@@ -204,7 +204,6 @@ done
   zstd -19 -q -T0 >"$work/initrd.img" # 20% smaller than gzip -9: less to load through the SAN drive
 
 # --- ESP ------------------------------------------------------------------
-mib=$((1024 * 1024))
 esp_start=1 esp_size=64 data_start=65 disk_size=128
 esp=$work/esp.img
 mkfs.vfat -F 32 -n GGBOOT -h $((esp_start * 2048)) -C "$esp" $((esp_size * 1024)) >/dev/null

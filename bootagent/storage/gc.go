@@ -35,9 +35,10 @@ func (r *Role) collectOnce(ctx context.Context) error {
 		// A session still tearing down keeps its files until its own
 		// reconcile has done it.
 		if live || hasFinalizer(s) {
-			if s.Status.Target != nil {
-				wantTargets[s.Status.Target.IQN] = true
-			}
+			// The session's own target name, not the status's: a status
+			// rewritten by hand must not make the running PC's target
+			// look unwanted.
+			wantTargets[r.sessionIQN(s)] = true
 			if s.Spec.Writeback != bootv1.WritebackPersist {
 				rel, _ := filepath.Rel(r.overlays.Dir(), r.discardPath(s))
 				wantOverlays[rel] = true

@@ -444,7 +444,7 @@ func (w *loginWatcher) run(ctx context.Context) error {
 // tick takes one sample at now and writes the timelines it changes.
 func (w *loginWatcher) tick(ctx context.Context, now time.Time) error {
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
-	live, err := w.r.cfg.Driver.Sessions(c, w.r.cfg.IQNPrefix)
+	live, err := w.r.cfg.Driver.Sessions(c, ownedIQNPrefix(w.r.cfg.IQNPrefix, w.r.cfg.Namespace))
 	cancel()
 	if err != nil {
 		return err
@@ -678,5 +678,5 @@ func (r *sessionReconciler) finalizer(ctx context.Context, s *bootv1.BootSession
 // names it: <prefix>:<namespace>:<session>. The status is checked against it,
 // never trusted for it.
 func (r *Role) sessionIQN(s *bootv1.BootSession) string {
-	return ownedIQNPrefix(r.cfg.IQNPrefix, s.Namespace) + s.Name
+	return bootv1.TargetIQN(r.cfg.IQNPrefix, s.Namespace, s.Name)
 }
