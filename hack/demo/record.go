@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/ggnet/ggnet/hack/demo/state"
@@ -76,8 +75,8 @@ func (r *recorder) state() *state.State {
 			for _, d := range s.Dirs {
 				if state.Under(m.Point, d) {
 					mt := state.Mount{Point: m.Point, Source: m.Source}
-					if f, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(m.Source), "loop", "backing_file")); err == nil {
-						mt.Loop, mt.BackingFile = m.Source, string(trimNL(f))
+					if f := state.LoopBacking(m.Source); f != "" {
+						mt.Loop, mt.BackingFile = m.Source, f
 					}
 					s.Mounts = append(s.Mounts, mt)
 					break
@@ -93,11 +92,4 @@ func (r *recorder) state() *state.State {
 		}
 	}
 	return s
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

@@ -112,10 +112,10 @@ func down(s *state.State) (failed int) {
 			continue
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for backing(m.Loop) == m.BackingFile && autoclear(m.Loop) && time.Now().Before(deadline) {
+		for state.LoopBacking(m.Loop) == m.BackingFile && state.LoopAutoclear(m.Loop) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if backing(m.Loop) != m.BackingFile {
+		if state.LoopBacking(m.Loop) != m.BackingFile {
 			fmt.Printf("  %s: detached\n", m.Loop)
 			continue
 		}
@@ -248,22 +248,6 @@ func mountedUnder(dir string) string {
 		}
 	}
 	return ""
-}
-
-// backing returns the file behind a loop device, "" when it has none.
-func backing(loop string) string {
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(loop), "loop", "backing_file"))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// autoclear says whether the kernel detaches a loop device once nothing
-// holds it.
-func autoclear(loop string) bool {
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(loop), "loop", "autoclear"))
-	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // netnsID returns the identity ("net:[<inode>]") of the network namespace

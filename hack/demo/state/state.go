@@ -304,3 +304,20 @@ func unescape(s string) string {
 func Under(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
 }
+
+// LoopBacking returns the file behind a loop device (/dev/loopN), "" when
+// it has none or is not a loop device.
+func LoopBacking(dev string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// LoopAutoclear says whether the kernel detaches a loop device once nothing
+// holds it.
+func LoopAutoclear(dev string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "autoclear"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
