@@ -274,13 +274,22 @@ const (
 	SecretKeyToken = "token"
 )
 
-// Labels on BootSessions.
+// Labels on BootSessions. The manager sets MachineLabel, ImageLabel and,
+// once the session is scheduled, StorageNodeOfSessionLabel on every session
+// (values are object names), so that `kubectl get bs -l
+// boot.ggnet.io/machine=pc-01` works; they mirror spec.machineRef,
+// spec.imageRef and status.storageNode, which stay the truth.
 const (
 	// AutoSessionLabel ("true") marks a session the Machine controller
-	// created for an AutoSession Machine that network-booted.
+	// created for an AutoSession Machine.
 	AutoSessionLabel = "boot.ggnet.io/auto-session"
-	// MachineLabel on an AutoSession's session is its Machine's name.
+	// MachineLabel is the name of the session's Machine (spec.machineRef).
 	MachineLabel = "boot.ggnet.io/machine"
+	// ImageLabel is the name of the session's Image (spec.imageRef).
+	ImageLabel = "boot.ggnet.io/image"
+	// StorageNodeOfSessionLabel is the storage node that serves the
+	// session's disk (status.storageNode), set when it is scheduled.
+	StorageNodeOfSessionLabel = "boot.ggnet.io/storage-node"
 )
 
 // Labels and annotations on Nodes.

@@ -18,6 +18,7 @@ import (
 func main() {
 	var (
 		metricsAddr, probeAddr string
+		pprofAddr              string
 		leaderElect            bool
 		leaderElectNamespace   string
 		namespace              string
@@ -25,6 +26,7 @@ func main() {
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the /metrics endpoint; 0 turns it off.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address of the Go profiler's /debug/pprof/ endpoints (for benchmarks); 0 turns it off.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one manager replica reconciles.")
 	flag.StringVar(&leaderElectNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's).")
 	flag.StringVar(&namespace, "namespace", "", "Watch and manage only this namespace (default: all); the chart's watchNamespaces sets it and gives the manager a Role there.")
@@ -41,6 +43,7 @@ func main() {
 		Client:                  controllers.ClientOptions(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "manager.boot.ggnet.io",
 		LeaderElectionNamespace: leaderElectNamespace,

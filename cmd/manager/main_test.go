@@ -22,7 +22,8 @@ import (
 )
 
 // TestManagerStarts runs the real manager binary against a real API server
-// and checks its probes, its metrics and that it takes the leader Lease.
+// and checks its probes, its metrics, its profiler (--pprof-bind-address) and
+// that it takes the leader Lease.
 func TestManagerStarts(t *testing.T) {
 	g := NewWithT(t)
 	env, cfg, err := testenv.Start()
@@ -37,12 +38,13 @@ func TestManagerStarts(t *testing.T) {
 	g.Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
 
 	bin := testbin.Build(t, "./cmd/manager")
-	metrics, probes := testbin.FreePort(t), testbin.FreePort(t)
+	metrics, probes, pprof := testbin.FreePort(t), testbin.FreePort(t), testbin.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--kubeconfig", kubeconfig,
 		"--leader-elect", "--leader-election-namespace", "default", "--storage-node-grace=2m",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metrics),
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probes))
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probes),
+		fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprof))
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	g.Expect(cmd.Start()).To(Succeed())
@@ -55,6 +57,9 @@ func TestManagerStarts(t *testing.T) {
 	body, err := testbin.WaitHTTP(fmt.Sprintf("http://127.0.0.1:%d/metrics", metrics), 30*time.Second)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(body).To(ContainSubstring("leader_election_master_status"))
+	body, err = testbin.WaitHTTP(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", pprof), 30*time.Second)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(body).To(ContainSubstring("goroutine profile"))
 
 	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	g.Expect(err).NotTo(HaveOccurred())
