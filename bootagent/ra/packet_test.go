@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 )
 
 var pcMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x01}
@@ -191,7 +190,7 @@ func TestDecide(t *testing.T) {
 // soliciting as iPXE does (250 ms apart or more) is always answered.
 func TestAllow(t *testing.T) {
 	other := net.HardwareAddr{0x52, 0x54, 0x00, 0x67, 0x68, 0x02}
-	r := &Responder{cfg: Config{MACSpacing: DefaultMACSpacing}, limit: rate.NewLimiter(2, 2)}
+	r := newResponder(Config{Rate: 2})
 	t0 := time.Unix(1000, 0)
 	if got := r.allow(pcMAC, t0); got != Answered {
 		t.Fatalf("first: %s", got)
@@ -216,7 +215,7 @@ func TestAllow(t *testing.T) {
 	}
 
 	// iPXE's pace, with a shared rate that never binds.
-	r = &Responder{cfg: Config{}, limit: rate.NewLimiter(200, 200)}
+	r = newResponder(Config{Rate: 200})
 	for i := 0; i < 20; i++ {
 		if got := r.allow(pcMAC, t0.Add(time.Duration(i)*250*time.Millisecond)); got != Answered {
 			t.Fatalf("solicitation %d at 250 ms: %s", i, got)
@@ -229,7 +228,7 @@ func TestAllow(t *testing.T) {
 
 // TestAllowPrunes: MACs answered long ago leave the map.
 func TestAllowPrunes(t *testing.T) {
-	r := &Responder{cfg: Config{}, limit: rate.NewLimiter(rate.Inf, 0)}
+	r := newResponder(Config{Rate: 1e6})
 	t0 := time.Unix(1000, 0)
 	for i := 0; i < 500; i++ {
 		r.allow(net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}, t0)

@@ -104,11 +104,9 @@ type sock struct {
 	conn  *net.IPConn
 }
 
-// Listen opens a raw ICMPv6 socket on each interface (CAP_NET_RAW).
-func Listen(cfg Config) (*Responder, error) {
-	if cfg.Policy == nil {
-		return nil, errors.New("ra: no policy")
-	}
+// newResponder fills cfg's defaults, the one place they are applied, and
+// makes a Responder with no sockets yet.
+func newResponder(cfg Config) *Responder {
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = DefaultProbeInterval
 	}
@@ -121,7 +119,15 @@ func Listen(cfg Config) (*Responder, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	}
-	r := &Responder{cfg: cfg, limit: rate.NewLimiter(cfg.Rate, int(cfg.Rate))}
+	return &Responder{cfg: cfg, limit: rate.NewLimiter(cfg.Rate, int(cfg.Rate))}
+}
+
+// Listen opens a raw ICMPv6 socket on each interface (CAP_NET_RAW).
+func Listen(cfg Config) (*Responder, error) {
+	if cfg.Policy == nil {
+		return nil, errors.New("ra: no policy")
+	}
+	r := newResponder(cfg)
 	for _, iface := range cfg.Interfaces {
 		conn, ifi, err := listen(iface)
 		if err != nil {
@@ -292,9 +298,6 @@ func (r *Responder) allow(mac net.HardwareAddr, now time.Time) Result {
 	var k [6]byte
 	copy(k[:], mac)
 	spacing := r.cfg.MACSpacing
-	if spacing <= 0 {
-		spacing = DefaultMACSpacing
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if last, ok := r.answered[k]; ok && now.Sub(last) < spacing && !now.Before(last) {
