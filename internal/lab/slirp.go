@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testfs"
 )
 
@@ -60,7 +60,7 @@ func StartSlirp(t testfs.T) (*Slirp, error) {
 	// tgtd's control "port" names its management socket; the lab's own
 	// tgtd takes one of 1000-8999, tgtd accepts up to about 32000.
 	s.tgtPort = 9000 + rand.IntN(1000)
-	if s.iscsiPort, err = freeTCPPort(); err != nil {
+	if s.iscsiPort, err = testbin.LocalPort(); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(s.Dir, "tgtd-slirp.log"))
@@ -153,12 +153,3 @@ func (s *Slirp) PowerOn(mac string) (*VM, error) {
 // SerialPath is the file the VM's console goes to.
 func (vm *VM) SerialPath() string { return vm.serial }
 
-// freeTCPPort returns a loopback TCP port no one listens on now.
-func freeTCPPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}

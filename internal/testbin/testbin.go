@@ -35,12 +35,21 @@ func Build(t testfs.T, pkg string) string {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := LocalPort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return port
+}
+
+// LocalPort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func LocalPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // WaitHTTP polls url until it answers 200 or timeout passes, and returns the
