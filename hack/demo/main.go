@@ -173,7 +173,7 @@ func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) err
 	if err := l.Client.Create(ctx, s); err != nil {
 		return err
 	}
-	if err := waitPhase(ctx, l, s, bootv1.SessionReady, time.Minute); err != nil {
+	if err := l.WaitPhase(ctx, s, bootv1.SessionReady, time.Minute); err != nil {
 		return err
 	}
 	kubectl("get", "ggnet", "-n", lab.Namespace)
@@ -246,7 +246,7 @@ func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) err
 	}
 
 	step("The session's timeline")
-	_ = waitPhase(ctx, l, s, bootv1.SessionActive, 30*time.Second)
+	_ = l.WaitPhase(ctx, s, bootv1.SessionActive, 30*time.Second)
 	printTimeline(s, boot)
 
 	step("Stopping the session: the target and the overlay go")
@@ -257,7 +257,7 @@ func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) err
 	if err := l.Client.Update(ctx, s); err != nil {
 		return err
 	}
-	if err := waitPhase(ctx, l, s, bootv1.SessionStopped, time.Minute); err != nil {
+	if err := l.WaitPhase(ctx, s, bootv1.SessionStopped, time.Minute); err != nil {
 		return err
 	}
 	_, statErr := os.Stat(overlay)
@@ -272,17 +272,6 @@ func run(tt *recorder, bin string, keep bool, fw lab.Firmware, image string) err
 	}
 	step("Tearing the lab down")
 	return nil
-}
-
-func waitPhase(ctx context.Context, l *lab.Lab, s *bootv1.BootSession, phase bootv1.BootSessionPhase, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err == nil && s.Status.Phase == phase {
-			return nil
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return fmt.Errorf("session %s is %s, not %s, after %s", s.Name, s.Status.Phase, phase, timeout)
 }
 
 func printTimeline(s *bootv1.BootSession, boot lab.Boot) {

@@ -152,4 +152,3 @@ func (s *Slirp) PowerOn(mac string) (*VM, error) {
 
 // SerialPath is the file the VM's console goes to.
 func (vm *VM) SerialPath() string { return vm.serial }
-

@@ -220,7 +220,7 @@ func ggnetBoot(ctx context.Context, l *lab.Lab, machine, image, mac string, fw l
 	if err := l.Client.Create(ctx, s); err != nil {
 		return nil, nil, err
 	}
-	if err := waitPhase(ctx, l, s, bootv1.SessionReady, time.Minute); err != nil {
+	if err := l.WaitPhase(ctx, s, bootv1.SessionReady, time.Minute); err != nil {
 		return nil, nil, err
 	}
 	vm, err := l.PowerOnWith(mac, lab.VMOptions{Firmware: fw})
@@ -236,20 +236,9 @@ func ggnetBoot(ctx context.Context, l *lab.Lab, machine, image, mac string, fw l
 		if err != nil {
 			return err
 		}
-		return waitPhase(ctx, l, s, bootv1.SessionStopped, time.Minute)
+		return l.WaitPhase(ctx, s, bootv1.SessionStopped, time.Minute)
 	}
 	return vm, done, err
-}
-
-func waitPhase(ctx context.Context, l *lab.Lab, s *bootv1.BootSession, phase bootv1.BootSessionPhase, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if err := l.Client.Get(ctx, client.ObjectKeyFromObject(s), s); err == nil && s.Status.Phase == phase {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("session %s is %s, not %s, after %s (conditions %+v)", s.Name, s.Status.Phase, phase, timeout, s.Status.Conditions)
 }
 
 // stages are what the console shows on the way, in order: OVMF starts its
