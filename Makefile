@@ -92,8 +92,12 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and ma
 	$$(./hack/helm.sh) template ggnet charts/ggnet -n ggnet-system --set crds.install=false > config/deploy/ggnet.yaml
 
 .PHONY: generate
-generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code and the apply configurations the agents write status with.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+	# Typed server-side apply (api/v1alpha1/applyconfiguration); stale files of a
+	# removed type go first.
+	rm -rf api/v1alpha1/applyconfiguration
+	$(CONTROLLER_GEN) applyconfiguration:headerFile=hack/boilerplate.go.txt,omitToolVersion=true paths=./api/...
 
 .PHONY: verify
 verify: manifests generate ## Regenerate everything and lint; fail if the tree changed.

@@ -2,6 +2,7 @@
 // group boot.ggnet.io.
 //
 // +kubebuilder:object:generate=true
+// +kubebuilder:ac:generate=true
 // +groupName=boot.ggnet.io
 package v1alpha1
 
@@ -13,6 +14,10 @@ import (
 var (
 	// GroupVersion is the group and version of every GGnet kind.
 	GroupVersion = schema.GroupVersion{Group: "boot.ggnet.io", Version: "v1alpha1"}
+
+	// SchemeGroupVersion is GroupVersion under the name the generated apply
+	// configurations (applyconfiguration/, `make generate`) refer to.
+	SchemeGroupVersion = GroupVersion
 
 	// SchemeBuilder registers the GGnet kinds with a scheme.
 	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
