@@ -17,6 +17,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # real-OS demo disk with them).
 packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 ipxe-qemu ipxe ovmf iproute2 kea-admin util-linux mount procps
   mtools dosfstools gdisk e2fsprogs syslinux syslinux-common cpio kmod xz-utils zstd)
+# docs/examples, run by test/e2e/examples_test.go: isc-dhcp-server (the ISC
+# dhcpd example), tftpd-hpa (the static boot.ipxe on an existing TFTP
+# server), nftables (nft -c checks the firewall example).
+packages+=(isc-dhcp-server tftpd-hpa nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
