@@ -304,13 +304,19 @@ func (l *Lab) imageRoot() string { return filepath.Join(l.Dir, "images") }
 // in production, where it has its own DaemonSet.
 func (l *Lab) StartAgent() error { return l.startAgent(false) }
 
+// StartAgentWith runs the agent as StartAgent does with extra flags after
+// the lab's own (a later flag wins): for example an external DHCP server's
+// --require-script-token=false --bind-neighbors=true. StartAgent starts it
+// the lab's way again.
+func (l *Lab) StartAgentWith(extra ...string) error { return l.startAgent(false, extra...) }
+
 // StartAgentWithTGTD runs the agent as StartAgent does but has it start and
 // supervise tgtd itself (--start-tgtd), inside the agent's PID namespace:
 // the old design, where a restart of the agent's container took tgtd and
 // every PC's disk with it. The lab's own tgtd must be stopped first.
 func (l *Lab) StartAgentWithTGTD() error { return l.startAgent(true) }
 
-func (l *Lab) startAgent(withTGTD bool) error {
+func (l *Lab) startAgent(withTGTD bool, extra ...string) error {
 	args := []string{"--boot", "--storage", "--kubeconfig", l.Kubeconfig,
 		"--node-name", NodeName, "--data-dir", l.DataDir, "--reserve-mib", "16",
 		"--tgt-control-port", strconv.Itoa(l.tgtPort), "--portal", ServerIP + ":3260",
@@ -321,6 +327,7 @@ func (l *Lab) startAgent(withTGTD bool) error {
 	if withTGTD {
 		args = append(args, "--start-tgtd")
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(filepath.Join(l.bin, "bootagent"), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
 	if err := l.startCmd("bootagent", cmd); err != nil {
