@@ -1,0 +1,366 @@
+package ggctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+)
+
+// errWakeNotYet is the answer to --wake and `wake` until GGnet sends
+// Wake-on-LAN (issue #15, item 2).
+var errWakeNotYet = errors.New("Wake-on-LAN is not available yet: GGnet cannot power machines on (issue #15, item 2). " +
+	"Power the PCs on by hand (or from their BIOS's power-on schedule); their sessions wait for them")
+
+func (g *ggnet) wakeCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "wake MACHINE...",
+		Short: "Power machines on with Wake-on-LAN (not available yet)",
+		RunE:  func(*cobra.Command, []string) error { return errWakeNotYet },
+	}
+}
+
+type startOptions struct {
+	selector  string
+	image     string
+	writeback string
+	ttl       time.Duration
+	wait      bool
+	wake      bool
+	timeout   time.Duration
+}
+
+func (g *ggnet) startCommand() *cobra.Command {
+	var o startOptions
+	cmd := &cobra.Command{
+		Use:   "start (MACHINE... | -l SELECTOR) [--image IMAGE] [--writeback Discard|Persist] [--wait]",
+		Short: "Start a boot session for each machine",
+		Long: `Start creates one BootSession for each machine named or selected (-l selects Machines by
+label, e.g. -l boot.ggnet.io/room=main-hall). The session boots the machine's spec.imageRef unless
+--image names another Image. With --wait it waits until each session is Ready (the PC may then
+boot) and fails if one fails or --timeout passes. Needs the ggnet-operator role.`,
+		Example: `  kubectl ggnet start seat-031
+  kubectl ggnet start -l boot.ggnet.io/room=main-hall --image win11-games-2026-12 --wait
+  kubectl ggnet start seat-031 --writeback Persist`,
+		RunE: func(cmd *cobra.Command, args []string) error { return g.start(cmd.Context(), args, o) },
+	}
+	fs := cmd.Flags()
+	fs.StringVarP(&o.selector, "selector", "l", "", "start a session for every Machine with these labels")
+	fs.StringVar(&o.image, "image", "", "the Image to boot (default: each Machine's spec.imageRef)")
+	fs.StringVar(&o.writeback, "writeback", "", "Discard (default: the writes are thrown away) or Persist (kept on the machine's persistent disk)")
+	fs.DurationVar(&o.ttl, "ttl", 0, "delete the session this long after it stopped or failed (spec.ttlSecondsAfterFinished; 0 keeps it)")
+	fs.BoolVar(&o.wait, "wait", false, "wait until every session is Ready")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	fs.BoolVar(&o.wake, "wake", false, "power the machines on with Wake-on-LAN (not available yet)")
+	return cmd
+}
+
+// machinesFor returns the Machines named by args or selected by selector,
+// which the caller checked are not both given.
+func (g *ggnet) machinesFor(ctx context.Context, ns string, args []string, selector string) ([]bootv1.Machine, error) {
+	if selector != "" {
+		sel, err := labels.Parse(selector)
+		if err != nil {
+			return nil, usagef("-l %q: %v", selector, err)
+		}
+		var list bootv1.MachineList
+		if err := g.client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+			return nil, explain(err, "list", "machines", ns)
+		}
+		if len(list.Items) == 0 {
+			return nil, fmt.Errorf("no Machine in namespace %s has the labels %s (kubectl get machines -n %s --show-labels)", ns, selector, ns)
+		}
+		sortMachines(list.Items)
+		return list.Items, nil
+	}
+	var out []bootv1.Machine
+	for _, name := range args {
+		var m bootv1.Machine
+		if err := g.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &m); err != nil {
+			if apierrors.IsNotFound(err) && !isNoKind(err) {
+				return nil, fmt.Errorf("machine %q not found in namespace %s (kubectl get machines -n %s)", name, ns, ns)
+			}
+			return nil, explain(err, "get", "machines", ns)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func oneOf(args []string, selector, what string) error {
+	switch {
+	case len(args) > 0 && selector != "":
+		return usagef("name %ss or give -l, not both", what)
+	case len(args) == 0 && selector == "":
+		return usagef("name at least one %s, or select with -l", what)
+	}
+	return nil
+}
+
+func (g *ggnet) start(ctx context.Context, args []string, o startOptions) error {
+	if err := oneOf(args, o.selector, "machine"); err != nil {
+		return err
+	}
+	if o.wake {
+		return errWakeNotYet
+	}
+	var wb bootv1.WritebackPolicy
+	switch strings.ToLower(o.writeback) {
+	case "":
+	case "discard":
+		wb = bootv1.WritebackDiscard
+	case "persist":
+		wb = bootv1.WritebackPersist
+	default:
+		return usagef("--writeback %q: want Discard or Persist", o.writeback)
+	}
+	if o.ttl < 0 {
+		return usagef("--ttl must not be negative")
+	}
+	if err := g.connect(); err != nil {
+		return err
+	}
+	ns, err := g.namespace()
+	if err != nil {
+		return err
+	}
+	machines, err := g.machinesFor(ctx, ns, args, o.selector)
+	if err != nil {
+		return err
+	}
+	images := map[string]*bootv1.Image{}
+	var created []string
+	failed := 0
+	for i := range machines {
+		m := &machines[i]
+		img := o.image
+		if img == "" && m.Spec.ImageRef != nil {
+			img = m.Spec.ImageRef.Name
+		}
+		if img == "" {
+			fmt.Fprintf(g.io.ErrOut, "error: machine %s has no spec.imageRef: give --image\n", m.Name)
+			failed++
+			continue
+		}
+		if _, seen := images[img]; !seen {
+			var im bootv1.Image
+			switch err := g.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: img}, &im); {
+			case apierrors.IsNotFound(err) && !isNoKind(err):
+				images[img] = nil
+			case err != nil:
+				return explain(err, "get", "images", ns)
+			default:
+				images[img] = &im
+			}
+		}
+		im := images[img]
+		if im == nil {
+			fmt.Fprintf(g.io.ErrOut, "error: image %q not found in namespace %s (kubectl ggnet images -n %s)\n", img, ns, ns)
+			failed++
+			continue
+		}
+		if im.Status.ReadyReplicas == 0 {
+			fmt.Fprintf(g.io.ErrOut, "warning: image %s has no Ready replica yet: the session of %s waits for it\n", img, m.Name)
+		}
+		if m.Status.ActiveSession != "" {
+			fmt.Fprintf(g.io.ErrOut, "warning: machine %s is in session %s: the new session waits until it stops (kubectl ggnet stop %s)\n",
+				m.Name, m.Status.ActiveSession, m.Status.ActiveSession)
+		}
+		s := &bootv1.BootSession{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: ns, GenerateName: m.Name + "-",
+				// The manager sets them too; set here, `kubectl get bs -l`
+				// finds the session at once.
+				Labels: map[string]string{bootv1.MachineLabel: m.Name, bootv1.ImageLabel: img},
+			},
+			Spec: bootv1.BootSessionSpec{
+				MachineRef: bootv1.LocalObjectReference{Name: m.Name},
+				ImageRef:   bootv1.LocalObjectReference{Name: img},
+				Writeback:  wb,
+			},
+		}
+		if o.ttl > 0 {
+			ttl := int32(o.ttl / time.Second)
+			s.Spec.TTLSecondsAfterFinished = &ttl
+		}
+		if err := g.client.Create(ctx, s); err != nil {
+			if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || noCRD(err) {
+				return explain(err, "create", "bootsessions", ns)
+			}
+			fmt.Fprintf(g.io.ErrOut, "error: starting a session for %s: %v\n", m.Name, err)
+			failed++
+			continue
+		}
+		fmt.Fprintf(g.out(), "bootsession/%s created: machine %s, image %s, writeback %s\n", s.Name, m.Name, img, orDefault(string(s.Spec.Writeback), "Discard"))
+		created = append(created, s.Name)
+	}
+	if o.wait && len(created) > 0 {
+		if err := g.waitSessions(ctx, ns, created, o.timeout, "Ready", readyOrFailed); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return silentError{}
+	}
+	return nil
+}
+
+func noCRD(err error) bool { return apierrors.IsNotFound(err) && isNoKind(err) }
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// readyOrFailed: done when the session is Ready (or past it), an error when
+// it failed or stopped.
+func readyOrFailed(s *bootv1.BootSession) (bool, error) {
+	switch s.Status.Phase {
+	case bootv1.SessionReady, bootv1.SessionBooting, bootv1.SessionActive:
+		return true, nil
+	case bootv1.SessionFailed:
+		return true, fmt.Errorf("session %s failed: %s", s.Name, readySummary(s))
+	case bootv1.SessionStopping, bootv1.SessionStopped:
+		return true, fmt.Errorf("session %s was stopped before it was Ready", s.Name)
+	}
+	return false, nil
+}
+
+// stoppedOrGone: done when the session is Stopped (or deleted).
+func stoppedOrGone(s *bootv1.BootSession) (bool, error) {
+	return s.Status.Phase == bootv1.SessionStopped, nil
+}
+
+// waitSessions waits until done says so for every session in names,
+// watching the namespace's sessions. A deleted session counts as done for
+// "Stopped" and as an error otherwise. It prints each as it gets there.
+func (g *ggnet) waitSessions(ctx context.Context, ns string, names []string, timeout time.Duration, state string,
+	done func(*bootv1.BootSession) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pending := map[string]*bootv1.BootSession{}
+	for _, n := range names {
+		pending[n] = nil
+	}
+	var errs []error
+	settle := func(s *bootv1.BootSession) {
+		if _, ok := pending[s.Name]; !ok {
+			return
+		}
+		pending[s.Name] = s
+		ok, err := done(s)
+		if !ok {
+			return
+		}
+		delete(pending, s.Name)
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		fmt.Fprintf(g.out(), "bootsession/%s %s (%s)\n", s.Name, strings.ToLower(state), s.Status.Phase)
+	}
+	for len(pending) > 0 {
+		var list bootv1.BootSessionList
+		if err := g.client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return explain(err, "list", "bootsessions", ns)
+		}
+		seen := map[string]bool{}
+		for i := range list.Items {
+			seen[list.Items[i].Name] = true
+			settle(&list.Items[i])
+		}
+		for n := range pending {
+			if !seen[n] {
+				delete(pending, n)
+				if state != "Stopped" {
+					errs = append(errs, fmt.Errorf("session %s was deleted", n))
+				} else {
+					fmt.Fprintf(g.out(), "bootsession/%s deleted\n", n)
+				}
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		w, err := g.client.Watch(ctx, &bootv1.BootSessionList{}, client.InNamespace(ns),
+			&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return explain(err, "watch", "bootsessions", ns)
+		}
+		for ev := range w.ResultChan() {
+			s, ok := ev.Object.(*bootv1.BootSession)
+			if !ok {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				if _, ok := pending[s.Name]; ok {
+					delete(pending, s.Name)
+					if state != "Stopped" {
+						errs = append(errs, fmt.Errorf("session %s was deleted", s.Name))
+					} else {
+						fmt.Fprintf(g.out(), "bootsession/%s deleted\n", s.Name)
+					}
+				}
+			} else {
+				settle(s)
+			}
+			if len(pending) == 0 {
+				break
+			}
+		}
+		w.Stop()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(pending) > 0 {
+		var left []string
+		for n, s := range pending {
+			if s == nil {
+				left = append(left, n)
+				continue
+			}
+			left = append(left, fmt.Sprintf("%s (%s: %s)", n, orDefault(string(s.Status.Phase), "no phase yet"), readySummary(s)))
+		}
+		sort.Strings(left)
+		if ctx.Err() == context.DeadlineExceeded {
+			errs = append(errs, fmt.Errorf("timed out after %s waiting for %d session(s) to be %s: %s (kubectl ggnet ls; raise --timeout)",
+				timeout, len(left), state, strings.Join(left, ", ")))
+		} else {
+			errs = append(errs, fmt.Errorf("interrupted waiting for %s", strings.Join(left, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readySummary is the Ready condition as "reason: message".
+func readySummary(s *bootv1.BootSession) string {
+	for _, c := range s.Status.Conditions {
+		if c.Type == bootv1.ReadyCondition {
+			if c.Message != "" {
+				return c.Reason + ": " + c.Message
+			}
+			return c.Reason
+		}
+	}
+	return "not reconciled yet (is the GGnet manager running?)"
+}
