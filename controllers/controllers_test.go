@@ -127,7 +127,8 @@ var _ = Describe("BootSession", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(info.Password).To(Equal(string(sec.Data[bootv1.SecretKeyPassword])))
 		Expect(info.TargetPassword).To(Equal(string(sec.Data[bootv1.SecretKeyTargetPassword])))
-		Expect(events(ctx, ns, s.Name)).To(ContainElements(ContainSubstring("Scheduled: Scheduled on storage node "+node), ContainSubstring("Succeeded: Ready to boot")))
+		By("recording one Event on the way to Ready, whose reason is the Ready condition's")
+		Expect(events(ctx, ns, s.Name)).To(ConsistOf(HavePrefix("Succeeded: Ready to boot: target " + s.Status.Target.IQN + " on 10.20.0.5:3260 (storage node " + node + ")")))
 		Expect(s.Status.Script).NotTo(ContainSubstring("Secret"))
 
 		m := &bootv1.Machine{}

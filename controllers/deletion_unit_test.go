@@ -20,7 +20,7 @@ func TestBlocksDeletion(t *testing.T) {
 	}
 	ready := func(reason string) func(*bootv1.BootSession) {
 		return func(s *bootv1.BootSession) {
-			setReady(&s.Status.Conditions, 1, reason == bootv1.SucceededReason, reason, "")
+			setCondition(&s.Status.Conditions, 1, bootv1.ReadyCondition, reason == bootv1.SucceededReason, reason, "")
 		}
 	}
 	scheduled := func(s *bootv1.BootSession) { s.Status.StorageNode = "storage-1" }

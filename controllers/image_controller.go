@@ -5,7 +5,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,45 +23,63 @@ type ImageReconciler struct {
 	Recorder record.EventRecorder
 }
 
-// Reconcile computes the Image's summary and handles its finalizer.
-func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+// imageScope carries what one Image reconcile shares.
+type imageScope struct {
+	image *bootv1.Image
+}
+
+// Reconcile has the skeleton of every GGnet reconciler (see
+// BootSessionReconciler.Reconcile): fetch; deletion (reconcileDelete);
+// finalizer; the phases (one: reconcileReplicas); one metadata write and one
+// status write at the end, each only when something changed.
+func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	img := &bootv1.Image{}
 	if err := r.Get(ctx, req.NamespacedName, img); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if img.DeletionTimestamp == nil && controllerutil.AddFinalizer(img, bootv1.ImageFinalizer) {
-		if err := r.Update(ctx, img); err != nil {
-			return requeueOnConflict(ctrl.Result{}, err)
-		}
-	}
+	sc := &imageScope{image: img}
 	base := img.DeepCopy()
-	summarizeImage(img)
+	defer finish(ctx, r.Client, base, img, func() bool { return equality.Semantic.DeepEqual(base.Status, img.Status) }, &res, &retErr)
 	if img.DeletionTimestamp != nil {
-		var list bootv1.BootSessionList
-		if err := r.List(ctx, &list, client.InNamespace(img.Namespace), client.MatchingFields{indexSessionImage: img.Name}); err != nil {
-			return ctrl.Result{}, err
-		}
-		if users := deletionBlockers(list.Items); len(users) > 0 {
-			msg := inUseMessage(users, "this image")
-			if c := meta.FindStatusCondition(img.Status.Conditions, bootv1.ReadyCondition); c == nil || c.Reason != bootv1.InUseReason {
-				r.Recorder.Event(img, corev1.EventTypeWarning, bootv1.InUseReason, msg)
-			}
-			setReady(&img.Status.Conditions, img.Generation, false, bootv1.InUseReason, msg)
-			if equality.Semantic.DeepEqual(base.Status, img.Status) {
-				return ctrl.Result{}, nil
-			}
-			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base))))
-		}
-		if controllerutil.RemoveFinalizer(img, bootv1.ImageFinalizer) {
-			return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, img)))
-		}
-		return ctrl.Result{}, nil
+		return r.reconcileDelete(ctx, sc)
+	}
+	controllerutil.AddFinalizer(img, bootv1.ImageFinalizer)
+	if _, err := r.reconcileReplicas(ctx, sc); err != nil {
+		return ctrl.Result{}, err
 	}
 	img.Status.ObservedGeneration = img.Generation
-	if equality.Semantic.DeepEqual(base.Status, img.Status) {
+	return ctrl.Result{}, nil
+}
+
+// reconcileReplicas sums the storage agents' replicas into phase,
+// readyReplicas, size, sha256 and Ready (summarizeImage).
+func (r *ImageReconciler) reconcileReplicas(_ context.Context, sc *imageScope) (bool, error) {
+	summarizeImage(sc.image)
+	return true, nil
+}
+
+// reconcileDelete keeps a deleted Image while sessions use it
+// (blocksDeletion), then releases bootv1.ImageFinalizer. Conditions:
+// Ready=False InUse naming the sessions, with a Warning Event when the wait
+// starts.
+func (r *ImageReconciler) reconcileDelete(ctx context.Context, sc *imageScope) (ctrl.Result, error) {
+	img := sc.image
+	if _, err := r.reconcileReplicas(ctx, sc); err != nil {
+		return ctrl.Result{}, err
+	}
+	var list bootv1.BootSessionList
+	if err := r.List(ctx, &list, client.InNamespace(img.Namespace), client.MatchingFields{indexSessionImage: img.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	if users := deletionBlockers(list.Items); len(users) > 0 {
+		msg := inUseMessage(users, "this image")
+		if setImageInUse(img, msg) {
+			r.Recorder.Event(img, corev1.EventTypeWarning, bootv1.InUseReason, msg)
+		}
 		return ctrl.Result{}, nil
 	}
-	return requeueOnConflict(ctrl.Result{}, client.IgnoreNotFound(r.Status().Patch(ctx, img, statusPatch(base))))
+	controllerutil.RemoveFinalizer(img, bootv1.ImageFinalizer)
+	return ctrl.Result{}, nil
 }
 
 // SetupWithManager registers the controller; sessions wake their image so a

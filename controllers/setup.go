@@ -2,11 +2,12 @@ package controllers
 
 import (
 	"context"
+	"flag"
 	"time"
 
-	"flag"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -96,6 +97,61 @@ func requeueOnConflict(res ctrl.Result, err error) (ctrl.Result, error) {
 		return ctrl.Result{Requeue: true}, nil
 	}
 	return res, err
+}
+
+// writeMetadata is a reconcile's one metadata write: obj's labels,
+// annotations and finalizers as changed since base, as a merge patch with
+// optimistic lock (finalizers are a list the storage agent shares), and
+// nothing when none changed. It writes from a copy of base, so the API
+// server's answer never overwrites the status obj holds in memory (the
+// reconcile computed it and writes it next); obj and base take the new
+// resourceVersion and metadata, so the status write that follows carries
+// only status and builds on this write.
+func writeMetadata(ctx context.Context, c client.Client, base, obj client.Object) error {
+	if equality.Semantic.DeepEqual(base.GetLabels(), obj.GetLabels()) &&
+		equality.Semantic.DeepEqual(base.GetAnnotations(), obj.GetAnnotations()) &&
+		equality.Semantic.DeepEqual(base.GetFinalizers(), obj.GetFinalizers()) {
+		return nil
+	}
+	w := base.DeepCopyObject().(client.Object)
+	w.SetLabels(obj.GetLabels())
+	w.SetAnnotations(obj.GetAnnotations())
+	w.SetFinalizers(obj.GetFinalizers())
+	if err := c.Patch(ctx, w, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return err
+	}
+	for _, o := range []client.Object{base, obj} {
+		o.SetResourceVersion(w.GetResourceVersion())
+		o.SetLabels(w.GetLabels())
+		o.SetAnnotations(w.GetAnnotations())
+		o.SetFinalizers(w.GetFinalizers())
+	}
+	return nil
+}
+
+// writeStatus is a reconcile's one status write: what changed in status
+// since base, as a merge patch with optimistic lock (statusPatch), and
+// nothing when nothing changed (the API server is the bottleneck at
+// scale). same says whether the statuses are equal.
+func writeStatus(ctx context.Context, c client.Client, base, obj client.Object, same bool) error {
+	if same {
+		return nil
+	}
+	return client.IgnoreNotFound(c.Status().Patch(ctx, obj, statusPatch(base)))
+}
+
+// finish is the deferred end of every reconcile: the metadata write, then
+// the status write, each only when something changed; the first error
+// wins, and a conflict becomes a quiet requeue.
+func finish(ctx context.Context, c client.Client, base, obj client.Object, sameStatus func() bool, res *ctrl.Result, err *error) {
+	if werr := client.IgnoreNotFound(writeMetadata(ctx, c, base, obj)); werr != nil {
+		if *err == nil {
+			*err = werr
+		}
+	} else if werr := writeStatus(ctx, c, base, obj, sameStatus()); werr != nil && *err == nil {
+		*err = werr
+	}
+	*res, *err = requeueOnConflict(*res, *err)
 }
 
 // CacheOptions is the manager's cache: managed fields stripped (with

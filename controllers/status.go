@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -85,15 +84,6 @@ func olderFirst(a, b *bootv1.BootSession) bool {
 	return a.Name < b.Name
 }
 
-// setReady sets the Ready condition.
-func setReady(conds *[]metav1.Condition, gen int64, ok bool, reason, msg string) {
-	status := metav1.ConditionFalse
-	if ok {
-		status = metav1.ConditionTrue
-	}
-	meta.SetStatusCondition(conds, metav1.Condition{Type: bootv1.ReadyCondition, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
-}
-
 // phaseOf computes a Ready session's phase from the boot progress the agents
 // recorded.
 func phaseOf(s *bootv1.BootSession) bootv1.BootSessionPhase {
@@ -121,47 +111,4 @@ func scheduleNode(replicas []bootv1.ImageReplica, pin string, load map[string]in
 		}
 	}
 	return best
-}
-
-// summarizeImage computes an Image's phase, ready count and Ready condition
-// from its replicas.
-func summarizeImage(img *bootv1.Image) {
-	var ready, failed int32
-	img.Status.SizeBytes, img.Status.SHA256 = 0, ""
-	for _, r := range img.Status.Replicas {
-		switch r.State {
-		case bootv1.ReplicaReady:
-			ready++
-			if img.Status.SizeBytes == 0 {
-				img.Status.SizeBytes, img.Status.SHA256 = r.SizeBytes, r.SHA256
-			}
-		case bootv1.ReplicaFailed:
-			failed++
-		}
-	}
-	img.Status.ReadyReplicas = ready
-	n := int32(len(img.Status.Replicas))
-	switch {
-	case img.DeletionTimestamp != nil:
-		img.Status.Phase = bootv1.ImageDeleting
-	case ready > 0:
-		img.Status.Phase = bootv1.ImageReady
-		setReady(&img.Status.Conditions, img.Generation, true, bootv1.SucceededReason, plural(ready, "storage node holds", "storage nodes hold")+" a Ready replica")
-	case n > 0 && failed == n:
-		img.Status.Phase = bootv1.ImageFailed
-		setReady(&img.Status.Conditions, img.Generation, false, bootv1.ReplicaFailedReason, "every replica failed; see status.replicas")
-	case n > 0:
-		img.Status.Phase = bootv1.ImageReplicating
-		setReady(&img.Status.Conditions, img.Generation, false, bootv1.NoReadyReplicaReason, "replicas are being made")
-	default:
-		img.Status.Phase = bootv1.ImagePending
-		setReady(&img.Status.Conditions, img.Generation, false, bootv1.NoReadyReplicaReason, "no storage node has reported a replica yet")
-	}
-}
-
-func plural(n int32, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return fmt.Sprintf("%d %s", n, many)
 }

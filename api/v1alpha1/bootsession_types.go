@@ -181,74 +181,6 @@ type BootSessionStatus struct {
 	Timeline SessionTimeline `json:"timeline,omitempty"`
 }
 
-// BootSession conditions and reasons.
-const (
-	// ScheduledCondition is True once a storage node is chosen.
-	ScheduledCondition = "Scheduled"
-	// StorageReadyCondition is set by the storage agent: True once the overlay,
-	// target, ACL and CHAP exist.
-	StorageReadyCondition = "StorageReady"
-	// BootFailedCondition (negative polarity) is set True by the boot agent
-	// when the machine's iPXE reported that it could not sanboot the target
-	// (wrong credentials, unreachable portal); the message has iPXE's error.
-	BootFailedCondition = "BootFailed"
-	SANBootFailedReason = "SANBootFailed"
-
-	MachineNotFoundReason    = "MachineNotFound"
-	ImageNotFoundReason      = "ImageNotFound"
-	ImageNotReadyReason      = "ImageNotReady"
-	MachineBusyReason        = "MachineBusy"
-	NoStorageNodeReason      = "NoStorageNode"
-	StorageNodeLostReason    = "StorageNodeLost"
-	WaitingForStorageReason  = "WaitingForStorage"
-	StorageFailedReason      = "StorageFailed"
-	StoppedReason            = "Stopped"
-	StoppingReason           = "Stopping"
-	ScriptServedReason       = "ScriptServed"
-	ISCSILoginReason         = "ISCSILogin"
-	AuthenticationFailReason = "AuthenticationFailed"
-	// MachineConflictReason: the session's Machine has Conflict=True (another
-	// Machine in the cluster has its MAC or address); the session is not
-	// scheduled. A session already Ready stays, but the boot agent does not
-	// serve it.
-	MachineConflictReason = "MachineConflict"
-
-	// MachineDeletingReason: the session's Machine is being deleted. A
-	// session not yet scheduled waits (Ready=False) and is never scheduled
-	// while the deletion lasts; a scheduled one goes on (Ready stays True and
-	// its message says so), and the Machine's deletion waits for it
-	// (MachineFinalizer). Also the reason of the Normal Event on a scheduled
-	// session when its Machine's deletion starts.
-	MachineDeletingReason = "MachineDeleting"
-	// ImageDeletingReason: the session's Image is being deleted; as
-	// MachineDeletingReason, with ImageFinalizer.
-	ImageDeletingReason = "ImageDeleting"
-	// StorageNodeGoneReason is the reason of the Warning Events the manager
-	// records on sessions, Images and Machines whose storage node's Node
-	// object is gone: when it first sees it missing (naming when it will
-	// release the node's finalizer on the object) and when, after the
-	// manager's --storage-node-grace, it releases that finalizer (the files
-	// the object had on that node, if the node's disk comes back, are then no
-	// longer tracked). A session on a node gone longer than the grace fails
-	// with StorageNodeLostReason.
-	StorageNodeGoneReason = "StorageNodeGone"
-
-	// PersistentDiskUnavailableReason: a Persist session waits because the
-	// Machine's persistent disk for its Image is on a storage node that
-	// cannot serve it now (gone, or without a Ready replica of the Image).
-	// The session is not started on another node from a fresh disk: the
-	// machine's writes are on that disk. Raising the Machine's
-	// spec.persistentDisks.resetGeneration lets it start afresh anywhere.
-	PersistentDiskUnavailableReason = "PersistentDiskUnavailable"
-
-	// TargetUnavailableReason: StorageReady=False while the storage agent
-	// cannot drive its iSCSI target (the target daemon restarting, a failed
-	// request). The agent retries with backoff and the overlay is kept; a
-	// session that was StorageReady once stays Ready (a running PC's disk is
-	// sacred) and StorageReady returns to True when the target is back.
-	TargetUnavailableReason = "TargetUnavailable"
-)
-
 // The session Secret: one per BootSession, named <session>-chap, in the
 // session's namespace, owned by the session and labelled
 // SessionSecretLabel=<session name>. Only the manager, the boot agent and the
@@ -272,59 +204,6 @@ const (
 	// SecretKeyToken is the script token in the script's path
 	// (boot/<token>/<mac>.ipxe): 32 characters of [a-z2-7].
 	SecretKeyToken = "token"
-)
-
-// Labels on BootSessions. The manager sets MachineLabel, ImageLabel and,
-// once the session is scheduled, StorageNodeOfSessionLabel on every session
-// (values are object names), so that `kubectl get bs -l
-// boot.ggnet.io/machine=pc-01` works; they mirror spec.machineRef,
-// spec.imageRef and status.storageNode, which stay the truth.
-const (
-	// AutoSessionLabel ("true") marks a session the Machine controller
-	// created for an AutoSession Machine.
-	AutoSessionLabel = "boot.ggnet.io/auto-session"
-	// MachineLabel is the name of the session's Machine (spec.machineRef).
-	MachineLabel = "boot.ggnet.io/machine"
-	// ImageLabel is the name of the session's Image (spec.imageRef).
-	ImageLabel = "boot.ggnet.io/image"
-	// StorageNodeOfSessionLabel is the storage node that serves the
-	// session's disk (status.storageNode), set when it is scheduled.
-	StorageNodeOfSessionLabel = "boot.ggnet.io/storage-node"
-)
-
-// Labels and annotations on Nodes.
-const (
-	// StorageNodeLabel ("true") is the label the Helm chart's storage agent
-	// and the sample Images select storage nodes by (an Image's
-	// nodeSelector); the code does not require it.
-	StorageNodeLabel = "ggnet.io/storage"
-	// ISCSIPortalAnnotation on a storage node is the iSCSI portal its storage
-	// agent's target listens on, <IPv4>:<port> (the agent's --portal, set
-	// when the agent starts). The manager hands PCs this portal, and the
-	// node's InternalIP with the manager's --iscsi-port only when the
-	// annotation is missing or not a valid IPv4 address and port.
-	ISCSIPortalAnnotation = "boot.ggnet.io/iscsi-portal"
-)
-
-// Finalizers.
-const (
-	// SessionFinalizer is held by the manager until a session's Secret and
-	// Machine bookkeeping are released.
-	SessionFinalizer = "boot.ggnet.io/session"
-	// StorageFinalizer is held by the storage agent until the target and, for
-	// Discard, the overlay are gone.
-	StorageFinalizer = "boot.ggnet.io/storage"
-	// ImageFinalizer is held by the manager on every Image; an Image being
-	// deleted keeps it while sessions use it: scheduled sessions that have
-	// not finished, and unscheduled ones that have not yet seen the deletion
-	// (their Ready reason is not ImageDeletingReason or
-	// MachineDeletingReason).
-	ImageFinalizer = "boot.ggnet.io/image"
-	// MachineFinalizer is held by the manager on every Machine; a Machine
-	// being deleted keeps it, as ImageFinalizer, while sessions use it, so
-	// that a running PC keeps its reservation and its script until its
-	// session stops.
-	MachineFinalizer = "boot.ggnet.io/machine"
 )
 
 // +kubebuilder:object:root=true

@@ -186,54 +186,6 @@ type ImageStatus struct {
 	Replicas []ImageReplica `json:"replicas,omitempty"`
 }
 
-// Image conditions and reasons.
-const (
-	// NoReadyReplicaReason: no storage node holds a Ready replica yet.
-	NoReadyReplicaReason = "NoReadyReplica"
-	// ReplicaFailedReason: every replica failed.
-	ReplicaFailedReason = "ReplicaFailed"
-	// InUseReason: deletion waits for sessions that use the image.
-	InUseReason = "InUse"
-)
-
-// Reasons of a Failed replica (status.replicas[].reason), reported by the
-// storage agent of the replica's node.
-const (
-	// ChecksumMismatchReason: the source's sha256 is not the Image's.
-	ChecksumMismatchReason = "ChecksumMismatch"
-	// SourceUnreachableReason: the download failed (refused, HTTP error,
-	// timeouts, a stalled transfer) after its retries.
-	SourceUnreachableReason = "SourceUnreachable"
-	// UnsupportedFormatReason: the format or the source kind is not one
-	// this agent places.
-	UnsupportedFormatReason = "UnsupportedFormat"
-	// DiskFullReason: placing the replica would cut into the free space
-	// reserved for running sessions (or the file system is full).
-	DiskFullReason = "DiskFull"
-	// SourceMissingReason: the path source does not exist on the node.
-	SourceMissingReason = "SourceMissing"
-	// ConvertFailedReason: qemu-img could not read or convert the source.
-	ConvertFailedReason = "ConvertFailed"
-	// PathNotAllowedReason: a path source outside the agent's image path
-	// root, one that leads out of it, not a regular file, or path sources
-	// off on the node.
-	PathNotAllowedReason = "PathNotAllowed"
-	// UnsafeImageReason: the source refers to other files (a backing file,
-	// an external data file, VMDK extents) or its header could not be
-	// checked.
-	UnsafeImageReason = "UnsafeImage"
-	// TooLargeReason: the virtual size or the download is over the Image's
-	// maxVirtualSize.
-	TooLargeReason = "TooLarge"
-	// StorageErrorReason: the node's data directory failed (an I/O or
-	// permission error); retried.
-	StorageErrorReason = "StorageError"
-)
-
-// StorageAnnotation on a storage node is the node's storage capacity and
-// use, a JSON NodeStorage written by its storage agent.
-const StorageAnnotation = "boot.ggnet.io/storage"
-
 // NodeStorage is the value of StorageAnnotation: the data directory's file
 // system as the storage agent last measured it.
 type NodeStorage struct {

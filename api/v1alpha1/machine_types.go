@@ -297,49 +297,6 @@ type MachineStatus struct {
 	PersistentDisks []PersistentDisk `json:"persistentDisks,omitempty"`
 }
 
-// Machine conditions and reasons.
-const (
-	// ConflictCondition (negative polarity) is True when another Machine in
-	// the cluster (any namespace) has the same MAC or reserved IPv4 address;
-	// the older Machine keeps them, the newer one has Conflict=True and no
-	// session of it is scheduled or served.
-	ConflictCondition = "Conflict"
-	// DuplicateMACReason: another Machine has the same MAC.
-	DuplicateMACReason = "DuplicateMAC"
-	// DuplicateIPReason: another Machine reserves the same address.
-	DuplicateIPReason = "DuplicateIP"
-	// NoConflictReason: the MAC and address are unique.
-	NoConflictReason = "NoConflict"
-
-	// ScriptForbiddenReason is the reason of the Event the boot agent records
-	// on a Machine when it refused a script request for its MAC (wrong or
-	// missing token, or a requester not bound to the MAC).
-	ScriptForbiddenReason = "ScriptForbidden"
-)
-
-// Labels on Machines.
-const (
-	// DiscoveredLabel marks a Machine the boot agent recorded for an unknown
-	// PXE client; it waits for an operator to approve it by setting a boot
-	// policy other than LocalBoot and removing the label.
-	DiscoveredLabel = "boot.ggnet.io/discovered"
-)
-
-// Annotations on Machines.
-const (
-	// SessionRequestedAnnotation is set on an AutoSession Machine by the boot
-	// agent when the machine network-boots without a session (its value is
-	// the time, RFC 3339); the Machine controller answers by creating one and
-	// removes the annotation.
-	SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
-	// DiscoveredAtAnnotation on a discovered Machine is when the boot agent
-	// recorded it (RFC 3339).
-	DiscoveredAtAnnotation = "boot.ggnet.io/discovered-at"
-	// ClientAnnotation on a discovered Machine describes the PXE client the
-	// boot agent saw (architecture, vendor class, user class).
-	ClientAnnotation = "boot.ggnet.io/client"
-)
-
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=mach,categories=ggnet

@@ -1,0 +1,101 @@
+package v1alpha1
+
+// Every label, annotation and finalizer GGnet sets, by the object it is on.
+// (The session Secret's label and keys are with the Secret's description in
+// bootsession_types.go.)
+
+// Labels on BootSessions. The manager sets MachineLabel, ImageLabel and,
+// once the session is scheduled, StorageNodeOfSessionLabel on every session
+// (values are object names), so that `kubectl get bs -l
+// boot.ggnet.io/machine=pc-01` works; they mirror spec.machineRef,
+// spec.imageRef and status.storageNode, which stay the truth.
+const (
+	// AutoSessionLabel ("true") marks a session the Machine controller
+	// created for an AutoSession Machine.
+	AutoSessionLabel = "boot.ggnet.io/auto-session"
+	// MachineLabel is the name of the session's Machine (spec.machineRef).
+	MachineLabel = "boot.ggnet.io/machine"
+	// ImageLabel is the name of the session's Image (spec.imageRef).
+	ImageLabel = "boot.ggnet.io/image"
+	// StorageNodeOfSessionLabel is the storage node that serves the
+	// session's disk (status.storageNode), set when it is scheduled.
+	StorageNodeOfSessionLabel = "boot.ggnet.io/storage-node"
+)
+
+// Labels on Machines.
+const (
+	// DiscoveredLabel marks a Machine the boot agent recorded for an unknown
+	// PXE client; it waits for an operator to approve it by setting a boot
+	// policy other than LocalBoot and removing the label.
+	DiscoveredLabel = "boot.ggnet.io/discovered"
+)
+
+// Annotations on Machines.
+const (
+	// SessionRequestedAnnotation is set on an AutoSession Machine by the boot
+	// agent when the machine network-boots without a session (its value is
+	// the time, RFC 3339); the Machine controller answers by creating one and
+	// removes the annotation.
+	SessionRequestedAnnotation = "boot.ggnet.io/session-requested"
+	// DiscoveredAtAnnotation on a discovered Machine is when the boot agent
+	// recorded it (RFC 3339).
+	DiscoveredAtAnnotation = "boot.ggnet.io/discovered-at"
+	// ClientAnnotation on a discovered Machine describes the PXE client the
+	// boot agent saw (architecture, vendor class, user class).
+	ClientAnnotation = "boot.ggnet.io/client"
+)
+
+// Labels and annotations on Nodes.
+const (
+	// StorageNodeLabel ("true") is the label the Helm chart's storage agent
+	// and the sample Images select storage nodes by (an Image's
+	// nodeSelector); the code does not require it.
+	StorageNodeLabel = "ggnet.io/storage"
+	// ISCSIPortalAnnotation on a storage node is the iSCSI portal its storage
+	// agent's target listens on, <IPv4>:<port> (the agent's --portal, set
+	// when the agent starts). The manager hands PCs this portal, and the
+	// node's InternalIP with the manager's --iscsi-port only when the
+	// annotation is missing or not a valid IPv4 address and port.
+	ISCSIPortalAnnotation = "boot.ggnet.io/iscsi-portal"
+)
+
+// StorageAnnotation on a storage node is the node's storage capacity and
+// use, a JSON NodeStorage written by its storage agent.
+const StorageAnnotation = "boot.ggnet.io/storage"
+
+// Finalizers.
+const (
+	// SessionFinalizer is held by the manager until a session's Secret and
+	// Machine bookkeeping are released.
+	SessionFinalizer = "boot.ggnet.io/session"
+	// StorageFinalizer is held by the storage agent until the target and, for
+	// Discard, the overlay are gone.
+	StorageFinalizer = "boot.ggnet.io/storage"
+	// ImageFinalizer is held by the manager on every Image; an Image being
+	// deleted keeps it while sessions use it: scheduled sessions that have
+	// not finished, and unscheduled ones that have not yet seen the deletion
+	// (their Ready reason is not ImageDeletingReason or
+	// MachineDeletingReason).
+	ImageFinalizer = "boot.ggnet.io/image"
+	// MachineFinalizer is held by the manager on every Machine; a Machine
+	// being deleted keeps it, as ImageFinalizer, while sessions use it, so
+	// that a running PC keeps its reservation and its script until its
+	// session stops.
+	MachineFinalizer = "boot.ggnet.io/machine"
+)
+
+// NodeFinalizerPrefix starts the per-node finalizers a storage agent holds on
+// the objects it keeps files for on its node (an Image's replica, a Machine's
+// persistent disks): NodeFinalizer(node).
+const NodeFinalizerPrefix = "storage.boot.ggnet.io/"
+
+// NodeFinalizer is the finalizer the storage agent of node holds on an
+// object while it keeps files for it on that node. A finalizer name is at
+// most 63 characters after the prefix's domain, so long node names are cut
+// at 50. The manager releases the finalizers of a node that is gone.
+func NodeFinalizer(node string) string {
+	if len(node) > 50 {
+		node = node[:50]
+	}
+	return NodeFinalizerPrefix + node
+}
