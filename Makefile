@@ -58,6 +58,11 @@ bench-boot: deps envtest-bins build ## Boot benchmark: power-on to marker throug
 	go build -o $(BIN)/bench-boot ./test/benchmark/boot
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-boot -bin $(BIN) -n $${BENCH_BOOTS:-5} -paths $${BENCH_PATHS:-ggnet,slirp,slirp-noipv6}
 
+.PHONY: bench-storm
+bench-storm: deps envtest-bins build ## Boot storm: N simulated PCs (DHCP, script, iSCSI CHAP login, 64 MiB read) against the real agents and tgtd (root; STORM_N=200, STORM_ARGS e.g. -boot-agents 2 -storage-nodes 3 -kill-boot-agent-at 50% -kill-storage-node-at 50%).
+	go build -o $(BIN)/bench-storm ./test/benchmark/storm
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-storm -bin $(BIN) -n $${STORM_N:-200} $${STORM_ARGS}
+
 ##@ Development
 
 .PHONY: deps

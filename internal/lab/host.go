@@ -108,3 +108,34 @@ func (h *Host) inNetns(f func() error) error {
 	}()
 	return <-errc
 }
+
+// Do runs f on an OS thread inside the host's network namespace (as
+// inNetns): sockets f opens belong to the host and keep to it afterwards,
+// whichever thread later uses them. A simulator opens its PCs' sockets so.
+func (h *Host) Do(f func() error) error { return h.inNetns(f) }
+
+// AddAddresses gives the host's eth0 more addresses (host addresses, /32),
+// in one batch: a simulator's PCs each have their own, the one DHCP leased
+// them. The lab's side needs a route to them (RouteVia).
+func (h *Host) AddAddresses(ips []string) error {
+	var b strings.Builder
+	for _, ip := range ips {
+		fmt.Fprintf(&b, "addr add %s/32 dev eth0\n", ip)
+	}
+	cmd := exec.Command("ip", "-n", h.Netns, "-batch", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("adding %d addresses to %s: %v %s", len(ips), h.Netns, err, out)
+	}
+	return nil
+}
+
+// RouteVia routes prefix (e.g. 10.98.0.0/16) through the host from the
+// lab's namespace: the host's extra addresses then answer, and the lab's
+// neighbour table holds one entry for all of them.
+func (h *Host) RouteVia(prefix string) error {
+	if out, err := exec.Command("ip", "route", "add", prefix, "via", h.IP, "dev", Bridge).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip route add %s via %s: %v %s", prefix, h.IP, err, out)
+	}
+	return nil
+}

@@ -109,6 +109,11 @@ type Lab struct {
 	// apiserverArgs is kube-apiserver's command line, kept at its first kill
 	// to start it again the same way.
 	apiserverArgs []string
+	// opts are the options the lab started with; boot and storage are its
+	// extra agents (Options.BootAgents, Options.StorageNodes).
+	opts    Options
+	boot    []BootAgent
+	storage []StorageNode
 }
 
 // Start brings the lab up: network, API server, storage node, manager,
@@ -116,7 +121,13 @@ type Lab struct {
 // and "os", the real OS (OSDiskPath). bin holds manager and
 // bootagent.
 func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
-	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, stoppers: map[string]bool{}, bin: bin, tgtPort: 1000 + rand.IntN(8000)}
+	return StartWith(ctx, t, bin, Options{})
+}
+
+// StartWith brings the lab up as Start does, with opts: more boot agents
+// and storage nodes on the bridge, extra manager flags, no "os" Image.
+func StartWith(ctx context.Context, t testfs.T, bin string, opts Options) (*Lab, error) {
+	l := &Lab{Dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}, stoppers: map[string]bool{}, bin: bin, tgtPort: 1000 + rand.IntN(8000), opts: opts}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", Bridge, "type", "bridge"},
@@ -184,6 +195,9 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	if err := l.StartAgent(); err != nil {
 		return nil, err
 	}
+	if err := l.startExtras(ctx); err != nil {
+		return nil, err
+	}
 
 	disk := filepath.Join(l.imageRoot(), "demo.raw")
 	if err := WriteDemoDisk(disk, 64<<20); err != nil {
@@ -192,16 +206,23 @@ func Start(ctx context.Context, t testfs.T, bin string) (*Lab, error) {
 	if err := l.CreateImage(ctx, "demo", disk); err != nil {
 		return nil, err
 	}
-	// The real OS (hack/osdisk.sh, built once into bin/osdisk).
-	osDisk, err := OSDiskPath()
-	if err != nil {
-		return nil, err
+	images := []string{"demo"}
+	if !opts.NoOSImage {
+		// The real OS (hack/osdisk.sh, built once into bin/osdisk).
+		osDisk, err := OSDiskPath()
+		if err != nil {
+			return nil, err
+		}
+		if err := l.CreateImage(ctx, "os", osDisk); err != nil {
+			return nil, err
+		}
+		images = append(images, "os")
 	}
-	if err := l.CreateImage(ctx, "os", osDisk); err != nil {
-		return nil, err
-	}
-	for _, name := range []string{"demo", "os"} {
+	for _, name := range images {
 		if err := l.WaitImage(ctx, name, 60*time.Second); err != nil {
+			return nil, err
+		}
+		if err := l.waitReplicas(ctx, name, 1+opts.StorageNodes, 120*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -286,8 +307,9 @@ func (l *Lab) Kill(name string) {
 
 // StartManager runs the manager.
 func (l *Lab) StartManager() error {
-	if err := l.start("manager", "--kubeconfig", l.Kubeconfig, "--leader-elect=false",
-		"--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
+	args := append([]string{"--kubeconfig", l.Kubeconfig, "--leader-elect=false",
+		"--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}, l.opts.ManagerArgs...)
+	if err := l.start("manager", args...); err != nil {
 		return err
 	}
 	_, err := testbin.WaitHTTP("http://127.0.0.1:18081/readyz", 60*time.Second)
@@ -324,6 +346,7 @@ func (l *Lab) startAgent(withTGTD bool, extra ...string) error {
 		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
 		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug",
 		"--image-path-root", l.imageRoot(), "--storage-metrics-listen", "127.0.0.1:18882"}
+	args = append(args, l.opts.AgentArgs...)
 	if withTGTD {
 		args = append(args, "--start-tgtd")
 	}
