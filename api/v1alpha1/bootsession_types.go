@@ -211,6 +211,8 @@ const (
 // +kubebuilder:resource:shortName=bs;bsess,categories=ggnet
 // +kubebuilder:selectablefield:JSONPath=`.spec.machineRef.name`
 // +kubebuilder:selectablefield:JSONPath=`.spec.imageRef.name`
+// +kubebuilder:selectablefield:JSONPath=`.status.phase`
+// +kubebuilder:selectablefield:JSONPath=`.status.storageNode`
 // +kubebuilder:printcolumn:name="Machine",type=string,JSONPath=`.spec.machineRef.name`
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.imageRef.name`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
