@@ -5,9 +5,11 @@ package standin
 import (
 	"context"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -18,8 +20,9 @@ import (
 
 // Storage plays the storage agent through the API: for each session
 // scheduled on a node it holds the storage finalizer and reports
-// StorageReady with its own field owner; on stop or delete it tears down
-// (instantly) and releases the finalizer. Nodes named "broken-*" fail;
+// StorageReady by a forced server-side apply with its own field manager, as
+// the agent does; on stop or delete it tears down (instantly) and releases
+// the finalizer. Nodes named "broken-*" fail;
 // nodes named "gone-*" have no agent (the spec plays it).
 type Storage struct {
 	client.Client
@@ -51,13 +54,28 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 			return ctrl.Result{}, err
 		}
 	}
-	base := bs.DeepCopy()
 	cond := metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionTrue, Reason: bootv1.SucceededReason, Message: "target ready"}
-	if len(bs.Status.StorageNode) > 7 && bs.Status.StorageNode[:7] == "broken-" {
+	if strings.HasPrefix(bs.Status.StorageNode, "broken-") {
 		cond = metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionFalse, Reason: bootv1.StorageFailedReason, Message: "disk full"}
 	}
-	if meta.SetStatusCondition(&bs.Status.Conditions, cond) {
-		return ctrl.Result{}, client.IgnoreNotFound(s.Status().Patch(ctx, bs, client.MergeFrom(base), client.FieldOwner("stand-in-storage")))
+	cur := meta.FindStatusCondition(bs.Status.Conditions, bootv1.StorageReadyCondition)
+	if cur != nil && cur.Status == cond.Status && cur.Reason == cond.Reason && cur.Message == cond.Message {
+		return ctrl.Result{}, nil
 	}
-	return ctrl.Result{}, nil
+	// As the storage agent writes it: a forced server-side apply of its
+	// own condition, with its own field manager (a merge patch would
+	// replace the whole list, the manager's conditions with it).
+	cond.LastTransitionTime = metav1.NewTime(time.Now().Truncate(time.Second))
+	if cur != nil && cur.Status == cond.Status {
+		cond.LastTransitionTime = cur.LastTransitionTime
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": bootv1.GroupVersion.String(), "kind": "BootSession",
+		"metadata": map[string]any{"namespace": bs.Namespace, "name": bs.Name},
+		"status": map[string]any{"conditions": []any{map[string]any{
+			"type": cond.Type, "status": string(cond.Status), "reason": cond.Reason, "message": cond.Message,
+			"observedGeneration": bs.Generation, "lastTransitionTime": cond.LastTransitionTime.UTC().Format(time.RFC3339)}}},
+	}}
+	return ctrl.Result{}, client.IgnoreNotFound(s.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
+		client.FieldOwner("stand-in-storage"), client.ForceOwnership))
 }

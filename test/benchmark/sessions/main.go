@@ -1,8 +1,16 @@
 // Command sessions measures the controllers at scale against a real
 // kube-apiserver: N Machines and N BootSessions created at once, a stand-in
-// storage agent answering at once, the manager binary as its own process.
-// It reports how long until all are Ready, create-to-Ready p50/p99 (client
-// clock: create call to the watch event showing Ready) and the manager's RSS.
+// storage agent answering at once (internal/standin: the real agent's two
+// writes, a finalizer and StorageReady, without tgtd), the manager binary as
+// its own process with the chart's defaults (charts/ggnet/values.yaml:
+// --max-concurrent-reconciles and GOMEMLIMIT). It reports how long until all
+// are Ready, create-to-Ready p50/p99 (client clock: create call to the
+// watch event showing Ready), the API writes per session by verb and
+// resource (kube-apiserver's apiserver_request_total before and after; with
+// -audit also by writer, from the audit log), the CPU used by
+// kube-apiserver, etcd and the manager during the storm, the manager's
+// workqueue and its RSS, and, when the manager has --pprof-bind-address, its
+// CPU profile through the storm.
 //
 //	go run ./test/benchmark/sessions -n 1000 -manager bin/manager
 package main
@@ -11,10 +19,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
+	"runtime"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +35,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -35,22 +49,78 @@ import (
 	"github.com/ggnet/ggnet/internal/standin"
 	"github.com/ggnet/ggnet/internal/testbin"
 	"github.com/ggnet/ggnet/internal/testenv"
+	"github.com/ggnet/ggnet/test/benchmark/sessions/kit"
 )
+
+type options struct {
+	n            int
+	manager      string
+	memLimit     string
+	concurrency  int
+	audit        bool
+	pprofSeconds int
+	out          string
+	timeout      time.Duration
+}
 
 func main() {
 	ctrl.SetLogger(logr.Discard())
-	n := flag.Int("n", 1000, "Machines and BootSessions.")
-	manager := flag.String("manager", "bin/manager", "Manager binary.")
-	memLimit := flag.String("manager-gomemlimit", "", "GOMEMLIMIT for the manager process (as a Deployment would set from its memory limit).")
+	def, err := kit.ChartManagerDefaults()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sessions:", err)
+		os.Exit(1)
+	}
+	var o options
+	flag.IntVar(&o.n, "n", 1000, "Machines and BootSessions.")
+	flag.StringVar(&o.manager, "manager", "bin/manager", "Manager binary.")
+	flag.StringVar(&o.memLimit, "manager-gomemlimit", def.GoMemLimit, "GOMEMLIMIT of the manager process (default: the chart's manager.goMemLimit; empty: none).")
+	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", def.MaxConcurrentReconciles, "The manager's --max-concurrent-reconciles (default: the chart's).")
+	flag.BoolVar(&o.audit, "audit", false, "Also write kube-apiserver's audit log of writes and count the writes per session by writer (costs the API server some CPU).")
+	flag.IntVar(&o.pprofSeconds, "pprof-seconds", 20, "Length of the manager's CPU profile from the first create (when the manager has --pprof-bind-address); 0: none.")
+	flag.StringVar(&o.out, "out", "", "Directory for the profiles, the manager's log and the audit log (default: a temporary one, removed).")
+	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "Give up when not all sessions are Ready after this long.")
 	flag.Parse()
-	if err := run(*n, *manager, *memLimit); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "sessions:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, managerBin, memLimit string) error {
-	env, cfg, err := testenv.Start(func(e *envtest.Environment) { e.ControlPlaneStopTimeout = time.Second })
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// hasFlag reports whether a binary's -h lists a flag.
+func hasFlag(bin, name string) bool {
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	return strings.Contains(string(out), "-"+name)
+}
+
+func run(o options) error {
+	n := o.n
+	dir := o.out
+	if dir == "" {
+		d, err := os.MkdirTemp("", "sessions")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var auditLog string
+	env, cfg, err := testenv.Start(func(e *envtest.Environment) {
+		e.ControlPlaneStopTimeout = time.Second
+		if o.audit {
+			auditLog, _ = kit.Audit(e, dir, false)
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -62,6 +132,11 @@ func run(n int, managerBin, memLimit string) error {
 	if err != nil {
 		return err
 	}
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return err
+	}
+	apiMetrics := strings.TrimRight(cfg.Host, "/") + "/metrics"
 
 	// The manager, as in production: its own process.
 	user, err := env.AddUser(envtest.User{Name: "ggnet-manager", Groups: []string{"system:masters"}}, nil)
@@ -69,33 +144,66 @@ func run(n int, managerBin, memLimit string) error {
 		return err
 	}
 	kc, _ := user.KubeConfig()
-	dir, _ := os.MkdirTemp("", "sessions")
-	defer os.RemoveAll(dir)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		return err
 	}
-	mgrCmd := exec.CommandContext(ctx, managerBin, "--kubeconfig", kubeconfig, "--leader-elect=false",
-		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:18081", "--max-concurrent-reconciles=8")
-	if memLimit != "" {
-		mgrCmd.Env = append(os.Environ(), "GOMEMLIMIT="+memLimit)
+	probe, err := freePort()
+	if err != nil {
+		return err
 	}
-	logf, _ := os.Create(filepath.Join(dir, "manager.log"))
+	mport, err := freePort()
+	if err != nil {
+		return err
+	}
+	args := []string{"--kubeconfig", kubeconfig, "--leader-elect=false",
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", mport), fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probe),
+		fmt.Sprintf("--max-concurrent-reconciles=%d", o.concurrency)}
+	pprofURL := ""
+	if hasFlag(o.manager, "pprof-bind-address") {
+		pp, err := freePort()
+		if err != nil {
+			return err
+		}
+		args = append(args, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pp))
+		pprofURL = fmt.Sprintf("http://127.0.0.1:%d/debug/pprof", pp)
+	}
+	mgrCmd := exec.CommandContext(ctx, o.manager, args...)
+	mgrCmd.Env = os.Environ()
+	if o.memLimit != "" {
+		mgrCmd.Env = append(mgrCmd.Env, "GOMEMLIMIT="+o.memLimit)
+	}
+	logf, err := os.Create(filepath.Join(dir, "manager.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
 	mgrCmd.Stdout, mgrCmd.Stderr = logf, logf
 	if err := mgrCmd.Start(); err != nil {
 		return err
 	}
 	defer func() { cancel(); _ = mgrCmd.Wait() }()
-	if _, err := testbin.WaitHTTP("http://127.0.0.1:18081/readyz", 60*time.Second); err != nil {
+	if _, err := testbin.WaitHTTP(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe), 60*time.Second); err != nil {
 		return err
 	}
+	mgrMetrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
+	fmt.Printf("manager %s: --max-concurrent-reconciles=%d GOMEMLIMIT=%q (the chart's defaults unless set); pprof: %v\n",
+		o.manager, o.concurrency, o.memLimit, pprofURL != "")
 
-	// The stand-in storage agent, in this process.
-	sa, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme.New(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	// The stand-in storage agent, in this process, with the real agent's
+	// concurrency (4 session reconciles).
+	// Its own user, so that the audit log tells its writes apart.
+	saUser, err := env.AddUser(envtest.User{Name: "ggnet-storage-standin", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return err
 	}
-	if err := (&standin.Storage{Client: sa.GetClient(), Workers: 8}).SetupWithManager(sa); err != nil {
+	saCfg := saUser.Config()
+	saCfg.QPS, saCfg.Burst = 1000, 2000
+	sa, err := ctrl.NewManager(saCfg, ctrl.Options{Scheme: scheme.New(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		return err
+	}
+	if err := (&standin.Storage{Client: sa.GetClient(), Workers: 4}).SetupWithManager(sa); err != nil {
 		return err
 	}
 	go func() { _ = sa.Start(ctx) }()
@@ -105,7 +213,7 @@ func run(n int, managerBin, memLimit string) error {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		return err
 	}
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "storage-1"}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "storage-1", Labels: map[string]string{bootv1.StorageNodeLabel: "true"}}}
 	if err := c.Create(ctx, node); err != nil {
 		return err
 	}
@@ -127,6 +235,7 @@ func run(n int, managerBin, memLimit string) error {
 	}); err != nil {
 		return err
 	}
+	t0 := time.Now()
 	if err := testbin.Parallel(n, 32, func(k int) error {
 		return c.Create(ctx, &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("seat-%05d", k)},
 			Spec: bootv1.MachineSpec{MAC: fmt.Sprintf("00:0c:01:%02x:%02x:%02x", k>>16&0xff, k>>8&0xff, k&0xff),
@@ -134,9 +243,10 @@ func run(n int, managerBin, memLimit string) error {
 	}); err != nil {
 		return err
 	}
+	fmt.Printf("created %d Machines in %s\n", n, time.Since(t0).Round(time.Millisecond))
 
 	// Watch for Ready with a cache of our own.
-	wc, err := cache.New(cfg, cache.Options{Scheme: scheme.New()})
+	wc, err := cache.New(cfg, cache.Options{Scheme: scheme.New(), DefaultTransform: cache.TransformStripManagedFields()})
 	if err != nil {
 		return err
 	}
@@ -176,7 +286,36 @@ func run(n int, managerBin, memLimit string) error {
 	go func() { _ = wc.Start(ctx) }()
 	wc.WaitForCacheSync(ctx)
 
+	// The Machines' own writes (finalizers, status) are done before the
+	// storm; the counts below are the sessions' alone.
+	if err := quiesce(hc, apiMetrics, 2*time.Second, 2*time.Minute); err != nil {
+		return err
+	}
+	apiBefore, err := kit.Scrape(hc, apiMetrics)
+	if err != nil {
+		return fmt.Errorf("kube-apiserver /metrics: %w", err)
+	}
+	mgrBefore, err := kit.Scrape(http.DefaultClient, mgrMetrics)
+	if err != nil {
+		return fmt.Errorf("manager /metrics: %w", err)
+	}
+	procs := []string{"kube-apiserver", "etcd", "manager", "benchmark (stand-in agent, watcher, clients)"}
+	pids := []int{first(kit.ChildrenNamed("kube-apiserver")), first(kit.ChildrenNamed("etcd")), mgrCmd.Process.Pid, os.Getpid()}
+	cpu := kit.NewCPU(procs, pids)
+	fmt.Printf("load average before the storm (the machine is shared): %s\n", kit.LoadAvg())
+
+	var profWG sync.WaitGroup
 	start := time.Now()
+	cpu.Start(500 * time.Millisecond)
+	if pprofURL != "" && o.pprofSeconds > 0 {
+		profWG.Add(1)
+		go func() {
+			defer profWG.Done()
+			if err := fetch(fmt.Sprintf("%s/profile?seconds=%d", pprofURL, o.pprofSeconds), filepath.Join(dir, "manager-cpu.pprof")); err != nil {
+				fmt.Println("manager CPU profile:", err)
+			}
+		}()
+	}
 	if err := testbin.Parallel(n, 64, func(k int) error {
 		name := fmt.Sprintf("seat-%05d-s", k)
 		mu.Lock()
@@ -190,26 +329,188 @@ func run(n int, managerBin, memLimit string) error {
 	fmt.Printf("created %d BootSessions in %s\n", n, time.Since(start).Round(time.Millisecond))
 	select {
 	case <-allDone:
-	case <-time.After(5 * time.Minute):
+	case <-time.After(o.timeout):
 		mu.Lock()
-		fmt.Printf("only %d of %d Ready after 5 minutes\n", len(ready), n)
+		fmt.Printf("only %d of %d Ready after %s\n", len(ready), n, o.timeout)
 		mu.Unlock()
 		return fmt.Errorf("not all Ready")
 	}
 	total := time.Since(start)
+	use := cpu.Stop()
 	mu.Lock()
 	lat := make([]time.Duration, 0, n)
 	for _, d := range ready {
 		lat = append(lat, d)
 	}
 	mu.Unlock()
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		return lat[min(len(lat)-1, int(float64(len(lat))*p))].Round(time.Millisecond)
+	p := kit.NewPercentiles(lat)
+	fmt.Printf("all %d Ready %s after the first create; create-to-Ready %s\n", n, total.Round(time.Millisecond), p)
+	fmt.Printf("\nCPU from the first create to the last Ready (%s; %d cores on this machine):\n", total.Round(time.Millisecond), numCPU())
+	rows := [][]string{{"process", "CPU s", "mean cores", "peak cores (0.5 s)"}}
+	for _, u := range use {
+		rows = append(rows, []string{u.Name, fmt.Sprintf("%.1f", u.CPU.Seconds()), fmt.Sprintf("%.2f", u.Cores), fmt.Sprintf("%.2f", u.Peak)})
 	}
-	fmt.Printf("all %d Ready %s after the first create; create-to-Ready p50 %s, p99 %s, max %s\n",
-		n, total.Round(time.Millisecond), pct(0.50), pct(0.99), lat[len(lat)-1].Round(time.Millisecond))
+	kit.Table(os.Stdout, rows)
+
+	mgrAfter, err := kit.Scrape(http.DefaultClient, mgrMetrics)
+	if err != nil {
+		return fmt.Errorf("manager /metrics: %w", err)
+	}
+	q := map[string]string{"name": "bootsession"}
+	fmt.Printf("\nmanager, BootSession controller, through the storm:\n")
+	fmt.Printf("  reconciles: %.0f (%.2f per session); errors %.0f, requeues %.0f\n",
+		kit.CounterDelta(mgrBefore, mgrAfter, "controller_runtime_reconcile_total", map[string]string{"controller": "bootsession"}),
+		kit.CounterDelta(mgrBefore, mgrAfter, "controller_runtime_reconcile_total", map[string]string{"controller": "bootsession"})/float64(n),
+		kit.CounterDelta(mgrBefore, mgrAfter, "controller_runtime_reconcile_total", map[string]string{"controller": "bootsession", "result": "error"}),
+		kit.CounterDelta(mgrBefore, mgrAfter, "controller_runtime_reconcile_total", map[string]string{"controller": "bootsession", "result": "requeue"}))
+	fmt.Printf("  time in queue:  %s\n", kit.HistDelta(mgrBefore, mgrAfter, "workqueue_queue_duration_seconds", q))
+	fmt.Printf("  reconcile time: %s\n", kit.HistDelta(mgrBefore, mgrAfter, "controller_runtime_reconcile_time_seconds", map[string]string{"controller": "bootsession"}))
+	for _, verb := range []string{"POST", "PUT", "PATCH"} {
+		h := kit.HistDelta(mgrBefore, mgrAfter, "rest_client_request_duration_seconds", map[string]string{"verb": verb})
+		if h.Count > 0 {
+			fmt.Printf("  API %-5s as the manager sees it: %s\n", verb, h)
+		}
+	}
+
+	// The trailing writes (the Machines' status) end soon after the last
+	// Ready.
+	if err := quiesce(hc, apiMetrics, 2*time.Second, 2*time.Minute); err != nil {
+		return err
+	}
+	apiAfter, err := kit.Scrape(hc, apiMetrics)
+	if err != nil {
+		return err
+	}
+	writes := kit.APIWrites(apiBefore, apiAfter)
+	conflicts := kit.APIConflicts(apiBefore, apiAfter)
+	var sum float64
+	fmt.Printf("\nAPI writes per session (kube-apiserver's apiserver_request_total, every response code; 409 conflicts beside):\n")
+	rows = [][]string{{"writes/session", "conflicts/session", "verb resource"}}
+	for _, k := range kit.SortedKeys(writes) {
+		v := writes[k]
+		if k == (kit.WriteKey{Verb: "create", Resource: "bootsessions"}) {
+			v -= float64(n) // the benchmark's own creates
+			if v == 0 {
+				continue
+			}
+		}
+		sum += v
+		rows = append(rows, []string{fmt.Sprintf("%.2f", v/float64(n)), fmt.Sprintf("%.2f", conflicts[k]/float64(n)), k.String()})
+	}
+	rows = append(rows, []string{fmt.Sprintf("%.2f", sum/float64(n)), "", "total (besides the benchmark's own create of each session)"})
+	kit.Table(os.Stdout, rows)
+	if auditLog != "" {
+		if err := byWriter(auditLog, start, n); err != nil {
+			return err
+		}
+	}
+
+	profWG.Wait()
+	if pprofURL != "" && o.pprofSeconds > 0 {
+		fmt.Printf("\nmanager CPU profile, %d s from the first create (%s):\n", o.pprofSeconds, filepath.Join(dir, "manager-cpu.pprof"))
+		top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", o.manager, filepath.Join(dir, "manager-cpu.pprof")).CombinedOutput()
+		fmt.Println(indent(string(top)))
+	}
 	time.Sleep(3 * time.Second)
-	fmt.Printf("manager RSS with %d Machines and %d sessions: %s\n", n, n, testbin.RSS(mgrCmd.Process.Pid))
+	fmt.Printf("manager RSS with %d Machines and %d sessions: %s (peak %s)\n", n, n, testbin.RSS(mgrCmd.Process.Pid), hwm(mgrCmd.Process.Pid))
+	if pprofURL != "" {
+		if err := fetch(pprofURL+"/heap", filepath.Join(dir, "manager-heap.pprof")); err == nil {
+			top, _ := exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=15", o.manager, filepath.Join(dir, "manager-heap.pprof")).CombinedOutput()
+			fmt.Printf("manager heap in use at the end:\n%s\n", indent(string(top)))
+		}
+	}
 	return nil
 }
+
+// byWriter counts the audit log's writes from start on by writer, verb and
+// resource, per session.
+func byWriter(path string, start time.Time, n int) error {
+	evs, err := kit.ReadAudit(path)
+	if err != nil {
+		return err
+	}
+	count := map[string]float64{}
+	for _, e := range evs {
+		if e.Received.Before(start) {
+			continue
+		}
+		count[fmt.Sprintf("%s (%s)  %s", e.User, kit.Agent(e.UserAgent), e.What())]++
+	}
+	keys := make([]string, 0, len(count))
+	for k := range count {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return count[keys[i]] > count[keys[j]] })
+	fmt.Printf("\nAPI writes per session by writer (audit log, from the first create):\n")
+	rows := [][]string{{"writes/session", "writer (user agent)  verb resource"}}
+	for _, k := range keys {
+		rows = append(rows, []string{fmt.Sprintf("%.2f", count[k]/float64(n)), k})
+	}
+	kit.Table(os.Stdout, rows)
+	return nil
+}
+
+// quiesce waits until kube-apiserver served no write for quiet.
+func quiesce(hc *http.Client, url string, quiet, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	prev, err := kit.Scrape(hc, url)
+	if err != nil {
+		return err
+	}
+	for time.Now().Before(deadline) {
+		time.Sleep(quiet)
+		cur, err := kit.Scrape(hc, url)
+		if err != nil {
+			return err
+		}
+		if len(kit.APIWrites(prev, cur)) == 0 {
+			return nil
+		}
+		prev = cur
+	}
+	return fmt.Errorf("the API server still served writes %s later", timeout)
+}
+
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
+func first(pids []int) int {
+	if len(pids) == 0 {
+		return -1
+	}
+	return pids[0]
+}
+
+func hwm(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			return strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:"))
+		}
+	}
+	return "?"
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ")
+}
+
+func numCPU() int { return runtime.NumCPU() }
