@@ -16,17 +16,21 @@ import (
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 8, 3, ' ', 0) }
 
+// row writes one table row; an empty cell is "-". Write errors show at the
+// table's Flush.
 func row(w io.Writer, cells ...string) {
+	var b strings.Builder
 	for i, c := range cells {
 		if c == "" {
 			c = "-"
 		}
 		if i > 0 {
-			io.WriteString(w, "\t")
+			b.WriteByte('\t')
 		}
-		io.WriteString(w, c)
+		b.WriteString(c)
 	}
-	io.WriteString(w, "\n")
+	b.WriteByte('\n')
+	_, _ = io.WriteString(w, b.String())
 }
 
 // age is kubectl's AGE: 5s, 3m2s, 60m, 5h, 3d.
@@ -54,7 +58,7 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f%ci", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// seconds is d for a table: 850ms, 2.1s, 1m4s.
+// seconds is d for a table: 850ms, 2.1s, 3s, 1m4s.
 func seconds(d time.Duration) string {
 	switch {
 	case d == 0:
@@ -63,6 +67,8 @@ func seconds(d time.Duration) string {
 		return "-" + seconds(-d)
 	case d < time.Second:
 		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute && d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
 	case d < time.Minute:
 		return fmt.Sprintf("%.1fs", d.Seconds())
 	default:

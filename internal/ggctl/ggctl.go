@@ -146,7 +146,6 @@ type ggnet struct {
 	io     genericiooptions.IOStreams
 	flags  *genericclioptions.ConfigFlags
 	client client.WithWatch
-	user   string
 }
 
 func (g *ggnet) rootCommand() *cobra.Command {
@@ -212,12 +211,10 @@ func (g *ggnet) namespace() (string, error) {
 	return ns, nil
 }
 
-// scope is the namespace to list in: "" for all with -A.
+// scope is the namespace to list in: "" for all with -A (which, as in
+// kubectl, wins over -n).
 func (g *ggnet) scope(all bool) (string, error) {
 	if all {
-		if g.flags.Namespace != nil && *g.flags.Namespace != "" {
-			return "", usagef("-A and -n cannot be used together")
-		}
 		return "", nil
 	}
 	return g.namespace()

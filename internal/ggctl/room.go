@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"golang.org/x/term"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -112,8 +112,8 @@ func Seats(machines []bootv1.Machine, sessions []bootv1.BootSession) []Seat {
 }
 
 // RenderRoom draws seats as a grid width columns wide; color adds ANSI
-// colors.
-func RenderRoom(seats []Seat, width int, color bool) string {
+// colors; byNamespace starts each namespace's seats under its name.
+func RenderRoom(seats []Seat, width int, color, byNamespace bool) string {
 	var b strings.Builder
 	counts := map[string]int{}
 	nameW := 0
@@ -128,12 +128,15 @@ func RenderRoom(seats []Seat, width int, color bool) string {
 		}
 	}
 	fmt.Fprintf(&b, "%d seats: %s\n", len(seats), strings.Join(parts, ", "))
+	if !byNamespace {
+		b.WriteString("\n")
+	}
 	cellW := nameW + 1 + len(seatConflict) + 3 // name, state, gap
 	cols := max(1, (width+3)/cellW)
 	ns := "\x00"
 	n := 0
 	for _, s := range seats {
-		if s.Namespace != ns {
+		if byNamespace && s.Namespace != ns {
 			if n%cols != 0 {
 				b.WriteString("\n")
 			}
@@ -246,7 +249,7 @@ func (g *ggnet) room(ctx context.Context, selector string, all, watchF bool) err
 		if len(ml.Items) == 0 {
 			return head + "no Machines\n", ml.ResourceVersion + "/" + sl.ResourceVersion, nil
 		}
-		return head + RenderRoom(Seats(ml.Items, sl.Items), g.termWidth(), g.isTerminal()), ml.ResourceVersion + "/" + sl.ResourceVersion, nil
+		return head + RenderRoom(Seats(ml.Items, sl.Items), g.termWidth(), g.isTerminal(), ns == ""), ml.ResourceVersion + "/" + sl.ResourceVersion, nil
 	}
 	if !watchF {
 		out, _, err := draw()
