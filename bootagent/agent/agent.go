@@ -252,6 +252,7 @@ func (a *Agent) watch(ctx context.Context) ([]toolscache.ResourceEventHandlerReg
 		add(&bootv1.BootSession{}, a.upsertSession, func(o any) {
 			if s, ok := unwrap[*bootv1.BootSession](o); ok {
 				a.table.DeleteSession(s.Namespace + "/" + s.Name)
+				a.recorder.forget(s.Namespace + "/" + s.Name)
 			}
 		}),
 		add(&corev1.Secret{}, a.upsertSecret, func(o any) {

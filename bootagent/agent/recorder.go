@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,11 +17,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	bootac "github.com/ggnet/ggnet/api/v1alpha1/applyconfiguration/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/bootagent/table"
 )
@@ -31,29 +31,51 @@ import (
 const FieldOwner = "ggnet-bootagent"
 
 // recorder writes what the protocol servers observed to the API server, off
-// their request paths: a bounded queue, one pending write per key, dropped
-// (and counted) when the queue is full.
+// their request paths, through a client-go work queue: each key (a
+// session, a Machine, a discovered MAC, a refused Machine's Event) is in the
+// queue once however often it is added and is written by one worker at a
+// time; what it writes waits in pending (the ACK times of DHCP first in
+// dhcpAt, at dhcpLimit's pace). A failed write is retried with the queue's
+// rate limiter (per key, exponential from retryBase to retryCap, at most
+// maxRetries times). The protocol servers' calls (Answered, ScriptServed,
+// BootFailed, RequestSession, Unknown, Forbidden) take a mutex and add to a
+// map and a queue: no API call, no wait for one.
+//
+// Bounds, whatever the rate of requests: pending holds at most maxPending
+// keys and dhcpAt maxPendingDHCP sessions; past them a record is dropped
+// and counted (ggnet_agent_records_dropped_total); the queues hold no key
+// twice, so neither holds more keys than those maps; applied holds a
+// session's fields while they may be written again (appliedIdle).
 type recorder struct {
-	c       client.Client
-	tbl     *table.Table
-	log     logr.Logger
-	queue   chan func(context.Context) error
-	pending sync.Map
+	c     client.Client
+	tbl   *table.Table
+	log   logr.Logger
+	queue workqueue.TypedRateLimitingInterface[recordKey]
+
+	mu      sync.Mutex
+	pending map[recordKey]*pendingRecord
+
 	dropped prometheus.Counter
 	writes  *prometheus.CounterVec
 
-	// dhcpLimit paces the DHCP timeline writes (5/s): a boot storm of
-	// hundreds of PCs must not turn into as many API writes at once. Each
-	// write, and the watch event it comes back as, holds the core that
-	// answers DHCP for a moment: at 20/s that delayed 2% of requests by
-	// ~2 ms (docs/benchmarks.md). The
-	// ACK times wait in dhcpPending, one per session, and are written at
-	// this pace with the time of the ACK, so a storm delays them but loses
-	// none unless maxPendingDHCP sessions are waiting.
-	dhcpLimit   *rate.Limiter
-	dhcpMu      sync.Mutex
-	dhcpPending map[string]time.Time
-	dhcpKick    chan struct{}
+	// dhcpQueue holds the sessions with a DHCP ACK time waiting in dhcpAt
+	// to be recorded: dhcpLimit paces them (5/s) into the write queue. A
+	// boot storm of hundreds of PCs must not turn into as many API writes
+	// at once: each write, and the watch event it comes back as, holds the
+	// core that answers DHCP for a moment (at 20/s that delayed 2% of
+	// requests by ~2 ms, docs/benchmarks.md). The times wait with the time
+	// of the ACK, so a storm delays them but loses none unless
+	// maxPendingDHCP sessions are waiting.
+	dhcpQueue workqueue.TypedInterface[string]
+	dhcpLimit *rate.Limiter
+	dhcpMu    sync.Mutex
+	dhcpAt    map[string]time.Time
+
+	// applied is the boot agent's fields of each session as the API server
+	// holds them after the agent's last apply (the agent is their only
+	// writer; its cache may not show its last write yet).
+	appliedMu sync.Mutex
+	applied   map[string]*bootFields
 
 	discovery          bool
 	discoveryNamespace string
@@ -74,12 +96,73 @@ type recorder struct {
 	component string
 }
 
+// recordKey is one thing to write.
+type recordKey struct {
+	kind recordKind
+	// key is the session's or the Machine's namespace/name, or a MAC.
+	key string
+}
+
+type recordKind uint8
+
+const (
+	// sessionRecord: the session's timeline.dhcp, timeline.scriptServed
+	// and BootFailed condition, in one apply (bootFields).
+	sessionRecord recordKind = iota
+	// requestRecord: the Machine's session-requested annotation.
+	requestRecord
+	// discoverRecord: a discovered Machine.
+	discoverRecord
+	// forbiddenRecord: a ScriptForbidden Event on the Machine.
+	forbiddenRecord
+)
+
+// pendingRecord is what a queued key writes: for a session, what was
+// observed (the earliest of each); for the others, the write.
+type pendingRecord struct {
+	dhcp, served time.Time
+	failed       string // iPXE's error number
+	failedAt     time.Time
+	write        func(context.Context) error
+}
+
+// merge adds o's observations to p, keeping the earliest of each.
+func (p *pendingRecord) merge(o *pendingRecord) {
+	earliest := func(a *time.Time, b time.Time) {
+		if !b.IsZero() && (a.IsZero() || b.Before(*a)) {
+			*a = b
+		}
+	}
+	earliest(&p.dhcp, o.dhcp)
+	earliest(&p.served, o.served)
+	if o.failed != "" && (p.failed == "" || o.failedAt.Before(p.failedAt)) {
+		p.failed, p.failedAt = o.failed, o.failedAt
+	}
+	if p.write == nil {
+		p.write = o.write
+	}
+}
+
+// Limits of the recorder (see recorder).
+const (
+	maxPending     = 10000
+	maxPendingDHCP = 100000
+	maxRetries     = 5
+	retryBase      = 100 * time.Millisecond
+	retryCap       = 30 * time.Second
+	writeTimeout   = 10 * time.Second
+)
+
 func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometheus.Registerer) *recorder {
 	r := &recorder{
-		c: c, tbl: tbl, log: log, queue: make(chan func(context.Context) error, 4096),
+		c: c, tbl: tbl, log: log,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[recordKey](retryBase, retryCap),
+			workqueue.TypedRateLimitingQueueConfig[recordKey]{Name: "ggnet_agent_records"}),
+		pending: map[recordKey]*pendingRecord{},
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ggnet_agent_records_dropped_total",
-			Help: "Boot progress records dropped because the write queue was full.",
+			Help: "Boot progress records dropped because too many were waiting, or their writes kept failing.",
 		}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ggnet_agent_record_writes_total",
@@ -89,14 +172,15 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 			Name: "ggnet_agent_discovery_capped_total",
 			Help: "Unknown PXE clients not recorded because the discovered Machines reached --discovery-max.",
 		}),
+		dhcpQueue:     workqueue.NewTyped[string](),
+		dhcpLimit:     rate.NewLimiter(rate.Limit(5), 5),
+		dhcpAt:        map[string]time.Time{},
+		applied:       map[string]*bootFields{},
 		discoveryMax:  1000,
 		creating:      map[string]net.HardwareAddr{},
 		lastForbidden: map[string]time.Time{},
 		component:     FieldOwner,
 		discoverLimit: rate.NewLimiter(rate.Limit(5), 10),
-		dhcpLimit:     rate.NewLimiter(rate.Limit(5), 5),
-		dhcpPending:   map[string]time.Time{},
-		dhcpKick:      make(chan struct{}, 1),
 	}
 	if reg != nil {
 		reg.MustRegister(r.dropped, r.writes, r.discoveryCapped)
@@ -104,52 +188,93 @@ func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometh
 	return r
 }
 
-// maxPendingDHCP bounds the DHCP ACK times waiting to be written.
-const maxPendingDHCP = 100000
-
-// run drains the queue with a few workers, and the DHCP times at their pace,
-// until ctx ends.
+// run writes the queued records with a few workers, and moves the DHCP
+// times into the queue at their pace, until ctx ends.
 func (r *recorder) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.runDHCP(ctx)
-	}()
+	wg.Go(func() { r.runDHCP(ctx) })
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case f := <-r.queue:
-					wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-					_ = f(wctx)
-					cancel()
-				}
+		wg.Go(func() {
+			for r.writeNext(ctx) {
 			}
-		}()
+		})
 	}
+	<-ctx.Done()
+	r.queue.ShutDown()
+	r.dhcpQueue.ShutDown()
 	wg.Wait()
 }
 
-// enqueue adds a write unless one for key is already pending.
-func (r *recorder) enqueue(key string, f func(context.Context) error) {
-	if _, busy := r.pending.LoadOrStore(key, struct{}{}); busy {
-		return
+// add merges rec into the key's pending record and queues the key; past
+// maxPending keys a new one is dropped.
+func (r *recorder) add(k recordKey, rec pendingRecord) {
+	r.mu.Lock()
+	p := r.pending[k]
+	if p == nil {
+		if len(r.pending) >= maxPending {
+			r.mu.Unlock()
+			r.dropped.Inc()
+			return
+		}
+		p = &pendingRecord{}
+		r.pending[k] = p
 	}
-	task := func(ctx context.Context) error {
-		r.pending.Delete(key)
-		return f(ctx)
+	p.merge(&rec)
+	r.mu.Unlock()
+	r.queue.Add(k)
+}
+
+// writeNext writes one queued key; false once the queue is shut down.
+func (r *recorder) writeNext(ctx context.Context) bool {
+	k, shutdown := r.queue.Get()
+	if shutdown {
+		return false
 	}
-	select {
-	case r.queue <- task:
+	defer r.queue.Done(k)
+	r.mu.Lock()
+	p := r.pending[k]
+	delete(r.pending, k)
+	r.mu.Unlock()
+	if p == nil {
+		r.queue.Forget(k)
+		return true
+	}
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	err := r.write(wctx, k, p)
+	cancel()
+	switch {
+	case err == nil || !retriable(err) || ctx.Err() != nil:
+		r.queue.Forget(k)
+	case r.queue.NumRequeues(k) < maxRetries:
+		r.mu.Lock()
+		if cur := r.pending[k]; cur != nil {
+			cur.merge(p)
+		} else {
+			r.pending[k] = p
+		}
+		r.mu.Unlock()
+		r.queue.AddRateLimited(k)
 	default:
-		r.pending.Delete(key)
+		r.queue.Forget(k)
 		r.dropped.Inc()
 	}
+	return true
+}
+
+// retriable reports whether a failed write may succeed when tried again.
+func retriable(err error) bool {
+	return !apierrors.IsInvalid(err) && !apierrors.IsBadRequest(err) && !apierrors.IsNotFound(err) &&
+		!apierrors.IsMethodNotSupported(err) && !apierrors.IsAlreadyExists(err)
+}
+
+func (r *recorder) write(ctx context.Context, k recordKey, p *pendingRecord) error {
+	if k.kind == sessionRecord {
+		return r.writeSession(ctx, k.key, p)
+	}
+	if p.write == nil {
+		return nil
+	}
+	return p.write(ctx)
 }
 
 func (r *recorder) result(kind string, err error) error {
@@ -164,17 +289,21 @@ func (r *recorder) result(kind string, err error) error {
 
 // ScriptServed implements httpboot.Recorder.
 func (r *recorder) ScriptServed(sessionKey string) {
-	r.enqueue("script/"+sessionKey, func(ctx context.Context) error {
-		return r.result("scriptServed", r.stamp(ctx, sessionKey, "scriptServed", time.Now()))
-	})
+	r.add(recordKey{sessionRecord, sessionKey}, pendingRecord{served: time.Now()})
+}
+
+// BootFailed implements httpboot.Recorder: the session's BootFailed
+// condition, with the boot agent's other fields (bootFields).
+func (r *recorder) BootFailed(sessionKey, errno string) {
+	r.add(recordKey{sessionRecord, sessionKey}, pendingRecord{failed: errno, failedAt: time.Now()})
 }
 
 // Answered implements dhcp.Observer: it binds the address this agent handed
 // the client (yiaddr, reservation mode only; the DHCP server reports none in
 // proxy mode, where the client's addresses are only its claims) to its MAC
-// in the table and notes the time of a session's DHCP ACK for
-// runDHCP to write. It runs on the DHCP server's path: table lookups and a
-// map insert, no allocation for a session already waiting.
+// in the table and notes the time of a session's DHCP ACK for runDHCP. It
+// runs on the DHCP server's path: table lookups, a map insert and a queue's
+// add under their mutexes; no allocation for a session already waiting.
 func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr netip.Addr) {
 	if msg != dhcpv4.MessageTypeAck {
 		return
@@ -188,106 +317,56 @@ func (r *recorder) Answered(mac net.HardwareAddr, msg dhcpv4.MessageType, addr n
 	}
 	now := time.Now()
 	r.dhcpMu.Lock()
-	_, waiting := r.dhcpPending[s.Key]
-	full := !waiting && len(r.dhcpPending) >= maxPendingDHCP
+	_, waiting := r.dhcpAt[s.Key]
+	full := !waiting && len(r.dhcpAt) >= maxPendingDHCP
 	if !waiting && !full {
-		r.dhcpPending[s.Key] = now
+		r.dhcpAt[s.Key] = now
 	}
 	r.dhcpMu.Unlock()
 	switch {
 	case full:
 		r.dropped.Inc()
 	case !waiting:
-		select {
-		case r.dhcpKick <- struct{}{}:
-		default:
-		}
+		r.dhcpQueue.Add(s.Key)
 	}
 }
 
-// runDHCP writes the waiting DHCP ACK times at dhcpLimit's pace.
+// runDHCP moves the waiting DHCP ACK times into the write queue at
+// dhcpLimit's pace; a time the session has already (an ACK within a minute
+// of the one recorded, as iPXE's after the firmware's) takes no turn.
 func (r *recorder) runDHCP(ctx context.Context) {
 	for {
-		select {
-		case <-ctx.Done():
+		key, shutdown := r.dhcpQueue.Get()
+		if shutdown {
 			return
-		case <-r.dhcpKick:
 		}
-		for {
-			r.dhcpMu.Lock()
-			var (
-				key string
-				at  time.Time
-			)
-			for k, t := range r.dhcpPending {
-				key, at = k, t
-				break
-			}
-			r.dhcpMu.Unlock()
-			if key == "" {
-				break
-			}
-			if r.dhcpLimit.Wait(ctx) != nil {
-				return
-			}
-			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_ = r.result("dhcp", r.stamp(wctx, key, "dhcp", at))
-			cancel()
-			r.dhcpMu.Lock()
-			delete(r.dhcpPending, key)
-			r.dhcpMu.Unlock()
+		r.dhcpMu.Lock()
+		at := r.dhcpAt[key]
+		r.dhcpMu.Unlock()
+		if !r.dhcpRecorded(key, at) && r.dhcpLimit.Wait(ctx) != nil {
+			r.dhcpQueue.Done(key)
+			return
 		}
+		r.dhcpMu.Lock()
+		delete(r.dhcpAt, key)
+		r.dhcpMu.Unlock()
+		if !r.dhcpRecorded(key, at) {
+			r.add(recordKey{sessionRecord, key}, pendingRecord{dhcp: at})
+		}
+		r.dhcpQueue.Done(key)
 	}
 }
 
-// stamp sets status.timeline.<field> of a session to at, once (the DHCP
-// time again after a minute: a reboot of the same session).
-func (r *recorder) stamp(ctx context.Context, key, field string, at time.Time) error {
-	ns, name, _ := strings.Cut(key, "/")
-	var s bootv1.BootSession
-	if err := r.c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	t := s.Status.Timeline
-	switch {
-	case field == "scriptServed" && t.ScriptServed != nil, field == "dhcp" && t.DHCP != nil && at.Sub(t.DHCP.Time) < time.Minute:
-		return nil
-	}
-	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"timeline": map[string]any{field: metav1.NewTime(at)}}})
-	return r.c.Status().Patch(ctx, &s, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner))
-}
-
-// BootFailed implements httpboot.Recorder: it applies the session's
-// BootFailed condition with the boot agent's field manager.
-func (r *recorder) BootFailed(sessionKey, errno string) {
-	r.enqueue("failed/"+sessionKey, func(ctx context.Context) error {
-		ns, name, _ := strings.Cut(sessionKey, "/")
-		u := &unstructured.Unstructured{}
-		u.SetAPIVersion(bootv1.GroupVersion.String())
-		u.SetKind("BootSession")
-		u.SetNamespace(ns)
-		u.SetName(name)
-		u.Object["status"] = map[string]any{"conditions": []any{map[string]any{
-			"type": bootv1.BootFailedCondition, "status": "True", "reason": bootv1.SANBootFailedReason,
-			"message":            "the machine's iPXE could not boot from the iSCSI target (iPXE error " + errno + "): check the CHAP Secret, the initiator and the portal",
-			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-		}}}
-		r.log.Info("Recording a failed boot", "BootSession", sessionKey, "errno", errno)
-		return r.result("bootFailed", r.c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership))
-	})
-}
-
-// RequestSession implements httpboot.Recorder: it annotates the Machine so
+// RequestSession implements httpboot.Recorder: it applies the Machine's
+// session-requested annotation (the boot agent's one field on a Machine) so
 // that the Machine controller creates a session.
 func (r *recorder) RequestSession(m table.Machine) {
-	r.enqueue("request/"+m.Key, func(ctx context.Context) error {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			bootv1.SessionRequestedAnnotation: time.Now().UTC().Format(time.RFC3339),
-		}}})
-		obj := &bootv1.Machine{}
-		obj.Namespace, obj.Name = m.Namespace, m.Name
-		return r.result("requestSession", r.c.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner)))
-	})
+	at := time.Now()
+	r.add(recordKey{requestRecord, m.Key}, pendingRecord{write: func(ctx context.Context) error {
+		ac := bootac.Machine(m.Name, m.Namespace).WithAnnotations(map[string]string{
+			bootv1.SessionRequestedAnnotation: at.UTC().Format(time.RFC3339)})
+		return r.result("requestSession", r.c.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership))
+	}})
 }
 
 // Unknown implements dhcp.Observer: with discovery on, each unknown PXE client
@@ -310,7 +389,7 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 	}
 	r.discovered.Store(key, struct{}{})
 	mac = slices.Clone(mac) // the DHCP worker reuses its buffer
-	r.enqueue("discover/"+key, func(ctx context.Context) error {
+	r.add(recordKey{discoverRecord, key}, pendingRecord{write: func(ctx context.Context) error {
 		m := &bootv1.Machine{}
 		m.Namespace = r.discoveryNamespace
 		m.Name = "discovered-" + strings.ReplaceAll(key, ":", "")
@@ -323,13 +402,15 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 			err = nil
 		}
 		if err != nil {
+			// Not retried here: the MAC's next DHCP packet asks again.
 			r.discovered.Delete(key)
 			r.releaseDiscovery(mac)
 		} else {
 			r.log.Info("Recorded a discovered machine", "mac", key, "Machine", m.Namespace+"/"+m.Name)
 		}
-		return r.result("discover", err)
-	})
+		_ = r.result("discover", err)
+		return nil
+	}})
 }
 
 // reserveDiscovery takes one of the discoveryMax places for mac: the
@@ -378,7 +459,7 @@ func (r *recorder) Forbidden(m table.Machine, peer netip.Addr, reason error) {
 	why := strings.TrimPrefix(reason.Error(), table.ErrForbidden.Error()+": ")
 	msg := fmt.Sprintf("Refused a boot script request for MAC %s from %s: %s (further refusals for this Machine are not reported for a minute)",
 		m.Reservation.MAC, peer, why)
-	r.enqueue("forbidden/"+m.Key, func(ctx context.Context) error {
+	r.add(recordKey{forbiddenRecord, m.Key}, pendingRecord{write: func(ctx context.Context) error {
 		t := metav1.NewTime(now)
 		ev := &corev1.Event{
 			ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, GenerateName: m.Name + "."},
@@ -390,7 +471,7 @@ func (r *recorder) Forbidden(m table.Machine, peer netip.Addr, reason error) {
 		}
 		r.log.Info("Refused a boot script request", "Machine", m.Key, "mac", m.Reservation.MAC.String(), "peer", peer.String(), "reason", why)
 		return r.result("forbiddenEvent", r.c.Create(ctx, ev))
-	})
+	}})
 }
 
 func clientDescription(c dhcp.Client) string {

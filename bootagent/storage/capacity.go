@@ -2,17 +2,14 @@ package storage
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"golang.org/x/sys/unix"
 
@@ -104,23 +101,18 @@ func (r *Role) reportCapacityOnce(ctx context.Context) error {
 	m.replicaBytes.Set(float64(ns.ReplicaBytes))
 	m.overlayBytes.Set(float64(ns.OverlayBytes))
 	m.ov.Set(float64(ns.Overlays))
-	if !noticeable(r.lastStorage, ns) {
+	r.node.mu.Lock()
+	defer r.node.mu.Unlock()
+	if !noticeable(r.node.storage, ns) {
 		return nil
 	}
-	b, err := json.Marshal(ns)
-	if err != nil {
+	if err := r.applyNodeMeta(ctx, r.node.portal, ns); err != nil {
+		if errors.Is(err, errNoNode) {
+			return nil
+		}
 		return err
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{bootv1.StorageAnnotation: string(b)}}})
-	if err != nil {
-		return err
-	}
-	node := &corev1.Node{}
-	node.Name = r.cfg.NodeName
-	if err := r.mgr.GetClient().Patch(ctx, node, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(r.cfg.FieldOwner())); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	r.lastStorage = ns
+	r.node.storage = ns
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	bootac "github.com/ggnet/ggnet/api/v1alpha1/applyconfiguration/api/v1alpha1"
 )
 
 // persistReconciler keeps the persistent disks of each Machine on this
@@ -239,19 +240,19 @@ func (r *persistReconciler) applyDisks(ctx context.Context, m *bootv1.Machine, p
 	if same {
 		return nil
 	}
-	list := []any{}
+	status := bootac.MachineStatus()
 	for _, e := range entries {
-		x := map[string]any{"node": e.Node, "imageUID": e.ImageUID, "path": e.Path, "sizeBytes": e.SizeBytes,
-			"generation": e.Generation, "state": string(e.State)}
+		d := bootac.PersistentDisk().WithNode(e.Node).WithImageUID(e.ImageUID).WithPath(e.Path).WithSizeBytes(e.SizeBytes).
+			WithGeneration(e.Generation).WithState(e.State)
 		if e.Image != "" {
-			x["image"] = e.Image
+			d.WithImage(e.Image)
 		}
 		if e.LastUsed != nil {
-			x["lastUsed"] = e.LastUsed.UTC().Format(time.RFC3339)
+			d.WithLastUsed(*e.LastUsed)
 		}
-		list = append(list, x)
+		status.WithPersistentDisks(d)
 	}
-	return client.IgnoreNotFound(applyStatus(ctx, r.Client, r.cfg.FieldOwner(), m, "Machine", map[string]any{"persistentDisks": list}))
+	return client.IgnoreNotFound(r.applyStatus(ctx, bootac.Machine(m.Name, m.Namespace).WithStatus(status)))
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -219,8 +219,8 @@ func (r *Role) orphanCondition() corev1.NodeConditionType {
 // maxListed is how many orphan paths the condition and the Event name.
 const maxListed = 10
 
-// reportOrphans sets this agent's condition on its Node (a strategic-merge
-// patch of one condition: the kubelet's and others' are left alone) when it
+// reportOrphans applies this agent's condition on its Node (the one
+// condition of its apply: the kubelet's and others' are left alone) when it
 // changed, and records a Warning Event on the Node for orphans not reported
 // before by this process.
 func (r *Role) reportOrphans(ctx context.Context, orphans []orphan) error {
@@ -268,20 +268,14 @@ func (r *Role) reportOrphans(ctx context.Context, orphans []orphan) error {
 	if cur != nil && cur.Status == status && cur.Reason == reason && cur.Message == msg {
 		return nil
 	}
-	stamp := metav1.Now().UTC().Format(time.RFC3339)
+	stamp := metav1.NewTime(time.Now().Truncate(time.Second))
 	ltt := stamp
 	if cur != nil && cur.Status == status {
-		ltt = cur.LastTransitionTime.UTC().Format(time.RFC3339)
+		ltt = cur.LastTransitionTime
 	}
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []any{map[string]any{
-		"type": string(typ), "status": string(status), "reason": reason, "message": msg,
-		"lastTransitionTime": ltt, "lastHeartbeatTime": stamp,
-	}}}})
-	if err != nil {
-		return err
-	}
-	return client.IgnoreNotFound(r.mgr.GetClient().Status().Patch(ctx, node, client.RawPatch(types.StrategicMergePatchType, patch),
-		client.FieldOwner(r.cfg.FieldOwner())))
+	cond := corev1ac.NodeCondition().WithType(typ).WithStatus(status).WithReason(reason).WithMessage(msg).
+		WithLastTransitionTime(ltt).WithLastHeartbeatTime(stamp)
+	return client.IgnoreNotFound(r.applyStatus(ctx, corev1ac.Node(r.cfg.NodeName).WithStatus(corev1ac.NodeStatus().WithConditions(cond)), r.nodeFieldOwner()))
 }
 
 func listOrphans(orphans []orphan) string {

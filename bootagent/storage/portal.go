@@ -3,16 +3,19 @@ package storage
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -39,25 +42,57 @@ func CheckPortal(portal string) error {
 	return nil
 }
 
+// nodeMeta is what the agent applies on its Node's metadata, both in every
+// apply (apply.go): the portal annotation once announced, and the storage
+// annotation once measured (capacity.go).
+type nodeMeta struct {
+	mu      sync.Mutex
+	portal  string
+	storage bootv1.NodeStorage // zero Updated: none yet
+}
+
+// applyNodeMeta applies the Node's annotations, portal and storage ("" or a
+// zero Updated: left out). The caller holds r.node.mu. A Node that does not
+// exist is not made (an apply would make one): errNoNode.
+func (r *Role) applyNodeMeta(ctx context.Context, portal string, storage bootv1.NodeStorage) error {
+	node := &corev1.Node{}
+	if err := r.reader.Get(ctx, types.NamespacedName{Name: r.cfg.NodeName}, node); err != nil {
+		if apierrors.IsNotFound(err) {
+			return errNoNode
+		}
+		return err
+	}
+	ann := map[string]string{}
+	if portal != "" {
+		ann[bootv1.ISCSIPortalAnnotation] = portal
+	}
+	if !storage.Updated.IsZero() {
+		b, err := json.Marshal(storage)
+		if err != nil {
+			return err
+		}
+		ann[bootv1.StorageAnnotation] = string(b)
+	}
+	return r.apply(ctx, corev1ac.Node(r.cfg.NodeName).WithAnnotations(ann), r.nodeFieldOwner())
+}
+
+var errNoNode = errors.New("the Node does not exist")
+
 // announcePortal sets this node's bootv1.ISCSIPortalAnnotation to the
 // portal, for the manager to send PCs there. It retries until it succeeds or
 // ctx ends: sessions on this node are given the node's InternalIP until then.
 func (r *Role) announcePortal(ctx context.Context) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-		"annotations": map[string]string{bootv1.ISCSIPortalAnnotation: r.cfg.Portal}}})
-	if err != nil {
-		return err
-	}
 	log := r.log.WithValues("Node", r.cfg.NodeName, "portal", r.cfg.Portal)
 	log.Info("Announcing the iSCSI portal")
 	backoff := wait.Backoff{Duration: time.Second, Factor: 2, Steps: 1 << 30, Cap: 30 * time.Second}
-	err = wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
-		node := &corev1.Node{}
-		node.Name = r.cfg.NodeName
-		if err := r.mgr.GetClient().Patch(ctx, node, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(r.cfg.FieldOwner())); err != nil {
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+		r.node.mu.Lock()
+		defer r.node.mu.Unlock()
+		if err := r.applyNodeMeta(ctx, r.cfg.Portal, r.node.storage); err != nil {
 			log.Error(err, "Unable to announce the iSCSI portal, retrying")
 			return false, nil
 		}
+		r.node.portal = r.cfg.Portal
 		return true, nil
 	})
 	if err != nil && ctx.Err() != nil {

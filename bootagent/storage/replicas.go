@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	bootac "github.com/ggnet/ggnet/api/v1alpha1/applyconfiguration/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
 )
 
@@ -216,17 +217,19 @@ func (r *imageReconciler) report(ctx context.Context, img *bootv1.Image, state b
 			ltt = *cur.LastTransitionTime
 		}
 	}
-	entry := map[string]any{"node": r.cfg.NodeName, "state": string(state),
-		"lastTransitionTime": ltt.UTC().Format(time.RFC3339)}
-	for k, v := range map[string]string{"path": res.Path, "sha256": res.SHA256, "reason": reason, "message": msg} {
-		if v != "" {
-			entry[k] = v
+	entry := bootac.ImageReplica().WithNode(r.cfg.NodeName).WithState(state).WithLastTransitionTime(ltt)
+	for _, f := range []struct {
+		v    string
+		with func(string) *bootac.ImageReplicaApplyConfiguration
+	}{{res.Path, entry.WithPath}, {res.SHA256, entry.WithSHA256}, {reason, entry.WithReason}, {msg, entry.WithMessage}} {
+		if f.v != "" {
+			f.with(f.v)
 		}
 	}
 	if res.SizeBytes > 0 {
-		entry["sizeBytes"] = res.SizeBytes
+		entry.WithSizeBytes(res.SizeBytes)
 	}
-	return client.IgnoreNotFound(applyStatus(ctx, r.Client, r.cfg.FieldOwner(), img, "Image", map[string]any{"replicas": []any{entry}}))
+	return client.IgnoreNotFound(r.applyStatus(ctx, bootac.Image(img.Name, img.Namespace).WithStatus(bootac.ImageStatus().WithReplicas(entry))))
 }
 
 func (r *imageReconciler) finalizer(ctx context.Context, img *bootv1.Image, add bool) error {

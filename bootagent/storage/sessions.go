@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -83,6 +82,9 @@ const (
 func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &bootv1.BootSession{}
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.book.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if s.Status.StorageNode != r.cfg.NodeName {
@@ -358,18 +360,17 @@ func sessionTarget(s *bootv1.BootSession, sec *corev1.Secret, path string) targe
 	}
 }
 
-// storageReady applies this node's StorageReady condition (and the overlay
-// path) unless they already say so.
+// storageReady applies this node's StorageReady condition and the overlay
+// path (writeSession) unless they say so already: a new observedGeneration
+// alone (the session was stopped) is not worth a write.
 func (r *sessionReconciler) storageReady(ctx context.Context, s *bootv1.BootSession, status metav1.ConditionStatus, reason, msg, path string) error {
-	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil &&
-		c.Status == status && c.Reason == reason && c.Message == msg && s.Status.OverlayPath == path {
-		return nil
-	}
-	st := map[string]any{"conditions": []any{condition(s.Status.Conditions, bootv1.StorageReadyCondition, status, reason, msg, s.Generation)}}
-	if path != "" {
-		st["overlayPath"] = path
-	}
-	return client.IgnoreNotFound(applyStatus(ctx, r.Client, r.cfg.FieldOwner(), s, "BootSession", st))
+	return r.writeSession(ctx, s, func(st *sessionStatus) {
+		if c := st.Ready; c != nil && c.Status == status && c.Reason == reason && c.Message == msg && st.OverlayPath == path {
+			return
+		}
+		st.Ready = condition(st.Ready, bootv1.StorageReadyCondition, status, reason, msg, s.Generation)
+		st.OverlayPath = path
+	})
 }
 
 // loginSampleInterval is how often the login watcher samples who is logged
@@ -455,17 +456,28 @@ func (w *loginWatcher) tick(ctx context.Context, now time.Time) error {
 		return err
 	}
 	var errs []error
+	keep := map[types.NamespacedName]bool{}
 	for i := range list.Items {
 		s := &list.Items[i]
-		if s.Status.StorageNode != w.r.cfg.NodeName || s.Status.Target == nil {
+		if s.Status.StorageNode != w.r.cfg.NodeName {
+			continue
+		}
+		key := client.ObjectKeyFromObject(s)
+		if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+			keep[key] = true
+		}
+		if s.Status.Target == nil {
 			continue
 		}
 		iqn := w.r.sessionIQN(s)
 		conns := live[iqn]
-		if len(conns) == 0 && len(s.Status.Timeline.Logins) == 0 {
-			continue // the common case of a fleet: nothing to look at
+		if len(conns) == 0 && !openLogin(s.Status.Timeline.Logins) && !w.r.book.hasOpenLogin(key) {
+			// Nobody logged in and no row to log out: a fleet's common
+			// case, and every session done with.
+			continue
 		}
-		tl, changed := mergeLogins(s.Status.Timeline, conns, func(key string) time.Time {
+		keep[key] = true
+		errs = append(errs, w.r.recordLogins(ctx, s, conns, func(key string) time.Time {
 			if t, ok := w.seen[nexusKey{iqn, key}]; ok {
 				return t
 			}
@@ -473,11 +485,10 @@ func (w *loginWatcher) tick(ctx context.Context, now time.Time) error {
 				return t
 			}
 			return now
-		})
-		if changed {
-			errs = append(errs, w.r.recordLogins(ctx, s, tl))
-		}
+		}))
 	}
+	// The records of sessions this agent is done with (stopped, deleted).
+	w.r.book.prune(keep, now)
 	return errors.Join(errs...)
 }
 
@@ -609,31 +620,18 @@ func mergeLogins(tl bootv1.SessionTimeline, live []target.Connection, when func(
 	return tl, changed
 }
 
-// recordLogins writes a session's iSCSI logins, login and logout (from
-// mergeLogins) with this agent's field manager: a JSON merge patch of those
-// three timeline fields only (the manager merge-patches the others), which
-// carries the resourceVersion it was computed from, so that rows computed
-// from a stale cache are refused (a conflict: the next tick tries again)
-// rather than written over newer ones.
-func (r *sessionReconciler) recordLogins(ctx context.Context, s *bootv1.BootSession, tl bootv1.SessionTimeline) error {
-	type timeline struct {
-		ISCSILogin *metav1.Time `json:"iscsiLogin,omitempty"`
-		// null removes it
-		ISCSILogout *metav1.Time          `json:"iscsiLogout"`
-		Logins      []bootv1.SessionLogin `json:"logins"`
-	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": s.ResourceVersion},
-		"status":   map[string]any{"timeline": timeline{tl.ISCSILogin, tl.ISCSILogout, tl.Logins}},
+// recordLogins folds the sessions logged in to a session's target now
+// (live; when: the time each was first seen, or seen gone) into its
+// timeline's logins, iscsiLogin and iscsiLogout (mergeLogins) and applies
+// them when they changed (writeSession). The rows are folded into the
+// agent's record of what it wrote, never into a cache that may lag behind
+// it.
+func (r *sessionReconciler) recordLogins(ctx context.Context, s *bootv1.BootSession, live []target.Connection, when func(key string) time.Time) error {
+	return r.writeSession(ctx, s, func(st *sessionStatus) {
+		if tl, changed := mergeLogins(st.timeline(), live, when); changed {
+			st.setTimeline(tl)
+		}
 	})
-	if err != nil {
-		return err
-	}
-	err = r.Status().Patch(ctx, s.DeepCopy(), client.RawPatch(types.MergePatchType, patch), client.FieldOwner(r.cfg.FieldOwner()))
-	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-		return nil // a stale cache: the next tick sees the newer object
-	}
-	return err
 }
 
 // teardown removes the target (closing the initiator's connections) and,

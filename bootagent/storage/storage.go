@@ -27,7 +27,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
 	"github.com/ggnet/ggnet/bootagent/overlay"
 	"github.com/ggnet/ggnet/bootagent/target"
@@ -105,8 +104,11 @@ type Role struct {
 	metricsAddr net.Addr
 	// synced is set once the caches synced (/readyz).
 	synced atomic.Bool
-	// lastStorage is what the Node's storage annotation says (capacity.go).
-	lastStorage bootv1.NodeStorage
+	// book is what the API server holds of the agent's fields of each
+	// session (session_status.go).
+	book *statusBook
+	// node is what the agent applies on its Node's metadata (portal.go).
+	node nodeMeta
 }
 
 // New checks the data directory (reflink or refuse) and builds the role.
@@ -170,7 +172,8 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Role{cfg: cfg, log: log, mgr: mgr, reader: mgr.GetAPIReader(), overlays: ov, images: img, jobs: newReplicaJobs(log)}
+	r := &Role{cfg: cfg, log: log, mgr: mgr, reader: mgr.GetAPIReader(), overlays: ov, images: img, jobs: newReplicaJobs(log),
+		book: newStatusBook()}
 	r.metrics = newStorageMetrics(r)
 	if err := r.setupMetricsServer(mgr); err != nil {
 		return nil, err
