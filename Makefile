@@ -58,6 +58,16 @@ bench-boot: deps envtest-bins build ## Boot benchmark: power-on to marker throug
 	go build -o $(BIN)/bench-boot ./test/benchmark/boot
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-boot -bin $(BIN) -n $${BENCH_BOOTS:-5} -paths $${BENCH_PATHS:-ggnet,slirp,slirp-noipv6}
 
+.PHONY: bench-sessions
+bench-sessions: envtest-bins build ## Controllers at scale: BENCH_SESSIONS (1000) sessions at once against a real API server; Ready times, API writes per session, CPU, manager RSS and pprof (BENCH_ARGS adds flags, e.g. -audit).
+	go build -o $(BIN)/bench-sessions ./test/benchmark/sessions
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-sessions -n $${BENCH_SESSIONS:-1000} -manager $(BIN)/manager $${BENCH_ARGS:-}
+
+.PHONY: bench-latency
+bench-latency: deps envtest-bins build ## Session latency on a quiet cluster: create-to-Ready and stop-to-Stopped, one session after another, through the real storage agent and tgtd (root; BENCH_SESSIONS=100).
+	go build -o $(BIN)/bench-latency ./test/benchmark/latency
+	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-latency -n $${BENCH_SESSIONS:-100} -bin $(BIN) $${BENCH_ARGS:-}
+
 .PHONY: bench-storm
 bench-storm: deps envtest-bins build ## Boot storm: N simulated PCs (DHCP, script, iSCSI CHAP login, 64 MiB read) against the real agents and tgtd (root; STORM_N=200, STORM_ARGS e.g. -boot-agents 2 -storage-nodes 3 -kill-boot-agent-at 50% -kill-storage-node-at 50%).
 	go build -o $(BIN)/bench-storm ./test/benchmark/storm
