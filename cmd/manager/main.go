@@ -12,6 +12,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ggnet/ggnet/controllers"
+	"github.com/ggnet/ggnet/internal/fleetmetrics"
 	"github.com/ggnet/ggnet/internal/scheme"
 )
 
@@ -62,6 +63,11 @@ func main() {
 	}
 	if err := controllers.Setup(context.Background(), mgr, opts); err != nil {
 		log.Error(err, "Unable to set up the controllers")
+		os.Exit(1)
+	}
+	// The fleet gauges, boot counter and histograms (docs/monitoring.md).
+	if err := fleetmetrics.Register(mgr); err != nil {
+		log.Error(err, "Unable to register the fleet metrics")
 		os.Exit(1)
 	}
 
