@@ -706,3 +706,142 @@ func TestRoomWatchInTmux(t *testing.T) {
 	tmux(t, socket, "send-keys", "-t", "room", "C-c")
 	waitFor("Ctrl-C", "exit=0")
 }
+
+// docCommands returns the plain-kubectl commands of docs/sessions.md: every
+// ```sh block without the plugin in it, and every `kubectl …` code span of
+// its tables (not the watches, -w, which do not end).
+func docCommands(t *testing.T) (blocks, spans []string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "docs", "sessions.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(doc, -1) {
+		if !strings.Contains(m[1], "kubectl ggnet") && !strings.Contains(m[1], "go install") {
+			blocks = append(blocks, m[1])
+		}
+	}
+	for _, line := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			continue
+		}
+		for _, m := range regexp.MustCompile("`(kubectl [^`]*)`").FindAllStringSubmatch(line, -1) {
+			c := strings.ReplaceAll(m[1], `\|`, "|")
+			if !strings.HasPrefix(c, "kubectl ggnet") && !strings.Contains(c, " -w") {
+				spans = append(spans, c)
+			}
+		}
+	}
+	return blocks, spans
+}
+
+// TestPlainKubectlInDocs runs the plain-kubectl side of docs/sessions.md
+// with the kubectl binary envtest uses, in order, against a stand-in for the
+// manager: each command must succeed and do what the plugin does.
+func TestPlainKubectlInDocs(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	assets, err := testenv.AssetsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := "cafe" // the docs' namespace; TestGolden's seats are seat-1…7
+	create(t, fixture.Image(ns, "win11-games-2026-12"))
+	for i, room := range map[int]string{31: "window", 32: "main-hall", 33: "main-hall"} {
+		m := fixture.Machine(ns, fmt.Sprintf("seat-%03d", i), fixture.WithMAC(fmt.Sprintf("52:54:00:ee:00:%02x", i)),
+			fixture.WithAddress(fmt.Sprintf("10.20.4.%d", i)), fixture.WithImage("win11-games-2026-12"))
+		m.Labels = map[string]string{"boot.ggnet.io/room": room}
+		create(t, m)
+	}
+	// The stand-in manager: sessions become Ready (phase and condition),
+	// stopped ones Stopped; seat-031's first session becomes its active one.
+	go func() {
+		for ctx.Err() == nil {
+			var list bootv1.BootSessionList
+			if admin.List(ctx, &list, client.InNamespace(ns)) == nil {
+				for i := range list.Items {
+					s := &list.Items[i]
+					if !strings.HasPrefix(s.Name, "seat-03") {
+						continue
+					}
+					want, c := bootv1.SessionReady, cond(bootv1.ReadyCondition, "True", bootv1.SucceededReason, "")
+					if s.Spec.Stopped {
+						want, c = bootv1.SessionStopped, cond(bootv1.ReadyCondition, "False", bootv1.StoppedReason, "")
+					}
+					if s.Status.Phase != want {
+						s.Status.Phase, s.Status.Conditions = want, []metav1.Condition{c}
+						s.Status.Script = "#!ipxe\n" + ipxe.CredentialsComment + "\n"
+						_ = admin.Status().Update(ctx, s)
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	// kubectl on $PATH: the envtest one, with the admin's kubeconfig and
+	// the namespace.
+	bin := t.TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\nexec %s --kubeconfig %s -n %s \"$@\"\n", filepath.Join(assets, "kubectl"), kubeconfigs["admin"], ns)
+	if err := os.WriteFile(filepath.Join(bin, "kubectl"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sh := func(script string) string {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, "sh", "-ec", script)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s\n%v\n%s", script, err, out)
+		}
+		return string(out)
+	}
+	sessionsOf := func(machine string) []bootv1.BootSession {
+		t.Helper()
+		var list bootv1.BootSessionList
+		if err := admin.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{"spec.machineRef.name": machine}); err != nil {
+			t.Fatal(err)
+		}
+		return list.Items
+	}
+
+	blocks, spans := docCommands(t)
+	if len(blocks) != 4 || len(spans) < 10 {
+		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, stop and the Watching table", len(blocks), len(spans))
+	}
+	// Start seat-031.
+	sh(blocks[0])
+	ss := sessionsOf("seat-031")
+	if len(ss) != 1 || ss[0].Spec.ImageRef.Name != "win11-games-2026-12" {
+		t.Fatalf("after the docs' start: %+v", ss)
+	}
+	name := ss[0].Name
+	setStatus(t, &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "seat-031"}}, func(m *bootv1.Machine) { m.Status.ActiveSession = name })
+	subst := strings.NewReplacer("seat-031-x7k2p", name, "NAME", name)
+	// Start the room.
+	sh(blocks[1])
+	for _, m := range []string{"seat-032", "seat-033"} {
+		if ss := sessionsOf(m); len(ss) != 1 || ss[0].Labels[bootv1.MachineLabel] != m {
+			t.Errorf("after the docs' room start, %s: %+v", m, ss)
+		}
+	}
+	// Wait for Ready, both ways.
+	sh(subst.Replace(blocks[2]))
+	// Every plain-kubectl line of the Watching table, while it is Ready.
+	for _, c := range spans {
+		out := sh(subst.Replace(c))
+		if strings.Contains(c, "activeSession") && out != name {
+			t.Errorf("%s: %q, want %q", c, out, name)
+		}
+		if strings.Contains(c, "spec.machineRef.name=seat-031") && !strings.Contains(out, name) {
+			t.Errorf("%s: %q does not list %s", c, out, name)
+		}
+	}
+	// Stop, both ways, and wait for Stopped.
+	sh(subst.Replace(blocks[3]))
+	for _, s := range sessionsOf("seat-031") {
+		if !s.Spec.Stopped || s.Status.Phase != bootv1.SessionStopped {
+			t.Errorf("after the docs' stop: %s stopped=%v phase %s", s.Name, s.Spec.Stopped, s.Status.Phase)
+		}
+	}
+}
