@@ -116,7 +116,9 @@ func TestFromTheCache(t *testing.T) {
 	stamp := func(d time.Duration) *metav1.Time { t := metav1.NewTime(created.Add(d)); return &t }
 	s1.Status.Phase, s1.Status.Timeline.Ready = bootv1.SessionReady, stamp(5*time.Second)
 	g.Expect(c.Status().Update(ctx, s1)).To(Succeed())
-	g.Eventually(func() int { return testutil.CollectAndCount(reg, fleetmetrics.Prefix+"session_create_to_ready_seconds") }).Should(Equal(1))
+	g.Eventually(func() int {
+		return testutil.CollectAndCount(reg, fleetmetrics.Prefix+"session_create_to_ready_seconds")
+	}).Should(Equal(1))
 	s1.Status.Phase, s1.Status.Timeline.DHCP, s1.Status.Timeline.ISCSILogin = bootv1.SessionActive, stamp(20*time.Second), stamp(32*time.Second)
 	g.Expect(c.Status().Update(ctx, s1)).To(Succeed())
 	// s2 fails before booting.
