@@ -238,6 +238,7 @@ func start(ctx context.Context, o options) (*lab, error) {
 	}
 	env, cfg, err := testenv.Start(func(e *envtest.Environment) {
 		e.ControlPlaneStopTimeout = 2 * time.Second
+		e.ControlPlaneStartTimeout = 3 * time.Minute // a busy machine
 		var aerr error
 		l.auditLog, aerr = kit.Audit(e, l.dir, true)
 		check(aerr)

@@ -117,6 +117,7 @@ func run(o options) error {
 	var auditLog string
 	env, cfg, err := testenv.Start(func(e *envtest.Environment) {
 		e.ControlPlaneStopTimeout = time.Second
+		e.ControlPlaneStartTimeout = 3 * time.Minute // a busy machine
 		if o.audit {
 			auditLog, _ = kit.Audit(e, dir, false)
 		}
