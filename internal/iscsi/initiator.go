@@ -97,8 +97,9 @@ func (s *Session) bind(ctx context.Context) (stop func()) {
 	if d, ok := ctx.Deadline(); ok {
 		_ = s.conn.SetDeadline(d)
 	}
-	done := make(chan struct{})
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		select {
 		case <-ctx.Done():
 			_ = s.conn.SetDeadline(time.Unix(1, 0))
@@ -107,6 +108,9 @@ func (s *Session) bind(ctx context.Context) (stop func()) {
 	}()
 	return func() {
 		close(done)
+		// Wait: a context ended meanwhile must not set its deadline after
+		// this clears it (the next call would time out at once).
+		<-exited
 		_ = s.conn.SetDeadline(time.Time{})
 	}
 }

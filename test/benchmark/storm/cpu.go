@@ -11,6 +11,10 @@ import (
 	"time"
 )
 
+// labNetns is the lab's network namespace, read at start: the main thread
+// may later be left inside the simulator's (host.Do, runtime.LockOSThread).
+var labNetns, _ = os.Readlink("/proc/self/ns/net")
+
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times.
 const clockTicks = 100
 
@@ -18,7 +22,7 @@ const clockTicks = 100
 // process in this network namespace (the lab's: API server, etcd, manager,
 // agents, tgtd, this simulator), by label, and of the whole machine.
 func cpuByProcess() map[string]float64 {
-	self, _ := os.Readlink("/proc/self/ns/net")
+	self := labNetns
 	out := map[string]float64{}
 	links, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	for _, p := range links {

@@ -61,6 +61,7 @@ type config struct {
 	chunk         int
 	grace         time.Duration
 	pcTimeout     time.Duration
+	ramp          time.Duration
 	cpuProfile    string
 	keep          bool
 }
@@ -73,14 +74,15 @@ func main() {
 	flag.StringVar(&c.bin, "bin", "bin", "Directory of the manager and bootagent binaries.")
 	flag.IntVar(&c.bootAgents, "boot-agents", 1, "Boot agents on the segment (the lab's own, with the storage role, and boot-only ones).")
 	flag.IntVar(&c.storageNodes, "storage-nodes", 1, "Storage nodes, each its agent, data directory and tgtd.")
-	flag.StringVar(&killBoot, "kill-boot-agent-at", "", "Kill the last boot agent (not the lab's own) once this share of the PCs has booted, e.g. 50%.")
-	flag.StringVar(&killStorage, "kill-storage-node-at", "", "Lose the last storage node once this share of the PCs has booted, e.g. 50%.")
+	flag.StringVar(&killBoot, "kill-boot-agent-at", "", "Kill the last boot agent (not the lab's own) once this share of the PCs has booted, e.g. 50% (use -ramp so that others are still on their way).")
+	flag.StringVar(&killStorage, "kill-storage-node-at", "", "Lose the last storage node once this share of the PCs has booted, e.g. 50% (use -ramp).")
 	flag.StringVar(&c.lostNode, "lost-node", "delete", "How a storage node is lost: kill (its agent and tgtd die, the Node object stays) or delete (its Node object is deleted too).")
 	flag.BoolVar(&c.auto, "auto", false, "AutoSession Machines: no session is made beforehand; each PC's script request asks for one.")
 	flag.IntVar(&readMiB, "read-mib", 64, "MiB each PC reads from its disk.")
 	flag.IntVar(&chunkKiB, "chunk-kib", 1024, "KiB per READ command.")
 	flag.DurationVar(&c.grace, "storage-node-grace", 20*time.Second, "The manager's --storage-node-grace.")
 	flag.DurationVar(&c.pcTimeout, "pc-timeout", 5*time.Minute, "How long a PC keeps trying to boot.")
+	flag.DurationVar(&c.ramp, "ramp", 0, "Spread the PCs' power-on evenly over this long (0: all at once); with a kill, PCs then are at every stage when it happens.")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "Write the simulator's own CPU profile here (the storm only).")
 	flag.BoolVar(&c.keep, "keep", false, "Leave the lab's files (logs).")
 	flag.Parse()
@@ -218,6 +220,18 @@ func run(tt *testbin.Program, c config) error {
 	fmt.Printf("one PC alone: DHCP %.1f ms, script %.1f ms, login %.1f ms, read %.1f ms (%.0f MiB/s), total %.1f ms\n",
 		ms(solo.stages[stDHCP]), ms(solo.stages[stScript]), ms(solo.stages[stLogin]), ms(solo.stages[stRead]),
 		float64(c.readBytes)/(1<<20)/solo.stages[stRead].Seconds(), ms(solo.total))
+	var floor time.Duration
+	if !c.auto {
+		paths, err := overlays(ctx, l)
+		if err != nil {
+			return err
+		}
+		if floor, err = diskFloor(paths, c.readBytes, c.chunk); err != nil {
+			return err
+		}
+		fmt.Printf("disk floor: the %d overlays' first %d MiB read at once straight from the storage nodes' file systems (no iSCSI, no network) in %.2f s, %.0f MiB/s; caches dropped\n",
+			len(paths), c.readBytes>>20, floor.Seconds(), float64(int64(len(paths))*c.readBytes)/(1<<20)/floor.Seconds())
+	}
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -243,12 +257,25 @@ func run(tt *testbin.Program, c config) error {
 			killer(ctx, l, c, &booted, start, ev, watchDone)
 		}()
 	}
+	go func() {
+		for {
+			select {
+			case <-watchDone:
+				return
+			case <-time.After(5 * time.Second):
+				fmt.Fprintf(os.Stderr, "%6.1f s: %d of %d booted\n", time.Since(start).Seconds(), booted.Load(), c.n)
+			}
+		}
+	}()
 	results := make([]result, c.n)
 	var wg sync.WaitGroup
 	for i, p := range pcs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if c.ramp > 0 {
+				time.Sleep(time.Duration(int64(c.ramp) * int64(i) / int64(c.n)))
+			}
 			results[i] = s.boot(sctx, p, start)
 			if results[i].ok {
 				booted.Add(1)

@@ -152,7 +152,7 @@ func (s *sim) attempt(ctx context.Context, p *pc, r *result) ([nStages]time.Dura
 	st[stLogin] = time.Since(t)
 
 	t = time.Now()
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	err = s.read(rctx, sess)
 	cancel()
 	if err != nil {
