@@ -11,6 +11,9 @@ BIN               ?= $(CURDIR)/bin
 export CONTROLLER_GEN_VERSION ?= v0.23.0
 export GOLANGCI_LINT_VERSION  ?= v2.15.0
 export HELM_VERSION           ?= v4.3.1
+# promtool checks and unit-tests the chart's alerts: a version of the
+# github.com/prometheus/prometheus module (hack/promtool.sh builds it).
+export PROMTOOL_VERSION       ?= v0.316.0
 # kube-apiserver and kubectl (the envtest API server) are the Kubernetes release
 # of the client libraries: k8s.io/api v0.N.M in go.mod gives v1.N.M. etcd is the
 # version that release requires in its go.mod (hack/envtest-bins.sh reads it).
@@ -136,6 +139,10 @@ controller-gen: $(CONTROLLER_GEN) ## Build controller-gen into bin/ (once).
 
 .PHONY: golangci-lint
 golangci-lint: $(GOLANGCI_LINT) ## Build golangci-lint into bin/ (once).
+
+.PHONY: promtool
+promtool: ## Build promtool into bin/ (once; test/helm builds it itself when missing).
+	./hack/promtool.sh >/dev/null
 
 .PHONY: print-%
 print-%: ## Print a variable, e.g. make -s print-HELM_VERSION (the hack/ scripts read the tool versions so).
