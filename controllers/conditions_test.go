@@ -46,8 +46,16 @@ func TestSetCondition(t *testing.T) {
 			g.Expect(c.Reason).To(Equal(tc.reason))
 			g.Expect(c.Message).To(Equal(tc.msg))
 			g.Expect(c.ObservedGeneration).To(BeEquivalentTo(7))
-			g.Expect(c.Status == metav1.ConditionTrue).To(Equal(tc.ok))
-			g.Expect(len(conds)).To(Equal(len(tc.before) + map[bool]int{true: 1, false: 0}[meta.FindStatusCondition(tc.before, "Ready") == nil]))
+			want := metav1.ConditionFalse
+			if tc.ok {
+				want = metav1.ConditionTrue
+			}
+			g.Expect(c.Status).To(Equal(want))
+			added := 0
+			if meta.FindStatusCondition(tc.before, "Ready") == nil {
+				added = 1
+			}
+			g.Expect(conds).To(HaveLen(len(tc.before)+added), "one condition per type")
 		})
 	}
 }

@@ -59,7 +59,8 @@ func (r *ImageReconciler) reconcileReplicas(_ context.Context, sc *imageScope) (
 }
 
 // reconcileDelete keeps a deleted Image while sessions use it
-// (blocksDeletion), then releases bootv1.ImageFinalizer. Conditions:
+// (blocksDeletion), then releases bootv1.ImageFinalizer. A prepared
+// AutoSession session no PC has booted from is stopped. Conditions:
 // Ready=False InUse naming the sessions, with a Warning Event when the wait
 // starts.
 func (r *ImageReconciler) reconcileDelete(ctx context.Context, sc *imageScope) (ctrl.Result, error) {
@@ -70,6 +71,15 @@ func (r *ImageReconciler) reconcileDelete(ctx context.Context, sc *imageScope) (
 	var list bootv1.BootSessionList
 	if err := r.List(ctx, &list, client.InNamespace(img.Namespace), client.MatchingFields{indexSessionImage: img.Name}); err != nil {
 		return ctrl.Result{}, err
+	}
+	// A prepared session no PC booted from holds nothing of anyone's: it is
+	// stopped rather than kept waiting for a boot that would keep the Image.
+	for i := range list.Items {
+		if x := &list.Items[i]; x.Labels[bootv1.AutoSessionLabel] == "true" && !finished(x) && !x.Spec.Stopped && x.DeletionTimestamp == nil && !booted(x) {
+			if err := markStopped(ctx, r.Client, x); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 	}
 	if users := deletionBlockers(list.Items); len(users) > 0 {
 		msg := inUseMessage(users, "this image")

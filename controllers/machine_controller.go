@@ -2,13 +2,16 @@ package controllers
 
 import (
 	"context"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -35,6 +38,9 @@ type machineScope struct {
 	replaced bool
 	// sessions are filled by reconcileSessions: the machine's sessions.
 	sessions []bootv1.BootSession
+	// requeueAfter is set by reconcilePrepared: when to prepare the next
+	// session after a failed one.
+	requeueAfter time.Duration
 }
 
 // Reconcile has the skeleton of every GGnet reconciler (see
@@ -71,7 +77,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 		}
 	}
 	for _, phase := range []func(context.Context, *machineScope) (bool, error){
-		r.reconcileConflict, r.reconcileSessions, r.reconcileAutoSession, r.reconcileReservation,
+		r.reconcileConflict, r.reconcileSessions, r.reconcilePrepared, r.reconcileReservation,
 	} {
 		ok, err := phase(ctx, sc)
 		if err != nil {
@@ -82,12 +88,13 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 		}
 	}
 	m.Status.ObservedGeneration = m.Generation
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: sc.requeueAfter}, nil
 }
 
 // reconcileDelete keeps a deleted Machine, its reservation and its sessions'
 // scripts served by the boot agent, while sessions use it (blocksDeletion),
-// then releases bootv1.MachineFinalizer. Conditions:
+// then releases bootv1.MachineFinalizer. A prepared session no PC has
+// booted from is stopped first (stopUnbooted). Conditions:
 // Ready=False InUse naming the sessions, with a Warning Event when the wait
 // starts.
 func (r *MachineReconciler) reconcileDelete(ctx context.Context, sc *machineScope) (ctrl.Result, error) {
@@ -96,6 +103,10 @@ func (r *MachineReconciler) reconcileDelete(ctx context.Context, sc *machineScop
 		return ctrl.Result{}, nil
 	}
 	if _, err := r.reconcileSessions(ctx, sc); err != nil {
+		return ctrl.Result{}, err
+	}
+	// A prepared session no PC booted from holds nothing of anyone's.
+	if err := r.stopUnbooted(ctx, sc, func(*bootv1.BootSession) string { return "Machine " + m.Name + " is being deleted" }); err != nil {
 		return ctrl.Result{}, err
 	}
 	if users := deletionBlockers(sc.sessions); len(users) > 0 {
@@ -114,13 +125,45 @@ func (r *MachineReconciler) reconcileDelete(ctx context.Context, sc *machineScop
 func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&bootv1.Machine{}).
-		Watches(&bootv1.BootSession{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			s := o.(*bootv1.BootSession)
-			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}}
-		})).
+		Watches(&bootv1.BootSession{}, machineOfSession{delay: sessionToMachineDelay}).
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sharing)).
 		WithOptions(controllerOptions(r.Options)).
 		Complete(r)
+}
+
+// sessionToMachineDelay is how long a Machine waits after a change of one
+// of its sessions before it is reconciled. A session's way to Ready is a few
+// changes within a fraction of a second (created, scheduled, storage ready,
+// Ready); waiting gathers them into one reconcile and one write of the
+// Machine's status (activeSession, lastBoot) instead of up to three.
+const sessionToMachineDelay = 500 * time.Millisecond
+
+// machineOfSession enqueues a session's Machine after delay; changes within
+// the delay share one reconcile (the queue keeps one entry per Machine).
+type machineOfSession struct{ delay time.Duration }
+
+func (h machineOfSession) add(o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	s, ok := o.(*bootv1.BootSession)
+	if !ok {
+		return
+	}
+	q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}, h.delay)
+}
+
+func (h machineOfSession) Create(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(e.Object, q)
+}
+
+func (h machineOfSession) Update(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(e.ObjectNew, q)
+}
+
+func (h machineOfSession) Delete(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(e.Object, q)
+}
+
+func (h machineOfSession) Generic(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(e.Object, q)
 }
 
 // sharing maps a Machine to the Machines in any namespace sharing its MAC

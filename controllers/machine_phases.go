@@ -6,8 +6,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -67,48 +69,150 @@ func (r *MachineReconciler) reconcileSessions(ctx context.Context, sc *machineSc
 	return true, nil
 }
 
-// reconcileAutoSession answers the boot agent's request for a session
-// (bootv1.SessionRequestedAnnotation): when the machine is AutoSession with
-// an image and has no unfinished session, it creates one; then it removes
-// the request (in the reconcile's one metadata write).
-func (r *MachineReconciler) reconcileAutoSession(ctx context.Context, sc *machineScope) (bool, error) {
+// reconcilePrepared keeps an AutoSession Machine's next session prepared,
+// so that nobody waits for storage at power-on: while the machine is
+// AutoSession with an image (and not discovered, in conflict or being
+// deleted) and has no unfinished session that is not stopped, it creates one
+// at once (prepared: the storage agent makes its overlay and target, and the
+// boot agent serves it at the first DHCP request). That happens when the
+// Machine is made, and right after its previous session stops. A prepared
+// session that no PC has booted from is kept as it is, never churned; it is
+// stopped (and the next one prepared) only when it no longer fits the
+// Machine: another image or writeback, another policy
+// (stopUnbooted). It also answers the boot agent's request for a session
+// (bootv1.SessionRequestedAnnotation), which a prepared session makes rare,
+// and removes the request in the reconcile's one metadata write. After a
+// prepared session failed without a boot, the next waits preparedRetry.
+func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineScope) (bool, error) {
 	m := sc.machine
-	if _, asked := m.Annotations[bootv1.SessionRequestedAnnotation]; !asked {
+	_, asked := m.Annotations[bootv1.SessionRequestedAnnotation]
+	delete(m.Annotations, bootv1.SessionRequestedAnnotation)
+	auto := m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Spec.ImageRef != nil && !discovered(m)
+	if err := r.stopUnbooted(ctx, sc, func(s *bootv1.BootSession) string {
+		switch {
+		case !auto:
+			return "Machine " + m.Name + " is no longer AutoSession with an image"
+		case s.Spec.ImageRef != *m.Spec.ImageRef || s.Spec.Writeback != autoWriteback(m):
+			return "Machine " + m.Name + " now boots Image " + m.Spec.ImageRef.Name + " (" + string(autoWriteback(m)) + ")"
+		}
+		return ""
+	}); err != nil {
+		return false, err
+	}
+	if !auto || sc.conflict != "" || m.Status.ActiveSession != "" {
 		return true, nil
 	}
-	if m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Spec.ImageRef != nil && m.Status.ActiveSession == "" {
-		busy := false
-		for i := range sc.sessions {
-			busy = busy || (!finished(&sc.sessions[i]) && !sc.sessions[i].Spec.Stopped)
-		}
-		if !busy {
-			if err := r.createAutoSession(ctx, m, "the machine network-booted"); err != nil {
-				return false, err
-			}
+	for i := range sc.sessions {
+		if s := &sc.sessions[i]; !finished(s) && !s.Spec.Stopped && s.DeletionTimestamp == nil {
+			return true, nil // the machine has its session
 		}
 	}
-	delete(m.Annotations, bootv1.SessionRequestedAnnotation)
+	if wait := retryAfterFailure(sc.sessions, time.Now()); wait > 0 && !asked {
+		sc.requeueAfter = wait
+		return true, nil
+	}
+	why := "prepared before power-on"
+	if asked {
+		why = "the machine network-booted"
+	}
+	name, err := r.createAutoSession(ctx, m)
+	if err != nil {
+		return false, err
+	}
+	if asked {
+		r.Recorder.Eventf(m, corev1.EventTypeNormal, bootv1.AutoSessionReason, "Created BootSession %s from Image %s: %s", name, m.Spec.ImageRef.Name, why)
+	}
 	return true, nil
 }
 
+// preparedRetry is how long after a prepared session failed, never booted,
+// the next one is prepared (unless the machine asks for one): a storage
+// failure is not retried in a tight loop of new sessions.
+const preparedRetry = 30 * time.Second
+
+// retryAfterFailure is how long to wait before preparing the next session
+// when the machine's newest session is an AutoSession one that failed
+// without a boot less than preparedRetry ago, else 0.
+func retryAfterFailure(sessions []bootv1.BootSession, now time.Time) time.Duration {
+	var newest *bootv1.BootSession
+	for i := range sessions {
+		if newest == nil || olderFirst(newest, &sessions[i]) {
+			newest = &sessions[i]
+		}
+	}
+	if newest == nil || newest.Status.Phase != bootv1.SessionFailed || newest.Labels[bootv1.AutoSessionLabel] != "true" ||
+		booted(newest) || newest.Status.Timeline.Stopped == nil {
+		return 0
+	}
+	return max(0, newest.Status.Timeline.Stopped.Add(preparedRetry).Sub(now))
+}
+
+// autoWriteback is the writeback of an AutoSession machine's sessions.
+func autoWriteback(m *bootv1.Machine) bootv1.WritebackPolicy {
+	if m.Spec.Writeback == "" {
+		return bootv1.WritebackDiscard
+	}
+	return m.Spec.Writeback
+}
+
+// booted reports whether a PC may have booted from the session: the boot
+// agent recorded a DHCP answer or a served script, or the storage agent an
+// iSCSI login. (The boot agent's DHCP records are paced: in a boot storm one
+// can be written seconds after the answer.)
+func booted(s *bootv1.BootSession) bool {
+	t := s.Status.Timeline
+	return t.DHCP != nil || t.ScriptServed != nil || t.ISCSILogin != nil || len(t.Logins) > 0
+}
+
+// stopUnbooted stops the machine's AutoSession sessions that no PC has
+// booted from and that why says no longer fit (a non-empty reason). A
+// session a PC may run on is never stopped by the manager: only its user
+// stops it.
+func (r *MachineReconciler) stopUnbooted(ctx context.Context, sc *machineScope, why func(*bootv1.BootSession) string) error {
+	for i := range sc.sessions {
+		s := &sc.sessions[i]
+		if s.Labels[bootv1.AutoSessionLabel] != "true" || finished(s) || s.Spec.Stopped || s.DeletionTimestamp != nil || booted(s) {
+			continue
+		}
+		reason := why(s)
+		if reason == "" {
+			continue
+		}
+		if err := markStopped(ctx, r.Client, s); err != nil {
+			return err
+		}
+		logf.FromContext(ctx).Info("Stopped a prepared session no PC booted from", "session", s.Name, "why", reason)
+	}
+	return nil
+}
+
+// markStopped sets a session's spec.stopped, with optimistic lock: a
+// session whose boot was recorded meanwhile is re-read, not stopped blind.
+func markStopped(ctx context.Context, c client.Client, s *bootv1.BootSession) error {
+	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	s.Spec.Stopped = true
+	return client.IgnoreNotFound(c.Patch(ctx, s, patch))
+}
+
 // createAutoSession creates a session of an AutoSession machine from its
-// image and writeback, labelled as the manager labels every session.
-func (r *MachineReconciler) createAutoSession(ctx context.Context, m *bootv1.Machine, why string) error {
+// image and writeback, with the finalizer and labels the BootSession
+// controller would add (sessionMetadata), and returns its name.
+func (r *MachineReconciler) createAutoSession(ctx context.Context, m *bootv1.Machine) (string, error) {
 	s := &bootv1.BootSession{
 		ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: fmt.Sprintf("%s-%d", m.Name, time.Now().Unix()),
 			Labels: map[string]string{bootv1.AutoSessionLabel: "true"}},
 		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: *m.Spec.ImageRef,
-			Writeback: m.Spec.Writeback},
-	}
-	if s.Spec.Writeback == "" {
-		s.Spec.Writeback = bootv1.WritebackDiscard
+			Writeback: autoWriteback(m)},
 	}
 	sessionMetadata(s)
-	if err := r.Create(ctx, s); client.IgnoreAlreadyExists(err) != nil {
-		return err
+	// A name taken (a session made in the same second) is a conflict: the
+	// reconcile is retried with the next second's name.
+	if err := r.Create(ctx, s); apierrors.IsAlreadyExists(err) {
+		return "", apierrors.NewConflict(bootv1.GroupVersion.WithResource("bootsessions").GroupResource(), s.Name, err)
+	} else if err != nil {
+		return "", err
 	}
-	r.Recorder.Eventf(m, corev1.EventTypeNormal, bootv1.AutoSessionReason, "Created BootSession %s from Image %s: %s", s.Name, s.Spec.ImageRef.Name, why)
-	return nil
+	return s.Name, nil
 }
 
 // reconcileReservation renders the reservation and sets Ready

@@ -1,0 +1,129 @@
+package controllers
+
+import (
+	"context"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/fixture"
+)
+
+var _ = Describe("An AutoSession machine's next session", func() {
+	var (
+		ctx context.Context
+		ns  string
+		m   *bootv1.Machine
+	)
+	// live lists the machine's sessions that are not stopped or finished.
+	live := func() []bootv1.BootSession {
+		var list bootv1.BootSessionList
+		Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{bootv1.MachineLabel: m.Name})).To(Succeed())
+		var out []bootv1.BootSession
+		for _, s := range list.Items {
+			if !s.Spec.Stopped && !finished(&s) {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	// readyOne waits for exactly one live session, Ready, from image, and
+	// returns it.
+	readyOne := func(image string) *bootv1.BootSession {
+		GinkgoHelper()
+		var s *bootv1.BootSession
+		Eventually(func(g Gomega) {
+			l := live()
+			g.Expect(l).To(HaveLen(1))
+			s = &l[0]
+			g.Expect(s.Spec.ImageRef.Name).To(Equal(image))
+			g.Expect(s.Status.Phase).To(Equal(bootv1.SessionReady))
+		}, eventually).Should(Succeed())
+		return s
+	}
+	BeforeEach(func() {
+		ctx = context.Background()
+		ns = newNamespace(ctx)
+		node := "storage-" + ns
+		storageNode(ctx, node, "10.20.0.5")
+		for _, name := range []string{"win11", "win11-v2"} {
+			img := fixture.Image(ns, name)
+			Expect(k8sClient.Create(ctx, img)).To(Succeed())
+			readyReplica(ctx, img, node)
+		}
+		m = fixture.Machine(ns, "seat-1", fixture.WithImage("win11"), fixture.WithBootPolicy(bootv1.BootPolicyAutoSession))
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+	})
+
+	It("is prepared before power-on, kept while unbooted, prepared again once the last one stops, and follows the Machine's image while unbooted", func() {
+		By("preparing one session as soon as the Machine exists: Ready (overlay and target made) before any DHCP")
+		first := readyOne("win11")
+		Expect(first.Labels).To(HaveKeyWithValue(bootv1.AutoSessionLabel, "true"))
+		Expect(first.Spec.Writeback).To(Equal(bootv1.WritebackDiscard))
+		Expect(first.Status.Timeline.DHCP).To(BeNil())
+		Eventually(func() string { return get(ctx, m)().Status.ActiveSession }, eventually).Should(Equal(first.Name))
+
+		By("keeping it, not churning it, while no PC boots")
+		Consistently(func() []string {
+			var names []string
+			for _, s := range live() {
+				names = append(names, s.Name)
+			}
+			return names
+		}, 2*time.Second).Should(Equal([]string{first.Name}))
+
+		By("a boot request from the agent, with the prepared session there, makes no second one")
+		change(ctx, m, false, func(x *bootv1.Machine) {
+			x.Annotations = map[string]string{bootv1.SessionRequestedAnnotation: "2026-11-27T12:00:00Z"}
+		})
+		Eventually(func() map[string]string { return get(ctx, m)().Annotations }, eventually).ShouldNot(HaveKey(bootv1.SessionRequestedAnnotation))
+		Expect(live()).To(HaveLen(1))
+
+		By("replacing the unbooted session when the Machine moves to another image")
+		change(ctx, m, false, func(x *bootv1.Machine) { x.Spec.ImageRef.Name = "win11-v2" })
+		second := readyOne("win11-v2")
+		Expect(second.Name).NotTo(Equal(first.Name))
+		Eventually(view(ctx, first), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+
+		By("never stopping a session a PC booted from, whatever the Machine's image")
+		now := metav1.Now()
+		change(ctx, second, true, func(x *bootv1.BootSession) { x.Status.Timeline.DHCP = &now })
+		change(ctx, m, false, func(x *bootv1.Machine) { x.Spec.ImageRef.Name = "win11" })
+		Consistently(func() []string {
+			var names []string
+			for _, s := range live() {
+				names = append(names, s.Name)
+			}
+			return names
+		}, 2*time.Second).Should(Equal([]string{second.Name}))
+
+		By("preparing the next one right after the booted one stops")
+		change(ctx, second, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
+		third := readyOne("win11")
+		Expect(third.Name).NotTo(Equal(second.Name))
+
+		By("stopping the unbooted prepared session when the Machine is deleted, so that the deletion does not wait for a boot")
+		Expect(k8sClient.Delete(ctx, m)).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(m), m) }, eventually).ShouldNot(Succeed())
+		Eventually(view(ctx, third), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+	})
+
+	It("does not hold up its Image's deletion while unbooted", func() {
+		s := readyOne("win11")
+		img := &bootv1.Image{}
+		img.Namespace, img.Name = ns, "win11"
+		Expect(k8sClient.Delete(ctx, img)).To(Succeed())
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img) }, eventually).ShouldNot(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+		By("the next one waits for an Image to boot")
+		Eventually(func(g Gomega) {
+			l := live()
+			g.Expect(l).To(HaveLen(1))
+			g.Expect(readyReason(l[0].Status.Conditions)).To(Or(Equal("False/ImageDeleting"), Equal("False/ImageNotFound")))
+		}, eventually).Should(Succeed())
+	})
+})
