@@ -44,6 +44,14 @@ type BootSessionSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=31536000
 	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+
+	// wake asks for the machine to be powered on: once the session is
+	// Ready, the boot agent on the machine's network broadcasts a
+	// Wake-on-LAN magic packet for its MAC (with the Machine's SecureOn
+	// password, spec.wakeOnLAN), stamps timeline.wakeSent, and sends again
+	// while no DHCP request of the machine arrives.
+	// +optional
+	Wake bool `json:"wake,omitempty"`
 }
 
 // BootSessionPhase says where a session is.
@@ -85,6 +93,9 @@ type SessionTimeline struct {
 	Scheduled    *metav1.Time `json:"scheduled,omitempty"`
 	StorageReady *metav1.Time `json:"storageReady,omitempty"`
 	Ready        *metav1.Time `json:"ready,omitempty"`
+	// wakeSent is when a boot agent first sent the machine a Wake-on-LAN
+	// magic packet for this session (spec.wake).
+	WakeSent     *metav1.Time `json:"wakeSent,omitempty"`
 	DHCP         *metav1.Time `json:"dhcp,omitempty"`
 	ScriptServed *metav1.Time `json:"scriptServed,omitempty"`
 	// iscsiLogin is the machine's first iSCSI login to its target (normally

@@ -115,6 +115,21 @@ type MachineSpec struct {
 	// overlays its Persist sessions keep, one per (image, storage node).
 	// +optional
 	PersistentDisks *PersistentDiskPolicy `json:"persistentDisks,omitempty"`
+
+	// wakeOnLAN is how the machine is woken when a session asks for it
+	// (BootSession spec.wake); the magic packet needs nothing of it.
+	// +optional
+	WakeOnLAN *WakeOnLAN `json:"wakeOnLAN,omitempty"`
+}
+
+// WakeOnLAN is how a Machine is woken.
+type WakeOnLAN struct {
+	// secureOnSecretRef names a Secret in the Machine's namespace whose key
+	// "password" is the NIC's SecureOn password: six bytes written
+	// aa:bb:cc:dd:ee:ff, appended to every magic packet. The boot agent
+	// reads it only to send; it never writes it to a CR, Event or log.
+	// +optional
+	SecureOnSecretRef *LocalObjectReference `json:"secureOnSecretRef,omitempty"`
 }
 
 // PersistentDiskDeletePolicy says what happens to a Machine's persistent

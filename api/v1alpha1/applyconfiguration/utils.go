@@ -66,6 +66,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.SessionLoginApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("SessionTimeline"):
 		return &apiv1alpha1.SessionTimelineApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("WakeOnLAN"):
+		return &apiv1alpha1.WakeOnLANApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("WritebackSource"):
 		return &apiv1alpha1.WritebackSourceApplyConfiguration{}
 

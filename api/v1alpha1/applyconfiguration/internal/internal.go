@@ -69,6 +69,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: ttlSecondsAfterFinished
       type:
         scalar: numeric
+    - name: wake
+      type:
+        scalar: boolean
     - name: writeback
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.WritebackPolicy
@@ -364,6 +367,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: persistentDisks
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.PersistentDiskPolicy
+    - name: wakeOnLAN
+      type:
+        namedType: com.github.ggnet.ggnet.api.v1alpha1.WakeOnLAN
     - name: writeback
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.WritebackPolicy
@@ -506,6 +512,15 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: storageReady
       type:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
+    - name: wakeSent
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
+- name: com.github.ggnet.ggnet.api.v1alpha1.WakeOnLAN
+  map:
+    fields:
+    - name: secureOnSecretRef
+      type:
+        namedType: com.github.ggnet.ggnet.api.v1alpha1.LocalObjectReference
 - name: com.github.ggnet.ggnet.api.v1alpha1.WritebackPolicy
   scalar: string
 - name: com.github.ggnet.ggnet.api.v1alpha1.WritebackSource

@@ -34,6 +34,12 @@ type BootSessionSpecApplyConfiguration struct {
 	// ttlSecondsAfterFinished deletes the session this long after it stopped
 	// or failed; unset keeps it.
 	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+	// wake asks for the machine to be powered on: once the session is
+	// Ready, the boot agent on the machine's network broadcasts a
+	// Wake-on-LAN magic packet for its MAC (with the Machine's SecureOn
+	// password, spec.wakeOnLAN), stamps timeline.wakeSent, and sends again
+	// while no DHCP request of the machine arrives.
+	Wake *bool `json:"wake,omitempty"`
 }
 
 // BootSessionSpecApplyConfiguration constructs a declarative configuration of the BootSessionSpec type for use with
@@ -87,5 +93,13 @@ func (b *BootSessionSpecApplyConfiguration) WithStopped(value bool) *BootSession
 // If called multiple times, the TTLSecondsAfterFinished field is set to the value of the last call.
 func (b *BootSessionSpecApplyConfiguration) WithTTLSecondsAfterFinished(value int32) *BootSessionSpecApplyConfiguration {
 	b.TTLSecondsAfterFinished = &value
+	return b
+}
+
+// WithWake sets the Wake field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Wake field is set to the value of the last call.
+func (b *BootSessionSpecApplyConfiguration) WithWake(value bool) *BootSessionSpecApplyConfiguration {
+	b.Wake = &value
 	return b
 }

@@ -44,6 +44,9 @@ type MachineSpecApplyConfiguration struct {
 	// persistentDisks is the lifecycle of the machine's persistent disks: the
 	// overlays its Persist sessions keep, one per (image, storage node).
 	PersistentDisks *PersistentDiskPolicyApplyConfiguration `json:"persistentDisks,omitempty"`
+	// wakeOnLAN is how the machine is woken when a session asks for it
+	// (BootSession spec.wake); the magic packet needs nothing of it.
+	WakeOnLAN *WakeOnLANApplyConfiguration `json:"wakeOnLAN,omitempty"`
 }
 
 // MachineSpecApplyConfiguration constructs a declarative configuration of the MachineSpec type for use with
@@ -113,5 +116,13 @@ func (b *MachineSpecApplyConfiguration) WithWriteback(value apiv1alpha1.Writebac
 // If called multiple times, the PersistentDisks field is set to the value of the last call.
 func (b *MachineSpecApplyConfiguration) WithPersistentDisks(value *PersistentDiskPolicyApplyConfiguration) *MachineSpecApplyConfiguration {
 	b.PersistentDisks = value
+	return b
+}
+
+// WithWakeOnLAN sets the WakeOnLAN field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the WakeOnLAN field is set to the value of the last call.
+func (b *MachineSpecApplyConfiguration) WithWakeOnLAN(value *WakeOnLANApplyConfiguration) *MachineSpecApplyConfiguration {
+	b.WakeOnLAN = value
 	return b
 }

@@ -20,6 +20,9 @@ type SessionTimelineApplyConfiguration struct {
 	Scheduled    *v1.Time `json:"scheduled,omitempty"`
 	StorageReady *v1.Time `json:"storageReady,omitempty"`
 	Ready        *v1.Time `json:"ready,omitempty"`
+	// wakeSent is when a boot agent first sent the machine a Wake-on-LAN
+	// magic packet for this session (spec.wake).
+	WakeSent     *v1.Time `json:"wakeSent,omitempty"`
 	DHCP         *v1.Time `json:"dhcp,omitempty"`
 	ScriptServed *v1.Time `json:"scriptServed,omitempty"`
 	// iscsiLogin is the machine's first iSCSI login to its target (normally
@@ -68,6 +71,14 @@ func (b *SessionTimelineApplyConfiguration) WithStorageReady(value v1.Time) *Ses
 // If called multiple times, the Ready field is set to the value of the last call.
 func (b *SessionTimelineApplyConfiguration) WithReady(value v1.Time) *SessionTimelineApplyConfiguration {
 	b.Ready = &value
+	return b
+}
+
+// WithWakeSent sets the WakeSent field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the WakeSent field is set to the value of the last call.
+func (b *SessionTimelineApplyConfiguration) WithWakeSent(value v1.Time) *SessionTimelineApplyConfiguration {
+	b.WakeSent = &value
 	return b
 }
 
