@@ -408,8 +408,8 @@ func TestMonitoredMetricsExported(t *testing.T) {
 	})
 
 	// What makes every series exist: a storage node as its agent shows it,
-	// an Image with a replica, a Machine and a session stopped before it
-	// booted (a boot result: cancelled).
+	// an Image with a replica, Machines, a session stopped before it booted
+	// (a boot result: cancelled) and one that waits.
 	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	g.Expect(err).NotTo(HaveOccurred())
 	ns := "cafe"
@@ -422,8 +422,11 @@ func TestMonitoredMetricsExported(t *testing.T) {
 	img.Status.Replicas = []bootv1.ImageReplica{{Node: "st-2", State: bootv1.ReplicaDownloading}}
 	g.Expect(c.Status().Update(ctx, img)).To(Succeed())
 	g.Expect(c.Create(ctx, fixture.Machine(ns, "pc1"))).To(Succeed())
+	g.Expect(c.Create(ctx, fixture.Machine(ns, "pc2", fixture.WithMAC("52:54:00:12:34:57"), fixture.WithAddress("10.20.0.32")))).To(Succeed())
 	s := fixture.Session(ns, "s1", "pc1", "win11")
 	g.Expect(c.Create(ctx, s)).To(Succeed())
+	// s2 stays Pending (the Image has no Ready replica): a live phase.
+	g.Expect(c.Create(ctx, fixture.Session(ns, "s2", "pc2", "win11"))).To(Succeed())
 
 	scrape := func() map[string]bool {
 		body, err := testbin.WaitHTTP(fmt.Sprintf("http://127.0.0.1:%d/metrics", metrics), 30*time.Second)
