@@ -85,6 +85,8 @@ func TestMonitoringRender(t *testing.T) {
 	pm := find(objs, "PodMonitor", "ggnet-ggnet-agents")
 	g.Expect(pm).NotTo(BeNil())
 	g.Expect(pm.Object["spec"]).To(HaveKeyWithValue("jobLabel", "app.kubernetes.io/component"))
+	peps, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
+	g.Expect(peps).To(ConsistOf(And(HaveKeyWithValue("port", "metrics"), HaveKeyWithValue("honorLabels", true))))
 	// It selects both agents' pods, whose containers name their port "metrics".
 	for _, ds := range []string{"ggnet-ggnet-boot", "ggnet-ggnet-storage"} {
 		d := find(objs, "DaemonSet", ds)
