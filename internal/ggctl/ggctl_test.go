@@ -13,14 +13,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/yaml"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/fixture"
@@ -53,7 +57,12 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
-	e, cfg, err := testenv.Start()
+	log.SetLogger(logr.Discard())
+	// A busy machine (make test runs packages in parallel) can take more
+	// than envtest's default 20 s to start the API server.
+	e, cfg, err := testenv.Start(func(e *envtest.Environment) {
+		e.ControlPlaneStartTimeout, e.ControlPlaneStopTimeout = 2*time.Minute, time.Minute
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -747,6 +756,9 @@ func TestPlainKubectlInDocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := "cafe" // the docs' namespace; TestGolden's seats are seat-1…7
+	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	create(t, fixture.Image(ns, "win11-games-2026-12"))
 	for i, room := range map[int]string{31: "window", 32: "main-hall", 33: "main-hall"} {
 		m := fixture.Machine(ns, fmt.Sprintf("seat-%03d", i), fixture.WithMAC(fmt.Sprintf("52:54:00:ee:00:%02x", i)),
@@ -755,7 +767,7 @@ func TestPlainKubectlInDocs(t *testing.T) {
 		create(t, m)
 	}
 	// The stand-in manager: sessions become Ready (phase and condition),
-	// stopped ones Stopped; seat-031's first session becomes its active one.
+	// stopped ones Stopped, with the labels the manager sets.
 	go func() {
 		for ctx.Err() == nil {
 			var list bootv1.BootSessionList
@@ -763,6 +775,15 @@ func TestPlainKubectlInDocs(t *testing.T) {
 				for i := range list.Items {
 					s := &list.Items[i]
 					if !strings.HasPrefix(s.Name, "seat-03") {
+						continue
+					}
+					if s.Labels[bootv1.MachineLabel] != s.Spec.MachineRef.Name {
+						// As the manager: the labels mirror the spec.
+						if s.Labels == nil {
+							s.Labels = map[string]string{}
+						}
+						s.Labels[bootv1.MachineLabel], s.Labels[bootv1.ImageLabel] = s.Spec.MachineRef.Name, s.Spec.ImageRef.Name
+						_ = admin.Update(ctx, s)
 						continue
 					}
 					want, c := bootv1.SessionReady, cond(bootv1.ReadyCondition, "True", bootv1.SucceededReason, "")
@@ -842,6 +863,65 @@ func TestPlainKubectlInDocs(t *testing.T) {
 	for _, s := range sessionsOf("seat-031") {
 		if !s.Spec.Stopped || s.Status.Phase != bootv1.SessionStopped {
 			t.Errorf("after the docs' stop: %s stopped=%v phase %s", s.Name, s.Spec.Stopped, s.Status.Phase)
+		}
+	}
+}
+
+// TestKrewManifest checks plugins/krew/ggnet.yaml the way krew reads it: a
+// Plugin named ggnet whose every platform names this version's archive for
+// its os and arch, the plugin's binary, and a sha256.
+func TestKrewManifest(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "plugins", "krew", "ggnet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+		Spec struct {
+			Version          string `json:"version"`
+			ShortDescription string `json:"shortDescription"`
+			Platforms        []struct {
+				Selector struct {
+					MatchLabels map[string]string `json:"matchLabels"`
+				} `json:"selector"`
+				URI    string `json:"uri"`
+				SHA256 string `json:"sha256"`
+				Bin    string `json:"bin"`
+			} `json:"platforms"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.APIVersion != "krew.googlecontainertools.github.com/v1alpha2" || m.Kind != "Plugin" || m.Metadata.Name != "ggnet" {
+		t.Errorf("apiVersion %q kind %q name %q", m.APIVersion, m.Kind, m.Metadata.Name)
+	}
+	if !regexp.MustCompile(`^v\d+\.\d+\.\d+$`).MatchString(m.Spec.Version) || m.Spec.ShortDescription == "" {
+		t.Errorf("version %q, shortDescription %q", m.Spec.Version, m.Spec.ShortDescription)
+	}
+	seen := map[string]bool{}
+	for _, p := range m.Spec.Platforms {
+		goos, arch := p.Selector.MatchLabels["os"], p.Selector.MatchLabels["arch"]
+		seen[goos+"/"+arch] = true
+		want := "https://github.com/ggnet/ggnet/releases/download/" + m.Spec.Version + "/kubectl-ggnet_" + goos + "_" + arch + ".tar.gz"
+		if p.URI != want {
+			t.Errorf("%s/%s: uri %s, want %s", goos, arch, p.URI, want)
+		}
+		bin := "kubectl-ggnet"
+		if goos == "windows" {
+			bin += ".exe"
+		}
+		if p.Bin != bin || !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(p.SHA256) {
+			t.Errorf("%s/%s: bin %q sha256 %q", goos, arch, p.Bin, p.SHA256)
+		}
+	}
+	for _, p := range []string{"linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64", "windows/amd64"} {
+		if !seen[p] {
+			t.Errorf("no platform %s", p)
 		}
 	}
 }

@@ -6,6 +6,8 @@
 #
 #   plugins/krew/build.sh v0.1.0 [outdir]   # default outdir: bin/krew
 #
+# PLATFORMS="linux/amd64 darwin/arm64" builds only those (the manifest's
+# other lines are left as they are).
 # Upload the archives to the release named in the manifest's uri lines.
 set -eu
 version=${1:?usage: plugins/krew/build.sh vX.Y.Z [outdir]}
@@ -15,7 +17,7 @@ manifest=$root/plugins/krew/ggnet.yaml
 mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for p in linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64; do
+for p in ${PLATFORMS:-linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64}; do
 	os=${p%/*} arch=${p#*/}
 	exe=kubectl-ggnet
 	[ "$os" = windows ] && exe=kubectl-ggnet.exe
@@ -27,7 +29,7 @@ for p in linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64; do
 	sum=$(sha256sum "$archive" | cut -d' ' -f1)
 	echo "$sum  $archive"
 	# The sha256 line follows the uri line of the archive.
-	sed -i "/kubectl-ggnet_${os}_${arch}.tar.gz/{n;s/sha256: .*/sha256: $sum/}" "$manifest"
+	sed -i "/kubectl-ggnet_${os}_${arch}.tar.gz/{n;s/sha256: .*/sha256: \"$sum\"/}" "$manifest"
 done
 sed -i -e "s|^  version: .*|  version: $version|" \
 	-e "s|releases/download/[^/]*/|releases/download/$version/|" "$manifest"
