@@ -64,6 +64,7 @@ type config struct {
 	ramp          time.Duration
 	cpuProfile    string
 	keep          bool
+	floor         bool
 }
 
 func main() {
@@ -85,6 +86,8 @@ func main() {
 	flag.DurationVar(&c.ramp, "ramp", 0, "Spread the PCs' power-on evenly over this long (0: all at once); with a kill, PCs then are at every stage when it happens.")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "Write the simulator's own CPU profile here (the storm only).")
 	flag.BoolVar(&c.keep, "keep", false, "Leave the lab's files (logs).")
+	netns := flag.String("netns", "ggnet-bench-storm", "Name of the lab's network namespace (one per storm running at once).")
+	flag.BoolVar(&c.floor, "floor", true, "Measure the disk floor first (every overlay read at once straight from its file system).")
 	flag.Parse()
 	c.readBytes, c.chunk = int64(readMiB)<<20, chunkKiB<<10
 	var err error
@@ -107,7 +110,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "storm:", err)
 		os.Exit(2)
 	}
-	if code, ran := lab.InNetns("ggnet-bench-storm", false); ran {
+	if code, ran := lab.InNetns(*netns, false); ran {
 		os.Exit(code)
 	}
 	ctrl.SetLogger(logr.Discard())
@@ -198,7 +201,7 @@ func run(tt *testbin.Program, c config) error {
 			return fmt.Errorf("creating sessions: %w", err)
 		}
 		created := time.Since(t)
-		if err := waitReady(ctx, l, c.n, 5*time.Minute); err != nil {
+		if err := waitReady(ctx, l, c.n, 20*time.Minute); err != nil {
 			return err
 		}
 		fmt.Printf("%d sessions created in %.1f s, all Ready after %.1f s\n", c.n, created.Seconds(), time.Since(t).Seconds())
@@ -221,7 +224,7 @@ func run(tt *testbin.Program, c config) error {
 		ms(solo.stages[stDHCP]), ms(solo.stages[stScript]), ms(solo.stages[stLogin]), ms(solo.stages[stRead]),
 		float64(c.readBytes)/(1<<20)/solo.stages[stRead].Seconds(), ms(solo.total))
 	var floor time.Duration
-	if !c.auto {
+	if !c.auto && c.floor {
 		paths, err := overlays(ctx, l)
 		if err != nil {
 			return err
