@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr/funcr"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/bootagent/wol"
+	"github.com/ggnet/ggnet/internal/lab"
+)
+
+// wolFrame is one Wake-on-LAN datagram seen on the bridge.
+type wolFrame struct {
+	at      time.Time
+	dst     net.HardwareAddr
+	payload []byte
+}
+
+// captureWOL captures, with an AF_PACKET socket on iface, every UDP
+// datagram to port wol.Port that crosses it, until the spec ends.
+func captureWOL(iface string) func() []wolFrame {
+	GinkgoHelper()
+	htons := func(v uint16) uint16 { return v<<8 | v>>8 }
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	Expect(err).NotTo(HaveOccurred())
+	ifi, err := net.InterfaceByName(iface)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})).To(Succeed())
+	Expect(unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})).To(Succeed())
+	var mu sync.Mutex
+	var frames []wolFrame
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 65536)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return
+			}
+			f := buf[:n]
+			// Ethernet, IPv4, UDP to port 9.
+			if n < 14+20+8 || f[12] != 0x08 || f[13] != 0x00 || f[14+9] != 17 {
+				continue
+			}
+			udp := 14 + int(f[14]&0x0f)*4
+			if n < udp+8 || int(f[udp+2])<<8|int(f[udp+3]) != wol.Port {
+				continue
+			}
+			mu.Lock()
+			frames = append(frames, wolFrame{at: time.Now(), dst: net.HardwareAddr(bytes.Clone(f[:6])), payload: bytes.Clone(f[udp+8:])})
+			mu.Unlock()
+		}
+	}()
+	DeferCleanup(func() {
+		close(done)
+		<-stopped
+		unix.Close(fd)
+	})
+	return func() []wolFrame {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]wolFrame(nil), frames...)
+	}
+}
+
+var _ = Describe("Wake-on-LAN", func() {
+	It("a Ready session with spec.wake: the magic packet with the SecureOn password is broadcast on the boot LAN, wakeSent stamped, sent again until the machine's DHCP, then the machine boots", func() {
+		const password = "0a:1b:2c:3d:4e:5f"
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-secureon"},
+			Data: map[string][]byte{wol.PasswordKey: []byte(password)}}
+		Expect(l.Client.Create(ctx, sec)).To(Succeed())
+		DeferCleanup(func() { _ = l.Client.Delete(ctx, sec) })
+		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		m.Spec.WakeOnLAN = &bootv1.WakeOnLAN{SecureOnSecretRef: &bootv1.LocalObjectReference{Name: sec.Name}}
+		Expect(l.Client.Update(ctx, m)).To(Succeed())
+
+		frames := captureWOL(lab.Bridge)
+		// The Waker as the boot agent runs it, on the lab's boot interface,
+		// with a short resend time.
+		var logs bytes.Buffer
+		var logMu sync.Mutex
+		log := funcr.New(func(prefix, args string) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			logs.WriteString(prefix + " " + args + "\n")
+		}, funcr.Options{})
+		wctx, cancel := context.WithCancel(ctx)
+		w := &wol.Waker{Reader: l.Client, Secrets: l.Client, Writer: l.Client, Log: log,
+			Config: wol.Config{Interfaces: []string{lab.Bridge}, Resend: 3 * time.Second, MaxSends: 10, Interval: 200 * time.Millisecond}}
+		waker := make(chan struct{})
+		go func() { defer close(waker); _ = w.Run(wctx) }()
+		DeferCleanup(func() { cancel(); <-waker })
+
+		s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "wake"}, Spec: bootv1.BootSessionSpec{
+			MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Wake: true}}
+		Expect(l.Client.Create(ctx, s)).To(Succeed())
+		Expect(l.WaitPhase(ctx, s, bootv1.SessionReady, time.Minute)).To(Succeed())
+		rememberCredentials(s)
+
+		By("the magic packet: broadcast, 6×0xff, 16× the MAC, the SecureOn password")
+		Eventually(func() int { return len(frames()) }, 30*time.Second, 100*time.Millisecond).Should(BeNumerically(">=", 1))
+		mac, err := net.ParseMAC(m.Spec.MAC)
+		Expect(err).NotTo(HaveOccurred())
+		want := append(bytes.Repeat([]byte{0xff}, 6), bytes.Repeat(mac, 16)...)
+		want = append(want, 0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f)
+		first := frames()[0]
+		Expect(first.dst.String()).To(Equal("ff:ff:ff:ff:ff:ff"))
+		Expect(first.payload).To(Equal(want), "% x", first.payload)
+		Eventually(func() *metav1.Time {
+			_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+			return s.Status.Timeline.WakeSent
+		}, 30*time.Second).ShouldNot(BeNil())
+
+		By("no DHCP from the machine: sent again after the resend time")
+		Eventually(func() int { return len(frames()) }, 20*time.Second, 100*time.Millisecond).Should(BeNumerically(">=", 2))
+		f := frames()
+		Expect(f[1].payload).To(Equal(want))
+		Expect(f[1].at.Sub(f[0].at)).To(BeNumerically(">=", 2500*time.Millisecond))
+
+		By("the machine powers on (as the packet would make it): DHCP, boot, and no more packets")
+		b := boot(m)
+		Expect(b.Count).To(Equal(1))
+		Eventually(phase(s), 30*time.Second).ShouldNot(Equal(bootv1.SessionReady))
+		n := len(frames())
+		Consistently(func() int { return len(frames()) }, 5*time.Second, 500*time.Millisecond).Should(Equal(n), "no packet once the machine booted")
+		Eventually(func() *metav1.Time {
+			_ = l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)
+			return s.Status.Timeline.DHCP
+		}, 30*time.Second).ShouldNot(BeNil())
+		Expect(s.Status.Timeline.WakeSent).NotTo(BeNil(), "wakeSent stays after the agent's DHCP and script stamps")
+		Expect(s.Status.Timeline.WakeSent.Time).To(BeTemporally("<=", s.Status.Timeline.DHCP.Time.Add(time.Second)))
+
+		logMu.Lock()
+		Expect(logs.String()).To(ContainSubstring("Sent a wake-on-LAN magic packet"))
+		Expect(logs.String()).NotTo(ContainSubstring(password), "the SecureOn password is not logged")
+		Expect(logs.String()).NotTo(ContainSubstring("0a1b2c3d4e5f"))
+		logMu.Unlock()
+		stop(s)
+	})
+})
