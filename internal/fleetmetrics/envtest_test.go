@@ -41,7 +41,12 @@ func TestFromTheCache(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 	c := mgr.GetClient()
 
 	ns := "cafe-" + fmt.Sprint(time.Now().UnixNano()%100000)
