@@ -33,6 +33,7 @@ import (
 	"github.com/ggnet/ggnet/bootagent/ra"
 	"github.com/ggnet/ggnet/bootagent/table"
 	"github.com/ggnet/ggnet/bootagent/tftp"
+	"github.com/ggnet/ggnet/bootagent/wol"
 	"github.com/ggnet/ggnet/internal/scheme"
 )
 
@@ -108,6 +109,7 @@ type Agent struct {
 	client   client.Client
 	table    *table.Table
 	recorder *recorder
+	waker    *wol.Waker
 	registry *prometheus.Registry
 	synced   atomic.Bool
 
@@ -182,7 +184,15 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	tbl := table.New(topts...)
 	rec := newRecorder(cl, tbl, log.WithName("recorder"), reg)
 	rec.discovery, rec.discoveryNamespace, rec.discoveryMax = b.Discovery, b.DiscoveryNamespace, b.DiscoveryMax
-	a := &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg,
+	// Wake-on-LAN: the SecureOn Secrets are read uncached (the cache holds
+	// only session Secrets).
+	direct, err := client.New(restCfg, client.Options{Scheme: copts.Scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating the API client: %w", err)
+	}
+	waker := &wol.Waker{Reader: c, Secrets: direct, Writer: cl, Log: log.WithName("wol"),
+		Packets: wol.NewPacketsCounter(reg), Config: wol.Config{Interfaces: b.Interfaces}}
+	a := &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg, waker: waker,
 		addrs: map[string]net.Addr{}, ready: make(chan struct{})}
 	a.cfg.Boot.HTTP.Ready = a.synced.Load
 	return a, nil
@@ -327,6 +337,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	spawn("informer cache", func() error { return a.cache.Start(ctx) })
 	spawn("recorder", func() error { a.recorder.run(ctx, 4); return nil })
+	spawn("wake-on-LAN", func() error { return a.waker.Run(ctx) })
 
 	if err := a.startBootRole(ctx, spawn); err != nil {
 		cancel()
