@@ -149,7 +149,8 @@ func due(st *sendState, wakeSent *metav1.Time, now time.Time, cfg Config) bool {
 func (w *Waker) Tick(ctx context.Context, now time.Time) {
 	w.defaults()
 	var list bootv1.BootSessionList
-	if err := w.Reader.List(ctx, &list); err != nil {
+	// Read only: no copy of every session each tick.
+	if err := w.Reader.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		w.Log.Error(err, "Listing BootSessions for wake-on-LAN")
 		return
 	}
