@@ -294,14 +294,12 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.BootSession) error {
 	log := logf.FromContext(ctx)
 	name := sessionSecretName(s.Name)
-	sec := &corev1.Secret{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
-	if apierrors.IsNotFound(err) {
+	create := func() error {
 		data, err := missingSecretData(nil, s.UID)
 		if err != nil {
 			return fmt.Errorf("making credentials: %w", err)
 		}
-		sec = &corev1.Secret{
+		sec := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{bootv1.SessionSecretLabel: s.Name}},
 			Type:       corev1.SecretTypeOpaque,
 			StringData: data,
@@ -310,7 +308,22 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 			return err
 		}
 		log.V(1).Info("Creating the session Secret", "secret", name)
-		if err := r.Create(ctx, sec); err != nil {
+		return r.Create(ctx, sec)
+	}
+	if s.Status.CHAPSecretRef == nil {
+		// A new session: create at once (one call, not a read that finds
+		// nothing and then a create); an existing Secret is checked below.
+		err := create()
+		if err == nil {
+			return nil
+		} else if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating Secret %s: %w", name, redact(err))
+		}
+	}
+	sec := &corev1.Secret{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, sec)
+	if apierrors.IsNotFound(err) {
+		if err := create(); err != nil {
 			return fmt.Errorf("creating Secret %s: %w", name, redact(err))
 		}
 		return nil

@@ -132,30 +132,34 @@ func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // sessionToMachineDelay is how long a Machine waits after a change of one
-// of its sessions before it is reconciled. A session's way to Ready is a few
-// changes within a fraction of a second (created, scheduled, storage ready,
-// Ready); waiting gathers them into one reconcile and one write of the
-// Machine's status (activeSession, lastBoot) instead of up to three.
+// of its sessions before it is reconciled: changes close together (Ready,
+// then the boot agent's DHCP record) share one reconcile and one write of
+// the Machine's status.
 const sessionToMachineDelay = 500 * time.Millisecond
 
-// machineOfSession enqueues a session's Machine after delay; changes within
+// machineOfSession enqueues a session's Machine, after delay, when the
+// session changed in a way the Machine shows or acts on
+// (mirroredChanged): not at its creation nor at its scheduling, which the
+// Machine shows only once the session is Ready, so that a session's way to
+// Ready costs one write of its Machine's status, not three. Changes within
 // the delay share one reconcile (the queue keeps one entry per Machine).
 type machineOfSession struct{ delay time.Duration }
 
 func (h machineOfSession) add(o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-	s, ok := o.(*bootv1.BootSession)
-	if !ok {
-		return
+	if s, ok := o.(*bootv1.BootSession); ok {
+		q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}, h.delay)
 	}
-	q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKey{Namespace: s.Namespace, Name: s.Spec.MachineRef.Name}}, h.delay)
 }
 
-func (h machineOfSession) Create(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-	h.add(e.Object, q)
+func (h machineOfSession) Create(context.Context, event.CreateEvent, workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 }
 
 func (h machineOfSession) Update(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-	h.add(e.ObjectNew, q)
+	o, ok1 := e.ObjectOld.(*bootv1.BootSession)
+	n, ok2 := e.ObjectNew.(*bootv1.BootSession)
+	if ok1 && ok2 && mirroredChanged(o, n) {
+		h.add(n, q)
+	}
 }
 
 func (h machineOfSession) Delete(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -164,6 +168,19 @@ func (h machineOfSession) Delete(_ context.Context, e event.DeleteEvent, q workq
 
 func (h machineOfSession) Generic(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	h.add(e.Object, q)
+}
+
+// mirroredChanged reports whether a session changed in what its Machine
+// shows (activeSession, lastBoot) or acts on (its deletion's blockers, the
+// next prepared session): Ready and the boot's steps, stop, end, deletion,
+// and whether it holds the machine or blocks its deletion.
+func mirroredChanged(o, n *bootv1.BootSession) bool {
+	t, u := o.Status.Timeline, n.Status.Timeline
+	return finished(o) != finished(n) || o.Spec.Stopped != n.Spec.Stopped || (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) ||
+		holdsMachine(o) != holdsMachine(n) || blocksDeletion(o) != blocksDeletion(n) ||
+		!t.Ready.Equal(u.Ready) || !t.DHCP.Equal(u.DHCP) || !t.ScriptServed.Equal(u.ScriptServed) ||
+		!t.ISCSILogin.Equal(u.ISCSILogin) || !t.Stopped.Equal(u.Stopped) || len(t.Logins) != len(u.Logins) ||
+		o.Spec.ImageRef != n.Spec.ImageRef
 }
 
 // sharing maps a Machine to the Machines in any namespace sharing its MAC
