@@ -134,7 +134,7 @@ var _ = Describe("Wake-on-LAN", func() {
 			return s.Status.Timeline.DHCP
 		}, 30*time.Second).ShouldNot(BeNil())
 		Expect(s.Status.Timeline.WakeSent).NotTo(BeNil(), "wakeSent stays after the agent's DHCP and script stamps")
-		Expect(s.Status.Timeline.WakeSent.Time).To(BeTemporally("<=", s.Status.Timeline.DHCP.Time.Add(time.Second)))
+		Expect(s.Status.Timeline.WakeSent.Time).To(BeTemporally("<=", s.Status.Timeline.DHCP.Add(time.Second)))
 
 		logs, err := l.Logs()
 		Expect(err).NotTo(HaveOccurred())
