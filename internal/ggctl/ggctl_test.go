@@ -213,7 +213,8 @@ func cond(typ, status, reason, msg string) metav1.Condition {
 // cafe is the golden tests' world: two rooms of seats, two storage nodes,
 // sessions in every interesting state. Each session's timeline is its
 // creation time plus fixed offsets, so every duration printed is stable;
-// now is the newest creation plus 10m30s (every age prints "10m").
+// now is the newest creation plus 10m (every object created in the minute
+// before it, as all are, prints the age "10m").
 type cafe struct {
 	ns  string
 	now time.Time
@@ -347,7 +348,7 @@ func seedCafe(t *testing.T, ns string) cafe {
 	setStatus(t, &bootv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "seat-7"}}, func(m *bootv1.Machine) {
 		m.Status.Conditions = []metav1.Condition{cond(bootv1.ConflictCondition, "True", bootv1.DuplicateMACReason, "seat-9 in namespace other has MAC 52:54:00:aa:00:07")}
 	})
-	return cafe{ns: ns, now: newest.Add(10*time.Minute + 30*time.Second)}
+	return cafe{ns: ns, now: newest.Add(10 * time.Minute)}
 }
 
 // TestGolden runs every read command against the cafe and compares the

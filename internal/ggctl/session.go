@@ -142,7 +142,7 @@ func (g *ggnet) active(ctx context.Context, name, output string) error {
 	}
 	last := ""
 	for _, st := range timelineSteps(s) {
-		last = st.name + " " + g.age(metav1.Time{Time: st.at}) + " ago"
+		last = st.name + " at +" + seconds(st.at.Sub(s.CreationTimestamp.Time))
 	}
 	kv("Last step", last)
 	if err := t.Flush(); err != nil {
