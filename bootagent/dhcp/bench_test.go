@@ -27,7 +27,7 @@ func BenchmarkPacket(b *testing.B) {
 				if err := req.Parse(pkt); err != nil {
 					b.Fatal(err)
 				}
-				if resp, _, _ := rep.reply(&req, be, cfg, false); resp == nil {
+				if resp, _ := wireReply(&req, &rep, be, cfg, false); resp == nil {
 					b.Fatal("no reply")
 				}
 			}

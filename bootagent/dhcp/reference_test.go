@@ -1,17 +1,18 @@
 package dhcp
 
-// The reference implementation: replies built through insomniacslk/dhcp's
-// DHCPv4 type, as the server did before it wrote packets itself (wire.go).
-// Tests compare the server's replies with these byte for byte.
+// The reference encoding: requests read and replies written through
+// insomniacslk/dhcp's DHCPv4 type, for the same Decide the server calls.
+// Tests compare the server's queries and replies with these, field for field
+// and byte for byte, so they check parsing and encoding; the policy is
+// Decide's alone (decide_test.go).
 
 import (
 	"bytes"
-	"fmt"
 	"net"
+	"reflect"
 	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/iana"
 
 	"github.com/ggnet/ggnet/internal/ipxe"
 )
@@ -32,177 +33,109 @@ func referenceClient(req *dhcpv4.DHCPv4) Client {
 	return c
 }
 
-// Reply builds the reply to req, or nil with the reason it is not answered.
-// proxyPort is true for requests that arrived on port 4011.
-func referenceReply(req *dhcpv4.DHCPv4, backend Backend, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
-	if req.OpCode != dhcpv4.OpcodeBootRequest {
-		return nil, ResultNotBootReply
+// referenceQuery reads a request through the library.
+func referenceQuery(req *dhcpv4.DHCPv4, proxyPort bool) Query {
+	q := Query{Op: req.OpCode, HType: req.HWType, MAC: req.ClientHWAddr, Type: req.MessageType(),
+		CIAddr: ip4Of(req.ClientIPAddr), GIAddr: ip4Of(req.GatewayIPAddr), Client: referenceClient(req), ProxyPort: proxyPort}
+	if sid := req.ServerIdentifier(); sid != nil {
+		q.ServerID, q.HasServerID = ip4Of(sid), true
 	}
-	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
-		return nil, ResultMalformed
+	if ip := req.RequestedIPAddress(); ip != nil {
+		q.RequestedIP, q.HasRequestedIP = ip4Of(ip), true
 	}
-	r, known := backend.LookupMAC(req.ClientHWAddr)
-	client := referenceClient(req)
-	if cfg.Mode == ModeProxy || proxyPort {
-		return refProxyReply(req, client, r, known, cfg, proxyPort)
-	}
-	return refReservationReply(req, client, r, known, cfg)
+	return q
 }
 
-func refReservationReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool, cfg *Config) (*dhcpv4.DHCPv4, Result) {
-	if !known {
-		return nil, ResultUnknownMAC
+// sameQuery reports whether two queries are equal (MAC by its bytes).
+func sameQuery(a, b Query) bool {
+	if !bytes.Equal(a.MAC, b.MAC) {
+		return false
 	}
-	if r.Address == nil {
-		return nil, ResultNoAddress
+	a.MAC, b.MAC = nil, nil
+	return reflect.DeepEqual(a, b)
+}
+
+// referenceReply reads req and writes the reply Decide chooses through the
+// library, or nil with the reason it is not answered. proxyPort is true for
+// requests that arrived on port 4011.
+func referenceReply(req *dhcpv4.DHCPv4, backend Backend, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
+	q := referenceQuery(req, proxyPort)
+	d := Decide(&q, backend, cfg)
+	return referenceEncode(req, &d, cfg), d.Result
+}
+
+// referenceEncode writes the reply d describes to req through the library,
+// nil when none is sent.
+func referenceEncode(req *dhcpv4.DHCPv4, d *Decision, cfg *Config) *dhcpv4.DHCPv4 {
+	switch d.Type {
+	case dhcpv4.MessageTypeNone:
+		return nil
+	case dhcpv4.MessageTypeNak:
+		return refNak(req, cfg, d.Message)
 	}
-	var (
-		msgType dhcpv4.MessageType
-		result  Result
+	resp, err := dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(d.Type),
+		dhcpv4.WithServerIP(cfg.ServerIP),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
 	)
-	switch req.MessageType() {
-	case dhcpv4.MessageTypeDiscover:
-		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
-	case dhcpv4.MessageTypeRequest:
-		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(cfg.ServerIP) {
-			return nil, ResultOtherServer
-		}
-		asked := req.RequestedIPAddress()
-		if asked == nil {
-			asked = req.ClientIPAddr
-		}
-		if !asked.Equal(r.Address) {
-			return refNak(req, cfg, fmt.Sprintf("address %s is not reserved for %s", asked, req.ClientHWAddr)), ResultNak
-		}
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	case dhcpv4.MessageTypeInform:
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	default:
-		return nil, ResultIgnoredType
-	}
-	resp, err := refNewReply(req, msgType, cfg)
 	if err != nil {
-		return nil, ResultMalformed
+		return nil
 	}
-	if req.MessageType() != dhcpv4.MessageTypeInform {
-		resp.YourIPAddr = r.Address
+	resp.YourIPAddr = net.IPv4(d.YourIP[0], d.YourIP[1], d.YourIP[2], d.YourIP[3])
+	if d.Lease {
 		resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(cfg.LeaseTime))
 		resp.UpdateOption(dhcpv4.OptRenewTimeValue(cfg.LeaseTime / 2))
 		resp.UpdateOption(dhcpv4.OptRebindingTimeValue(cfg.LeaseTime * 7 / 8))
 	}
-	if r.Mask != nil {
-		resp.UpdateOption(dhcpv4.OptSubnetMask(r.Mask))
-	}
-	if r.Gateway != nil {
-		resp.UpdateOption(dhcpv4.OptRouter(r.Gateway))
-	}
-	if len(r.DNS) > 0 {
-		resp.UpdateOption(dhcpv4.OptDNS(r.DNS...))
-	}
-	if r.Hostname != "" {
-		resp.UpdateOption(dhcpv4.OptHostName(r.Hostname))
-	}
-	if client.Booting() && !r.LocalBoot {
-		refSetBootOptions(resp, client, refChooseBootFile(client, r, cfg), cfg, false)
-	}
-	return resp, result
-}
-
-// proxyReply answers a PXE client beside another DHCP server: no address, only
-// where to boot from. DISCOVER on 67 gets an OFFER; REQUEST (or INFORM) on
-// 4011 gets an ACK.
-func refProxyReply(req *dhcpv4.DHCPv4, client Client, r Reservation, known bool, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
-	if !client.Booting() {
-		return nil, ResultNotPXE
-	}
-	if !known {
-		return nil, ResultUnknownMAC
-	}
-	if r.LocalBoot {
-		return nil, ResultNotPXE
-	}
-	var (
-		msgType dhcpv4.MessageType
-		result  Result
-	)
-	switch t := req.MessageType(); {
-	case t == dhcpv4.MessageTypeDiscover && !proxyPort:
-		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
-	case t == dhcpv4.MessageTypeRequest && !proxyPort:
-		// The client's REQUEST to the address-giving server; iPXE also looks
-		// at a proxy ACK to it.
-		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(cfg.ServerIP) {
-			return nil, ResultOtherServer
+	if r := d.Reservation; d.Network {
+		if r.Mask != nil {
+			resp.UpdateOption(dhcpv4.OptSubnetMask(r.Mask))
 		}
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	case (t == dhcpv4.MessageTypeRequest || t == dhcpv4.MessageTypeInform) && proxyPort:
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	default:
-		return nil, ResultIgnoredType
+		if r.Gateway != nil {
+			resp.UpdateOption(dhcpv4.OptRouter(r.Gateway))
+		}
+		if len(r.DNS) > 0 {
+			resp.UpdateOption(dhcpv4.OptDNS(r.DNS...))
+		}
+		if r.Hostname != "" {
+			resp.UpdateOption(dhcpv4.OptHostName(r.Hostname))
+		}
 	}
-	resp, err := refNewReply(req, msgType, cfg)
-	if err != nil {
-		return nil, ResultMalformed
+	if d.Boot != BootNone {
+		name := refBootFile(d.Boot, d.Reservation, cfg)
+		resp.BootFileName = name
+		resp.UpdateOption(dhcpv4.OptBootFileName(name))
+		if d.Boot.TFTP() {
+			resp.UpdateOption(dhcpv4.OptTFTPServerName(cfg.ServerIP.String()))
+		}
 	}
-	resp.YourIPAddr = net.IPv4zero
-	refSetBootOptions(resp, client, refChooseBootFile(client, r, cfg), cfg, true)
-	return resp, result
-}
-
-// newReply starts a reply from this server: message type, siaddr and server
-// identifier.
-func refNewReply(req *dhcpv4.DHCPv4, msgType dhcpv4.MessageType, cfg *Config) (*dhcpv4.DHCPv4, error) {
-	return dhcpv4.NewReplyFromRequest(req,
-		dhcpv4.WithMessageType(msgType),
-		dhcpv4.WithServerIP(cfg.ServerIP),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(cfg.ServerIP)),
-	)
-}
-
-// refChooseBootFile picks the boot file with plain strings: iPXE gets
-// HTTPBase + "/" + ipxe.ScriptPath(mac, token) (the script URL with the
-// reservation's token), UEFI HTTP the UEFI binary's URL, UEFI PXE the UEFI
-// binary, BIOS PXE the BIOS one.
-func refChooseBootFile(c Client, r Reservation, cfg *Config) BootFile {
-	base := strings.TrimRight(cfg.HTTPBase, "/")
-	switch {
-	case c.IPXE:
-		return BootFile{Name: base + "/" + ipxe.ScriptPath(r.MAC, r.Token), HTTP: true}
-	case c.HTTP:
-		return BootFile{Name: base + "/ipxe/" + cfg.UEFIFile, HTTP: true}
-	case c.uefi(r.Firmware):
-		return BootFile{Name: cfg.UEFIFile}
-	default:
-		return BootFile{Name: cfg.BIOSFile}
+	if d.VendorClass != "" {
+		resp.UpdateOption(dhcpv4.OptClassIdentifier(d.VendorClass))
 	}
-}
-
-// pxeDiscoveryControl is PXE vendor sub-option 6 = 8: no boot server
-// discovery, load the boot file named in the reply.
-
-func refSetBootOptions(resp *dhcpv4.DHCPv4, client Client, bf BootFile, cfg *Config, proxy bool) {
-	resp.BootFileName = bf.Name
-	resp.UpdateOption(dhcpv4.OptBootFileName(bf.Name))
-	if !bf.HTTP {
-		resp.ServerIPAddr = cfg.ServerIP
-		resp.UpdateOption(dhcpv4.OptTFTPServerName(cfg.ServerIP.String()))
+	if d.DiscoveryControl {
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
 	}
-	switch {
-	case client.HTTP:
-		// UEFI HTTP boot ignores offers without HTTPClient in option 60.
-		resp.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
-	case client.IPXE && !proxy:
-		// iPXE waits several seconds for a ProxyDHCP answer when the
-		// reply says PXEClient; from the server that hands out the address
-		// and the script URL there is nothing more to wait for; no-pxedhcp
-		// ends iPXE's wait for ProxyDHCP offers.
+	if d.NoPXEDHCP {
 		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(175), []byte{176, 1, 1}))
-	case client.PXE:
-		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
-		// Proxy or not: without PXE vendor options a firmware PXE client
-		// (EDK2) asks a boot server on 4011 instead of loading the file.
-		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl))
 	}
+	return resp
+}
+
+// refBootFile names boot file k with plain strings: the script URL is
+// HTTPBase + "/" + ipxe.ScriptPath(mac, token).
+func refBootFile(k BootKind, r Reservation, cfg *Config) string {
+	base := strings.TrimRight(cfg.HTTPBase, "/")
+	switch k {
+	case BootScript:
+		return base + "/" + ipxe.ScriptPath(r.MAC, r.Token)
+	case BootUEFIHTTP:
+		return base + "/ipxe/" + cfg.UEFIFile
+	case BootUEFI:
+		return cfg.UEFIFile
+	case BootBIOS:
+		return cfg.BIOSFile
+	}
+	return ""
 }
 
 func refNak(req *dhcpv4.DHCPv4, cfg *Config, msg string) *dhcpv4.DHCPv4 {
@@ -218,23 +151,4 @@ func refNak(req *dhcpv4.DHCPv4, cfg *Config, msg string) *dhcpv4.DHCPv4 {
 	resp.YourIPAddr = net.IPv4zero
 	resp.SetBroadcast()
 	return resp
-}
-
-// referenceReplyAddr picks where a reply goes (RFC 2131 4.1): a relay's
-// giaddr at 67, else the client at port 68: on the proxy port at the
-// request's source address, else its ciaddr, else broadcast; never the
-// request's source port.
-func referenceReplyAddr(req, resp *dhcpv4.DHCPv4, peer *net.UDPAddr, proxyPort bool) *net.UDPAddr {
-	switch {
-	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
-		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: ServerPort}
-	case proxyPort && peer != nil && !peer.IP.IsUnspecified():
-		return &net.UDPAddr{IP: peer.IP, Port: ClientPort}
-	case resp.MessageType() == dhcpv4.MessageTypeNak:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: ClientPort}
-	case !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil:
-		return &net.UDPAddr{IP: req.ClientIPAddr, Port: ClientPort}
-	default:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: ClientPort}
-	}
 }

@@ -1,8 +1,10 @@
 // Package dhcp is the boot agent's DHCP server: reservation mode (authoritative
 // for known Machines), proxyDHCP (boot information only, beside another DHCP
-// server, ports 67 and 4011) and relayed requests. Replies are built by pure
-// functions of (request, reservation, config) without allocating (wire.go);
-// the socket loop is in server.go.
+// server, ports 67 and 4011) and relayed requests. What to answer is one pure
+// function, Decide (decide.go); the server reads requests and writes the
+// replies it decides without allocating (wire.go, reply.go); the socket loop
+// is in server.go, with recvmmsg/sendmmsg batches on Linux (batch_linux.go)
+// and one datagram per call elsewhere (batch_other.go).
 // The package never imports Kubernetes: it takes a Backend that looks up a MAC.
 package dhcp
 
@@ -180,40 +182,26 @@ func (c Client) uefi(f Firmware) bool {
 	}
 }
 
-// BootFile is what a client is told to load: TFTP (name on the agent's TFTP
-// server) or a full URL for HTTP.
-type BootFile struct {
-	Name string
-	// HTTP is true when Name is a URL.
-	HTTP bool
-}
-
-// ChooseBootFile picks the boot file: iPXE gets its machine's script URL
-// (ending the chainload loop), UEFI HTTP clients an http URL of the UEFI iPXE
-// binary, UEFI PXE the UEFI binary, BIOS PXE undionly.kpxe.
-func ChooseBootFile(c Client, r Reservation, cfg *Config) BootFile {
-	name, http := appendBootFile(nil, c, r, cfg)
-	return BootFile{Name: string(name), HTTP: http}
-}
-
-// appendBootFile appends the boot file name of ChooseBootFile to dst.
-func appendBootFile(dst []byte, c Client, r Reservation, cfg *Config) ([]byte, bool) {
+// appendBootFile appends the name of boot file k to dst: a file name on
+// this server's TFTP, or a URL.
+func appendBootFile(dst []byte, k BootKind, r Reservation, cfg *Config) []byte {
 	base := strings.TrimRight(cfg.HTTPBase, "/")
-	switch {
-	case c.IPXE:
-		return ipxe.AppendScriptURL(dst, base, r.MAC, r.Token), true
-	case c.HTTP:
+	switch k {
+	case BootScript:
+		return ipxe.AppendScriptURL(dst, base, r.MAC, r.Token)
+	case BootUEFIHTTP:
 		dst = append(dst, base...)
 		dst = append(dst, "/ipxe/"...)
-		return append(dst, cfg.UEFIFile...), true
-	case c.uefi(r.Firmware):
-		return append(dst, cfg.UEFIFile...), false
-	default:
-		return append(dst, cfg.BIOSFile...), false
+		return append(dst, cfg.UEFIFile...)
+	case BootUEFI:
+		return append(dst, cfg.UEFIFile...)
+	case BootBIOS:
+		return append(dst, cfg.BIOSFile...)
 	}
+	return dst
 }
 
-// replier builds replies; each server worker has its own, so a reply costs
+// replier writes replies; each server worker has its own, so a reply costs
 // no allocation.
 type replier struct {
 	w    replyWriter
@@ -221,148 +209,73 @@ type replier struct {
 	tftp []byte // dotted server address for option 66
 }
 
-// reply answers req: the reply packet (valid until the next call) and its
-// message type, or nil with the reason it is not answered. proxyPort is true
-// for requests that arrived on port 4011.
-func (p *replier) reply(req *Request, backend Backend, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
-	if req.Op != dhcpv4.OpcodeBootRequest {
-		return nil, 0, ResultNotBootReply
-	}
-	if req.HType != iana.HWTypeEthernet || req.HLen != 6 {
-		return nil, 0, ResultMalformed
-	}
-	r, known := backend.LookupMAC(req.MAC())
-	client := req.Client()
-	if cfg.Mode == ModeProxy || proxyPort {
-		return p.proxyReply(req, client, r, known, cfg, proxyPort)
-	}
-	return p.reservationReply(req, client, r, known, cfg)
-}
-
-func (p *replier) reservationReply(req *Request, client Client, r Reservation, known bool, cfg *Config) ([]byte, dhcpv4.MessageType, Result) {
-	if !known {
-		return nil, 0, ResultUnknownMAC
-	}
-	if r.Address == nil {
-		return nil, 0, ResultNoAddress
-	}
-	var (
-		msgType dhcpv4.MessageType
-		result  Result
-	)
+// encode writes the reply d describes to req, nil when none is sent.
+// Options go in increasing code order, as the library writes them.
+func (p *replier) encode(req *Request, d *Decision, cfg *Config) []byte {
 	server := ip4Of(cfg.ServerIP)
-	switch req.MessageType() {
-	case dhcpv4.MessageTypeDiscover:
-		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
-	case dhcpv4.MessageTypeRequest:
-		if sid, ok := req.ip4(tServerID); ok && sid != server {
-			return nil, 0, ResultOtherServer
+	switch d.Type {
+	case dhcpv4.MessageTypeNone:
+		return nil
+	case dhcpv4.MessageTypeNak:
+		return p.nak(req, server, d.Message)
+	}
+	p.name = appendBootFile(p.name[:0], d.Boot, d.Reservation, cfg)
+	p.tftp = p.tftp[:0]
+	if d.Boot.TFTP() {
+		p.tftp = appendIP4(p.tftp, server)
+	}
+	w := &p.w
+	w.header(req, d.YourIP, server, req.Flags, p.name)
+	if r := &d.Reservation; d.Network {
+		if r.Mask != nil {
+			mask := r.Mask
+			if len(mask) > net.IPv4len {
+				mask = mask[:net.IPv4len]
+			}
+			w.option(dhcpv4.OptionSubnetMask, mask)
 		}
-		asked, ok := req.ip4(tRequestedIP)
-		if !ok {
-			asked = req.CIAddr
+		if r.Gateway != nil {
+			w.optionIPs(dhcpv4.OptionRouter, r.Gateway)
 		}
-		if asked != ip4Of(r.Address) || r.Address.To4() == nil {
-			msg := fmt.Sprintf("address %s is not reserved for %s", net.IPv4(asked[0], asked[1], asked[2], asked[3]), req.MAC())
-			return p.nak(req, server, msg), dhcpv4.MessageTypeNak, ResultNak
+		if len(r.DNS) > 0 {
+			w.optionIPs(dhcpv4.OptionDomainNameServer, r.DNS...)
 		}
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	case dhcpv4.MessageTypeInform:
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	default:
-		return nil, 0, ResultIgnoredType
-	}
-	inform := req.MessageType() == dhcpv4.MessageTypeInform
-	boot := client.Booting() && !r.LocalBoot
-	var yiaddr [4]byte
-	if !inform {
-		yiaddr = ip4Of(r.Address)
-	}
-	w := p.header(req, client, r, cfg, boot, yiaddr, server)
-	if r.Mask != nil {
-		mask := r.Mask
-		if len(mask) > net.IPv4len {
-			mask = mask[:net.IPv4len]
+		if r.Hostname != "" {
+			w.optionString(dhcpv4.OptionHostName, r.Hostname)
 		}
-		w.option(dhcpv4.OptionSubnetMask, mask)
 	}
-	if r.Gateway != nil {
-		w.optionIPs(dhcpv4.OptionRouter, r.Gateway)
-	}
-	if len(r.DNS) > 0 {
-		w.optionIPs(dhcpv4.OptionDomainNameServer, r.DNS...)
-	}
-	if r.Hostname != "" {
-		w.optionString(dhcpv4.OptionHostName, r.Hostname)
-	}
-	if boot && client.PXE && !client.HTTP && !client.IPXE {
-		// A firmware PXE client (PXEClient in option 60) that finds no PXE
-		// vendor options takes the offer for a BINL one and asks a boot
-		// server on port 4011 for its file instead of loading the one in
-		// the offer: EDK2 (OVMF, UEFI PCs) does, and after ~10 s without
-		// an answer falls back to HTTP boot. Sub-option 6 = 8: no boot
-		// server discovery, load the boot file named in the reply.
+	if d.DiscoveryControl {
 		w.option(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl)
 	}
-	lease := uint32(cfg.LeaseTime / time.Second)
-	if !inform {
-		w.optionUint32(dhcpv4.OptionIPAddressLeaseTime, lease)
+	if d.Lease {
+		w.optionUint32(dhcpv4.OptionIPAddressLeaseTime, uint32(cfg.LeaseTime/time.Second))
 	}
-	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(msgType))
+	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(d.Type))
 	w.option(dhcpv4.OptionServerIdentifier, server[:])
-	if !inform {
+	if d.Lease {
 		w.optionUint32(dhcpv4.OptionRenewTimeValue, uint32(cfg.LeaseTime/2/time.Second))
 		w.optionUint32(dhcpv4.OptionRebindingTimeValue, uint32(cfg.LeaseTime*7/8/time.Second))
 	}
-	p.bootOptions(req, client, cfg, boot, false)
-	return w.finish(req), msgType, result
-}
-
-// proxyReply answers a PXE client beside another DHCP server: no address, only
-// where to boot from. DISCOVER on 67 gets an OFFER; REQUEST (or INFORM) on
-// 4011 gets an ACK.
-func (p *replier) proxyReply(req *Request, client Client, r Reservation, known bool, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
-	if !client.Booting() {
-		return nil, 0, ResultNotPXE
+	if d.VendorClass != "" {
+		w.optionString(dhcpv4.OptionClassIdentifier, d.VendorClass)
 	}
-	if !known {
-		return nil, 0, ResultUnknownMAC
+	if v := req.opts[tClientID]; v != nil {
+		// RFC 6842: the client identifier is echoed.
+		w.option(dhcpv4.OptionClientIdentifier, v)
 	}
-	if r.LocalBoot {
-		return nil, 0, ResultNotPXE
-	}
-	var (
-		msgType dhcpv4.MessageType
-		result  Result
-	)
-	server := ip4Of(cfg.ServerIP)
-	switch t := req.MessageType(); {
-	case t == dhcpv4.MessageTypeDiscover && !proxyPort:
-		msgType, result = dhcpv4.MessageTypeOffer, ResultOffer
-	case t == dhcpv4.MessageTypeRequest && !proxyPort:
-		// The client's REQUEST to the address-giving server; iPXE also looks
-		// at a proxy ACK to it.
-		if sid, ok := req.ip4(tServerID); ok && sid != server {
-			return nil, 0, ResultOtherServer
+	if d.Boot != BootNone {
+		if len(p.tftp) > 0 {
+			w.option(dhcpv4.OptionTFTPServerName, p.tftp)
 		}
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	case (t == dhcpv4.MessageTypeRequest || t == dhcpv4.MessageTypeInform) && proxyPort:
-		msgType, result = dhcpv4.MessageTypeAck, ResultAck
-	default:
-		return nil, 0, ResultIgnoredType
+		w.option(dhcpv4.OptionBootfileName, p.name)
 	}
-	w := p.header(req, client, r, cfg, true, [4]byte{}, server)
-	if client.PXE && !client.HTTP {
-		// PXE vendor sub-option 6 = 8: no boot server discovery, load the
-		// boot file named in the reply.
-		w.option(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl)
+	if d.NoPXEDHCP {
+		w.option(optIPXEEncap, ipxeNoPXEDHCP)
 	}
-	w.b = append(w.b, dhcpv4.OptionDHCPMessageType.Code(), 1, byte(msgType))
-	w.option(dhcpv4.OptionServerIdentifier, server[:])
-	p.bootOptions(req, client, cfg, true, true)
-	return w.finish(req), msgType, result
+	return w.finish(req)
 }
 
+// pxeDiscoveryControl is PXE vendor sub-option 6 = 8 (Decision.DiscoveryControl).
 var pxeDiscoveryControl = []byte{6, 1, 8, 255}
 
 // iPXE's encapsulated options (175) and its no-pxedhcp setting (176 = 1).
@@ -370,60 +283,8 @@ var optIPXEEncap dhcpv4.OptionCode = dhcpv4.GenericOptionCode(175)
 
 var ipxeNoPXEDHCP = []byte{176, 1, 1}
 
-// header chooses the boot file (when boot is set) and writes the reply's
-// header: siaddr is this server.
-func (p *replier) header(req *Request, client Client, r Reservation, cfg *Config, boot bool, yiaddr, server [4]byte) *replyWriter {
-	p.name = p.name[:0]
-	httpBoot := false
-	if boot {
-		p.name, httpBoot = appendBootFile(p.name, client, r, cfg)
-	}
-	p.tftp = p.tftp[:0]
-	if boot && !httpBoot {
-		p.tftp = appendIP4(p.tftp, server)
-	}
-	p.w.header(req, yiaddr, server, req.Flags, p.name)
-	return &p.w
-}
-
-// bootOptions writes options 60 to 67 and 175 (after 53 and 54, before 82):
-// the vendor class a PXE or HTTP client waits for, the copied client
-// identifier, the TFTP server, the boot file name and iPXE's no-pxedhcp.
-func (p *replier) bootOptions(req *Request, client Client, cfg *Config, boot, proxy bool) {
-	w := &p.w
-	noPXEDHCP := false
-	if boot {
-		switch {
-		case client.HTTP:
-			// UEFI HTTP boot ignores offers without HTTPClient in option 60.
-			w.optionString(dhcpv4.OptionClassIdentifier, "HTTPClient")
-		case client.IPXE && !proxy:
-			// No PXEClient: from the server that hands out the address and
-			// the script URL there is no ProxyDHCP answer to wait for. And
-			// iPXE's no-pxedhcp setting (encapsulated option 175.176 = 1):
-			// without it iPXE still waits up to 2 s of DHCP discovery for
-			// ProxyDHCP offers before it requests (src/net/udp/dhcp.c),
-			// measured ~1.8 s of every lab boot (docs/benchmarks.md, Boot).
-			noPXEDHCP = true
-		case client.PXE:
-			w.optionString(dhcpv4.OptionClassIdentifier, "PXEClient")
-		}
-	}
-	if v := req.opts[tClientID]; v != nil {
-		// RFC 6842: the client identifier is echoed.
-		w.option(dhcpv4.OptionClientIdentifier, v)
-	}
-	if boot {
-		if len(p.tftp) > 0 {
-			w.option(dhcpv4.OptionTFTPServerName, p.tftp)
-		}
-		w.option(dhcpv4.OptionBootfileName, p.name)
-	}
-	if noPXEDHCP {
-		w.option(optIPXEEncap, ipxeNoPXEDHCP)
-	}
-}
-
+// nak writes a NAK: broadcast flag, no yiaddr or siaddr, the server
+// identifier, the message and the client identifier.
 func (p *replier) nak(req *Request, server [4]byte, msg string) []byte {
 	w := &p.w
 	w.header(req, [4]byte{}, [4]byte{}, req.Flags|0x8000, nil)

@@ -42,22 +42,34 @@ func backend() mapBackend {
 	}
 }
 
-// answer runs req through the server's own parser and reply writer and
-// returns the reply as the library reads it. It fails the test unless the
-// reply is byte for byte the one the library-built reference gives
-// (reference_test.go).
+// answer runs req through the server's own parser, Decide and reply writer
+// and returns the reply as the library reads it. It fails the test unless
+// the library reads the request as the same Query and writes the same
+// decision as the same bytes (reference_test.go).
 func answer(t testing.TB, req *dhcpv4.DHCPv4, b Backend, cfg *Config, proxyPort bool) (*dhcpv4.DHCPv4, Result) {
 	t.Helper()
-	got, gotType, result := wireAnswer(t, req.ToBytes(), b, cfg, proxyPort)
-	want, wantResult := referenceReply(req, b, cfg, proxyPort)
-	if result != wantResult {
-		t.Fatalf("result %s, the reference says %s", result, wantResult)
+	pkt := req.ToBytes()
+	var (
+		wreq Request
+		rep  replier
+	)
+	if err := wreq.Parse(pkt); err != nil {
+		t.Fatalf("parsing the request: %v", err)
 	}
+	ref, err := dhcpv4.FromBytes(pkt)
+	if err != nil {
+		t.Fatalf("the library cannot parse the request: %v", err)
+	}
+	if got, want := wreq.Query(proxyPort), referenceQuery(ref, proxyPort); !sameQuery(got, want) {
+		t.Fatalf("query %+v, the library reads %+v", got, want)
+	}
+	got, d := wireReply(&wreq, &rep, b, cfg, proxyPort)
+	want := referenceEncode(ref, &d, cfg)
 	if want == nil || got == nil {
 		if want != nil || got != nil {
 			t.Fatalf("reply %v, the reference's %v", got != nil, want != nil)
 		}
-		return nil, result
+		return nil, d.Result
 	}
 	if wantBytes := want.ToBytes(); !bytes.Equal(got, wantBytes) {
 		t.Fatalf("reply differs from the reference's:\n got %x\nwant %x", got, wantBytes)
@@ -66,23 +78,18 @@ func answer(t testing.TB, req *dhcpv4.DHCPv4, b Backend, cfg *Config, proxyPort 
 	if err != nil {
 		t.Fatalf("reply does not parse: %v", err)
 	}
-	if resp.MessageType() != gotType {
-		t.Fatalf("reply type %s, the packet says %s", gotType, resp.MessageType())
+	if resp.MessageType() != d.Type {
+		t.Fatalf("decided %s, the packet says %s", d.Type, resp.MessageType())
 	}
-	return resp, result
+	return resp, d.Result
 }
 
-// wireAnswer is the server's path from packet to reply.
-func wireAnswer(t testing.TB, pkt []byte, b Backend, cfg *Config, proxyPort bool) ([]byte, dhcpv4.MessageType, Result) {
-	t.Helper()
-	var (
-		req Request
-		rep replier
-	)
-	if err := req.Parse(pkt); err != nil {
-		t.Fatalf("parsing the request: %v", err)
-	}
-	return rep.reply(&req, b, cfg, proxyPort)
+// wireReply is what the server does with a parsed request: its query,
+// Decide, and the reply written into rep's buffer (nil when none is sent).
+func wireReply(req *Request, rep *replier, b Backend, cfg *Config, proxyPort bool) ([]byte, Decision) {
+	q := req.Query(proxyPort)
+	d := Decide(&q, b, cfg)
+	return rep.encode(req, &d, cfg), d
 }
 
 func config(mode Mode) *Config {
@@ -313,10 +320,11 @@ func TestProxy(t *testing.T) {
 }
 
 func TestReplyAddr(t *testing.T) {
-	parse := func(t *testing.T, d *dhcpv4.DHCPv4) *Request {
+	parse := func(t *testing.T, d *dhcpv4.DHCPv4) *Query {
 		var r Request
 		NewWithT(t).Expect(r.Parse(d.ToBytes())).To(Succeed())
-		return &r
+		q := r.Query(false)
+		return &q
 	}
 	plain := discover(macKnown)
 	relayed := discover(macKnown, dhcpv4.WithGatewayIP(net.IPv4(10, 30, 0, 1)))

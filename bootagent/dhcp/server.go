@@ -9,13 +9,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 )
 
 // Standard ports.
@@ -59,6 +57,9 @@ type Server struct {
 	// clientPort is the port replies to clients go to (ClientPort; tests
 	// change it with WithClientPort).
 	clientPort uint16
+	// portable uses the portable socket path (one datagram per call) where
+	// Linux has batches: for tests.
+	portable bool
 }
 
 // Option configures a Server.
@@ -93,6 +94,10 @@ func WithReady(ready func() bool) Option { return func(s *Server) { s.ready = re
 // still never answers a request's own source port.
 func WithClientPort(p uint16) Option { return func(s *Server) { s.clientPort = p } }
 
+// withPortableConn makes the server read and write one datagram per call, as
+// on systems other than Linux, so that Linux tests run that path too.
+func withPortableConn() Option { return func(s *Server) { s.portable = true } }
+
 // NewServer validates cfg and returns a server.
 func NewServer(cfg Config, backend Backend, opts ...Option) (*Server, error) {
 	cfg.Defaults()
@@ -110,38 +115,6 @@ func NewServer(cfg Config, backend Backend, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("workers %d: want at least 1", s.workers)
 	}
 	return s, nil
-}
-
-// Listen opens a UDP socket for DHCP on addr (":67", "127.0.0.1:0"), bound
-// to iface when it is not empty so that replies leave by the interface the
-// request came in on, with SO_BROADCAST for broadcast replies.
-func Listen(iface, addr string) (*net.UDPConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-				return
-			}
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
-				return
-			}
-			// A deep receive buffer absorbs boot storms (hundreds of PCs
-			// powered on at once).
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-			if iface != "" {
-				serr = unix.BindToDevice(int(fd), iface)
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening for DHCP on %s (interface %q): %w", addr, iface, err)
-	}
-	return pc.(*net.UDPConn), nil
 }
 
 // Serve answers requests on conn until ctx ends. It closes conn.
@@ -163,21 +136,28 @@ func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
 }
 
 // batch is how many packets a worker reads (recvmmsg) and sends (sendmmsg)
-// per system call under load.
+// per system call under load, on Linux.
 const batch = 32
 
-// worker is one worker's parsed request and reply builder, reused from
-// packet to packet (its socket batches are a batchConn).
+// worker is one worker's parsed request, query and reply writer, reused
+// from packet to packet (its socket is a packetConn).
 type worker struct {
 	req Request
+	q   Query
 	rep replier
 }
 
 func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
-	bc, err := newBatchConn(conn, batch)
-	if err != nil {
-		s.log.Error(err, "Using the DHCP socket")
-		return
+	var bc packetConn
+	if s.portable {
+		bc = newPortableConn(conn)
+	} else {
+		c, err := newBatchConn(conn, batch)
+		if err != nil {
+			s.log.Error(err, "Using the DHCP socket")
+			return
+		}
+		bc = c
 	}
 	w := &worker{}
 	for {
@@ -233,44 +213,40 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 		s.metrics.packet(msgType, ResultNotReady)
 		return nil, netip.AddrPort{}
 	}
-	w.rep.w.b = buf
-	resp, respType, result := w.rep.reply(req, s.backend, &s.cfg, s.proxyPort)
-	s.metrics.packet(msgType, result)
-	if resp == nil {
-		if result == ResultUnknownMAC && s.observer != nil {
-			if c := req.Client(); c.Booting() {
-				s.observer.Unknown(req.MAC(), c)
-			}
+	q := &w.q
+	*q = req.Query(s.proxyPort)
+	d := Decide(q, s.backend, &s.cfg)
+	s.metrics.packet(msgType, d.Result)
+	if d.Type == dhcpv4.MessageTypeNone {
+		if d.Result == ResultUnknownMAC && s.observer != nil && q.Client.Booting() {
+			s.observer.Unknown(q.MAC, q.Client)
 		}
 		if s.log.V(2).Enabled() {
-			s.log.V(2).Info("Not answering DHCP request", "mac", req.MAC().String(), "type", msgType.String(), "result", string(result), "interface", s.iface)
+			s.log.V(2).Info("Not answering DHCP request", "mac", q.MAC.String(), "type", msgType.String(), "result", string(d.Result), "interface", s.iface)
 		}
 		return nil, netip.AddrPort{}
 	}
-	dst := replyAddr(req, respType, peer, s.proxyPort, s.clientPort)
+	w.rep.w.b = buf
+	resp := w.rep.encode(req, &d, &s.cfg)
+	dst := replyAddr(q, d.Type, peer, s.proxyPort, s.clientPort)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
-	if s.observer != nil && result != ResultNak {
-		s.observer.Answered(req.MAC(), respType, clientAddr(resp, s.cfg.Mode == ModeProxy || s.proxyPort))
+	if s.observer != nil && d.Result != ResultNak {
+		s.observer.Answered(q.MAC, d.Type, clientAddr(&d))
 	}
 	// Per-packet logs are verbose only; building their values costs more
 	// than answering the packet.
 	if s.log.V(1).Enabled() {
-		s.log.V(1).Info("Answering DHCP request", "mac", req.MAC().String(), "xid", fmt.Sprintf("%x", req.Xid), "interface", s.iface,
-			"type", msgType.String(), "reply", respType.String(), "to", dst.String())
+		s.log.V(1).Info("Answering DHCP request", "mac", q.MAC.String(), "xid", fmt.Sprintf("%x", req.Xid), "interface", s.iface,
+			"type", msgType.String(), "reply", d.Type.String(), "to", dst.String())
 	}
 	return resp, dst
 }
 
 // clientAddr is the address this exchange binds to the client (see
-// Observer.Answered): the reply's yiaddr in reservation mode, nothing in
-// proxy mode.
-func clientAddr(resp []byte, proxy bool) netip.Addr {
-	// yiaddr is at offset 16 of every BOOTP packet.
-	if proxy || len(resp) < 20 {
-		return netip.Addr{}
-	}
-	if a := [4]byte(resp[16:20]); a != zero4 {
-		return netip.AddrFrom4(a)
+// Observer.Answered): the reply's yiaddr, which only reservation mode sets.
+func clientAddr(d *Decision) netip.Addr {
+	if d.YourIP != zero4 {
+		return netip.AddrFrom4(d.YourIP)
 	}
 	return netip.Addr{}
 }
@@ -283,7 +259,7 @@ var zero4 [4]byte
 // ciaddr, else broadcast (always for a NAK). It never answers the request's
 // own source port: the reply carries the MAC's script token, and anyone can
 // send a request with any chaddr from any port.
-func replyAddr(req *Request, respType dhcpv4.MessageType, peer netip.AddrPort, proxyPort bool, clientPort uint16) netip.AddrPort {
+func replyAddr(req *Query, respType dhcpv4.MessageType, peer netip.AddrPort, proxyPort bool, clientPort uint16) netip.AddrPort {
 	fromPeer := peer.IsValid() && !peer.Addr().IsUnspecified()
 	switch {
 	case req.GIAddr != zero4:

@@ -195,6 +195,16 @@ func (r *Request) ip4(t int) ([4]byte, bool) {
 	return [4]byte{}, false
 }
 
+// Query is what Decide reads of the request; proxyPort is true for a
+// request that arrived on port 4011. Its MAC points into r.
+func (r *Request) Query(proxyPort bool) Query {
+	q := Query{Op: r.Op, HType: r.HType, MAC: r.MAC(), Type: r.MessageType(), CIAddr: r.CIAddr, GIAddr: r.GIAddr,
+		Client: r.Client(), ProxyPort: proxyPort}
+	q.ServerID, q.HasServerID = r.ip4(tServerID)
+	q.RequestedIP, q.HasRequestedIP = r.ip4(tRequestedIP)
+	return q
+}
+
 // Client classifies the requesting client from options 60, 77 and 93.
 func (r *Request) Client() Client {
 	var c Client

@@ -1,7 +1,13 @@
 package dhcp
 
+// The Linux socket path: the socket bound to its interface
+// (SO_BINDTODEVICE), and datagrams read and written in batches with
+// recvmmsg and sendmmsg. batch_other.go is the portable one.
+
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -9,6 +15,38 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// Listen opens a UDP socket for DHCP on addr (":67", "127.0.0.1:0"), bound
+// to iface when it is not empty so that replies leave by the interface the
+// request came in on, with SO_BROADCAST for broadcast replies.
+func Listen(iface, addr string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+				return
+			}
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
+				return
+			}
+			// A deep receive buffer absorbs boot storms (hundreds of PCs
+			// powered on at once).
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+			if iface != "" {
+				serr = unix.BindToDevice(int(fd), iface)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for DHCP on %s (interface %q): %w", addr, iface, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
 
 // mmsghdr is struct mmsghdr of recvmmsg(2) and sendmmsg(2).
 type mmsghdr struct {
