@@ -2,7 +2,10 @@
 // start|stop|ls|active|script|timeline|stats|room|images`. It uses the
 // user's kubeconfig and RBAC; the logic is in internal/ggctl.
 //
-//	go install github.com/ggnet/ggnet/cmd/kubectl-ggnet@latest
+//	go install ./cmd/kubectl-ggnet   # from a checkout
+//
+// (go install github.com/ggnet/ggnet/cmd/kubectl-ggnet@latest needs a go.mod
+// without replace directives; see docs/sessions.md.)
 //
 // Exit codes: 0 ok, 1 error, 2 usage.
 package main
