@@ -85,7 +85,7 @@ func main() {
 	flag.DurationVar(&c.pcTimeout, "pc-timeout", 5*time.Minute, "How long a PC keeps trying to boot.")
 	flag.DurationVar(&c.ramp, "ramp", 0, "Spread the PCs' power-on evenly over this long (0: all at once); with a kill, PCs then are at every stage when it happens.")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "Write the simulator's own CPU profile here (the storm only).")
-	flag.BoolVar(&c.keep, "keep", false, "Leave the lab's files (logs).")
+	flag.BoolVar(&c.keep, "keep", false, "Leave the lab running with its files (logs): its processes (API server, etcd, manager, agents, tgtd) and loop devices stay until you stop them.")
 	netns := flag.String("netns", "ggnet-bench-storm", "Name of the lab's network namespace (one per storm running at once).")
 	flag.BoolVar(&c.floor, "floor", true, "Measure the disk floor first (every overlay read at once straight from its file system).")
 	flag.Parse()
