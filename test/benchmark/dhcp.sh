@@ -53,6 +53,7 @@ cleanup() { # what this script started, by process id
   $bench/netns.sh down
 }
 trap cleanup EXIT
+trap "exit 143" INT TERM # so that the EXIT trap runs
 sysctl -qw net.core.rmem_default=4194304
 $bench/netns.sh up
 
