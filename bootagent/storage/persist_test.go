@@ -13,12 +13,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	bootac "github.com/ggnet/ggnet/api/v1alpha1/applyconfiguration/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/fixture"
 )
 
@@ -486,14 +486,10 @@ var _ = Describe("Persistent disks", func() {
 		Eventually(l.diskState(m, img), eventually).Should(Equal(bootv1.PersistentDiskInUse))
 
 		By("another node's agent applies its own entry")
-		other := &unstructured.Unstructured{}
-		other.SetAPIVersion(bootv1.GroupVersion.String())
-		other.SetKind("Machine")
-		other.SetNamespace(l.ns)
-		other.SetName("seat-1")
-		other.Object["status"] = map[string]any{"persistentDisks": []any{map[string]any{
-			"node": "storage-2", "imageUID": string(img.UID), "image": "win11", "path": "/elsewhere.raw", "sizeBytes": 1, "state": "Available"}}}
-		Expect(k8sClient.Status().Apply(l.ctx, client.ApplyConfigurationFromUnstructured(other), client.FieldOwner("ggnet-storage-storage-2"), client.ForceOwnership)).To(Succeed())
+		other := bootac.Machine("seat-1", l.ns).WithStatus(bootac.MachineStatus().WithPersistentDisks(bootac.PersistentDisk().
+			WithNode("storage-2").WithImageUID(string(img.UID)).WithImage("win11").WithPath("/elsewhere.raw").WithSizeBytes(1).
+			WithState(bootv1.PersistentDiskAvailable)))
+		Expect(k8sClient.Status().Apply(l.ctx, other, client.FieldOwner("ggnet-storage-storage-2"), client.ForceOwnership)).To(Succeed())
 
 		By("the manager rewrites its status (a new hostname in the reservation); this node's disk changes state")
 		l.updateMachine(m, func(m *bootv1.Machine) { m.Spec.Hostname = "renamed" })

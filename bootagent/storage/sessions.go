@@ -117,7 +117,16 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 
 	var sec corev1.Secret
-	if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}, &sec); err != nil {
+	secret := types.NamespacedName{Namespace: s.Namespace, Name: s.Status.CHAPSecretRef.Name}
+	err := r.Get(ctx, secret, &sec)
+	if apierrors.IsNotFound(err) {
+		// The manager makes the Secret before it names it in the status,
+		// but this cache may see the session first: ask the API server
+		// before writing that the Secret is missing (a write, and a
+		// second's wait, for nothing).
+		err = r.reader.Get(ctx, secret, &sec)
+	}
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return ctrl.Result{RequeueAfter: time.Second}, r.storageReady(ctx, s, metav1.ConditionFalse, ReasonNoCredentials, "waiting for the CHAP Secret", s.Status.OverlayPath)
 		}

@@ -109,8 +109,11 @@ var rebuilt = config.Controller{SkipNameValidation: new(true)}
 
 // runRole starts the storage role and returns a func that stops it (as a
 // crash would: nothing is cleaned up on the way out).
-func runRole() (stop func()) {
-	r, err := New(restCfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
+func runRole() (stop func()) { return runRoleOn(restCfg) }
+
+// runRoleOn is runRole against the API server of cfg.
+func runRoleOn(cfg *rest.Config) (stop func()) {
+	r, err := New(cfg, Config{NodeName: nodeName, DataDir: dataDir, IQNPrefix: "iqn.2026-11.io.ggnet:",
 		Driver: &target.TGT{ControlPort: tgtd.ControlPort}, Resync: time.Second, Portal: tgtd.Portal, ImagePathRoot: imagePathRoot(),
 		Controller: rebuilt}, log.WithName("storage"))
 	Expect(err).NotTo(HaveOccurred())
