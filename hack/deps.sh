@@ -21,6 +21,8 @@ packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 
 # dhcpd example), tftpd-hpa (the static boot.ipxe on an existing TFTP
 # server), nftables (nft -c checks the firewall example).
 packages+=(isc-dhcp-server tftpd-hpa nftables)
+# kubectl ggnet's room -w test (internal/ggctl) draws into a tmux pane.
+packages+=(tmux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
