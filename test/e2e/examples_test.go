@@ -140,7 +140,8 @@ var _ = Describe("docs/examples", Ordered, func() {
 		b := boot(m)
 		Expect(b.Count).To(Equal(1))
 		// The script URL iPXE fetched: the MAC in two hex digits a byte.
-		Expect(b.Serial).To(ContainSubstring(lab.HTTPBase+"/boot/"+mac+".ipxe"), "iPXE fetched the machine's script from the agent")
+		// iPXE shows the URL of a script's chain with the colons escaped.
+		Expect(b.Serial).To(MatchRegexp(regexp.QuoteMeta(lab.HTTPBase+"/boot/")+strings.ReplaceAll(mac, ":", "(:|%3A)")+`\.ipxe`), "iPXE fetched the machine's script from the agent")
 		Expect(l.Client.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
 		Expect(s.Status.Timeline.ScriptServed).NotTo(BeNil())
 		stop(s)
