@@ -71,7 +71,7 @@ type options struct {
 	bin         string
 	imageMiB    int64
 	dataMiB     int64
-	gap         time.Duration
+	gap, hold   time.Duration
 	out         string
 	memLimit    string
 	concurrency int
@@ -90,6 +90,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "bin", "Directory of the manager and bootagent binaries (make build).")
 	flag.Int64Var(&o.imageMiB, "image-mib", 1024, "Size of the image (raw, 64 MiB of data at its start, the rest sparse).")
 	flag.Int64Var(&o.dataMiB, "data-mib", 4096, "Size of the XFS data directory.")
+	flag.DurationVar(&o.hold, "hold", 0, "How long a session stays Ready before it is stopped (the manager writes a Machine's status 500 ms after its session's changes: with 0 a session is gone before that write, which the audit list then misses).")
 	flag.DurationVar(&o.gap, "gap", 200*time.Millisecond, "Pause between one session's end and the next one's create.")
 	flag.StringVar(&o.out, "out", "", "Directory for the logs, the audit log and the raw figures (default: a temporary one, removed).")
 	flag.StringVar(&o.memLimit, "manager-gomemlimit", def.GoMemLimit, "GOMEMLIMIT of the manager (default: the chart's).")
@@ -187,7 +188,7 @@ func run(o options) error {
 			measureStart = time.Now()
 			cpu.Start(time.Second)
 		}
-		r, err := oneSession(ctx, l, w, k, o.timeout)
+		r, err := oneSession(ctx, l, w, k, o.timeout, o.hold)
 		if err != nil {
 			return fmt.Errorf("session %d: %w (logs in %s)", k, err, l.dir)
 		}
@@ -507,7 +508,7 @@ type sessionRun struct {
 	steps          map[string]time.Time
 }
 
-func oneSession(ctx context.Context, l *lab, w *watcher, k int, timeout time.Duration) (*sessionRun, error) {
+func oneSession(ctx context.Context, l *lab, w *watcher, k int, timeout, hold time.Duration) (*sessionRun, error) {
 	r := &sessionRun{name: fmt.Sprintf("s-%03d", k), machine: fmt.Sprintf("pc-%03d", k)}
 	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: r.name}, Spec: bootv1.BootSessionSpec{
 		MachineRef: bootv1.LocalObjectReference{Name: r.machine}, ImageRef: bootv1.LocalObjectReference{Name: "os"}}}
@@ -519,6 +520,7 @@ func oneSession(ctx context.Context, l *lab, w *watcher, k int, timeout time.Dur
 	if r.ready, err = w.wait(r.name, "ready", timeout); err != nil {
 		return nil, err
 	}
+	time.Sleep(hold)
 	r.stop = time.Now()
 	if err := l.c.Patch(ctx, s, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"stopped":true}}`))); err != nil {
 		return nil, err
