@@ -15,6 +15,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
@@ -188,6 +189,24 @@ var _ = Describe("Netboot", Ordered, func() {
 		Expect(list.Items).To(HaveLen(1))
 		Expect(list.Items[0].Labels).To(HaveKeyWithValue(bootv1.AutoSessionLabel, "true"))
 		stop(&list.Items[0])
+		// The next boot's session is prepared at once (overlay and target
+		// Ready before the PC powers on again), and the Machine's deletion
+		// takes it, never booted, away with it.
+		Eventually(func() []string {
+			var l2 bootv1.BootSessionList
+			_ = l.Client.List(ctx, &l2, client.InNamespace(lab.Namespace), client.MatchingFields{"spec.machineRef.name": m.Name})
+			var ready []string
+			for _, s := range l2.Items {
+				if s.Name != list.Items[0].Name && s.Status.Phase == bootv1.SessionReady {
+					ready = append(ready, s.Name)
+				}
+			}
+			return ready
+		}, time.Minute, 200*time.Millisecond).Should(HaveLen(1))
+		Expect(l.Client.Delete(ctx, m)).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(l.Client.Get(ctx, client.ObjectKeyFromObject(m), &bootv1.Machine{}))
+		}, time.Minute, 200*time.Millisecond).Should(BeTrue())
 	})
 
 	It("a wrong CHAP secret makes the boot fail and the session says so", func() {
