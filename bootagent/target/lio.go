@@ -293,19 +293,15 @@ func (d *LIO) List(_ context.Context, prefix string) ([]Target, error) {
 	return out, nil
 }
 
-// Connections implements Driver from the ACL's info file
+// Connections lists who is logged in to one target (Sessions for one
+// IQN; the tests' view), from the ACL's info file
 // (lio_target_nacl_info_show): "No active iSCSI Session ..." or the
 // session's "LIO Session ID: <sid>" and, per connection, "CID: <cid>" and
 // "Address <ip> TCP".
 func (d *LIO) Connections(_ context.Context, iqn string) ([]Connection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	t, err := d.readTarget(iqn)
-	if err != nil || t.InitiatorIQN == "" {
-		return nil, nil
-	}
-	_, tpg := d.paths(t)
-	return parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))), nil
+	return d.connections(iqn), nil
 }
 
 // Sessions implements Driver: the ACL info of every target with the prefix
@@ -321,16 +317,22 @@ func (d *LIO) Sessions(_ context.Context, prefix string) (map[string][]Connectio
 	}
 	out := map[string][]Connection{}
 	for _, dir := range dirs {
-		t, err := d.readTarget(filepath.Base(dir))
-		if err != nil || t.InitiatorIQN == "" {
-			continue
-		}
-		_, tpg := d.paths(t)
-		if c := parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info"))); len(c) > 0 {
-			out[t.IQN] = c
+		if c := d.connections(filepath.Base(dir)); len(c) > 0 {
+			out[filepath.Base(dir)] = c
 		}
 	}
 	return out, nil
+}
+
+// connections reads who is logged in to a target from its ACL's info; d.mu
+// is held.
+func (d *LIO) connections(iqn string) []Connection {
+	t, err := d.readTarget(iqn)
+	if err != nil || t.InitiatorIQN == "" {
+		return nil
+	}
+	_, tpg := d.paths(t)
+	return parseLIOInfo(t.InitiatorIQN, d.read(filepath.Join(tpg, "acls", t.InitiatorIQN, "info")))
 }
 
 func parseLIOInfo(initiator, info string) []Connection {

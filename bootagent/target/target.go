@@ -54,8 +54,6 @@ type Driver interface {
 	// List returns the targets whose IQN starts with prefix, without
 	// their secrets.
 	List(ctx context.Context, prefix string) ([]Target, error)
-	// Connections lists who is logged in to a target.
-	Connections(ctx context.Context, iqn string) ([]Connection, error)
 	// Sessions lists who is logged in to every target whose IQN starts
 	// with prefix, by target IQN (a target nobody is logged in to may be
 	// missing), in one request to the target daemon whatever the number of

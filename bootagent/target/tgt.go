@@ -326,22 +326,18 @@ func (d *TGT) List(ctx context.Context, prefix string) ([]Target, error) {
 	return out, nil
 }
 
-// Connections implements Driver.
+// Connections lists who is logged in to one target (Sessions for one IQN;
+// the tests' view).
 func (d *TGT) Connections(ctx context.Context, iqn string) ([]Connection, error) {
-	all, err := d.show(ctx)
+	all, err := d.Sessions(ctx, iqn)
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range all {
-		if t.iqn == iqn {
-			return t.nexus, nil
-		}
-	}
-	return nil, nil
+	return all[iqn], nil
 }
 
-// Sessions implements Driver with one target show, as Connections for
-// every target at once.
+// Sessions implements Driver with one target show for every target at
+// once.
 func (d *TGT) Sessions(ctx context.Context, prefix string) (map[string][]Connection, error) {
 	all, err := d.show(ctx)
 	if err != nil {
