@@ -46,7 +46,8 @@ summary=$out/summary.tsv
 # server's). Raise the default for the run; restored on exit.
 rmem=$(sysctl -n net.core.rmem_default)
 lab= api= etcd= kea= dm=
-cleanup() { # what this script started, by process id
+cleanup() { # what this script started, by process id; each step even if one fails
+  set +e
   sysctl -qw net.core.rmem_default="$rmem" || true
   [[ -n $api$etcd ]] && kill -CONT $api $etcd 2>/dev/null
   for p in $lab $kea $dm; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
