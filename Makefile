@@ -48,7 +48,7 @@ demo-down: ## Tear down a lab left by make demo KEEP=1.
 	./hack/demo-down.sh
 
 .PHONY: test
-test: deps vet envtest-bins ## Install what is missing, then run go vet and every test with -race.
+test: deps vet envtest-bins promtool ## Install what is missing, then run go vet and every test with -race.
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" ./hack/test.sh $(GO_TEST_FLAGS)
 
 .PHONY: fault
