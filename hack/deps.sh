@@ -21,6 +21,9 @@ packages=(tgt libiscsi-bin xfsprogs qemu-utils qemu-block-extra qemu-system-x86 
 # dhcpd example), tftpd-hpa (the static boot.ipxe on an existing TFTP
 # server), nftables (nft -c checks the firewall example).
 packages+=(isc-dhcp-server tftpd-hpa nftables)
+# The Kea and dnsmasq examples (test/e2e/examples_test.go) and the DHCP
+# benchmark's peers (test/benchmark/dhcp.sh).
+packages+=(kea-dhcp4-server dnsmasq-base)
 # kubectl ggnet's room -w test (internal/ggctl) draws into a tmux pane.
 packages+=(tmux)
 missing=()
