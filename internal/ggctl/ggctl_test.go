@@ -392,7 +392,7 @@ func TestGolden(t *testing.T) {
 		{"usage-args", []string{"timeline"}, 2},
 		{"usage-both", []string{"start", "seat-1", "-l", "room=vip"}, 2},
 		{"not-found", []string{"timeline", "nope"}, 1},
-		{"wake", []string{"start", "seat-1", "--wake"}, 1},
+		{"wake-no-session", []string{"wake", "seat-4"}, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -509,10 +509,29 @@ func TestStartWaitStop(t *testing.T) {
 		t.Errorf("start seat-3 --image nope: exit %d\n%s", r.code, r.err)
 	}
 	// Not Ready in time: the timeout names the session and its state.
-	r = run(t, "admin", time.Now(), "-n", ns, "start", "seat-3", "--image", "linux", "--wait", "--timeout", "1ms")
+	r = run(t, "admin", time.Now(), "-n", ns, "start", "seat-3", "--image", "linux", "--wake", "--wait", "--timeout", "1ms")
 	if r.code != 1 || !strings.Contains(r.err, "timed out after 1ms waiting for 1 session(s) to be Ready: seat-3-") ||
 		!strings.Contains(r.err, "warning: image linux has no Ready replica yet") {
 		t.Errorf("start --timeout 1ms: exit %d\n%s%s", r.code, r.out, r.err)
+	}
+
+	// Wake-on-LAN: start --wake sets spec.wake; wake sets it on each
+	// machine's current session, and a machine with none is an error.
+	r = run(t, "admin", time.Now(), "-n", ns, "wake", "seat-1", "seat-9")
+	if r.code != 1 || r.out != "" || !strings.Contains(r.err, `machine "seat-9" not found`) {
+		t.Errorf("wake seat-1 seat-9 (a name that does not exist wakes nothing): exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	r = run(t, "admin", time.Now(), "-n", ns, "wake", "-l", "boot.ggnet.io/room=a")
+	if r.code != 0 || strings.Count(r.out, " wakes it now\n") != 2 {
+		t.Errorf("wake -l: exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	if err := admin.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list.Items {
+		if !s.Spec.Wake {
+			t.Errorf("session %s of %s: spec.wake not set", s.Name, s.Spec.MachineRef.Name)
+		}
 	}
 
 	r = run(t, "admin", time.Now(), "-n", ns, "stop", "-l", "boot.ggnet.io/room=a", "--wait", "--timeout", "30s")
@@ -828,8 +847,8 @@ func TestPlainKubectlInDocs(t *testing.T) {
 	}
 
 	blocks, spans := docCommands(t)
-	if len(blocks) != 4 || len(spans) < 10 {
-		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, stop and the Watching table", len(blocks), len(spans))
+	if len(blocks) != 5 || len(spans) < 10 {
+		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, wake, stop and the Watching table", len(blocks), len(spans))
 	}
 	// Start seat-031.
 	sh(blocks[0])
@@ -859,8 +878,17 @@ func TestPlainKubectlInDocs(t *testing.T) {
 			t.Errorf("%s: %q does not list %s", c, out, name)
 		}
 	}
+	// Wake: spec.wake set, and read back.
+	if out := sh(subst.Replace(blocks[3])); !strings.HasSuffix(out, "true\n") {
+		t.Errorf("the docs' wake printed %q, want spec.wake true at the end", out)
+	}
+	for _, s := range sessionsOf("seat-031") {
+		if !s.Spec.Wake {
+			t.Errorf("after the docs' wake: %s has no spec.wake", s.Name)
+		}
+	}
 	// Stop, both ways, and wait for Stopped.
-	sh(subst.Replace(blocks[3]))
+	sh(subst.Replace(blocks[4]))
 	for _, s := range sessionsOf("seat-031") {
 		if !s.Spec.Stopped || s.Status.Phase != bootv1.SessionStopped {
 			t.Errorf("after the docs' stop: %s stopped=%v phase %s", s.Name, s.Spec.Stopped, s.Status.Phase)

@@ -18,17 +18,79 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
-// errWakeNotYet is the answer to --wake and `wake` until GGnet sends
-// Wake-on-LAN (issue #15, item 2).
-var errWakeNotYet = errors.New("Wake-on-LAN is not available yet: GGnet cannot power machines on (issue #15, item 2). " +
-	"Power the PCs on by hand (or from their BIOS's power-on schedule); their sessions wait for them")
+// wakePatch asks the boot agent to power a session's machine on
+// (spec.wake): once the session is Ready, the agent on the machine's network
+// broadcasts the magic packet and stamps timeline.wakeSent.
+var wakePatch = client.RawPatch("application/merge-patch+json", []byte(`{"spec":{"wake":true}}`))
 
 func (g *ggnet) wakeCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "wake MACHINE...",
-		Short: "Power machines on with Wake-on-LAN (not available yet)",
-		RunE:  func(*cobra.Command, []string) error { return errWakeNotYet },
+	var selector string
+	cmd := &cobra.Command{
+		Use:   "wake (MACHINE... | -l SELECTOR)",
+		Short: "Power machines on with Wake-on-LAN, through their current sessions",
+		Long: `wake sets spec.wake on each machine's current session (its active session, else its newest
+unfinished one): once the session is Ready, the boot agent on the machine's network broadcasts a
+Wake-on-LAN magic packet (with the Machine's SecureOn password, spec.wakeOnLAN), stamps
+timeline.wakeSent (kubectl ggnet timeline) and sends again while no DHCP request of the machine
+arrives. A machine with no session gets none: start one with kubectl ggnet start --wake. Needs
+the ggnet-operator role.`,
+		Example: `  kubectl ggnet wake seat-031
+  kubectl ggnet wake -l boot.ggnet.io/room=main-hall`,
+		RunE: func(cmd *cobra.Command, args []string) error { return g.wake(cmd.Context(), args, selector) },
 	}
+	cmd.Flags().StringVarP(&selector, "selector", "l", "", "wake every Machine with these labels")
+	return cmd
+}
+
+func (g *ggnet) wake(ctx context.Context, args []string, selector string) error {
+	if err := oneOf(args, selector, "machine"); err != nil {
+		return err
+	}
+	if err := g.connect(); err != nil {
+		return err
+	}
+	ns, err := g.namespace()
+	if err != nil {
+		return err
+	}
+	machines, err := g.machinesFor(ctx, ns, args, selector)
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for i := range machines {
+		m := &machines[i]
+		s, err := g.currentSession(ctx, m)
+		if err != nil {
+			return err
+		}
+		switch {
+		case s == nil:
+			fmt.Fprintf(g.io.ErrOut, "error: machine %s has no session to wake it for (kubectl ggnet start %s --wake)\n", m.Name, m.Name)
+			failed++
+			continue
+		case s.Status.Timeline.DHCP != nil:
+			fmt.Fprintf(g.out(), "machine %s is already up: session %s saw its DHCP request at %s\n", m.Name, s.Name, s.Status.Timeline.DHCP.Format(time.RFC3339))
+			continue
+		}
+		if err := g.client.Patch(ctx, s, wakePatch); err != nil {
+			if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+				return explain(err, "patch", "bootsessions", ns)
+			}
+			fmt.Fprintf(g.io.ErrOut, "error: session %s of machine %s: %v\n", s.Name, m.Name, err)
+			failed++
+			continue
+		}
+		when := "once the session is Ready"
+		if s.Status.Phase == bootv1.SessionReady {
+			when = "now"
+		}
+		fmt.Fprintf(g.out(), "machine %s: session %s wakes it %s\n", m.Name, s.Name, when)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d machines not woken", failed, len(machines))
+	}
+	return nil
 }
 
 type startOptions struct {
@@ -62,7 +124,7 @@ boot) and fails if one fails or --timeout passes. Needs the ggnet-operator role.
 	fs.DurationVar(&o.ttl, "ttl", 0, "delete the session this long after it stopped or failed (spec.ttlSecondsAfterFinished; 0 keeps it)")
 	fs.BoolVar(&o.wait, "wait", false, "wait until every session is Ready")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
-	fs.BoolVar(&o.wake, "wake", false, "power the machines on with Wake-on-LAN (not available yet)")
+	fs.BoolVar(&o.wake, "wake", false, "power the machines on with Wake-on-LAN once their sessions are Ready (spec.wake)")
 	return cmd
 }
 
@@ -111,9 +173,6 @@ func oneOf(args []string, selector, what string) error {
 func (g *ggnet) start(ctx context.Context, args []string, o startOptions) error {
 	if err := oneOf(args, o.selector, "machine"); err != nil {
 		return err
-	}
-	if o.wake {
-		return errWakeNotYet
 	}
 	var wb bootv1.WritebackPolicy
 	switch strings.ToLower(o.writeback) {
@@ -188,6 +247,7 @@ func (g *ggnet) start(ctx context.Context, args []string, o startOptions) error 
 				MachineRef: bootv1.LocalObjectReference{Name: m.Name},
 				ImageRef:   bootv1.LocalObjectReference{Name: img},
 				Writeback:  wb,
+				Wake:       o.wake,
 			},
 		}
 		if o.ttl > 0 {
