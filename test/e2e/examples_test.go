@@ -225,14 +225,31 @@ var _ = Describe("docs/examples/audit-policy.yaml", func() {
 	It("a real kube-apiserver logs GGnet's writes with their bodies, status writes without, and no Secret's data", func() {
 		dir := GinkgoT().TempDir()
 		auditLog := filepath.Join(dir, "audit.log")
+		// kube-apiserver's own output, for a start that fails.
+		apiLog, err := os.Create(filepath.Join(dir, "kube-apiserver.log"))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(apiLog.Close)
 		env, cfg, err := testenv.Start(func(e *envtest.Environment) {
 			e.ControlPlaneStopTimeout = 2 * time.Second
-			e.ControlPlane.GetAPIServer().Configure().
+			api := e.ControlPlane.GetAPIServer()
+			api.Out, api.Err = apiLog, apiLog
+			// The lab's network namespace has no default route, from which
+			// kube-apiserver would pick the address it advertises (it
+			// exits without one), and it refuses a loopback one: the
+			// lab's address, as the lab's own API server is given.
+			api.Configure().
+				Set("advertise-address", lab.ServerIP).
 				Set("audit-policy-file", filepath.Join(testenv.RepoRoot(), "docs", "examples", "audit-policy.yaml")).
 				Set("audit-log-path", auditLog).
 				Set("audit-log-mode", "blocking")
 		})
-		Expect(err).NotTo(HaveOccurred())
+		if err != nil {
+			out, _ := os.ReadFile(apiLog.Name())
+			if len(out) > 4000 {
+				out = out[len(out)-4000:]
+			}
+			Fail(fmt.Sprintf("%v\nkube-apiserver's output (its end):\n%s", err, out))
+		}
 		stopped := false
 		DeferCleanup(func() {
 			if !stopped {

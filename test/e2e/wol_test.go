@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"os/exec"
 	"sync"
 	"time"
 
@@ -26,16 +27,33 @@ type wolFrame struct {
 	payload []byte
 }
 
-// captureWOL captures, with an AF_PACKET socket on iface, every UDP
-// datagram to port wol.Port that crosses it, until the spec ends.
-func captureWOL(iface string) func() []wolFrame {
+// captureWOL plugs a host into the lab's bridge (another PC's NIC on the
+// boot LAN) and captures, with an AF_PACKET socket on its eth0, every UDP
+// datagram to port wol.Port that reaches it, until the spec ends. The
+// capture is not on the bridge itself: with no VM running, the bridge's
+// only ports are taps no QEMU holds open, so it has no carrier, and the
+// kernel drops what is sent on it before any tap on the bridge sees it
+// (a real boot LAN has a NIC with carrier; the host is that link here).
+func captureWOL(name, ip string) func() []wolFrame {
 	GinkgoHelper()
+	h, err := l.AddHost(name, ip)
+	Expect(err).NotTo(HaveOccurred())
+	// The host goes with the spec: the lab's bridge keeps no carrier of it.
+	DeferCleanup(func() { _ = exec.Command("ip", "netns", "del", h.Netns).Run() })
 	htons := func(v uint16) uint16 { return v<<8 | v>>8 }
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
-	Expect(err).NotTo(HaveOccurred())
-	ifi, err := net.InterfaceByName(iface)
-	Expect(err).NotTo(HaveOccurred())
-	Expect(unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})).To(Succeed())
+	fd := -1
+	Expect(h.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	})).To(Succeed())
 	Expect(unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})).To(Succeed())
 	var mu sync.Mutex
 	var frames []wolFrame
@@ -91,11 +109,15 @@ var _ = Describe("Wake-on-LAN", func() {
 		Expect(l.Client.Create(ctx, sec)).To(Succeed())
 		DeferCleanup(func() { _ = l.Client.Delete(ctx, sec) })
 		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
+		// A patch, not an update: the manager writes the new Machine (its
+		// finalizer, its status) at the same time, and an update of the
+		// copy machine() returned would conflict with that.
+		before := m.DeepCopy()
 		m.Spec.WakeOnLAN = &bootv1.WakeOnLAN{SecureOnSecretRef: &bootv1.LocalObjectReference{Name: sec.Name}}
-		Expect(l.Client.Update(ctx, m)).To(Succeed())
+		Expect(l.Client.Patch(ctx, m, client.MergeFrom(before))).To(Succeed())
 
 		// The lab's boot agent sends (its Waker, with the default resend time).
-		frames := captureWOL(lab.Bridge)
+		frames := captureWOL("sleeper", "10.99.0.248")
 
 		s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "wake"}, Spec: bootv1.BootSessionSpec{
 			MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: "demo"}, Wake: true}}
