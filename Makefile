@@ -62,7 +62,7 @@ bench-boot: deps envtest-bins build ## Boot benchmark: power-on to marker throug
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-boot -bin $(BIN) -n $${BENCH_BOOTS:-5} -paths $${BENCH_PATHS:-ggnet,slirp,slirp-noipv6}
 
 .PHONY: bench-sessions
-bench-sessions: envtest-bins build ## Controllers at scale: BENCH_SESSIONS (1000) sessions at once against a real API server; Ready times, API writes per session, CPU, manager RSS and pprof (BENCH_ARGS adds flags, e.g. -audit).
+bench-sessions: deps envtest-bins build ## Controllers at scale: BENCH_SESSIONS (1000) sessions at once against a real API server; Ready times, API writes per session, CPU, manager RSS and pprof (BENCH_ARGS adds flags, e.g. -audit).
 	go build -o $(BIN)/bench-sessions ./test/benchmark/sessions
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-sessions -n $${BENCH_SESSIONS:-1000} -manager $(BIN)/manager $${BENCH_ARGS:-}
 

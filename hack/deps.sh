@@ -56,6 +56,13 @@ if ((${#missing[@]})); then
     rm -f "$tmp"
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The peers the tests run by hand (tftpd-hpa on port 69 of every
+  # interface, the DHCP servers) must not start at the next boot either.
+  if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    for unit in tftpd-hpa isc-dhcp-server kea-dhcp4-server; do
+      case " ${missing[*]} " in *" $unit "*) systemctl disable --now "$unit" >/dev/null 2>&1 || true ;; esac
+    done
+  fi
 fi
 
 make -s -C "$root" controller-gen >/dev/null

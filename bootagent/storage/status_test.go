@@ -177,6 +177,12 @@ var _ = Describe("The storage agent's status writes", func() {
 		for _, s := range sessions {
 			l.stop(s)
 		}
+		// The finalizer's removal lands when it lands (a loaded machine):
+		// wait for it, then check that nothing more comes.
+		for _, name := range names {
+			Eventually(func() []string { writes, _ := w.of(l.ns, name); return writes }, time.Minute, 100*time.Millisecond).
+				Should(HaveLen(3), "session %s", name)
+		}
 		time.Sleep(2 * time.Second)
 		for _, name := range names {
 			writes, refused := w.of(l.ns, name)
