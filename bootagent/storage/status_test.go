@@ -120,11 +120,14 @@ var _ = Describe("The storage agent's status writes", func() {
 		}
 		Eventually(annotations, eventually).Should(And(HaveKeyWithValue(bootv1.ISCSIPortalAnnotation, tgtd.Portal), HaveKey(bootv1.StorageAnnotation)))
 		By("a capacity report keeps the portal")
-		role.node.mu.Lock()
-		role.node.storage.Updated = metav1.Time{} // noticeable: written at once
-		role.node.mu.Unlock()
 		before := annotations()[bootv1.StorageAnnotation]
 		time.Sleep(time.Second) // a later second in the measure
+		// Noticeable, so written at once — set just before the report: a
+		// periodic report in between would have made it unnoticeable again
+		// (and, if one lands after this, it writes the later second too).
+		role.node.mu.Lock()
+		role.node.storage.Updated = metav1.Time{}
+		role.node.mu.Unlock()
 		Expect(role.reportCapacityOnce(ctx)).To(Succeed())
 		Expect(annotations()[bootv1.StorageAnnotation]).NotTo(Equal(before))
 		Expect(annotations()).To(HaveKeyWithValue(bootv1.ISCSIPortalAnnotation, tgtd.Portal))
