@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+
+	"github.com/ggnet/ggnet/internal/ipxe"
 )
 
 // Port is where the magic packet goes (UDP, "discard"); the NIC looks for
@@ -56,37 +58,10 @@ var ErrBadPassword = errors.New("the SecureOn password must be six bytes written
 // aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff (surrounding white space, such as
 // a trailing newline of a Secret made from a file, is ignored).
 func ParsePassword(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	if len(s) != 17 {
+	// The same six-byte form as a MAC: one parser (internal/ipxe).
+	b, ok := ipxe.ParseMAC(strings.TrimSpace(s))
+	if !ok {
 		return nil, ErrBadPassword
 	}
-	sep := s[2]
-	if sep != ':' && sep != '-' {
-		return nil, ErrBadPassword
-	}
-	out := make([]byte, 6)
-	for i := range out {
-		if i > 0 && s[3*i-1] != sep {
-			return nil, ErrBadPassword
-		}
-		hi, ok1 := hexDigit(s[3*i])
-		lo, ok2 := hexDigit(s[3*i+1])
-		if !ok1 || !ok2 {
-			return nil, ErrBadPassword
-		}
-		out[i] = hi<<4 | lo
-	}
-	return out, nil
-}
-
-func hexDigit(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
+	return []byte(b), nil
 }
