@@ -308,18 +308,7 @@ func (s *Session) readPDU() ([]byte, error) {
 			return nil, err
 		}
 	}
-	n := pad4(s.hdr.dataLen())
-	if n > 16<<20 {
-		return nil, fmt.Errorf("data segment of %d bytes", n)
-	}
-	if cap(s.scratch) < n {
-		s.scratch = make([]byte, n)
-	}
-	b := s.scratch[:n]
-	if _, err := io.ReadFull(s.r, b); err != nil {
-		return nil, err
-	}
-	return b[:s.hdr.dataLen()], nil
+	return s.readData()
 }
 
 func (s *Session) readLogin() (loginResponse, error) {
