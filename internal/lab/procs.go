@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
-
-	"github.com/ggnet/ggnet/bootagent/target"
 )
 
 // StartTGTD starts the lab's tgtd as a process of its own, apart from the
@@ -27,20 +24,7 @@ func (l *Lab) StartTGTD() error {
 	if err := l.startCmd("tgtd", cmd); err != nil {
 		return err
 	}
-	d := &target.TGT{ControlPort: l.tgtPort}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := d.Ping(ctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("tgtd does not answer on control port %d: %w; see %s", l.tgtPort, err, filepath.Join(l.Dir, "tgtd.log"))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return waitTGTD(l.tgtPort, filepath.Join(l.Dir, "tgtd.log"))
 }
 
 // AgentPIDNamespace returns the identity of the running agent's PID
