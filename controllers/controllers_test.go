@@ -128,7 +128,9 @@ var _ = Describe("BootSession", func() {
 		Expect(info.Password).To(Equal(string(sec.Data[bootv1.SecretKeyPassword])))
 		Expect(info.TargetPassword).To(Equal(string(sec.Data[bootv1.SecretKeyTargetPassword])))
 		By("recording one Event on the way to Ready, whose reason is the Ready condition's")
-		Expect(events(ctx, ns, s.Name)).To(ConsistOf(HavePrefix("Succeeded: Ready to boot: target " + s.Status.Target.IQN + " on 10.20.0.5:3260 (storage node " + node + ")")))
+		// The recorder sends Events asynchronously: wait for it, then make sure no second one follows.
+		Eventually(func() []string { return events(ctx, ns, s.Name) }, eventually).Should(ConsistOf(HavePrefix("Succeeded: Ready to boot: target " + s.Status.Target.IQN + " on 10.20.0.5:3260 (storage node " + node + ")")))
+		Consistently(func() []string { return events(ctx, ns, s.Name) }, time.Second).Should(HaveLen(1))
 		Expect(s.Status.Script).NotTo(ContainSubstring("Secret"))
 
 		m := &bootv1.Machine{}
@@ -177,7 +179,7 @@ var _ = Describe("BootSession", func() {
 		Expect(ipxe.ValidToken(string(sec.Data[bootv1.SecretKeyToken]))).To(BeTrue())
 		Expect(metav1.GetControllerOf(sec)).NotTo(BeNil())
 		Expect(metav1.GetControllerOf(sec).UID).To(Equal(s.UID), "adopted by its session")
-		Expect(events(ctx, ns, "old")).To(ContainElement("SecretUpgraded: Added keys targetPassword, targetUsername, token to Secret old-chap"))
+		Eventually(func() []string { return events(ctx, ns, "old") }, eventually).Should(ContainElement("SecretUpgraded: Added keys targetPassword, targetUsername, token to Secret old-chap"))
 		rv := sec.ResourceVersion
 		Consistently(func() string { return get(ctx, sec)().ResourceVersion }, 2*time.Second).Should(Equal(rv), "a complete Secret is left alone")
 	})
@@ -190,7 +192,7 @@ var _ = Describe("BootSession", func() {
 		Expect(k8sClient.Create(ctx, b)).To(Succeed())
 		Eventually(view(ctx, b), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineBusy"}))
 		Expect(meta.FindStatusCondition(b.Status.Conditions, bootv1.ReadyCondition).Message).To(ContainSubstring("in session a"))
-		Expect(events(ctx, ns, "b")).To(ContainElement(ContainSubstring("MachineBusy")))
+		Eventually(func() []string { return events(ctx, ns, "b") }, eventually).Should(ContainElement(ContainSubstring("MachineBusy")))
 		Consistently(view(ctx, b), 2*time.Second).Should(Equal(sessionView{bootv1.SessionPending, "False/MachineBusy"}))
 
 		change(ctx, a, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
@@ -284,7 +286,7 @@ var _ = Describe("Machine", func() {
 			return meta.FindStatusCondition(get(ctx, a)().Status.Conditions, bootv1.ConflictCondition).Message
 		}, eventually).Should(ContainSubstring("the newer Machines " + ns + "/seat-2"))
 		Expect(readyReason(a.Status.Conditions)).To(Equal("True/Succeeded"), "the older Machine keeps its MAC")
-		Expect(events(ctx, ns, "seat-2")).To(ContainElement(ContainSubstring("DuplicateMAC: conflicts with MAC 52:54:00:12:34:56 of Machine " + ns + "/seat-1")))
+		Eventually(func() []string { return events(ctx, ns, "seat-2") }, eventually).Should(ContainElement(ContainSubstring("DuplicateMAC: conflicts with MAC 52:54:00:12:34:56 of Machine " + ns + "/seat-1")))
 
 		c := fixture.Machine(ns, "seat-3", fixture.WithMAC("52:54:00:00:00:03"), fixture.WithAddress("10.20.0.32"))
 		Expect(k8sClient.Create(ctx, c)).To(Succeed())
@@ -356,7 +358,7 @@ var _ = Describe("Image", func() {
 
 		Expect(k8sClient.Delete(ctx, img)).To(Succeed())
 		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("False/InUse"))
-		Expect(events(ctx, ns, "win11")).To(ContainElement(ContainSubstring("InUse: deletion waits for 1 unfinished session")))
+		Eventually(func() []string { return events(ctx, ns, "win11") }, eventually).Should(ContainElement(ContainSubstring("InUse: deletion waits for 1 unfinished session")))
 
 		change(ctx, s, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img) }, eventually).ShouldNot(Succeed())

@@ -76,13 +76,13 @@ var _ = Describe("Deleting a Machine or an Image in use", func() {
 		Eventually(func() string { return readyReason(get(ctx, img)().Status.Conditions) }, eventually).Should(Equal("False/InUse"))
 		Expect(meta.FindStatusCondition(img.Status.Conditions, bootv1.ReadyCondition).Message).To(Equal("deletion waits for 1 unfinished session(s) that use this image: s"))
 		Eventually(readyMessage(ctx, s), eventually).Should(Equal("the machine can boot; phase Active; Image win11 is being deleted: its deletion waits until this session ends"))
-		Expect(events(ctx, ns, "s")).To(ContainElement("ImageDeleting: Image win11 is being deleted: its deletion waits until this session ends"))
+		Eventually(func() []string { return events(ctx, ns, "s") }, eventually).Should(ContainElement("ImageDeleting: Image win11 is being deleted: its deletion waits until this session ends"))
 
 		By("a new session waits and is not scheduled")
 		s2 := fixture.Session(ns, "s2", "seat-2", "win11")
 		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
 		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/ImageDeleting"}))
-		Expect(events(ctx, ns, "s2")).To(ContainElement(HavePrefix("ImageDeleting: Image win11 is being deleted; the session is not started")))
+		Eventually(func() []string { return events(ctx, ns, "s2") }, eventually).Should(ContainElement(HavePrefix("ImageDeleting: Image win11 is being deleted; the session is not started")))
 		Consistently(func(g Gomega) {
 			runsOn(ctx, s, node)(g)
 			g.Expect(get(ctx, s2)().Status.StorageNode).To(BeEmpty())
@@ -109,9 +109,9 @@ var _ = Describe("Deleting a Machine or an Image in use", func() {
 		Expect(meta.FindStatusCondition(m.Status.Conditions, bootv1.ReadyCondition).Message).To(Equal("deletion waits for 1 unfinished session(s) that use this machine: s"))
 		Expect(m.Status.ActiveSession).To(Equal("s"))
 		Expect(m.Status.Reservation.Address).To(Equal("10.20.0.81"), "the reservation stays")
-		Expect(events(ctx, ns, "seat-1")).To(ContainElement("InUse: deletion waits for 1 unfinished session(s) that use this machine: s"))
+		Eventually(func() []string { return events(ctx, ns, "seat-1") }, eventually).Should(ContainElement("InUse: deletion waits for 1 unfinished session(s) that use this machine: s"))
 		Eventually(readyMessage(ctx, s), eventually).Should(Equal("the machine can boot; phase Active; Machine seat-1 is being deleted: its deletion waits until this session ends"))
-		Expect(events(ctx, ns, "s")).To(ContainElement("MachineDeleting: Machine seat-1 is being deleted: its deletion waits until this session ends"))
+		Eventually(func() []string { return events(ctx, ns, "s") }, eventually).Should(ContainElement("MachineDeleting: Machine seat-1 is being deleted: its deletion waits until this session ends"))
 
 		By("a new session of the Machine waits MachineDeleting, not MachineBusy, and does not hold the deletion")
 		s2 := fixture.Session(ns, "s2", "seat-1", "win11")

@@ -119,7 +119,7 @@ var _ = Describe("BootSession storage faults", func() {
 			c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
 			g.Expect(c.Reason).To(Equal(bootv1.TargetUnavailableReason))
 		}, 5*time.Second, 250*time.Millisecond).Should(Succeed())
-		Expect(events(ctx, ns, s.Name)).To(ContainElement(HavePrefix(bootv1.TargetUnavailableReason+": ")), "a Warning Event with the condition's reason")
+		Eventually(func() []string { return events(ctx, ns, s.Name) }, eventually).Should(ContainElement(HavePrefix(bootv1.TargetUnavailableReason+": ")), "a Warning Event with the condition's reason")
 
 		By("a permanent-looking reason on a session that was StorageReady does not fail it either")
 		setStorageReady(ctx, s, metav1.ConditionFalse, bootv1.StorageFailedReason, "disk full")

@@ -136,9 +136,9 @@ var _ = Describe("A storage node that is gone", func() {
 			g.Expect(finalizersOf(ctx, f.machine)()).To(ContainElement(bootv1.NodeFinalizer(f.node)))
 			g.Expect(view(ctx, live)()).To(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
 		}, time.Until(deleted.Add(storageNodeGrace-time.Second)), 200*time.Millisecond).Should(Succeed())
-		Expect(events(ctx, f.ns, "live")).To(ContainElement(HavePrefix("StorageNodeGone: storage node " + f.node + " is missing since")))
+		Eventually(func() []string { return events(ctx, f.ns, "live") }, eventually).Should(ContainElement(HavePrefix("StorageNodeGone: storage node " + f.node + " is missing since")))
 		for _, name := range []string{"s", "win11", "seat-1"} {
-			Expect(events(ctx, f.ns, name)).To(ContainElement(And(HavePrefix("StorageNodeGone: storage node "+f.node+" is gone"),
+			Eventually(func() []string { return events(ctx, f.ns, name) }, eventually).Should(ContainElement(And(HavePrefix("StorageNodeGone: storage node "+f.node+" is gone"),
 				ContainSubstring("unless it returns within the 5s grace"))), name)
 		}
 
@@ -149,9 +149,9 @@ var _ = Describe("A storage node that is gone", func() {
 		Expect(time.Since(deleted)).To(BeNumerically(">=", storageNodeGrace))
 		released := And(HavePrefix("StorageNodeGone: storage node "+f.node+" is gone (missing since"),
 			ContainSubstring("longer than the 5s grace): released finalizer"), ContainSubstring("are no longer tracked"))
-		Expect(events(ctx, f.ns, "s")).To(ContainElement(And(released, ContainSubstring(bootv1.StorageFinalizer))))
-		Expect(events(ctx, f.ns, "win11")).To(ContainElement(And(released, ContainSubstring(bootv1.NodeFinalizer(f.node)), ContainSubstring("this Image had on"))))
-		Expect(events(ctx, f.ns, "seat-1")).To(ContainElement(And(released, ContainSubstring(bootv1.NodeFinalizer(f.node)), ContainSubstring("this Machine had on"))))
+		Eventually(func() []string { return events(ctx, f.ns, "s") }, eventually).Should(ContainElement(And(released, ContainSubstring(bootv1.StorageFinalizer))))
+		Eventually(func() []string { return events(ctx, f.ns, "win11") }, eventually).Should(ContainElement(And(released, ContainSubstring(bootv1.NodeFinalizer(f.node)), ContainSubstring("this Image had on"))))
+		Eventually(func() []string { return events(ctx, f.ns, "seat-1") }, eventually).Should(ContainElement(And(released, ContainSubstring(bootv1.NodeFinalizer(f.node)), ContainSubstring("this Machine had on"))))
 
 		By("failing the live session after the grace and releasing its storage finalizer, so that its deletion completes")
 		Eventually(view(ctx, live), eventually).Should(Equal(sessionView{bootv1.SessionFailed, "False/StorageNodeLost"}))
