@@ -168,6 +168,21 @@ const (
 	// NoReadyReplicaReason: Ready=False, no storage node holds a Ready
 	// replica yet.
 	NoReadyReplicaReason = "NoReadyReplica"
+	// SessionNotStoppedReason: a writeback Image's replica waits for its
+	// source session to stop.
+	SessionNotStoppedReason = "SessionNotStopped"
+	// InvalidCaptureSourceReason: a writeback Image's source session cannot
+	// be captured (not found, not Persist, or its disk is gone).
+	InvalidCaptureSourceReason = "InvalidCaptureSource"
+	// NoSourceReplicaReason: a replica that is replicated from another
+	// storage node waits for one to have a Ready replica.
+	NoSourceReplicaReason = "NoSourceReplica"
+	// RetentionReason: the manager deleted an old version of a family that
+	// nothing used (an Event on the Image).
+	RetentionReason = "Retention"
+	// NoReadyImageInFamilyReason: a Machine follows a family that has no
+	// Ready version yet.
+	NoReadyImageInFamilyReason = "NoReadyImageInFamily"
 	// ReplicaFailedReason: Ready=False, every replica failed.
 	ReplicaFailedReason = "ReplicaFailed"
 )

@@ -55,9 +55,15 @@ type PathSource struct {
 	SHA256 string `json:"sha256,omitempty"`
 }
 
-// WritebackSource commits a Persist session's overlay as a new image.
+// WritebackSource captures a stopped Persist session's disk as a new image:
+// the storage agent of the node that holds the disk (the session's
+// status.storageNode) clones it by reflink (instant, no copy), checksums the
+// clone, and every other selected storage node replicates it from a node
+// with a Ready replica. The session must use writeback Persist and be
+// Stopped; until it is, the replica waits (reason SessionNotStopped). The
+// captured disk stays the Machine's persistent disk.
 type WritebackSource struct {
-	// sessionRef is the stopped BootSession whose overlay becomes the image.
+	// sessionRef is the stopped Persist BootSession whose disk becomes the image.
 	// +required
 	SessionRef LocalObjectReference `json:"sessionRef"`
 }
@@ -144,6 +150,20 @@ type ImageReplica struct {
 	// lastTransitionTime is when state last changed.
 	// +optional
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+	// bytesDone is how many bytes of bytesTotal the running download,
+	// conversion, capture or replication has handled.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// bytesTotal is the size of the running transfer, when known.
+	// +optional
+	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// bytesPerSecond is the running transfer's recent rate.
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// sourceNode is the storage node this replica was replicated from, if it was.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	SourceNode string `json:"sourceNode,omitempty"`
 }
 
 // ImagePhase summarizes an Image.
@@ -184,6 +204,17 @@ type ImageStatus struct {
 	// +listType=map
 	// +listMapKey=node
 	Replicas []ImageReplica `json:"replicas,omitempty"`
+	// version is the Image's place in its family (the FamilyLabel): the
+	// manager gives each Image of a family, in creation order, one more than
+	// the highest version the family has had, and never changes it. Unset
+	// for an Image without a family.
+	// +optional
+	Version int64 `json:"version,omitempty"`
+	// progress summarizes the replicas still on their way, for example
+	// "node-b 3.2 GiB/10 GiB at 110 MiB/s"; empty when none is.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Progress string `json:"progress,omitempty"`
 }
 
 // NodeStorage is the value of StorageAnnotation: the data directory's file
@@ -212,10 +243,13 @@ type NodeStorage struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=img,categories=ggnet
-// +kubebuilder:printcolumn:name="Format",type=string,JSONPath=`.spec.format`
+// +kubebuilder:printcolumn:name="Family",type=string,JSONPath=`.metadata.labels.boot\.ggnet\.io/family`
+// +kubebuilder:printcolumn:name="Version",type=integer,JSONPath=`.status.version`
+// +kubebuilder:printcolumn:name="Format",type=string,JSONPath=`.spec.format`,priority=1
 // +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.progress`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`,priority=1
 // +kubebuilder:printcolumn:name="SHA256",type=string,JSONPath=`.status.sha256`,priority=1

@@ -97,9 +97,19 @@ type MachineSpec struct {
 	// +kubebuilder:default=Auto
 	Firmware Firmware `json:"firmware,omitempty"`
 
-	// imageRef is the Image booted by AutoSession sessions.
+	// imageRef is the Image booted by AutoSession sessions and by `kubectl
+	// ggnet start`; when imageFamily is set too, imageRef pins the machine to
+	// that version (rolling back is pinning the previous one).
 	// +optional
 	ImageRef *LocalObjectReference `json:"imageRef,omitempty"`
+
+	// imageFamily makes the machine follow its family's latest version: the
+	// Ready Image with the FamilyLabel of this value and the highest
+	// status.version, unless imageRef pins one. status.image says which.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')",message="imageFamily must be a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+	ImageFamily string `json:"imageFamily,omitempty"`
 
 	// bootPolicy says what happens when the machine network-boots.
 	// +optional
@@ -293,6 +303,12 @@ type MachineStatus struct {
 	// +optional
 	Reservation *DHCPReservation `json:"reservation,omitempty"`
 
+	// image is the Image the machine boots when a session is made for it
+	// (AutoSession, `kubectl ggnet start`): spec.imageRef, or else the latest
+	// Ready version of spec.imageFamily. Empty when neither gives one.
+	// +optional
+	Image string `json:"image,omitempty"`
+
 	// activeSession names the BootSession the machine boots into now.
 	// +optional
 	ActiveSession string `json:"activeSession,omitempty"`
@@ -317,10 +333,12 @@ type MachineStatus struct {
 // +kubebuilder:resource:shortName=mach,categories=ggnet
 // +kubebuilder:printcolumn:name="MAC",type=string,JSONPath=`.spec.mac`
 // +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.spec.ipv4.address`
-// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.imageRef.name`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.status.image`
 // +kubebuilder:printcolumn:name="Session",type=string,JSONPath=`.status.activeSession`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Family",type=string,JSONPath=`.spec.imageFamily`,priority=1
+// +kubebuilder:printcolumn:name="Pinned",type=string,JSONPath=`.spec.imageRef.name`,priority=1
 // +kubebuilder:printcolumn:name="Policy",type=string,JSONPath=`.spec.bootPolicy`,priority=1
 // +kubebuilder:printcolumn:name="Hostname",type=string,JSONPath=`.spec.hostname`,priority=1
 // +kubebuilder:printcolumn:name="Firmware",type=string,JSONPath=`.spec.firmware`,priority=1

@@ -22,6 +22,17 @@ const (
 	StorageNodeOfSessionLabel = "boot.ggnet.io/storage-node"
 )
 
+// Labels and annotations on Images.
+const (
+	// FamilyLabel groups the versions of one image ("games"): the manager
+	// numbers a family's Images in status.version, Machines with
+	// spec.imageFamily follow its latest Ready version, and the retention
+	// setting garbage-collects its old versions once nothing uses them.
+	FamilyLabel = "boot.ggnet.io/family"
+	// KeepAnnotation ("true") on an Image exempts it from retention.
+	KeepAnnotation = "boot.ggnet.io/keep"
+)
+
 // Labels on Machines.
 const (
 	// DiscoveredLabel marks a Machine the boot agent recorded for an unknown
@@ -58,6 +69,18 @@ const (
 	// annotation is missing or not a valid IPv4 address and port.
 	ISCSIPortalAnnotation = "boot.ggnet.io/iscsi-portal"
 )
+
+// ReplicationEndpointAnnotation on a storage node is where its storage
+// agent serves its Ready replicas to the other storage agents,
+// <IPv4>:<port> (the agent's --replication-address, set when the agent
+// starts). Every request is signed with the key in the replication Secret
+// (ReplicationSecretKey); nothing is served to an unsigned request.
+const ReplicationEndpointAnnotation = "boot.ggnet.io/replication-endpoint"
+
+// ReplicationSecretKey is the key, in the replication Secret (chart:
+// <release>-replication in the release namespace, made by the manager when
+// missing), of the storage agents' shared signing key.
+const ReplicationSecretKey = "key"
 
 // StorageAnnotation on a storage node is the node's storage capacity and
 // use, a JSON NodeStorage written by its storage agent.

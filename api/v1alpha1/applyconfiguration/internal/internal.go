@@ -231,6 +231,15 @@ var schemaYAML = typed.YAMLObject(`types:
 - name: com.github.ggnet.ggnet.api.v1alpha1.ImageReplica
   map:
     fields:
+    - name: bytesDone
+      type:
+        scalar: numeric
+    - name: bytesPerSecond
+      type:
+        scalar: numeric
+    - name: bytesTotal
+      type:
+        scalar: numeric
     - name: lastTransitionTime
       type:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
@@ -252,6 +261,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: sizeBytes
       type:
         scalar: numeric
+    - name: sourceNode
+      type:
+        scalar: string
     - name: state
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.ReplicaState
@@ -300,6 +312,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: phase
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.ImagePhase
+    - name: progress
+      type:
+        scalar: string
     - name: readyReplicas
       type:
         scalar: numeric
@@ -315,6 +330,9 @@ var schemaYAML = typed.YAMLObject(`types:
       type:
         scalar: string
     - name: sizeBytes
+      type:
+        scalar: numeric
+    - name: version
       type:
         scalar: numeric
 - name: com.github.ggnet.ggnet.api.v1alpha1.LocalObjectReference
@@ -355,6 +373,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: hostname
       type:
         scalar: string
+    - name: imageFamily
+      type:
+        scalar: string
     - name: imageRef
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.LocalObjectReference
@@ -388,6 +409,9 @@ var schemaYAML = typed.YAMLObject(`types:
           elementRelationship: associative
           keys:
           - type
+    - name: image
+      type:
+        scalar: string
     - name: lastBoot
       type:
         namedType: com.github.ggnet.ggnet.api.v1alpha1.BootTimeline

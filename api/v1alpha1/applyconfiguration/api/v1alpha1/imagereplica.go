@@ -35,6 +35,15 @@ type ImageReplicaApplyConfiguration struct {
 	Message *string `json:"message,omitempty"`
 	// lastTransitionTime is when state last changed.
 	LastTransitionTime *v1.Time `json:"lastTransitionTime,omitempty"`
+	// bytesDone is how many bytes of bytesTotal the running download,
+	// conversion, capture or replication has handled.
+	BytesDone *int64 `json:"bytesDone,omitempty"`
+	// bytesTotal is the size of the running transfer, when known.
+	BytesTotal *int64 `json:"bytesTotal,omitempty"`
+	// bytesPerSecond is the running transfer's recent rate.
+	BytesPerSecond *int64 `json:"bytesPerSecond,omitempty"`
+	// sourceNode is the storage node this replica was replicated from, if it was.
+	SourceNode *string `json:"sourceNode,omitempty"`
 }
 
 // ImageReplicaApplyConfiguration constructs a declarative configuration of the ImageReplica type for use with
@@ -104,5 +113,37 @@ func (b *ImageReplicaApplyConfiguration) WithMessage(value string) *ImageReplica
 // If called multiple times, the LastTransitionTime field is set to the value of the last call.
 func (b *ImageReplicaApplyConfiguration) WithLastTransitionTime(value v1.Time) *ImageReplicaApplyConfiguration {
 	b.LastTransitionTime = &value
+	return b
+}
+
+// WithBytesDone sets the BytesDone field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the BytesDone field is set to the value of the last call.
+func (b *ImageReplicaApplyConfiguration) WithBytesDone(value int64) *ImageReplicaApplyConfiguration {
+	b.BytesDone = &value
+	return b
+}
+
+// WithBytesTotal sets the BytesTotal field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the BytesTotal field is set to the value of the last call.
+func (b *ImageReplicaApplyConfiguration) WithBytesTotal(value int64) *ImageReplicaApplyConfiguration {
+	b.BytesTotal = &value
+	return b
+}
+
+// WithBytesPerSecond sets the BytesPerSecond field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the BytesPerSecond field is set to the value of the last call.
+func (b *ImageReplicaApplyConfiguration) WithBytesPerSecond(value int64) *ImageReplicaApplyConfiguration {
+	b.BytesPerSecond = &value
+	return b
+}
+
+// WithSourceNode sets the SourceNode field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the SourceNode field is set to the value of the last call.
+func (b *ImageReplicaApplyConfiguration) WithSourceNode(value string) *ImageReplicaApplyConfiguration {
+	b.SourceNode = &value
 	return b
 }

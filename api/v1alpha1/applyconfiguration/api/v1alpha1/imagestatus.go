@@ -31,6 +31,14 @@ type ImageStatusApplyConfiguration struct {
 	ReadyReplicas *int32 `json:"readyReplicas,omitempty"`
 	// replicas, one per storage node.
 	Replicas []ImageReplicaApplyConfiguration `json:"replicas,omitempty"`
+	// version is the Image's place in its family (the FamilyLabel): the
+	// manager gives each Image of a family, in creation order, one more than
+	// the highest version the family has had, and never changes it. Unset
+	// for an Image without a family.
+	Version *int64 `json:"version,omitempty"`
+	// progress summarizes the replicas still on their way, for example
+	// "node-b 3.2 GiB/10 GiB at 110 MiB/s"; empty when none is.
+	Progress *string `json:"progress,omitempty"`
 }
 
 // ImageStatusApplyConfiguration constructs a declarative configuration of the ImageStatus type for use with
@@ -102,5 +110,21 @@ func (b *ImageStatusApplyConfiguration) WithReplicas(values ...*ImageReplicaAppl
 		}
 		b.Replicas = append(b.Replicas, *values[i])
 	}
+	return b
+}
+
+// WithVersion sets the Version field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Version field is set to the value of the last call.
+func (b *ImageStatusApplyConfiguration) WithVersion(value int64) *ImageStatusApplyConfiguration {
+	b.Version = &value
+	return b
+}
+
+// WithProgress sets the Progress field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Progress field is set to the value of the last call.
+func (b *ImageStatusApplyConfiguration) WithProgress(value string) *ImageStatusApplyConfiguration {
+	b.Progress = &value
 	return b
 }

@@ -35,8 +35,14 @@ type MachineSpecApplyConfiguration struct {
 	Hostname *string `json:"hostname,omitempty"`
 	// firmware overrides the firmware type the client announces.
 	Firmware *apiv1alpha1.Firmware `json:"firmware,omitempty"`
-	// imageRef is the Image booted by AutoSession sessions.
+	// imageRef is the Image booted by AutoSession sessions and by `kubectl
+	// ggnet start`; when imageFamily is set too, imageRef pins the machine to
+	// that version (rolling back is pinning the previous one).
 	ImageRef *LocalObjectReferenceApplyConfiguration `json:"imageRef,omitempty"`
+	// imageFamily makes the machine follow its family's latest version: the
+	// Ready Image with the FamilyLabel of this value and the highest
+	// status.version, unless imageRef pins one. status.image says which.
+	ImageFamily *string `json:"imageFamily,omitempty"`
 	// bootPolicy says what happens when the machine network-boots.
 	BootPolicy *apiv1alpha1.BootPolicy `json:"bootPolicy,omitempty"`
 	// writeback is the writeback policy of sessions made by AutoSession.
@@ -92,6 +98,14 @@ func (b *MachineSpecApplyConfiguration) WithFirmware(value apiv1alpha1.Firmware)
 // If called multiple times, the ImageRef field is set to the value of the last call.
 func (b *MachineSpecApplyConfiguration) WithImageRef(value *LocalObjectReferenceApplyConfiguration) *MachineSpecApplyConfiguration {
 	b.ImageRef = value
+	return b
+}
+
+// WithImageFamily sets the ImageFamily field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ImageFamily field is set to the value of the last call.
+func (b *MachineSpecApplyConfiguration) WithImageFamily(value string) *MachineSpecApplyConfiguration {
+	b.ImageFamily = &value
 	return b
 }
 

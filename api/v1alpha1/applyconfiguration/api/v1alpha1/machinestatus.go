@@ -24,6 +24,10 @@ type MachineStatusApplyConfiguration struct {
 	ObservedGeneration *int64 `json:"observedGeneration,omitempty"`
 	// reservation is the DHCP reservation the agents serve.
 	Reservation *DHCPReservationApplyConfiguration `json:"reservation,omitempty"`
+	// image is the Image the machine boots when a session is made for it
+	// (AutoSession, `kubectl ggnet start`): spec.imageRef, or else the latest
+	// Ready version of spec.imageFamily. Empty when neither gives one.
+	Image *string `json:"image,omitempty"`
 	// activeSession names the BootSession the machine boots into now.
 	ActiveSession *string `json:"activeSession,omitempty"`
 	// lastBoot is the timeline of the most recent boot.
@@ -66,6 +70,14 @@ func (b *MachineStatusApplyConfiguration) WithObservedGeneration(value int64) *M
 // If called multiple times, the Reservation field is set to the value of the last call.
 func (b *MachineStatusApplyConfiguration) WithReservation(value *DHCPReservationApplyConfiguration) *MachineStatusApplyConfiguration {
 	b.Reservation = value
+	return b
+}
+
+// WithImage sets the Image field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Image field is set to the value of the last call.
+func (b *MachineStatusApplyConfiguration) WithImage(value string) *MachineStatusApplyConfiguration {
+	b.Image = &value
 	return b
 }
 

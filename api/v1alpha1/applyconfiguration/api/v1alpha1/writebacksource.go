@@ -11,9 +11,15 @@ package v1alpha1
 // WritebackSourceApplyConfiguration represents a declarative configuration of the WritebackSource type for use
 // with apply.
 //
-// WritebackSource commits a Persist session's overlay as a new image.
+// WritebackSource captures a stopped Persist session's disk as a new image:
+// the storage agent of the node that holds the disk (the session's
+// status.storageNode) clones it by reflink (instant, no copy), checksums the
+// clone, and every other selected storage node replicates it from a node
+// with a Ready replica. The session must use writeback Persist and be
+// Stopped; until it is, the replica waits (reason SessionNotStopped). The
+// captured disk stays the Machine's persistent disk.
 type WritebackSourceApplyConfiguration struct {
-	// sessionRef is the stopped BootSession whose overlay becomes the image.
+	// sessionRef is the stopped Persist BootSession whose disk becomes the image.
 	SessionRef *LocalObjectReferenceApplyConfiguration `json:"sessionRef,omitempty"`
 }
 
