@@ -77,6 +77,13 @@ type Source struct {
 	// MaxVirtualSize caps the image's virtual size in bytes (0: the
 	// store's MaxVirtualSize).
 	MaxVirtualSize int64
+	// Fill, when URL and Path are empty, writes the raw image itself (a
+	// capture of a session's disk, a replication from another storage
+	// node): into dst, a new empty file in the image's directory (Fill may
+	// instead rename a file of its own in that directory over dst.Name()),
+	// returning the sha256 of what it wrote. Format must be raw. It runs in
+	// one of the store's transfer slots.
+	Fill func(ctx context.Context, dst *os.File, progress func(Progress)) (sha256 string, err error)
 }
 
 // Progress is what Ensure is doing, for the replica's status.
@@ -253,6 +260,14 @@ func (s *Store) Ensure(ctx context.Context, namespace, name, uid string, src Sou
 		} else {
 			sum, err = s.adopt(ctx, src, tmp, fileCap(src.Format, limit), guard, progress)
 		}
+		release()
+	case src.Fill != nil:
+		s.slots()
+		var release func()
+		if release, err = acquire(ctx, s.transfers); err != nil {
+			break
+		}
+		sum, err = src.Fill(ctx, tmp, progress)
 		release()
 	default:
 		err = fail(ReasonSourceMissing, "no source")
