@@ -22,6 +22,10 @@ const (
 	StorageNodeOfSessionLabel = "boot.ggnet.io/storage-node"
 )
 
+// SecureOnSecretType is the type a Machine's SecureOn Secret must have
+// (spec.wakeOnLAN.secureOnSecretRef).
+const SecureOnSecretType = "boot.ggnet.io/secureon"
+
 // Labels and annotations on Images.
 const (
 	// FamilyLabel groups the versions of one image ("games"): the manager

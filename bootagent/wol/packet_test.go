@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
@@ -140,5 +141,25 @@ func TestDue(t *testing.T) {
 	}
 	if !due(st, &sent, t0.Add(31*time.Second), cfg) {
 		t.Fatal("not due after Resend from wakeSent")
+	}
+}
+
+func TestSecureOnPasswordOnlyFromItsSecretType(t *testing.T) {
+	data := map[string][]byte{PasswordKey: []byte("0a:1b:2c:3d:4e:5f")}
+	for _, typ := range []corev1.SecretType{corev1.SecretTypeOpaque, "", corev1.SecretTypeServiceAccountToken, "boot.ggnet.io/chap"} {
+		_, err := SecureOnPassword(&corev1.Secret{Type: typ, Data: data})
+		if err == nil || !strings.Contains(err.Error(), bootv1.SecureOnSecretType) {
+			t.Errorf("type %q: err = %v, want a refusal naming %s", typ, err, bootv1.SecureOnSecretType)
+		}
+		if err != nil && strings.Contains(err.Error(), "0a:1b") {
+			t.Errorf("type %q: the error holds the password: %v", typ, err)
+		}
+	}
+	pw, err := SecureOnPassword(&corev1.Secret{Type: bootv1.SecureOnSecretType, Data: data})
+	if err != nil || !bytes.Equal(pw, []byte{0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f}) {
+		t.Fatalf("SecureOnPassword = %x, %v", pw, err)
+	}
+	if _, err := SecureOnPassword(&corev1.Secret{Type: bootv1.SecureOnSecretType, Data: map[string][]byte{PasswordKey: []byte("not-a-mac")}}); err == nil {
+		t.Error("a malformed password was accepted")
 	}
 }

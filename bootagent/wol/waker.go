@@ -2,6 +2,7 @@ package wol
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -220,7 +221,7 @@ func (w *Waker) wake(ctx context.Context, s *bootv1.BootSession, attempt int) bo
 		var sec corev1.Secret
 		err := w.Secrets.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: wl.SecureOnSecretRef.Name}, &sec)
 		if err == nil {
-			password, err = ParsePassword(string(sec.Data[PasswordKey]))
+			password, err = SecureOnPassword(&sec)
 		}
 		if err != nil {
 			// The error names the Secret at most, never its data.
@@ -280,4 +281,15 @@ func (w *Waker) stamp(ctx context.Context, s *bootv1.BootSession, at time.Time) 
 	if err := w.Writer.Status().Apply(ctx, ac, client.FieldOwner(w.Config.FieldOwner), client.ForceOwnership); err != nil {
 		w.Log.Error(err, "Stamping timeline.wakeSent", "BootSession", s.Namespace+"/"+s.Name)
 	}
+}
+
+// SecureOnPassword is the password of a Machine's SecureOn Secret: its key
+// PasswordKey, in a Secret of type bootv1.SecureOnSecretType only — the
+// boot agent may read any Secret, and must not broadcast one that was not
+// made for the wire. The error never holds the Secret's data.
+func SecureOnPassword(sec *corev1.Secret) ([]byte, error) {
+	if sec.Type != bootv1.SecureOnSecretType {
+		return nil, fmt.Errorf("the Secret is of type %q, not %s: only a Secret made for SecureOn is sent on the wire", sec.Type, bootv1.SecureOnSecretType)
+	}
+	return ParsePassword(string(sec.Data[PasswordKey]))
 }

@@ -105,7 +105,7 @@ var _ = Describe("Wake-on-LAN", func() {
 	It("a Ready session with spec.wake: the magic packet with the SecureOn password is broadcast on the boot LAN, wakeSent stamped, sent again until the machine's DHCP, then the machine boots", func() {
 		const password = "0a:1b:2c:3d:4e:5f"
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "seat-secureon"},
-			Data: map[string][]byte{wol.PasswordKey: []byte(password)}}
+			Type: bootv1.SecureOnSecretType, Data: map[string][]byte{wol.PasswordKey: []byte(password)}}
 		Expect(l.Client.Create(ctx, sec)).To(Succeed())
 		DeferCleanup(func() { _ = l.Client.Delete(ctx, sec) })
 		m := machine(bootv1.BootPolicyManual, bootv1.WritebackDiscard)
