@@ -98,7 +98,20 @@ type BootConfig struct {
 type Config struct {
 	// Namespace limits the informers to one namespace; empty watches all.
 	Namespace string
-	Boot      BootConfig
+	// NodeName is this agent's node: its field manager is
+	// ggnet-bootagent-<node>, so that two agents on one boot LAN never
+	// remove each other's fields (an apply drops what its manager applied
+	// before and leaves out). Empty: FieldOwner alone.
+	NodeName string
+	Boot     BootConfig
+}
+
+// wolFieldOwner is the field manager of the agent's Waker on node.
+func wolFieldOwner(node string) string {
+	if node == "" {
+		return wol.FieldOwner
+	}
+	return truncateOwner(wol.FieldOwner + "-" + node)
 }
 
 // Agent is the running boot agent.
@@ -183,6 +196,7 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	}
 	tbl := table.New(topts...)
 	rec := newRecorder(cl, tbl, log.WithName("recorder"), reg)
+	rec.owner = fieldOwner(cfg.NodeName)
 	rec.discovery, rec.discoveryNamespace, rec.discoveryMax = b.Discovery, b.DiscoveryNamespace, b.DiscoveryMax
 	// Wake-on-LAN: the SecureOn Secrets are read uncached (the cache holds
 	// only session Secrets).
@@ -191,7 +205,7 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("creating the API client: %w", err)
 	}
 	waker := &wol.Waker{Reader: c, Secrets: direct, Writer: cl, Log: log.WithName("wol"),
-		Packets: wol.NewPacketsCounter(reg), Config: wol.Config{Interfaces: b.Interfaces}}
+		Packets: wol.NewPacketsCounter(reg), Config: wol.Config{Interfaces: b.Interfaces, FieldOwner: wolFieldOwner(cfg.NodeName)}}
 	a := &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg, waker: waker,
 		addrs: map[string]net.Addr{}, ready: make(chan struct{})}
 	a.cfg.Boot.HTTP.Ready = a.synced.Load

@@ -167,7 +167,7 @@ func (r *recorder) writeSession(ctx context.Context, key string, p *pendingRecor
 	case !p.served.IsZero():
 		kind = "scriptServed"
 	}
-	err := r.c.Status().Apply(ctx, next.applyConfig(ns, name), client.FieldOwner(FieldOwner), client.ForceOwnership)
+	err := r.c.Status().Apply(ctx, next.applyConfig(ns, name), client.FieldOwner(r.owner), client.ForceOwnership)
 	if err == nil {
 		r.setFields(key, next)
 	}

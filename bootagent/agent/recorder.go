@@ -27,8 +27,25 @@ import (
 	"github.com/ggnet/ggnet/bootagent/table"
 )
 
-// FieldOwner is the agent's field manager.
+// FieldOwner is the agent's field manager, followed by "-<node>" when the
+// agent knows its node (Config.NodeName).
 const FieldOwner = "ggnet-bootagent"
+
+// fieldOwner is the field manager of the agent on node.
+func fieldOwner(node string) string {
+	if node == "" {
+		return FieldOwner
+	}
+	return truncateOwner(FieldOwner + "-" + node)
+}
+
+// truncateOwner keeps a field manager within the API server's 128 bytes.
+func truncateOwner(s string) string {
+	if len(s) > 128 {
+		return s[:128]
+	}
+	return s
+}
 
 // recorder writes what the protocol servers observed to the API server, off
 // their request paths, through a client-go work queue: each key (a
@@ -76,6 +93,9 @@ type recorder struct {
 	// writer; its cache may not show its last write yet).
 	appliedMu sync.Mutex
 	applied   map[string]*bootFields
+
+	// owner is the agent's field manager (fieldOwner).
+	owner string
 
 	discovery          bool
 	discoveryNamespace string
@@ -155,7 +175,7 @@ const (
 
 func newRecorder(c client.Client, tbl *table.Table, log logr.Logger, reg prometheus.Registerer) *recorder {
 	r := &recorder{
-		c: c, tbl: tbl, log: log,
+		c: c, tbl: tbl, log: log, owner: FieldOwner,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[recordKey](retryBase, retryCap),
 			workqueue.TypedRateLimitingQueueConfig[recordKey]{Name: "ggnet_agent_records"}),
@@ -365,7 +385,7 @@ func (r *recorder) RequestSession(m table.Machine) {
 	r.add(recordKey{requestRecord, m.Key}, pendingRecord{write: func(ctx context.Context) error {
 		ac := bootac.Machine(m.Name, m.Namespace).WithAnnotations(map[string]string{
 			bootv1.SessionRequestedAnnotation: at.UTC().Format(time.RFC3339)})
-		return r.result("requestSession", r.c.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership))
+		return r.result("requestSession", r.c.Apply(ctx, ac, client.FieldOwner(r.owner), client.ForceOwnership))
 	}})
 }
 
@@ -397,7 +417,7 @@ func (r *recorder) Unknown(mac net.HardwareAddr, c dhcp.Client) {
 		m.Annotations = map[string]string{bootv1.DiscoveredAtAnnotation: time.Now().UTC().Format(time.RFC3339),
 			bootv1.ClientAnnotation: clientDescription(c)}
 		m.Spec = bootv1.MachineSpec{MAC: key, BootPolicy: bootv1.BootPolicyLocalBoot}
-		err := r.c.Create(ctx, m, client.FieldOwner(FieldOwner))
+		err := r.c.Create(ctx, m, client.FieldOwner(r.owner))
 		if apierrors.IsAlreadyExists(err) {
 			err = nil
 		}

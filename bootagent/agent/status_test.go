@@ -124,6 +124,46 @@ var _ = Describe("Boot agent's status writes", func() {
 		storageReady(metav1.ConditionFalse)
 		check(metav1.ConditionFalse, metav1.ConditionFalse)
 	})
+
+	It("of two agents on one boot LAN, with field managers of their own, never remove each other's fields", func() {
+		ctx := context.Background()
+		ns := newNamespace(ctx)
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-042", fixture.WithMAC("52:54:00:12:34:42"), fixture.WithAddress("10.20.0.142")))).To(Succeed())
+		s := fixture.Session(ns, "seat-042-a", "seat-042", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		makeReady(ctx, k8sClient, s, "52:54:00:12:34:42", sessionToken)
+		key := ns + "/" + s.Name
+		stale := &bootv1.BootSession{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), stale)).To(Succeed())
+		staleReads := func() client.Client {
+			direct, err := client.NewWithWatch(restCfg, client.Options{Scheme: scheme.New()})
+			Expect(err).NotTo(HaveOccurred())
+			return interceptor.NewClient(direct, interceptor.Funcs{
+				Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+					if got, ok := obj.(*bootv1.BootSession); ok && k == client.ObjectKeyFromObject(stale) {
+						stale.DeepCopyInto(got)
+						return nil
+					}
+					return c.Get(ctx, k, obj, opts...)
+				},
+			})
+		}
+		a := newRecorder(staleReads(), table.New(), logr.Discard(), nil)
+		a.owner = fieldOwner("boot-a")
+		b := newRecorder(staleReads(), table.New(), logr.Discard(), nil)
+		b.owner = fieldOwner("boot-b")
+		Expect(a.owner).To(Equal("ggnet-bootagent-boot-a"))
+
+		By("agent a records the DHCP ACK; agent b, whose cache has not seen it, the script it served")
+		acked, served := time.Now().Add(-2*time.Second), time.Now()
+		Expect(a.writeSession(ctx, key, &pendingRecord{dhcp: acked})).To(Succeed())
+		Expect(b.writeSession(ctx, key, &pendingRecord{served: served})).To(Succeed())
+		got := &bootv1.BootSession{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), got)).To(Succeed())
+		Expect(got.Status.Timeline.ScriptServed).NotTo(BeNil())
+		Expect(got.Status.Timeline.DHCP).NotTo(BeNil(), "agent b's apply removed agent a's DHCP time")
+		Expect(got.Status.Timeline.DHCP.Unix()).To(Equal(acked.Unix()))
+	})
 })
 
 var _ = Describe("Boot agent's recorder", func() {

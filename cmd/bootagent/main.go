@@ -132,6 +132,7 @@ func main() {
 		log.Info("Serving boot scripts without a token (--require-script-token=false): only the requester's address is checked")
 	}
 
+	cfg.NodeName = st.nodeName // --node-name: the boot role's field manager is per node
 	a, err := agent.New(restCfg, cfg, log)
 	if err != nil {
 		fail(err, "Unable to configure the boot agent")

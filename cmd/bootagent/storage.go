@@ -25,7 +25,7 @@ type storageFlags struct {
 }
 
 func (f *storageFlags) bind(fs *flag.FlagSet) {
-	fs.StringVar(&f.nodeName, "node-name", "", "This node's name (from the downward API: spec.nodeName).")
+	fs.StringVar(&f.nodeName, "node-name", "", "This node's name (from the downward API: spec.nodeName); required by the storage role, and the boot role's field manager is ggnet-bootagent-<node> with it.")
 	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/ggnet", "Data directory for replicas and overlays; must be XFS with reflink or btrfs.")
 	fs.Uint64Var(&f.reserveMiB, "reserve-mib", 10240, "Free space in MiB kept for running sessions; new overlays are refused below it.")
 	fs.StringVar(&f.driver, "target-driver", "tgt", "iSCSI target driver: tgt (tgtd) or lio (kernel, configfs).")
