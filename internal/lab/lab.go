@@ -52,7 +52,15 @@ const (
 	// (SNP). Debian's ipxe.efi is a link to /boot/ipxe.efi, outside the iPXE
 	// directory, which the agent does not follow.
 	UEFIBootFile = "snponly.efi"
-	netnsEnv     = "GGNET_LAB_NETNS"
+	// ReplicationPort is where every storage agent of the lab serves its
+	// replicas to the others, on its own address (--replication-address).
+	ReplicationPort = 8890
+	// ManagerNamespace is the manager's own namespace, where it keeps the
+	// replication Secret ReplicationSecret (the chart's
+	// <release>-replication), which the storage agents read.
+	ManagerNamespace  = "ggnet-system"
+	ReplicationSecret = "ggnet-replication"
+	netnsEnv          = "GGNET_LAB_NETNS"
 )
 
 // InNetns re-runs this program inside a new network namespace unless it
@@ -114,6 +122,9 @@ type Lab struct {
 	opts    Options
 	boot    []BootAgent
 	storage []StorageNode
+	// nStorage is how many extra storage nodes were ever added (each gets
+	// the next address and name, also after a removal).
+	nStorage int
 }
 
 // Start brings the lab up: network, API server, storage node, manager,

@@ -58,6 +58,8 @@ type StorageNode struct {
 	Node string
 	// Agent and TGTD are the process names of its storage agent and tgtd.
 	Agent, TGTD string
+	// IP is its address on the bridge (iSCSI portal, replication).
+	IP string
 	// Portal is its tgtd's iSCSI portal.
 	Portal string
 	// DataDir is its agent's data directory.
@@ -76,34 +78,17 @@ func (l *Lab) BootAgents() []BootAgent {
 // StorageNodes lists the lab's storage nodes, its own (NodeName, whose
 // agent is the lab's agent "bootagent" with both roles) first.
 func (l *Lab) StorageNodes() []StorageNode {
-	own := StorageNode{Node: NodeName, Agent: "bootagent", TGTD: "tgtd", Portal: ServerIP + ":3260", DataDir: l.DataDir,
+	own := StorageNode{Node: NodeName, Agent: "bootagent", TGTD: "tgtd", IP: ServerIP, Portal: ServerIP + ":3260", DataDir: l.DataDir,
 		TGTPort: l.tgtPort, MetricsBase: "http://127.0.0.1:18882"}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return append([]StorageNode{own}, l.storage...)
 }
 
 // startExtras makes and starts Options.BootAgents and Options.StorageNodes.
 func (l *Lab) startExtras(ctx context.Context) error {
-	for i := range l.opts.StorageNodes {
-		ip := fmt.Sprintf("10.99.0.%d", 21+i)
-		if err := addBridgeAddress(ip); err != nil {
-			return err
-		}
-		n := StorageNode{Node: fmt.Sprintf("%s-%d", NodeName, i+2), Portal: ip + ":3260", DataDir: testfs.XFS(l.t, 2<<30),
-			TGTPort: 1000 + rand.IntN(8000), MetricsBase: fmt.Sprintf("http://127.0.0.1:%d", 18910+i)}
-		n.Agent, n.TGTD = "bootagent-"+n.Node, "tgtd-"+n.Node
-		for n.TGTPort == l.tgtPort {
-			n.TGTPort = 1000 + rand.IntN(8000)
-		}
-		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Node, Labels: map[string]string{bootv1.StorageNodeLabel: "true"}}}
-		if err := l.Client.Create(ctx, node); err != nil {
-			return err
-		}
-		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
-		if err := l.Client.Status().Update(ctx, node); err != nil {
-			return err
-		}
-		l.storage = append(l.storage, n)
-		if err := l.StartStorageNode(n.Node); err != nil {
+	for range l.opts.StorageNodes {
+		if _, err := l.addStorageNode(ctx); err != nil {
 			return err
 		}
 	}
@@ -119,6 +104,76 @@ func (l *Lab) startExtras(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// AddStorageNode adds a storage node to the running lab, as StartWith does
+// for each of Options.StorageNodes, and returns it once its agent is ready.
+// Every Image whose selector takes it (all of the lab's) gets a replica on
+// it. It is removed (RemoveStorageNode) when the test — the Ginkgo spec —
+// that added it ends: stop the sessions it serves before that.
+func (l *Lab) AddStorageNode(ctx context.Context) (StorageNode, error) {
+	n, err := l.addStorageNode(ctx)
+	if err != nil {
+		return n, err
+	}
+	l.t.Cleanup(func() { _ = l.RemoveStorageNode(context.Background(), n.Node) })
+	return n, nil
+}
+
+// addStorageNode makes the next extra storage node — its address on the
+// bridge (10.99.0.21, .22, ... in the order they are made), its XFS data
+// directory, its Node object — and starts its tgtd and storage agent.
+func (l *Lab) addStorageNode(ctx context.Context) (StorageNode, error) {
+	i := l.nStorage
+	l.nStorage++
+	ip := fmt.Sprintf("10.99.0.%d", 21+i)
+	if err := addBridgeAddress(ip); err != nil {
+		return StorageNode{}, err
+	}
+	n := StorageNode{Node: fmt.Sprintf("%s-%d", NodeName, i+2), IP: ip, Portal: ip + ":3260", DataDir: testfs.XFS(l.t, 2<<30),
+		TGTPort: 1000 + rand.IntN(8000), MetricsBase: fmt.Sprintf("http://127.0.0.1:%d", 18910+i)}
+	n.Agent, n.TGTD = "bootagent-"+n.Node, "tgtd-"+n.Node
+	for n.TGTPort == l.tgtPort {
+		n.TGTPort = 1000 + rand.IntN(8000)
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Node, Labels: map[string]string{bootv1.StorageNodeLabel: "true"}}}
+	if err := l.Client.Create(ctx, node); err != nil {
+		return n, err
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	if err := l.Client.Status().Update(ctx, node); err != nil {
+		return n, err
+	}
+	l.mu.Lock()
+	l.storage = append(l.storage, n)
+	l.mu.Unlock()
+	return n, l.StartStorageNode(n.Node)
+}
+
+// RemoveStorageNode takes an extra storage node out of the lab for good:
+// its storage agent and tgtd are killed, its Node object deleted and its
+// address taken off the bridge. Its data directory goes when the test ends.
+func (l *Lab) RemoveStorageNode(ctx context.Context, node string) error {
+	l.mu.Lock()
+	var n *StorageNode
+	for i := range l.storage {
+		if l.storage[i].Node == node {
+			n = &l.storage[i]
+			l.storage = append(l.storage[:i:i], l.storage[i+1:]...)
+			break
+		}
+	}
+	l.mu.Unlock()
+	if n == nil {
+		return fmt.Errorf("no extra storage node %q", node)
+	}
+	l.Kill(n.Agent)
+	l.Kill(n.TGTD)
+	err := client.IgnoreNotFound(l.Client.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}))
+	if out, aerr := exec.Command("ip", "addr", "del", n.IP+"/24", "dev", Bridge).CombinedOutput(); aerr != nil && err == nil {
+		err = fmt.Errorf("ip addr del %s dev %s: %v %s", n.IP, Bridge, aerr, out)
+	}
+	return err
 }
 
 func addBridgeAddress(ip string) error {
@@ -155,7 +210,7 @@ func (l *Lab) StartBootAgent(process string) error {
 // StartStorageNode starts (again) the tgtd and the storage agent of the
 // extra storage node named node (StorageNodes; not the lab's own).
 func (l *Lab) StartStorageNode(node string) error {
-	for _, n := range l.storage {
+	for _, n := range l.StorageNodes()[1:] {
 		if n.Node != node {
 			continue
 		}
