@@ -345,10 +345,10 @@ func writeAtomic(path string, b []byte) error {
 	return os.Rename(f.Name(), path)
 }
 
-// Remove deletes a replica and its checksum.
+// Remove deletes a replica, its checksum and a partial transfer of it.
 func (s *Store) Remove(namespace, name, uid string) error {
 	p := s.Path(namespace, name, uid)
-	for _, f := range []string{p, p + ".sha256"} {
+	for _, f := range append([]string{p, p + ".sha256"}, s.partials(namespace, name, uid)...) {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

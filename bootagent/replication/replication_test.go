@@ -1,0 +1,214 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/testr"
+	. "github.com/onsi/gomega"
+
+	"github.com/ggnet/ggnet/bootagent/images"
+	"github.com/ggnet/ggnet/internal/testfs"
+)
+
+// The tests need root (an XFS on a loop device, internal/testfs).
+
+const (
+	testNS  = "cafe"
+	testImg = "games-v2"
+	testUID = "6f1c1a52-5e0c-4c5e-9d4e-4f1a2b3c4d5e"
+)
+
+// env is a source node (a store with a Ready replica, a Server on a loopback
+// socket) and a destination node's store, both on one XFS.
+type env struct {
+	src, dst *images.Store
+	key      *Key
+	srv      *httptest.Server
+	endpoint string
+	// served counts the data bytes the server sent; onServe, when set, is
+	// called after each write with the running count.
+	served  atomic.Int64
+	onServe atomic.Value // func(int64)
+	sum     string
+	content []byte // the whole image, holes as zeros
+	data    int64  // data bytes of the image
+}
+
+// layout is a sparse image: its size and its data extents (random bytes).
+type layout struct {
+	size    int64
+	extents []Extent
+}
+
+func newEnv(t *testing.T, l layout) *env {
+	t.Helper()
+	mnt := testfs.XFS(t, 1<<30)
+	e := &env{key: &Key{}}
+	e.key.Set(randomKey(t))
+	e.src = images.New(filepath.Join(mnt, "src"), logr.Discard())
+	e.dst = images.New(filepath.Join(mnt, "dst"), testr.New(t))
+	e.content, e.sum = writeReplica(t, e.src, l)
+	for _, x := range l.extents {
+		e.data += x.Length
+	}
+	s := &Server{Store: e.src, Key: e.key, Log: testr.New(t)}
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.ServeHTTP(&countingWriter{ResponseWriter: w, e: e}, r)
+	}))
+	t.Cleanup(e.srv.Close)
+	e.endpoint = strings.TrimPrefix(e.srv.URL, "http://")
+	return e
+}
+
+func randomKey(t *testing.T) []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// countingWriter counts the data the server sends.
+type countingWriter struct {
+	http.ResponseWriter
+	e *env
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	if w.Header().Get("Content-Type") == "application/octet-stream" {
+		total := w.e.served.Add(int64(n))
+		if f, ok := w.e.onServe.Load().(func(int64)); ok && f != nil {
+			f(total)
+		}
+	}
+	return n, err
+}
+
+// writeReplica places a Ready replica (file and checksum) of l in store, as
+// Ensure leaves one, and returns its content and sha256.
+func writeReplica(t *testing.T, store *images.Store, l layout) ([]byte, string) {
+	t.Helper()
+	p := store.Path(testNS, testImg, testUID)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(l.size); err != nil {
+		t.Fatal(err)
+	}
+	content := make([]byte, l.size)
+	for _, x := range l.extents {
+		b := content[x.Offset : x.Offset+x.Length]
+		if _, err := rand.Read(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(b, x.Offset); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(content)
+	sum := hex.EncodeToString(h[:])
+	if err := os.WriteFile(p+".sha256", []byte(sum+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return content, sum
+}
+
+// sparse is 64 MiB with 3 data extents (12 MiB), holes between and after.
+var sparse = layout{size: 64 << 20, extents: []Extent{
+	{Offset: 0, Length: 1 << 20},
+	{Offset: 8 << 20, Length: 3 << 20},
+	{Offset: 32 << 20, Length: 8 << 20},
+}}
+
+func (e *env) client(t *testing.T, bandwidth int64) *Client {
+	c := NewClient(e.key, bandwidth, testr.New(t))
+	c.Backoff, c.Retries = 10*time.Millisecond, 1
+	return c
+}
+
+// ensure places the replica on the destination through Fill, as the
+// storage agent does.
+func (e *env) ensure(ctx context.Context, c *Client, want string, progress func(images.Progress)) (images.Result, error) {
+	return e.dst.Ensure(ctx, testNS, testImg, testUID, images.Source{
+		Format: "raw", SHA256: want, Fill: c.Fill(e.endpoint, testNS, testImg, testUID, want)}, progress)
+}
+
+func TestRoundTripKeepsHoles(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	var last images.Progress
+	var calls int
+	res, err := e.ensure(context.Background(), e.client(t, 0), e.sum, func(p images.Progress) { last = p; calls++ })
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.SHA256).To(Equal(e.sum))
+	g.Expect(res.SizeBytes).To(Equal(sparse.size))
+
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue(), "the replica's bytes differ from the source's")
+	// Only the data crossed the network, and the holes stayed holes.
+	g.Expect(e.served.Load()).To(Equal(e.data))
+	var st syscall.Stat_t
+	g.Expect(syscall.Stat(res.Path, &st)).To(Succeed())
+	g.Expect(st.Blocks*512).To(BeNumerically(">=", e.data))
+	g.Expect(st.Blocks*512).To(BeNumerically("<=", e.data+1<<20), "holes were filled")
+	f, err := os.Open(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer f.Close()
+	ext, err := Extents(f, res.SizeBytes, 0)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ext).To(Equal(sparse.extents))
+
+	g.Expect(last).To(Equal(images.Progress{State: "Downloading", Done: e.data, Total: e.data}))
+	g.Expect(calls).To(BeNumerically(">", 2))
+	// Nothing of the transfer is left beside the replica.
+	entries, err := os.ReadDir(filepath.Dir(res.Path))
+	g.Expect(err).NotTo(HaveOccurred())
+	var names []string
+	for _, d := range entries {
+		names = append(names, d.Name())
+	}
+	g.Expect(names).To(ConsistOf(testUID+".raw", testUID+".raw.sha256"))
+}
+
+func TestEmptyAndFullImages(t *testing.T) {
+	for name, l := range map[string]layout{
+		"all holes": {size: 16 << 20},
+		"all data":  {size: 5<<20 + 4096, extents: []Extent{{Offset: 0, Length: 5<<20 + 4096}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			e := newEnv(t, l)
+			res, err := e.ensure(context.Background(), e.client(t, 0), "", nil)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(res.SHA256).To(Equal(e.sum))
+			got, err := os.ReadFile(res.Path)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+			g.Expect(e.served.Load()).To(Equal(e.data))
+		})
+	}
+}
