@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -282,6 +283,12 @@ func (r *BootSessionReconciler) reconcileCredentials(ctx context.Context, sc *se
 	s.Status.Target = &bootv1.ISCSITarget{Portal: portal, IQN: TargetIQN(r.IQNPrefix, s), LUN: 1}
 	s.Status.InitiatorIQN = fmt.Sprintf("%s:initiator:%s:%s", r.IQNPrefix, s.Namespace, s.Spec.MachineRef.Name)
 	if err := r.ensureSecret(ctx, s); err != nil {
+		if fe := (*foreignSecretError)(nil); errors.As(err, &fe) {
+			// Secrets are not watched: look again for its deletion.
+			r.wait(s, bootv1.SessionProvisioning, bootv1.SecretConflictReason, fe.Error())
+			sc.requeueAfter = 15 * time.Second
+			return false, nil
+		}
 		return false, err
 	}
 	s.Status.CHAPSecretRef = &bootv1.LocalObjectReference{Name: sessionSecretName(s.Name)}
@@ -336,19 +343,21 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		// garbage collector removes, or someone else's: never reused.
 		return fmt.Errorf("Secret %s belongs to %s %s, not to this session", name, owner.Kind, owner.Name)
 	}
+	if owner == nil {
+		// GGnet makes every session Secret with its session as controller:
+		// one without is someone else's, maybe planted by whoever may create
+		// Secrets here to learn the credentials of a session to come. Never
+		// adopted, never overwritten: it must go first.
+		return &foreignSecretError{name}
+	}
 	add, err := missingSecretData(sec.Data, s.UID)
 	if err != nil {
 		return fmt.Errorf("making credentials: %w", err)
 	}
-	if len(add) == 0 && sec.Labels[bootv1.SessionSecretLabel] == s.Name && owner != nil {
+	if len(add) == 0 && sec.Labels[bootv1.SessionSecretLabel] == s.Name {
 		return nil
 	}
 	base := sec.DeepCopy()
-	if owner == nil {
-		if err := controllerutil.SetControllerReference(s, sec, r.Scheme()); err != nil {
-			return err
-		}
-	}
 	if sec.Labels == nil {
 		sec.Labels = map[string]string{}
 	}
@@ -371,6 +380,14 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		r.Recorder.Eventf(s, corev1.EventTypeNormal, "SecretUpgraded", "Added keys %s to Secret %s", strings.Join(keys, ", "), name)
 	}
 	return nil
+}
+
+// foreignSecretError: the session's Secret name is taken by a Secret no
+// session owns.
+type foreignSecretError struct{ name string }
+
+func (e *foreignSecretError) Error() string {
+	return "Secret " + e.name + " exists and no session owns it: GGnet never adopts credentials it did not make; delete it and the session gets its own"
 }
 
 // redact keeps an API error's kind for the callers' checks (conflict, not

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/fixture"
@@ -159,14 +160,18 @@ var _ = Describe("BootSession", func() {
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s) }, eventually).ShouldNot(Succeed())
 	})
 
-	It("adds the missing keys to a Secret made before mutual CHAP and tokens, keeping the old ones", func() {
+	It("adds the missing keys to its Secret made before mutual CHAP and tokens, keeping the old ones", func() {
+		By("a session whose Machine is not there yet, so that its Secret can be made first, as an earlier version made it")
+		s := fixture.Session(ns, "old", "seat-old", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/" + bootv1.MachineNotFoundReason}))
 		old := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "old-chap", Labels: map[string]string{bootv1.SessionSecretLabel: "old"}},
 			Data:       map[string][]byte{bootv1.SecretKeyUsername: []byte("legacy-user"), bootv1.SecretKeyPassword: []byte("LegacyPassw0rd16")},
 		}
+		Expect(controllerutil.SetControllerReference(s, old, k8sClient.Scheme())).To(Succeed())
 		Expect(k8sClient.Create(ctx, old)).To(Succeed())
-		s := fixture.Session(ns, "old", "seat-1", "win11")
-		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-old", fixture.WithMAC("52:54:00:12:34:0f"), fixture.WithAddress("10.20.0.99")))).To(Succeed())
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
 		Expect(s.Status.CHAPSecretRef.Name).To(Equal("old-chap"))
 		sec := &corev1.Secret{}
@@ -182,6 +187,31 @@ var _ = Describe("BootSession", func() {
 		Eventually(func() []string { return events(ctx, ns, "old") }, eventually).Should(ContainElement("SecretUpgraded: Added keys targetPassword, targetUsername, token to Secret old-chap"))
 		rv := sec.ResourceVersion
 		Consistently(func() string { return get(ctx, sec)().ResourceVersion }, 2*time.Second).Should(Equal(rv), "a complete Secret is left alone")
+	})
+
+	It("never adopts a Secret of its name that it did not make (planted credentials)", func() {
+		planted := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "next-chap", Labels: map[string]string{bootv1.SessionSecretLabel: "next"}},
+			Data:       map[string][]byte{bootv1.SecretKeyUsername: []byte("known-user"), bootv1.SecretKeyPassword: []byte("KnownPassw0rd123")},
+		}
+		Expect(k8sClient.Create(ctx, planted)).To(Succeed())
+		s := fixture.Session(ns, "next", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionProvisioning, "False/" + bootv1.SecretConflictReason}))
+		Expect(meta.FindStatusCondition(s.Status.Conditions, bootv1.ReadyCondition).Message).To(ContainSubstring("Secret next-chap exists and no session owns it"))
+		Consistently(view(ctx, s), 2*time.Second).Should(Equal(sessionView{bootv1.SessionProvisioning, "False/" + bootv1.SecretConflictReason}))
+		Expect(s.Status.CHAPSecretRef).To(BeNil())
+		sec := &corev1.Secret{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(planted), sec)).To(Succeed())
+		Expect(sec.OwnerReferences).To(BeEmpty(), "not adopted")
+		Expect(sec.Data).To(HaveLen(2), "left as it was")
+
+		By("once it is deleted, the session gets credentials of its own")
+		Expect(k8sClient.Delete(ctx, sec)).To(Succeed())
+		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(planted), sec)).To(Succeed())
+		Expect(metav1.GetControllerOf(sec).UID).To(Equal(s.UID))
+		Expect(sec.Data[bootv1.SecretKeyPassword]).NotTo(BeEquivalentTo("KnownPassw0rd123"))
 	})
 
 	It("lets one session per machine run; the next waits, naming the active one", func() {

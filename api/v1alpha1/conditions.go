@@ -68,6 +68,10 @@ const (
 	// manager's Ready=False and phase Failed when the storage was never
 	// ready.
 	StorageFailedReason = "StorageFailed"
+	// SecretConflictReason: Ready=False, the session's Secret name
+	// (<session>-chap) is taken by a Secret no session owns; GGnet never
+	// adopts it.
+	SecretConflictReason = "SecretConflict"
 	// StoppingReason: Ready=False while the storage agent tears a stopped or
 	// deleted session's target down.
 	StoppingReason = "Stopping"
