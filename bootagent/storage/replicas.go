@@ -53,9 +53,12 @@ type imageReconciler struct {
 }
 
 func (r *imageReconciler) setup(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).Named("storage-images").For(&bootv1.Image{}).
-		WatchesRawSource(source.Channel(r.jobs.events, &handler.EnqueueRequestForObject{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 2}).Complete(r)
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &bootv1.Image{}, imageSessionField, imageSession); err != nil {
+		return err
+	}
+	b := ctrl.NewControllerManagedBy(mgr).Named("storage-images").For(&bootv1.Image{}).
+		WatchesRawSource(source.Channel(r.jobs.events, &handler.EnqueueRequestForObject{}))
+	return r.watchSessions(b).WithOptions(controller.Options{MaxConcurrentReconciles: 2}).Complete(r)
 }
 
 // replicaFinalizer is this node's finalizer on an Image: held while the node
@@ -91,10 +94,6 @@ func (r *imageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.finalizer(ctx, img, true); err != nil {
 		return ctrl.Result{}, err
 	}
-	src, ok := replicaSource(img)
-	if !ok {
-		return ctrl.Result{}, r.report(ctx, img, bootv1.ReplicaFailed, images.Result{}, images.ReasonUnsupportedFormat, "writeback sources are not supported by this agent yet")
-	}
 	if res, ok := r.images.Existing(img.Namespace, img.Name, string(img.UID)); ok {
 		r.jobs.forget(req.NamespacedName, img.UID)
 		return ctrl.Result{}, r.report(ctx, img, bootv1.ReplicaReady, res, bootv1.SucceededReason, "")
@@ -108,26 +107,56 @@ func (r *imageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if j != nil {
 		st := j.state()
 		if !st.finished {
-			return ctrl.Result{RequeueAfter: progressEvery}, r.report(ctx, img, st.progress.State, images.Result{}, bootv1.ProgressingReason, progressMessage(img, st.progress))
+			return ctrl.Result{RequeueAfter: progressEvery}, r.reportRow(ctx, img, replicaRow{state: st.progress.State, reason: bootv1.ProgressingReason,
+				msg: j.info.message(img, st.progress), transfer: j.transfer(st)})
 		}
-		if st.err != nil && st.generation == img.Generation {
+		if st.generation == img.Generation {
+			failures = st.failures
+		}
+	}
+	pl, wait, err := r.plan(ctx, img, failures)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if wait != nil {
+		// Woken by the Image, its session, or this requeue (a disk in use,
+		// a source node's endpoint).
+		return ctrl.Result{RequeueAfter: progressEvery}, r.report(ctx, img, wait.state, images.Result{}, wait.reason, wait.msg)
+	}
+	if j != nil {
+		if st := j.state(); st.err != nil && st.generation == img.Generation {
 			if wait := time.Until(st.retryAt); wait > 0 {
 				reason, msg := describe(st.err)
 				return ctrl.Result{RequeueAfter: wait}, r.report(ctx, img, bootv1.ReplicaFailed, images.Result{}, reason, msg)
 			}
-			failures = st.failures
 		}
 	}
 	log := r.log.WithValues("Image", req.String())
-	r.jobs.start(req.NamespacedName, img.UID, img.Generation, failures, log, func(ctx context.Context, progress func(images.Progress)) error {
+	info := jobInfo{kind: pl.kind, session: pl.session, sourceNode: pl.sourceNode}
+	src := pl.src
+	r.jobs.start(req.NamespacedName, img.UID, img.Generation, failures, info, log, func(ctx context.Context, progress func(images.Progress)) error {
 		_, err := r.images.Ensure(ctx, img.Namespace, img.Name, string(img.UID), src, progress)
 		return err
 	})
 	first := images.Progress{State: bootv1.ReplicaDownloading}
-	if src.URL == "" {
+	if src.URL == "" && pl.kind != placeReplication {
 		first.State = bootv1.ReplicaPending
 	}
-	return ctrl.Result{RequeueAfter: progressEvery}, r.report(ctx, img, first.State, images.Result{}, bootv1.ProgressingReason, progressMessage(img, first))
+	return ctrl.Result{RequeueAfter: progressEvery}, r.reportRow(ctx, img, replicaRow{state: first.State, reason: bootv1.ProgressingReason,
+		msg: info.message(img, first), transfer: transfer{sourceNode: pl.sourceNode}})
+}
+
+// plan is how this node places the Image's replica, or why it waits or
+// cannot; failures counts the failed placements before this one.
+func (r *imageReconciler) plan(ctx context.Context, img *bootv1.Image, failures int) (placement, *replicaWait, error) {
+	if img.Spec.Source.Writeback != nil {
+		return r.writebackPlan(ctx, img, failures)
+	}
+	src, ok := replicaSource(img)
+	if !ok {
+		return placement{}, &replicaWait{state: bootv1.ReplicaFailed, reason: images.ReasonUnsupportedFormat, msg: "the Image has no source this agent knows"}, nil
+	}
+	return placement{kind: placeSource, src: src}, nil, nil
 }
 
 // replicaSource is what the images store places for an Image; false for a
@@ -155,6 +184,29 @@ func describe(err error) (string, string) {
 		return ie.Reason, ie.Err.Error()
 	}
 	return bootv1.StorageErrorReason, "the node's data directory failed: " + err.Error()
+}
+
+// jobInfo is what a job places, for its messages and status.
+type jobInfo struct {
+	kind                placementKind
+	session, sourceNode string
+}
+
+// message says what a placement is doing.
+func (i jobInfo) message(img *bootv1.Image, p images.Progress) string {
+	switch i.kind {
+	case placeCapture:
+		if p.Total == 0 {
+			return "cloning the disk of BootSession " + i.session + " by reflink"
+		}
+		return fmt.Sprintf("cloned the disk of BootSession %s by reflink; checksummed %s of %s", i.session, size(p.Done), size(p.Total))
+	case placeReplication:
+		if p.Total == 0 {
+			return "replicating from node " + i.sourceNode
+		}
+		return fmt.Sprintf("replicating from node %s: %s of %s", i.sourceNode, size(p.Done), size(p.Total))
+	}
+	return progressMessage(img, p)
 }
 
 // progressMessage says what a placement is doing.
@@ -198,10 +250,32 @@ func (r *imageReconciler) selects(ctx context.Context, img *bootv1.Image) (bool,
 	return sel.Matches(labels.Set(node.Labels)), nil
 }
 
-// report applies this node's entry of status.replicas, unless it says so
-// already; the transition time moves only with the state.
+// report applies this node's entry of status.replicas (no transfer under
+// way), unless it says so already.
 func (r *imageReconciler) report(ctx context.Context, img *bootv1.Image, state bootv1.ReplicaState, res images.Result, reason, msg string) error {
-	msg = strings.TrimSpace(msg)
+	return r.reportRow(ctx, img, replicaRow{state: state, res: res, reason: reason, msg: msg})
+}
+
+// replicaRow is this node's entry of an Image's status.replicas.
+type replicaRow struct {
+	state       bootv1.ReplicaState
+	res         images.Result
+	reason, msg string
+	transfer    transfer
+}
+
+// transfer is the progress of a running placement (zero: none).
+type transfer struct {
+	done, total, perSecond int64
+	sourceNode             string
+}
+
+// reportRow applies this node's entry of status.replicas, unless it says
+// so already; the transition time moves only with the state. The transfer
+// fields are this node's too: a row without them clears them.
+func (r *imageReconciler) reportRow(ctx context.Context, img *bootv1.Image, row replicaRow) error {
+	state, res, reason, tr := row.state, row.res, row.reason, row.transfer
+	msg := strings.TrimSpace(row.msg)
 	if len(msg) > 1000 {
 		msg = msg[:1000]
 	}
@@ -210,7 +284,8 @@ func (r *imageReconciler) report(ctx context.Context, img *bootv1.Image, state b
 		if cur.Node != r.cfg.NodeName || cur.State != state {
 			continue
 		}
-		if cur.Reason == reason && cur.Message == msg && cur.Path == res.Path && cur.SizeBytes == res.SizeBytes && cur.SHA256 == res.SHA256 {
+		if cur.Reason == reason && cur.Message == msg && cur.Path == res.Path && cur.SizeBytes == res.SizeBytes && cur.SHA256 == res.SHA256 &&
+			cur.BytesDone == tr.done && cur.BytesTotal == tr.total && cur.BytesPerSecond == tr.perSecond && cur.SourceNode == tr.sourceNode {
 			return nil
 		}
 		if cur.LastTransitionTime != nil {
@@ -221,13 +296,18 @@ func (r *imageReconciler) report(ctx context.Context, img *bootv1.Image, state b
 	for _, f := range []struct {
 		v    string
 		with func(string) *bootac.ImageReplicaApplyConfiguration
-	}{{res.Path, entry.WithPath}, {res.SHA256, entry.WithSHA256}, {reason, entry.WithReason}, {msg, entry.WithMessage}} {
+	}{{res.Path, entry.WithPath}, {res.SHA256, entry.WithSHA256}, {reason, entry.WithReason}, {msg, entry.WithMessage}, {tr.sourceNode, entry.WithSourceNode}} {
 		if f.v != "" {
 			f.with(f.v)
 		}
 	}
-	if res.SizeBytes > 0 {
-		entry.WithSizeBytes(res.SizeBytes)
+	for _, f := range []struct {
+		v    int64
+		with func(int64) *bootac.ImageReplicaApplyConfiguration
+	}{{res.SizeBytes, entry.WithSizeBytes}, {tr.done, entry.WithBytesDone}, {tr.total, entry.WithBytesTotal}, {tr.perSecond, entry.WithBytesPerSecond}} {
+		if f.v > 0 {
+			f.with(f.v)
+		}
 	}
 	return client.IgnoreNotFound(r.applyStatus(ctx, bootac.Image(img.Name, img.Namespace).WithStatus(bootac.ImageStatus().WithReplicas(entry))))
 }
@@ -279,6 +359,7 @@ func newReplicaJobs(log logr.Logger) *replicaJobs {
 type replicaJob struct {
 	uid        types.UID
 	generation int64
+	info       jobInfo
 	cancel     context.CancelFunc
 	done       chan struct{}
 
@@ -297,6 +378,42 @@ type jobState struct {
 	// this one included; retryAt is when to try again.
 	failures int
 	retryAt  time.Time
+	// The rate: bytes per second over the last full window (rateWindow),
+	// and where the current window started.
+	perSecond int64
+	winStart  time.Time
+	winDone   int64
+}
+
+// rateWindow is the window the rate of a transfer is measured over.
+const rateWindow = progressEvery
+
+// progressed records p at now, measuring the rate.
+func (st *jobState) progressed(p images.Progress, now time.Time) {
+	if p.State != st.progress.State || p.Done < st.winDone || st.winStart.IsZero() {
+		st.perSecond, st.winStart, st.winDone = 0, now, p.Done
+	} else if el := now.Sub(st.winStart); el >= rateWindow {
+		st.perSecond = int64(float64(p.Done-st.winDone) / el.Seconds())
+		st.winStart, st.winDone = now, p.Done
+	}
+	st.progress = p
+}
+
+// rate is the transfer's bytes per second at now: over the last full
+// window, or over the current one while there was none.
+func (st jobState) rate(now time.Time) int64 {
+	if st.perSecond > 0 || st.winStart.IsZero() {
+		return st.perSecond
+	}
+	if el := now.Sub(st.winStart); el >= time.Second {
+		return int64(float64(st.progress.Done-st.winDone) / el.Seconds())
+	}
+	return 0
+}
+
+// transfer is the status of the job's running transfer.
+func (j *replicaJob) transfer(st jobState) transfer {
+	return transfer{done: st.progress.Done, total: st.progress.Total, perSecond: st.rate(time.Now()), sourceNode: j.info.sourceNode}
 }
 
 func (j *replicaJob) state() jobState {
@@ -326,7 +443,7 @@ func (js *replicaJobs) running() int {
 
 // start runs place in a new job for the Image key; failures are the failed
 // placements before it.
-func (js *replicaJobs) start(key types.NamespacedName, uid types.UID, generation int64, failures int, log logr.Logger,
+func (js *replicaJobs) start(key types.NamespacedName, uid types.UID, generation int64, failures int, info jobInfo, log logr.Logger,
 	place func(context.Context, func(images.Progress)) error) {
 	js.mu.Lock()
 	defer js.mu.Unlock()
@@ -334,7 +451,7 @@ func (js *replicaJobs) start(key types.NamespacedName, uid types.UID, generation
 		return // the role is stopping
 	}
 	ctx, cancel := context.WithCancel(js.ctx)
-	j := &replicaJob{uid: uid, generation: generation, cancel: cancel, done: make(chan struct{}),
+	j := &replicaJob{uid: uid, generation: generation, info: info, cancel: cancel, done: make(chan struct{}),
 		st: jobState{generation: generation, failures: failures}}
 	js.byImage[key] = j
 	js.wg.Add(1)
@@ -346,7 +463,7 @@ func (js *replicaJobs) start(key types.NamespacedName, uid types.UID, generation
 		err := place(ctx, func(p images.Progress) {
 			j.mu.Lock()
 			moved := p.State != j.st.progress.State
-			j.st.progress = p
+			j.st.progressed(p, time.Now())
 			j.mu.Unlock()
 			if moved {
 				js.poke(key)
