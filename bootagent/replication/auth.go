@@ -103,6 +103,9 @@ func (k *Key) verify(req *http.Request, now time.Time, window time.Duration) err
 	if key == nil {
 		return errNoKey
 	}
+	if len(req.Header.Values("Range")) > 1 || len(req.Header.Values(HeaderTimestamp)) > 1 || len(req.Header.Values(HeaderAuthorization)) > 1 {
+		return errors.New("a signed header given twice")
+	}
 	auth := req.Header.Get(HeaderAuthorization)
 	if !strings.HasPrefix(auth, scheme) {
 		return errors.New("no signature")

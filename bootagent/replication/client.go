@@ -453,7 +453,7 @@ func (t *transfer) stallGuarded(ctx context.Context, attempt func(context.Contex
 		}
 	}()
 	again, err := attempt(actx)
-	if cause := context.Cause(actx); err != nil && ctx.Err() == nil && cause != nil && cause != context.Canceled {
+	if cause := context.Cause(actx); err != nil && ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return true, cause
 	}
 	return again, err

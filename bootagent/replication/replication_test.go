@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -173,7 +175,7 @@ func TestRoundTripKeepsHoles(t *testing.T) {
 	g.Expect(e.served.Load()).To(Equal(e.data))
 	var st syscall.Stat_t
 	g.Expect(syscall.Stat(res.Path, &st)).To(Succeed())
-	g.Expect(st.Blocks*512).To(BeNumerically(">=", e.data))
+	g.Expect(st.Blocks * 512).To(BeNumerically(">=", e.data))
 	g.Expect(st.Blocks*512).To(BeNumerically("<=", e.data+1<<20), "holes were filled")
 	f, err := os.Open(res.Path)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -211,4 +213,160 @@ func TestEmptyAndFullImages(t *testing.T) {
 			g.Expect(e.served.Load()).To(Equal(e.data))
 		})
 	}
+}
+
+func TestResumesAfterAnInterruptedTransfer(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	c := e.client(t, 0)
+	c.ChunkSize = 1 << 20
+	ctx, cancel := context.WithCancel(context.Background())
+	// Stop the transfer (as a restart of the agent would) half-way.
+	e.onServe.Store(func(n int64) {
+		if n >= e.data/2 {
+			cancel()
+		}
+	})
+	_, err := e.ensure(ctx, c, e.sum, nil)
+	g.Expect(err).To(MatchError(context.Canceled))
+	first := e.served.Load()
+	g.Expect(first).To(BeNumerically(">=", e.data/2))
+	g.Expect(first).To(BeNumerically("<", e.data))
+	_, ok := e.dst.Existing(testNS, testImg, testUID)
+	g.Expect(ok).To(BeFalse())
+
+	// The partial file and its record are there; the agent's start sweep
+	// keeps them.
+	dir := filepath.Dir(e.dst.Path(testNS, testImg, testUID))
+	part := filepath.Join(dir, images.PartialName(testUID))
+	rec := readRecord(t, part+images.PartialRecordSuffix)
+	g.Expect(rec.SHA256).To(Equal(e.sum))
+	g.Expect(rec.Done).To(BeNumerically(">", 0))
+	removed, err := e.dst.Sweep(time.Now().Add(time.Hour), "")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(removed).NotTo(ContainElement(part))
+	g.Expect(part).To(BeARegularFile())
+
+	// A new agent (client and store) goes on from the record: only the rest
+	// crosses the network.
+	e.onServe.Store(func(int64) {})
+	e.served.Store(0)
+	dst := images.New(filepath.Dir(e.dst.Dir), testr.New(t))
+	c2 := e.client(t, 0)
+	var progress []images.Progress
+	res, err := dst.Ensure(context.Background(), testNS, testImg, testUID, images.Source{
+		Format: "raw", SHA256: e.sum, Fill: c2.Fill(e.endpoint, testNS, testImg, testUID, e.sum)},
+		func(p images.Progress) { progress = append(progress, p) })
+	g.Expect(err).NotTo(HaveOccurred())
+	already := dataBelow(sparse.extents, rec.Done)
+	g.Expect(e.served.Load()).To(Equal(e.data - already))
+	g.Expect(progress[0]).To(Equal(images.Progress{State: "Downloading", Done: already, Total: e.data}))
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+	g.Expect(part).NotTo(BeAnExistingFile())
+	g.Expect(part + images.PartialRecordSuffix).NotTo(BeAnExistingFile())
+}
+
+func readRecord(t *testing.T, path string) record {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestPartialOfAnotherContentStartsOver(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	dir := filepath.Dir(e.dst.Path(testNS, testImg, testUID))
+	g.Expect(os.MkdirAll(dir, 0o700)).To(Succeed())
+	part := filepath.Join(dir, images.PartialName(testUID))
+	// Garbage in the partial file, recorded as done for another content.
+	g.Expect(os.WriteFile(part, bytes.Repeat([]byte{0xff}, 40<<20), 0o600)).To(Succeed())
+	b, _ := json.Marshal(record{SHA256: strings.Repeat("0", 64), Size: sparse.size, Done: 40 << 20})
+	g.Expect(os.WriteFile(part+images.PartialRecordSuffix, b, 0o600)).To(Succeed())
+	res, err := e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(e.served.Load()).To(Equal(e.data))
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+}
+
+func TestRemoveDeletesAPartial(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	c := e.client(t, 0)
+	c.ChunkSize = 1 << 20
+	ctx, cancel := context.WithCancel(context.Background())
+	e.onServe.Store(func(n int64) {
+		if n >= 2<<20 {
+			cancel()
+		}
+	})
+	_, err := e.ensure(ctx, c, e.sum, nil)
+	g.Expect(err).To(MatchError(context.Canceled))
+	dir := filepath.Dir(e.dst.Path(testNS, testImg, testUID))
+	g.Expect(filepath.Join(dir, images.PartialName(testUID))).To(BeARegularFile())
+	g.Expect(e.dst.Remove(testNS, testImg, testUID)).To(Succeed())
+	g.Expect(dir).NotTo(BeADirectory())
+}
+
+func TestChecksumMismatchLeavesNoReplica(t *testing.T) {
+	t.Run("the peer's replica is another image", func(t *testing.T) {
+		g := NewWithT(t)
+		e := newEnv(t, sparse)
+		_, err := e.ensure(context.Background(), e.client(t, 0), strings.Repeat("a", 64), nil)
+		var ie *images.Error
+		g.Expect(errors.As(err, &ie)).To(BeTrue(), "%v", err)
+		g.Expect(ie.Reason).To(Equal(images.ReasonChecksumMismatch))
+		g.Expect(e.served.Load()).To(BeZero(), "nothing is fetched")
+		_, ok := e.dst.Existing(testNS, testImg, testUID)
+		g.Expect(ok).To(BeFalse())
+	})
+	t.Run("the peer's bytes are not what it recorded", func(t *testing.T) {
+		g := NewWithT(t)
+		e := newEnv(t, sparse)
+		// Rot on the peer: a byte of its replica changes after placement.
+		f, err := os.OpenFile(e.src.Path(testNS, testImg, testUID), os.O_WRONLY, 0)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = f.WriteAt([]byte{e.content[9<<20] ^ 1}, 9<<20)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(f.Close()).To(Succeed())
+		_, err = e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+		var ie *images.Error
+		g.Expect(errors.As(err, &ie)).To(BeTrue(), "%v", err)
+		g.Expect(ie.Reason).To(Equal(images.ReasonChecksumMismatch))
+		g.Expect(images.Permanent(ie.Reason)).To(BeTrue())
+		_, ok := e.dst.Existing(testNS, testImg, testUID)
+		g.Expect(ok).To(BeFalse())
+		entries, err := os.ReadDir(filepath.Dir(e.dst.Path(testNS, testImg, testUID)))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(entries).To(BeEmpty(), "no partial file nor record is left")
+	})
+}
+
+func TestBandwidthLimit(t *testing.T) {
+	g := NewWithT(t)
+	l := layout{size: 32 << 20, extents: []Extent{{Offset: 1 << 20, Length: 3 << 20}, {Offset: 16 << 20, Length: 3 << 20}}}
+	e := newEnv(t, l)
+	const limit = 4 << 20 // 6 MiB at 4 MiB/s: 1.5 s less a 0.4 MiB burst
+	start := time.Now()
+	_, err := e.ensure(context.Background(), e.client(t, limit), e.sum, nil)
+	elapsed := time.Since(start)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(elapsed).To(BeNumerically(">=", 1200*time.Millisecond), "6 MiB at 4 MiB/s")
+	// Unlimited, the same transfer is much faster (loosely: the limit did
+	// the waiting).
+	g.Expect(e.dst.Remove(testNS, testImg, testUID)).To(Succeed())
+	start = time.Now()
+	_, err = e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(time.Since(start)).To(BeNumerically("<", elapsed))
 }

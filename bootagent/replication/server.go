@@ -72,10 +72,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := s.Log.WithValues("peer", r.RemoteAddr, "path", r.URL.Path)
 	// Authenticate first: an unsigned request learns nothing, not even
 	// whether a replica exists or the path is valid.
-	if len(r.Header.Values("Range")) > 1 {
-		http.Error(w, "bad request", http.StatusBadRequest)
-		return
-	}
 	if err := s.Key.verify(r, now(), window); err != nil {
 		log.V(1).Info("Refusing an unauthenticated replication request", "why", err.Error())
 		w.Header().Set("WWW-Authenticate", strings.TrimSpace(scheme))
