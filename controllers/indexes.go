@@ -18,6 +18,7 @@ const (
 	indexSessionNode    = "status.storageNode"
 	indexMachineMAC     = "spec.mac"
 	indexMachineIP      = "spec.ipv4.address"
+	indexMachineFamily  = "spec.imageFamily"
 	// indexNodeFinalizer holds, for each bootv1.NodeFinalizer on an Image or
 	// a Machine, the part after bootv1.NodeFinalizerPrefix.
 	indexNodeFinalizer = "metadata.finalizers.storageNode"
@@ -49,6 +50,12 @@ func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
 		{&bootv1.Machine{}, indexMachineIP, func(o client.Object) []string {
 			if ip := o.(*bootv1.Machine).Spec.IPv4; ip != nil {
 				return []string{ip.Address}
+			}
+			return nil
+		}},
+		{&bootv1.Machine{}, indexMachineFamily, func(o client.Object) []string {
+			if f := o.(*bootv1.Machine).Spec.ImageFamily; f != "" {
+				return []string{f}
 			}
 			return nil
 		}},

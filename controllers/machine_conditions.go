@@ -12,7 +12,9 @@ import (
 
 // setMachineReady sets Ready from the reservation and the conflict:
 // Ready=False with the Conflict reason while in conflict, False
-// InvalidReservation when the gateway is outside the subnet, else True.
+// InvalidReservation when the gateway is outside the subnet, False
+// NoReadyImageInFamily when the machine follows a family (and pins no
+// Image) that has no Ready version (status.image empty), else True.
 func setMachineReady(m *bootv1.Machine, conflictReason, conflict string) bool {
 	switch {
 	case conflict != "":
@@ -20,6 +22,9 @@ func setMachineReady(m *bootv1.Machine, conflictReason, conflict string) bool {
 	case m.Spec.IPv4 != nil && !gatewayInSubnet(m.Spec.IPv4):
 		return setCondition(&m.Status.Conditions, m.Generation, bootv1.ReadyCondition, false, bootv1.InvalidReservationReason,
 			fmt.Sprintf("gateway %s is outside %s/%d", m.Spec.IPv4.Gateway, m.Spec.IPv4.Address, m.Spec.IPv4.PrefixLength))
+	case m.Spec.ImageRef == nil && m.Spec.ImageFamily != "" && m.Status.Image == "":
+		return setCondition(&m.Status.Conditions, m.Generation, bootv1.ReadyCondition, false, bootv1.NoReadyImageInFamilyReason,
+			fmt.Sprintf("image family %s has no Ready version yet", m.Spec.ImageFamily))
 	default:
 		return setCondition(&m.Status.Conditions, m.Generation, bootv1.ReadyCondition, true, bootv1.SucceededReason, "the reservation is served")
 	}

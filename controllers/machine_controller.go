@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -77,7 +78,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 		}
 	}
 	for _, phase := range []func(context.Context, *machineScope) (bool, error){
-		r.reconcileConflict, r.reconcileSessions, r.reconcilePrepared, r.reconcileReservation,
+		r.reconcileConflict, r.reconcileSessions, r.reconcileImage, r.reconcilePrepared, r.reconcileReservation,
 	} {
 		ok, err := phase(ctx, sc)
 		if err != nil {
@@ -127,6 +128,7 @@ func (r *MachineReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&bootv1.Machine{}).
 		Watches(&bootv1.BootSession{}, machineOfSession{delay: sessionToMachineDelay}).
 		Watches(&bootv1.Machine{}, handler.EnqueueRequestsFromMapFunc(r.sharing)).
+		Watches(&bootv1.Image{}, followers{r.Client}).
 		WithOptions(controllerOptions(r.Options)).
 		Complete(r)
 }
@@ -203,4 +205,54 @@ func (r *MachineReconciler) sharing(ctx context.Context, o client.Object) []reco
 		add(indexMachineIP, m.Spec.IPv4.Address)
 	}
 	return out
+}
+
+// followers enqueues the Machines that follow an Image's family
+// (spec.imageFamily, indexed) when the Image changes in a way that can
+// change which version is the family's latest Ready one: created, deleted,
+// numbered, Ready or not, being deleted, or moved to another family. The
+// replicas' progress, written often, wakes nobody.
+type followers struct{ c client.Client }
+
+func (h followers) add(ctx context.Context, o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	f := o.GetLabels()[bootv1.FamilyLabel]
+	if f == "" {
+		return
+	}
+	var list bootv1.MachineList
+	if h.c.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexMachineFamily: f}) != nil {
+		return
+	}
+	for i := range list.Items {
+		q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+}
+
+func (h followers) Create(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
+}
+
+func (h followers) Update(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	o, ok1 := e.ObjectOld.(*bootv1.Image)
+	n, ok2 := e.ObjectNew.(*bootv1.Image)
+	if !ok1 || !ok2 {
+		return
+	}
+	if o.Labels[bootv1.FamilyLabel] != n.Labels[bootv1.FamilyLabel] {
+		h.add(ctx, o, q)
+		h.add(ctx, n, q)
+		return
+	}
+	if o.Status.Version != n.Status.Version || (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) ||
+		meta.IsStatusConditionTrue(o.Status.Conditions, bootv1.ReadyCondition) != meta.IsStatusConditionTrue(n.Status.Conditions, bootv1.ReadyCondition) {
+		h.add(ctx, n, q)
+	}
+}
+
+func (h followers) Delete(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
+}
+
+func (h followers) Generic(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
 }

@@ -69,17 +69,42 @@ func (r *MachineReconciler) reconcileSessions(ctx context.Context, sc *machineSc
 	return true, nil
 }
 
+// reconcileImage resolves status.image: spec.imageRef when set (a pin),
+// else the latest Ready version of spec.imageFamily (latestReady), else
+// nothing. setMachineReady says when a followed family has no Ready
+// version (NoReadyImageInFamily).
+func (r *MachineReconciler) reconcileImage(ctx context.Context, sc *machineScope) (bool, error) {
+	m := sc.machine
+	switch {
+	case m.Spec.ImageRef != nil:
+		m.Status.Image = m.Spec.ImageRef.Name
+	case m.Spec.ImageFamily != "":
+		var list bootv1.ImageList
+		if err := r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingLabels{bootv1.FamilyLabel: m.Spec.ImageFamily}); err != nil {
+			return false, err
+		}
+		m.Status.Image = ""
+		if img := latestReady(list.Items); img != nil {
+			m.Status.Image = img.Name
+		}
+	default:
+		m.Status.Image = ""
+	}
+	return true, nil
+}
+
 // reconcilePrepared keeps an AutoSession Machine's next session prepared,
 // so that nobody waits for storage at power-on: while the machine is
-// AutoSession with an image (and not discovered, in conflict or being
+// AutoSession with an image, status.image (and not discovered, in conflict or being
 // deleted) and has no unfinished session that is not stopped, it creates one
 // at once (prepared: the storage agent makes its overlay and target, and the
 // boot agent serves it at the first DHCP request). That happens when the
 // Machine is made, and right after its previous session stops. A prepared
 // session that no PC has booted from is kept as it is, never churned; it is
 // stopped (and the next one prepared) only when it no longer fits the
-// Machine: another image or writeback, another policy
-// (stopUnbooted). It also answers the boot agent's request for a session
+// Machine: another image (a new latest version of its family, a pin) or
+// writeback, another policy (stopUnbooted). A session a PC booted from is
+// never stopped here, whatever the new image. It also answers the boot agent's request for a session
 // (bootv1.SessionRequestedAnnotation), which a prepared session makes rare,
 // and removes the request in the reconcile's one metadata write. After a
 // prepared session failed without a boot, the next waits preparedRetry.
@@ -87,13 +112,13 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 	m := sc.machine
 	_, asked := m.Annotations[bootv1.SessionRequestedAnnotation]
 	delete(m.Annotations, bootv1.SessionRequestedAnnotation)
-	auto := m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Spec.ImageRef != nil && !discovered(m)
+	auto := m.Spec.BootPolicy == bootv1.BootPolicyAutoSession && m.Status.Image != "" && !discovered(m)
 	if err := r.stopUnbooted(ctx, sc, func(s *bootv1.BootSession) string {
 		switch {
 		case !auto:
 			return "Machine " + m.Name + " is no longer AutoSession with an image"
-		case s.Spec.ImageRef != *m.Spec.ImageRef || s.Spec.Writeback != autoWriteback(m):
-			return "Machine " + m.Name + " now boots Image " + m.Spec.ImageRef.Name + " (" + string(autoWriteback(m)) + ")"
+		case s.Spec.ImageRef.Name != m.Status.Image || s.Spec.Writeback != autoWriteback(m):
+			return "Machine " + m.Name + " now boots Image " + m.Status.Image + " (" + string(autoWriteback(m)) + ")"
 		}
 		return ""
 	}); err != nil {
@@ -120,7 +145,7 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 		return false, err
 	}
 	if asked {
-		r.Recorder.Eventf(m, corev1.EventTypeNormal, bootv1.AutoSessionReason, "Created BootSession %s from Image %s: %s", name, m.Spec.ImageRef.Name, why)
+		r.Recorder.Eventf(m, corev1.EventTypeNormal, bootv1.AutoSessionReason, "Created BootSession %s from Image %s: %s", name, m.Status.Image, why)
 	}
 	return true, nil
 }
@@ -195,13 +220,13 @@ func markStopped(ctx context.Context, c client.Client, s *bootv1.BootSession) er
 }
 
 // createAutoSession creates a session of an AutoSession machine from its
-// image and writeback, with the finalizer and labels the BootSession
+// image (status.image) and writeback, with the finalizer and labels the BootSession
 // controller would add (sessionMetadata), and returns its name.
 func (r *MachineReconciler) createAutoSession(ctx context.Context, m *bootv1.Machine) (string, error) {
 	s := &bootv1.BootSession{
 		ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: fmt.Sprintf("%s-%d", m.Name, time.Now().Unix()),
 			Labels: map[string]string{bootv1.AutoSessionLabel: "true"}},
-		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: *m.Spec.ImageRef,
+		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: m.Name}, ImageRef: bootv1.LocalObjectReference{Name: m.Status.Image},
 			Writeback: autoWriteback(m)},
 	}
 	sessionMetadata(s)

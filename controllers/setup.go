@@ -32,6 +32,10 @@ type Options struct {
 	// DefaultStorageNodeGrace. The time a Node went missing is kept in
 	// memory: a manager restart starts the grace again.
 	StorageNodeGrace time.Duration
+	// ImageRetention is how many Ready versions of each Image family the
+	// manager keeps: older versions are deleted once nothing uses them; 0
+	// keeps every version.
+	ImageRetention int
 }
 
 // DefaultStorageNodeGrace is the default of --storage-node-grace.
@@ -45,6 +49,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StorageNodeGrace, "storage-node-grace", DefaultStorageNodeGrace,
 		"How long a storage node's Node object must be missing before the manager fails the node's sessions and releases its storage finalizers "+
 			"on sessions, Images and Machines (a Node back within it keeps everything; a manager restart starts it again).")
+	fs.IntVar(&o.ImageRetention, "image-retention", 3,
+		"Ready versions of each Image family kept; older versions are deleted once no Machine, session, persistent disk or capture uses them "+
+			"and they are not annotated boot.ggnet.io/keep=true (0 keeps every version).")
 }
 
 // Setup registers the field indexes and every GGnet reconciler with the
@@ -68,7 +75,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Grace: o.StorageNodeGrace, gone: gone}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	return (&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("image-controller")}).SetupWithManager(mgr)
+	return (&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("image-controller"),
+		Retention: o.ImageRetention, versions: newFamilyVersions()}).SetupWithManager(mgr)
 }
 
 // controllerOptions bounds concurrency and makes retries quick: conflicts

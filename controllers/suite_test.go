@@ -74,7 +74,7 @@ var _ = BeforeSuite(func() {
 	cancelMgr = cancel
 	// The same indexes and reconcilers as cmd/manager.
 	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260,
-		StorageNodeGrace: storageNodeGrace})).To(Succeed())
+		StorageNodeGrace: storageNodeGrace, ImageRetention: imageRetention})).To(Succeed())
 	Expect((&standin.Storage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
@@ -166,3 +166,7 @@ func get[T client.Object](ctx context.Context, obj T) func() T {
 }
 
 const eventually = 20 * time.Second
+
+// imageRetention is the suite manager's --image-retention: the newest two
+// Ready versions of a family are kept (image_lifecycle_test.go).
+const imageRetention = 2
