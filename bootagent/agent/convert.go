@@ -46,7 +46,7 @@ func machineEntry(m *bootv1.Machine) (table.Machine, bool) {
 	}
 	return table.Machine{
 		Key: m.Namespace + "/" + m.Name, Namespace: m.Namespace, Name: m.Name, UID: string(m.UID), Conflict: conflicted(m),
-		Reservation: r, Policy: policy, HasImage: m.Spec.ImageRef != nil,
+		Reservation: r, Policy: policy, HasImage: m.Spec.ImageRef != nil || m.Status.Image != "",
 		Discovered: m.Labels[bootv1.DiscoveredLabel] == "true", CreatedUnix: m.CreationTimestamp.Unix(),
 	}, true
 }
