@@ -104,8 +104,13 @@ func fail(reason, format string, a ...any) error {
 	return &images.Error{Reason: reason, Err: fmt.Errorf(format, a...)}
 }
 
-// errNotFound: the peer has no Ready replica of the image.
-var errNotFound = errors.New("the peer has no Ready replica of the image")
+// Failures for good: the peer has no Ready replica of the image; the peer
+// refused the signature. The replica's next try (a minute later, the
+// storage agent's retry) may find them healed.
+var (
+	errNotFound     = errors.New("the peer has no Ready replica of the image")
+	errUnauthorized = errors.New("the peer refused the request's signature (another replication key, or clocks more than 2 minutes apart)")
+)
 
 // Fill returns the images.Source.Fill that places the replica of the Image
 // namespace/name (uid) from the storage agent at endpoint (<IPv4>:<port>,
@@ -376,7 +381,7 @@ func status(resp *http.Response, want int) error {
 	case http.StatusNotFound:
 		return errNotFound
 	case http.StatusUnauthorized:
-		return errors.New("the peer refused the request's signature (a different replication key, or clocks more than 2 minutes apart)")
+		return errUnauthorized
 	default:
 		return fmt.Errorf("the peer answered %s", resp.Status)
 	}
@@ -415,7 +420,7 @@ func (t *transfer) retry(ctx context.Context, attempt func(context.Context) (boo
 			return err
 		case errors.Is(err, errNotFound):
 			return fail(images.ReasonSourceMissing, "%s: %v", t.base, err)
-		case !again:
+		case !again || errors.Is(err, errNoKey) || errors.Is(err, errUnauthorized):
 			return fail(images.ReasonUnreachable, "%s: %v", t.base, err)
 		}
 		last = err

@@ -162,10 +162,26 @@ func (s *Server) serveData(w http.ResponseWriter, r *http.Request, f *os.File, s
 	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
 	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	w.WriteHeader(http.StatusPartialContent)
-	if _, err := io.CopyN(w, f, n); err != nil {
-		log.V(1).Info("Replica range not sent in full", "first", first, "last", last, "error", err.Error())
+	// A peer that stops reading for the stall timeout loses its
+	// connection: the deadline moves on with every piece sent.
+	rc := http.NewResponseController(w)
+	for sent := int64(0); sent < n; {
+		_ = rc.SetWriteDeadline(time.Now().Add(writeStall))
+		k, err := io.CopyN(w, f, min(n-sent, sendPiece))
+		sent += k
+		if err != nil {
+			log.V(1).Info("Replica range not sent in full", "first", first, "last", last, "sent", sent, "error", err.Error())
+			return
+		}
 	}
 }
+
+// A range is sent in pieces of sendPiece bytes (each by sendfile), each
+// within writeStall.
+const (
+	sendPiece  = 4 << 20
+	writeStall = 60 * time.Second
+)
 
 // parseRange parses "bytes=<first>-<last>" (one range, both ends given,
 // first <= last).

@@ -42,18 +42,21 @@ func CheckPortal(portal string) error {
 	return nil
 }
 
-// nodeMeta is what the agent applies on its Node's metadata, both in every
-// apply (apply.go): the portal annotation once announced, and the storage
-// annotation once measured (capacity.go).
+// nodeMeta is what the agent applies on its Node's metadata, all in every
+// apply (apply.go): the portal annotation once announced, the storage
+// annotation once measured (capacity.go), and the replication endpoint
+// (replication.go).
 type nodeMeta struct {
-	mu      sync.Mutex
-	portal  string
-	storage bootv1.NodeStorage // zero Updated: none yet
+	mu          sync.Mutex
+	portal      string
+	storage     bootv1.NodeStorage // zero Updated: none yet
+	replication string
 }
 
 // applyNodeMeta applies the Node's annotations, portal and storage ("" or a
-// zero Updated: left out). The caller holds r.node.mu. A Node that does not
-// exist is not made (an apply would make one): errNoNode.
+// zero Updated: left out), and the replication endpoint if any. The caller
+// holds r.node.mu. A Node that does not exist is not made (an apply would
+// make one): errNoNode.
 func (r *Role) applyNodeMeta(ctx context.Context, portal string, storage bootv1.NodeStorage) error {
 	node := &corev1.Node{}
 	if err := r.reader.Get(ctx, types.NamespacedName{Name: r.cfg.NodeName}, node); err != nil {
@@ -65,6 +68,9 @@ func (r *Role) applyNodeMeta(ctx context.Context, portal string, storage bootv1.
 	ann := map[string]string{}
 	if portal != "" {
 		ann[bootv1.ISCSIPortalAnnotation] = portal
+	}
+	if r.node.replication != "" {
+		ann[bootv1.ReplicationEndpointAnnotation] = r.node.replication
 	}
 	if !storage.Updated.IsZero() {
 		b, err := json.Marshal(storage)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/ggnet/ggnet/bootagent/images"
 	"github.com/ggnet/ggnet/bootagent/overlay"
+	"github.com/ggnet/ggnet/bootagent/replication"
 	"github.com/ggnet/ggnet/bootagent/target"
 	"github.com/ggnet/ggnet/internal/scheme"
 )
@@ -72,6 +74,21 @@ type Config struct {
 	// CapacityInterval is how often the data directory's capacity and use
 	// are measured for the metrics and the Node (default 30s).
 	CapacityInterval time.Duration
+	// ReplicationAddress is where the role serves its Ready replicas to the
+	// other storage agents, <IPv4>:<port> (not 0.0.0.0), announced on this
+	// node (bootv1.ReplicationEndpointAnnotation). Empty: replication is
+	// off (no server, Role.Replication nil).
+	ReplicationAddress string
+	// ReplicationSecret is the Secret holding the storage agents' shared
+	// signing key (bootv1.ReplicationSecretKey); required with
+	// ReplicationAddress.
+	ReplicationSecret types.NamespacedName
+	// ReplicationBandwidth caps the node's replica transfers from peers
+	// together, in bytes/s (0: unlimited).
+	ReplicationBandwidth int64
+	// ReplicationKeyInterval is how often the replication Secret is read
+	// again: a rotated key takes effect within it (default 30s).
+	ReplicationKeyInterval time.Duration
 	// Controller is the manager's options for all of the role's
 	// controllers (zero: controller-runtime's defaults). The tests, which
 	// build the role again in one process, set SkipNameValidation.
@@ -109,6 +126,10 @@ type Role struct {
 	book *statusBook
 	// node is what the agent applies on its Node's metadata (portal.go).
 	node nodeMeta
+	// Replication places replicas from peer storage agents (nil: off,
+	// replication.go); replicationAddr is where this node serves its own.
+	Replication     *replication.Client
+	replicationAddr net.Addr
 }
 
 // New checks the data directory (reflink or refuse) and builds the role.
@@ -130,6 +151,9 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	}
 	if cfg.ImageStallTimeout == 0 {
 		cfg.ImageStallTimeout = images.DefaultStallTimeout
+	}
+	if cfg.ReplicationKeyInterval == 0 {
+		cfg.ReplicationKeyInterval = 30 * time.Second
 	}
 	if cfg.CapacityInterval == 0 {
 		cfg.CapacityInterval = 30 * time.Second
@@ -176,6 +200,9 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 		book: newStatusBook()}
 	r.metrics = newStorageMetrics(r)
 	if err := r.setupMetricsServer(mgr); err != nil {
+		return nil, err
+	}
+	if err := r.setupReplication(mgr); err != nil {
 		return nil, err
 	}
 	if err := (&sessionReconciler{Role: r, Client: mgr.GetClient()}).setup(mgr); err != nil {
