@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 
 	"github.com/ggnet/ggnet/bootagent/storage"
@@ -22,6 +24,8 @@ type storageFlags struct {
 	imagePathRoot, metricsListen                          string
 	imageMaxVirtualSizeGiB                                int64
 	imageStallTimeout                                     time.Duration
+	replicationAddress, replicationSecret                 string
+	replicationBandwidth                                  string
 }
 
 func (f *storageFlags) bind(fs *flag.FlagSet) {
@@ -41,6 +45,13 @@ func (f *storageFlags) bind(fs *flag.FlagSet) {
 		"Largest virtual size, in GiB, of an Image without spec.maxVirtualSize: larger sources (and downloads) are refused with TooLarge.")
 	fs.DurationVar(&f.imageStallTimeout, "image-stall-timeout", 60*time.Second,
 		"A download attempt that received nothing for this long is aborted and retried with backoff.")
+	fs.StringVar(&f.replicationAddress, "replication-address", "",
+		"<IPv4>:<port> on the storage network where this node serves its Ready replicas to the other storage agents (signed requests only), "+
+			"announced on its Node; never 0.0.0.0. Empty: replication between storage nodes is off.")
+	fs.StringVar(&f.replicationSecret, "replication-secret", "",
+		"<namespace>/<name> of the Secret whose \"key\" signs replication requests (the manager makes it); required with --replication-address.")
+	fs.StringVar(&f.replicationBandwidth, "replication-bandwidth", "0",
+		"Cap on this node's replica transfers from peers together, in bytes/s (a quantity: 125000000, 100Mi, 1G); 0: unlimited.")
 	fs.StringVar(&f.metricsListen, "storage-metrics-listen", ":8882",
 		"Listen address of the storage role's /healthz, /readyz and /metrics (apart from the boot role's --metrics-listen). - turns it off.")
 }
@@ -57,6 +68,17 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 	}
 	if f.imageStallTimeout < time.Second {
 		return nil, fmt.Errorf("--image-stall-timeout %s: want 1s or more", f.imageStallTimeout)
+	}
+	var secret types.NamespacedName
+	if f.replicationSecret != "" {
+		var err error
+		if secret, err = storage.ParseSecretRef(f.replicationSecret); err != nil {
+			return nil, fmt.Errorf("--replication-secret: %w", err)
+		}
+	}
+	bw, err := resource.ParseQuantity(f.replicationBandwidth)
+	if err != nil || bw.Sign() < 0 {
+		return nil, fmt.Errorf("--replication-bandwidth %q: want 0 (unlimited) or more bytes/s, like 125000000 or 100Mi", f.replicationBandwidth)
 	}
 	var d target.Driver
 	switch f.driver {
@@ -75,5 +97,6 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 		IQNPrefix: f.iqnPrefix, Driver: d, Namespace: namespace, Portal: f.portal,
 		ImagePathRoot: f.imagePathRoot, ImageMaxVirtualSize: f.imageMaxVirtualSizeGiB << 30,
 		ImageStallTimeout: f.imageStallTimeout, MetricsListen: f.metricsListen,
+		ReplicationAddress: f.replicationAddress, ReplicationSecret: secret, ReplicationBandwidth: bw.Value(),
 	}, log)
 }

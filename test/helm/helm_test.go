@@ -304,4 +304,16 @@ func TestInstall(t *testing.T) {
 		g.Expect(c.Create(ctx, sar)).To(Succeed())
 		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "%s %s %s/%s %s in %q", tc.user, tc.verb, tc.resource, tc.sub, tc.group, tc.ns)
 	}
+	// Its storage agents read the replication Secret in the release's
+	// namespace, that one only, by name.
+	for _, tc := range []struct {
+		verb, name string
+		allowed    bool
+	}{{"get", "lab-ggnet-replication", true}, {"get", "other", false}, {"update", "lab-ggnet-replication", false}, {"list", "", false}} {
+		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: labSA("storage"),
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:lab-system"},
+			ResourceAttributes: &authv1.ResourceAttributes{Namespace: "lab-system", Verb: tc.verb, Resource: "secrets", Name: tc.name}}}
+		g.Expect(c.Create(ctx, sar)).To(Succeed())
+		g.Expect(sar.Status.Allowed).To(Equal(tc.allowed), "storage %s secret %q in lab-system", tc.verb, tc.name)
+	}
 }

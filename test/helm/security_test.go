@@ -98,7 +98,8 @@ agent:
 			g.Expect(args(storage)).To(ContainElements(tc.storage))
 			for _, a := range append(args(boot), args(storage)...) {
 				g.Expect(a).NotTo(ContainSubstring("0.0.0.0"), a)
-				if strings.HasPrefix(a, "--tftp-listen=") || strings.HasPrefix(a, "--http-listen=") || strings.HasPrefix(a, "--portal=") {
+				if strings.HasPrefix(a, "--tftp-listen=") || strings.HasPrefix(a, "--http-listen=") || strings.HasPrefix(a, "--portal=") ||
+					strings.HasPrefix(a, "--replication-address=") {
 					g.Expect(a).NotTo(MatchRegexp(`=:`), "%s listens on every address", a)
 				}
 			}

@@ -9,6 +9,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 
 	"github.com/ggnet/ggnet/internal/testenv"
 )
@@ -39,7 +40,7 @@ agent:
 		pathRoot:    "/srv/images/",
 	}, {
 		name:   "metrics off",
-		values: `agent: {storage: {metricsListen: "-"}}`,
+		values: `agent: {storage: {metricsListen: "-", replication: {enabled: false}}}`,
 		args:   []string{"--storage-metrics-listen=-"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +57,7 @@ agent:
 				g.Expect(c.LivenessProbe).To(BeNil())
 				g.Expect(c.ReadinessProbe).To(BeNil())
 			} else {
-				g.Expect(c.Ports).To(Equal([]corev1.ContainerPort{{Name: "metrics", ContainerPort: tc.metricsPort}}))
+				g.Expect(c.Ports[0]).To(Equal(corev1.ContainerPort{Name: "metrics", ContainerPort: tc.metricsPort}))
 				g.Expect(c.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
 				g.Expect(c.LivenessProbe.HTTPGet.Port.String()).To(Equal("metrics"))
 				g.Expect(c.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
@@ -83,6 +84,68 @@ agent:
 			g.Expect(hostPaths(p)).To(HaveKeyWithValue(tc.pathRoot, tc.pathRoot), "at the path Images name")
 			g.Expect(hostPaths(pods[tgtdName])).NotTo(HaveKey(tc.pathRoot), "tgtd never reads sources")
 		})
+	}
+}
+
+// TestStorageAgentReplication: the storage agents serve replicas to each
+// other on the node's (or the storage network's) address, never 0.0.0.0,
+// with the release's replication Secret and the bandwidth cap; off, no flag
+// and no port.
+func TestStorageAgentReplication(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		args         []string
+		port         int32 // 0: off
+		role         bool  // a Role for the Secret in the release's namespace
+	}{{
+		name: "defaults",
+		args: []string{"--replication-address=$(HOST_IP):3262", "--replication-secret=ggnet-system/ggnet-ggnet-replication", "--replication-bandwidth=0"},
+		port: 3262,
+	}, {
+		name:   "set",
+		values: `agent: {storage: {replication: {address: 10.9.0.5, port: 4000, bandwidth: 125000000}}}`,
+		args:   []string{"--replication-address=10.9.0.5:4000", "--replication-bandwidth=125000000"},
+		port:   4000,
+	}, {
+		name:   "a quantity with one watched namespace",
+		values: "watchNamespaces: [cafe]\nagent: {storage: {replication: {bandwidth: 100Mi}, metricsListen: \"-\"}}",
+		args:   []string{"--replication-bandwidth=100Mi", "--replication-secret=ggnet-system/ggnet-ggnet-replication"},
+		port:   3262,
+		role:   true,
+	}, {
+		name:   "off",
+		values: `agent: {storage: {replication: {enabled: false}}}`,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			objs := render(t, tc.values)
+			c := podSpecs(t, objs)[storageName].Containers[0]
+			role := find(objs, "Role", "ggnet-ggnet-storage-replication")
+			if tc.port == 0 {
+				g.Expect(c.Args).NotTo(ContainElement(HavePrefix("--replication")))
+				g.Expect(c.Ports).NotTo(ContainElement(HaveField("Name", "replication")))
+				g.Expect(role).To(BeNil())
+				return
+			}
+			g.Expect(c.Args).To(ContainElements(tc.args))
+			g.Expect(c.Ports).To(ContainElement(corev1.ContainerPort{Name: "replication", ContainerPort: tc.port}))
+			if !tc.role {
+				g.Expect(role).To(BeNil(), "the storage agent's ClusterRole reads Secrets")
+				return
+			}
+			g.Expect(role).NotTo(BeNil())
+			g.Expect(role.GetNamespace()).To(Equal("ggnet-system"))
+			r := typed[rbacv1.Role](t, role)
+			g.Expect(r.Rules).To(Equal([]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"},
+				ResourceNames: []string{"ggnet-ggnet-replication"}, Verbs: []string{"get"}}}))
+			rb := typed[rbacv1.RoleBinding](t, find(objs, "RoleBinding", "ggnet-ggnet-storage-replication"))
+			g.Expect(rb.Subjects).To(Equal([]rbacv1.Subject{{Kind: "ServiceAccount", Name: "ggnet-ggnet-storage", Namespace: "ggnet-system"}}))
+		})
+	}
+	for _, bad := range []string{"agent.storage.replication.address=0.0.0.0", "agent.storage.replication.port=0",
+		"agent.storage.replication.bandwidth=-5", "agent.storage.replication.bandwidth=fast"} {
+		out, err := helm(t, "template", "ggnet", chart, "-n", "ggnet-system", "--set", bad)
+		NewWithT(t).Expect(err).To(HaveOccurred(), "%s: %s", bad, out)
 	}
 }
 
