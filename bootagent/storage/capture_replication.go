@@ -87,3 +87,12 @@ func noSource(img *bootv1.Image, s *bootv1.BootSession) *replicaWait {
 type replicator interface {
 	Fill(endpoint, namespace, name, uid, wantSHA256 string) func(ctx context.Context, dst *os.File, progress func(images.Progress)) (string, error)
 }
+
+// replicator is the role's peer replication client; nil when replication
+// is off on this node.
+func (r *Role) replicator() replicator {
+	if r.Replication == nil {
+		return nil
+	}
+	return r.Replication
+}
