@@ -2,8 +2,6 @@ package replication
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -198,7 +196,7 @@ func (t *transfer) run(ctx context.Context, dir, dst, want string) (string, erro
 	}
 	t.report(true)
 	elapsed := time.Since(start)
-	sum, err := HashFile(ctx, p.f, m.Size)
+	sum, err := images.Checksum(ctx, p.f, m.Size, nil)
 	if err != nil {
 		return "", err
 	}
@@ -462,43 +460,4 @@ func (t *transfer) stallGuarded(ctx context.Context, attempt func(context.Contex
 		return true, cause
 	}
 	return again, err
-}
-
-// HashFile returns the hex sha256 of f's first size bytes, reading only its
-// data (holes are hashed as the zeros they read as).
-func HashFile(ctx context.Context, f *os.File, size int64) (string, error) {
-	ext, err := Extents(f, size, 0)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	zeros := make([]byte, 1<<20)
-	buf := make([]byte, 1<<20)
-	var off int64
-	hashZeros := func(n int64) {
-		for n > 0 {
-			k := min(n, int64(len(zeros)))
-			h.Write(zeros[:k])
-			n -= k
-		}
-	}
-	for _, e := range append(ext, Extent{Offset: size}) {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		hashZeros(e.Offset - off)
-		for p := e.Offset; p < e.Offset+e.Length; {
-			if err := ctx.Err(); err != nil {
-				return "", err
-			}
-			k := min(int64(len(buf)), e.Offset+e.Length-p)
-			if _, err := f.ReadAt(buf[:k], p); err != nil {
-				return "", err
-			}
-			h.Write(buf[:k])
-			p += k
-		}
-		off = e.Offset + e.Length
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -13,12 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	. "github.com/onsi/gomega"
 
@@ -369,4 +372,62 @@ func TestBandwidthLimit(t *testing.T) {
 	_, err = e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(time.Since(start)).To(BeNumerically("<", elapsed))
+}
+
+func TestGoesOnAfterADroppedConnection(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	var dropped atomic.Bool
+	e.onServe.Store(func(n int64) {
+		if n >= 5<<20 && dropped.CompareAndSwap(false, true) {
+			panic(http.ErrAbortHandler) // the connection breaks mid-range
+		}
+	})
+	res, err := e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(dropped.Load()).To(BeTrue())
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+	// The retry asked for the rest of the range, not all of it again: only
+	// what was in flight when the connection broke crossed twice.
+	g.Expect(e.served.Load()).To(BeNumerically("<", e.data+2<<20))
+}
+
+func TestTheKeyIsNeverLogged(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	var logs strings.Builder
+	var mu sync.Mutex
+	sink := funcr.New(func(prefix, args string) {
+		mu.Lock()
+		logs.WriteString(prefix + " " + args + "\n")
+		mu.Unlock()
+	}, funcr.Options{Verbosity: 10})
+	// A server and clients that log everything, one with the wrong key.
+	s := &Server{Store: e.src, Key: e.key, Log: sink}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	endpoint := strings.TrimPrefix(srv.URL, "http://")
+	wrong := &Key{}
+	wrong.Set(randomKey(t))
+	var errs []string
+	for _, k := range []*Key{e.key, wrong} {
+		c := NewClient(k, 0, sink)
+		c.Retries = 0
+		_, err := e.dst.Ensure(context.Background(), testNS, testImg, testUID, images.Source{Format: "raw",
+			Fill: c.Fill(endpoint, testNS, testImg, testUID, e.sum)}, nil)
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		g.Expect(e.dst.Remove(testNS, testImg, testUID)).To(Succeed())
+	}
+	g.Expect(errs).To(HaveLen(1), "the wrong key is refused")
+	g.Expect(logs.String()).To(ContainSubstring("Refusing an unauthenticated replication request"))
+	for _, k := range [][]byte{*e.key.v.Load(), *wrong.v.Load()} {
+		for _, form := range []string{string(k), hex.EncodeToString(k), base64.StdEncoding.EncodeToString(k), base64.RawURLEncoding.EncodeToString(k)} {
+			g.Expect(logs.String()).NotTo(ContainSubstring(form))
+			g.Expect(strings.Join(errs, "\n")).NotTo(ContainSubstring(form))
+		}
+	}
 }
