@@ -5,6 +5,7 @@ package controllers
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=machines/status;images/status;bootsessions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=machines/finalizers;images/finalizers;bootsessions/finalizers,verbs=update
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions,verbs=create;delete
+// +kubebuilder:rbac:groups=boot.ggnet.io,resources=images;machines,verbs=delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

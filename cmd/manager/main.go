@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"os"
+	"strings"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -23,6 +24,7 @@ func main() {
 		leaderElect            bool
 		leaderElectNamespace   string
 		namespace              string
+		replicationSecret      string
 		opts                   controllers.Options
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the /metrics endpoint; 0 turns it off.")
@@ -31,6 +33,9 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one manager replica reconciles.")
 	flag.StringVar(&leaderElectNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's).")
 	flag.StringVar(&namespace, "namespace", "", "Watch and manage only this namespace (default: all); the chart's watchNamespaces sets it and gives the manager a Role there.")
+	flag.StringVar(&replicationSecret, "replication-secret", "",
+		"Name of the Secret, in the manager's namespace (--leader-election-namespace, default the pod's), holding the storage agents' replication signing key; "+
+			"the manager makes it with a random key when it is missing. Empty: none.")
 	opts.BindFlags(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -65,6 +70,12 @@ func main() {
 		log.Error(err, "Unable to set up the controllers")
 		os.Exit(1)
 	}
+	if replicationSecret != "" {
+		if err := controllers.AddReplicationSecret(mgr, managerNamespace(leaderElectNamespace), replicationSecret); err != nil {
+			log.Error(err, "Unable to set up the replication Secret")
+			os.Exit(1)
+		}
+	}
 	// The fleet gauges, boot counter and histograms (docs/monitoring.md).
 	if err := fleetmetrics.Register(mgr); err != nil {
 		log.Error(err, "Unable to register the fleet metrics")
@@ -76,4 +87,20 @@ func main() {
 		log.Error(err, "Manager stopped")
 		os.Exit(1)
 	}
+}
+
+// serviceAccountNamespace is where a pod's namespace is mounted.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// managerNamespace is the manager's own namespace, as leader election finds
+// it: --leader-election-namespace, else the pod's; "" when neither is known.
+func managerNamespace(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	b, err := os.ReadFile(serviceAccountNamespace)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -2,16 +2,19 @@ package main_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -22,8 +25,9 @@ import (
 )
 
 // TestManagerStarts runs the real manager binary against a real API server
-// and checks its probes, its metrics, its profiler (--pprof-bind-address) and
-// that it takes the leader Lease.
+// and checks its probes, its metrics, its profiler (--pprof-bind-address),
+// that it takes the leader Lease and that it makes the replication Secret
+// (--replication-secret) in its namespace without logging the key.
 func TestManagerStarts(t *testing.T) {
 	g := NewWithT(t)
 	env, cfg, err := testenv.Start()
@@ -42,10 +46,11 @@ func TestManagerStarts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--kubeconfig", kubeconfig,
 		"--leader-elect", "--leader-election-namespace", "default", "--storage-node-grace=2m",
+		"--replication-secret=ggnet-replication", "--image-retention=5",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probes),
 		fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprof))
-	var logs strings.Builder
+	var logs lockedBuilder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	g.Expect(cmd.Start()).To(Succeed())
 	t.Cleanup(func() { cancel(); _ = cmd.Wait(); t.Logf("manager log:\n%s", logs.String()) })
@@ -73,4 +78,35 @@ func TestManagerStarts(t *testing.T) {
 		}
 		return *lease.Spec.HolderIdentity
 	}, 30*time.Second, 200*time.Millisecond).ShouldNot(BeEmpty(), "the manager took the leader Lease")
+
+	var key []byte
+	g.Eventually(func() []byte {
+		var sec corev1.Secret
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "ggnet-replication"}, &sec); err != nil {
+			return nil
+		}
+		key = sec.Data["key"]
+		return key
+	}, 30*time.Second, 200*time.Millisecond).Should(HaveLen(32), "the manager made the replication Secret")
+	g.Expect(logs.String()).NotTo(ContainSubstring(base64.StdEncoding.EncodeToString(key)))
+	g.Expect(logs.String()).NotTo(ContainSubstring(string(key)))
+}
+
+// lockedBuilder is a strings.Builder the test reads while the process
+// writes to it.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -28,7 +28,8 @@ import (
 // ServiceAccount with exactly the RBAC the chart renders for
 // watchNamespaces: [cafe] — a Role in cafe, a Role for its Lease in the
 // release's namespace, a ClusterRole for Nodes alone — and checks that it
-// reconciles Machines in cafe and leaves another namespace alone.
+// reconciles Machines in cafe and leaves another namespace alone, and makes
+// the replication Secret in the release's namespace.
 func TestManagerServesOneNamespace(t *testing.T) {
 	g := NewWithT(t)
 	objs := render(t, "watchNamespaces: [cafe]\ncrds: {install: false}\nuserRoles: {enabled: false}\n")
@@ -77,7 +78,7 @@ func TestManagerServesOneNamespace(t *testing.T) {
 	metrics, probes := testbin.FreePort(t), testbin.FreePort(t)
 	runCtx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(runCtx, bin, "--kubeconfig", kubeconfig, "--namespace=cafe",
-		"--leader-elect", "--leader-election-namespace=ggnet-system",
+		"--leader-elect", "--leader-election-namespace=ggnet-system", "--replication-secret=ggnet-ggnet-replication",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probes))
 	logf, err := os.Create(filepath.Join(t.TempDir(), "manager.log"))
@@ -108,6 +109,11 @@ func TestManagerServesOneNamespace(t *testing.T) {
 	}
 	g.Eventually(ready(mine), 60*time.Second, 200*time.Millisecond).ShouldNot(BeZero(), "the manager reconciles Machines in cafe")
 	g.Consistently(ready(theirs), 3*time.Second, 500*time.Millisecond).Should(BeZero(), "and leaves other namespaces alone")
+	g.Eventually(func() int {
+		var sec corev1.Secret
+		_ = c.Get(ctx, client.ObjectKey{Namespace: "ggnet-system", Name: "ggnet-ggnet-replication"}, &sec)
+		return len(sec.Data["key"])
+	}, 30*time.Second, 200*time.Millisecond).Should(Equal(32), "the manager makes the replication Secret in the release's namespace")
 	b, err := os.ReadFile(logf.Name())
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(string(b)).NotTo(ContainSubstring("forbidden"), "the chart's Roles are all the manager needs")
