@@ -136,6 +136,16 @@ func TestMonitoringRender(t *testing.T) {
 		}
 	}
 	g.Expect(n).To(Equal(1))
+	// The older switch alone renders it too, with honorLabels (the fleet
+	// metrics' namespace label must not be overwritten by the manager's) and
+	// its own interval.
+	objs = renderWith(t, "--set", "manager.metrics.serviceMonitor.enabled=true", "--set", "manager.metrics.serviceMonitor.interval=15s")
+	old := find(objs, "ServiceMonitor", "ggnet-ggnet-manager")
+	g.Expect(old).NotTo(BeNil())
+	eps, _, _ = unstructured.NestedSlice(old.Object, "spec", "endpoints")
+	g.Expect(eps).To(HaveLen(1))
+	g.Expect(eps[0]).To(HaveKeyWithValue("honorLabels", true))
+	g.Expect(eps[0]).To(HaveKeyWithValue("interval", "15s"))
 
 	// Bad values are refused with the key's name.
 	for bad, want := range map[string]string{
