@@ -193,8 +193,10 @@ func StartWith(ctx context.Context, t testfs.T, bin string, opts Options) (*Lab,
 	if err := l.Client.Status().Update(ctx, node); err != nil {
 		return nil, err
 	}
-	if err := l.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil {
-		return nil, err
+	for _, ns := range []string{Namespace, ManagerNamespace} {
+		if err := l.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return nil, err
+		}
 	}
 
 	if err := l.StartManager(); err != nil {
@@ -316,9 +318,11 @@ func (l *Lab) Kill(name string) {
 	}
 }
 
-// StartManager runs the manager.
+// StartManager runs the manager, in ManagerNamespace (its leader election
+// namespace, as a pod's own), where it makes the replication Secret.
 func (l *Lab) StartManager() error {
-	args := append([]string{"--kubeconfig", l.Kubeconfig, "--leader-elect=false",
+	args := append([]string{"--kubeconfig", l.Kubeconfig, "--leader-elect=false", "--leader-election-namespace", ManagerNamespace,
+		"--replication-secret", ReplicationSecret,
 		"--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}, l.opts.ManagerArgs...)
 	if err := l.start("manager", args...); err != nil {
 		return err
@@ -357,6 +361,7 @@ func (l *Lab) startAgent(withTGTD bool, extra ...string) error {
 		"--tftp-listen", ServerIP + ":69", "--metrics-listen", "127.0.0.1:18881",
 		"--long-poll", "90s", "--fallback", "retry", "--zap-log-level=debug",
 		"--image-path-root", l.imageRoot(), "--storage-metrics-listen", "127.0.0.1:18882"}
+	args = append(args, replicationArgs(ServerIP)...)
 	args = append(args, l.opts.AgentArgs...)
 	if withTGTD {
 		args = append(args, "--start-tgtd")
@@ -369,6 +374,13 @@ func (l *Lab) startAgent(withTGTD bool, extra ...string) error {
 	}
 	_, err := testbin.WaitHTTP(MetricsBase+"/readyz", 60*time.Second)
 	return err
+}
+
+// replicationArgs are the replication flags of the storage agent whose
+// storage address is ip: it serves its replicas to the others there.
+func replicationArgs(ip string) []string {
+	return []string{"--replication-address", ip + ":" + strconv.Itoa(ReplicationPort),
+		"--replication-secret", ManagerNamespace + "/" + ReplicationSecret}
 }
 
 // Machine creates a Machine for the VM.

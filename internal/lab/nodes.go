@@ -225,7 +225,8 @@ func (l *Lab) StartStorageNode(node string) error {
 		args := append([]string{"--storage", "--kubeconfig", l.Kubeconfig,
 			"--node-name", n.Node, "--data-dir", n.DataDir, "--reserve-mib", "16",
 			"--tgt-control-port", strconv.Itoa(n.TGTPort), "--portal", n.Portal,
-			"--image-path-root", l.imageRoot(), "--storage-metrics-listen", strings.TrimPrefix(n.MetricsBase, "http://")}, l.opts.AgentArgs...)
+			"--image-path-root", l.imageRoot(), "--storage-metrics-listen", strings.TrimPrefix(n.MetricsBase, "http://")}, replicationArgs(n.IP)...)
+		args = append(args, l.opts.AgentArgs...)
 		cmd := exec.Command(filepath.Join(l.bin, "bootagent"), args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
 		if err := l.startCmd(n.Agent, cmd); err != nil {
