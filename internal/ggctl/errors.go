@@ -12,6 +12,7 @@ import (
 const (
 	viewerRole   = "ggnet-viewer"
 	operatorRole = "ggnet-operator"
+	adminRole    = "ggnet-admin"
 )
 
 // explain turns an API error into one that says what to do: a Forbidden
@@ -29,7 +30,11 @@ func explain(err error, verb, resource, namespace string) error {
 	switch {
 	case apierrors.IsForbidden(err):
 		role := viewerRole
-		if verb != "get" && verb != "list" && verb != "watch" {
+		switch {
+		case verb == "get" || verb == "list" || verb == "watch":
+		case resource == "machines" || resource == "images":
+			role = adminRole
+		default:
 			role = operatorRole
 		}
 		return fmt.Errorf("%w\nYou may not %s %s %s: this needs the ClusterRole %s bound to you there "+

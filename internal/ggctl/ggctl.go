@@ -154,7 +154,8 @@ func (g *ggnet) rootCommand() *cobra.Command {
 		Short: "Start, stop and watch GGnet boot sessions",
 		Long: `kubectl ggnet starts, stops and watches GGnet BootSessions with your kubeconfig and your RBAC:
 the ggnet-viewer role can run every read command (ls, active, script, timeline, stats, room,
-images); starting and stopping sessions needs ggnet-operator.
+images); starting and stopping sessions needs ggnet-operator; pin, follow and capture (which
+change Machines and create Images) need ggnet-admin.
 
 Exit codes: 0 ok, 1 error, 2 usage.`,
 		SilenceUsage:  true,
@@ -167,7 +168,8 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 	g.flags.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	root.AddCommand(g.startCommand(), g.stopCommand(), g.lsCommand(), g.activeCommand(), g.scriptCommand(),
-		g.timelineCommand(), g.statsCommand(), g.roomCommand(), g.imagesCommand(), g.wakeCommand())
+		g.timelineCommand(), g.statsCommand(), g.roomCommand(), g.imagesCommand(), g.wakeCommand(),
+		g.pinCommand(), g.followCommand(), g.captureCommand())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	}

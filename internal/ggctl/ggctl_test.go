@@ -501,7 +501,7 @@ func TestStartWaitStop(t *testing.T) {
 		t.Errorf("start seat-3 seat-9: exit %d\n%s", r.code, r.err)
 	}
 	r = run(t, "admin", time.Now(), "-n", ns, "start", "seat-3")
-	if r.code != 1 || !strings.Contains(r.err, "machine seat-3 has no spec.imageRef: give --image") {
+	if r.code != 1 || !strings.Contains(r.err, "machine seat-3 has no image (status.image): give --image") {
 		t.Errorf("start seat-3: exit %d\n%s", r.code, r.err)
 	}
 	r = run(t, "admin", time.Now(), "-n", ns, "start", "seat-3", "--image", "nope")
@@ -847,8 +847,8 @@ func TestPlainKubectlInDocs(t *testing.T) {
 	}
 
 	blocks, spans := docCommands(t)
-	if len(blocks) != 5 || len(spans) < 10 {
-		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, wake, stop and the Watching table", len(blocks), len(spans))
+	if len(blocks) != 6 || len(spans) < 10 {
+		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, wake, the SecureOn Secret, stop and the Watching table", len(blocks), len(spans))
 	}
 	// Start seat-031.
 	sh(blocks[0])
@@ -887,8 +887,14 @@ func TestPlainKubectlInDocs(t *testing.T) {
 			t.Errorf("after the docs' wake: %s has no spec.wake", s.Name)
 		}
 	}
+	// The SecureOn Secret, of its own type.
+	sh(blocks[4])
+	var sec corev1.Secret
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "seat-031-secureon"}, &sec); err != nil || sec.Type != bootv1.SecureOnSecretType {
+		t.Errorf("after the docs' SecureOn Secret: %v, type %q", err, sec.Type)
+	}
 	// Stop, both ways, and wait for Stopped.
-	sh(subst.Replace(blocks[4]))
+	sh(subst.Replace(blocks[5]))
 	for _, s := range sessionsOf("seat-031") {
 		if !s.Spec.Stopped || s.Status.Phase != bootv1.SessionStopped {
 			t.Errorf("after the docs' stop: %s stopped=%v phase %s", s.Name, s.Spec.Stopped, s.Status.Phase)

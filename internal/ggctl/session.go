@@ -252,10 +252,13 @@ func (g *ggnet) script(ctx context.Context, name string) error {
 }
 
 func imageOf(m *bootv1.Machine) string {
-	if m.Spec.ImageRef == nil {
-		return "<none: set spec.imageRef>"
+	if img := machineImage(m); img != "" {
+		return img
 	}
-	return m.Spec.ImageRef.Name
+	if m.Spec.ImageFamily != "" {
+		return "<none: family " + m.Spec.ImageFamily + " has no Ready version>"
+	}
+	return "<none: set spec.imageRef or spec.imageFamily>"
 }
 
 // step is one row of a timeline.

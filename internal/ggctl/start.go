@@ -109,7 +109,8 @@ func (g *ggnet) startCommand() *cobra.Command {
 		Use:   "start (MACHINE... | -l SELECTOR) [--image IMAGE] [--writeback Discard|Persist] [--wait]",
 		Short: "Start a boot session for each machine",
 		Long: `Start creates one BootSession for each machine named or selected (-l selects Machines by
-label, e.g. -l boot.ggnet.io/room=main-hall). The session boots the machine's spec.imageRef unless
+label, e.g. -l boot.ggnet.io/room=main-hall). The session boots the machine's image, status.image
+(its pin, spec.imageRef, or the latest Ready version of its family, spec.imageFamily), unless
 --image names another Image. With --wait it waits until each session is Ready (the PC may then
 boot) and fails if one fails or --timeout passes. Needs the ggnet-operator role.`,
 		Example: `  kubectl ggnet start seat-031
@@ -119,7 +120,7 @@ boot) and fails if one fails or --timeout passes. Needs the ggnet-operator role.
 	}
 	fs := cmd.Flags()
 	fs.StringVarP(&o.selector, "selector", "l", "", "start a session for every Machine with these labels")
-	fs.StringVar(&o.image, "image", "", "the Image to boot (default: each Machine's spec.imageRef)")
+	fs.StringVar(&o.image, "image", "", "the Image to boot (default: each Machine's status.image, its pin or its family's latest Ready version)")
 	fs.StringVar(&o.writeback, "writeback", "", "Discard (default: the writes are thrown away) or Persist (kept on the machine's persistent disk)")
 	fs.DurationVar(&o.ttl, "ttl", 0, "delete the session this long after it stopped or failed (spec.ttlSecondsAfterFinished; 0 keeps it)")
 	fs.BoolVar(&o.wait, "wait", false, "wait until every session is Ready")
@@ -204,11 +205,11 @@ func (g *ggnet) start(ctx context.Context, args []string, o startOptions) error 
 	for i := range machines {
 		m := &machines[i]
 		img := o.image
-		if img == "" && m.Spec.ImageRef != nil {
-			img = m.Spec.ImageRef.Name
+		if img == "" {
+			img = machineImage(m)
 		}
 		if img == "" {
-			fmt.Fprintf(g.io.ErrOut, "error: machine %s has no spec.imageRef: give --image\n", m.Name)
+			fmt.Fprintf(g.io.ErrOut, "error: machine %s has no image (status.image): give --image, pin one (kubectl ggnet pin) or follow a family with a Ready version (kubectl ggnet follow)\n", m.Name)
 			failed++
 			continue
 		}
@@ -423,4 +424,17 @@ func readySummary(s *bootv1.BootSession) string {
 		}
 	}
 	return "not reconciled yet (is the GGnet manager running?)"
+}
+
+// machineImage is the Image a machine boots when none is given: the one the
+// manager resolved (status.image: its pin, or its family's latest Ready
+// version), else its pin before the manager has seen it.
+func machineImage(m *bootv1.Machine) string {
+	switch {
+	case m.Status.Image != "":
+		return m.Status.Image
+	case m.Spec.ImageRef != nil:
+		return m.Spec.ImageRef.Name
+	}
+	return ""
 }
