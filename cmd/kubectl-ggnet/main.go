@@ -1,6 +1,6 @@
 // Command kubectl-ggnet is the kubectl plugin for GGnet: `kubectl ggnet
-// start|stop|ls|active|script|timeline|stats|room|images`. It uses the
-// user's kubeconfig and RBAC; the logic is in internal/ggctl.
+// start|stop|wake|ls|active|script|timeline|stats|room|images|pin|follow|capture`.
+// It uses the user's kubeconfig and RBAC; the logic is in internal/ggctl.
 //
 //	go install ./cmd/kubectl-ggnet   # from a checkout
 //
