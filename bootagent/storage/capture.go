@@ -11,7 +11,10 @@ package storage
 // The clone is made under the Machine's disk lock (the one a new session's
 // setup, a reset and a deletion take), after checking that no unfinished
 // session and no target uses the disk: the capture is of a disk no PC
-// writes to. A capture never changes, moves or deletes the disk.
+// writes to. A capture never changes, moves or deletes the disk. The disk is
+// the Machine's: when a later session of the Machine ran on it before the
+// capture, the capture holds that session's writes too (it waits while
+// that session runs, saying so).
 
 import (
 	"context"
@@ -166,7 +169,8 @@ func (r *imageReconciler) capturePlan(ctx context.Context, img *bootv1.Image, s 
 	}
 	if who := users.userOf(map[string]bool{disk.path: true}, s.Spec.MachineRef.Name, "", ""); who != "" {
 		return placement{}, pending(bootv1.PersistentDiskInUseReason,
-			"the disk of BootSession %s (Machine %s) is in use by %s; the capture waits until it is released", s.Name, s.Spec.MachineRef.Name, who), nil
+			"the disk of BootSession %s (Machine %s) is in use by %s; the capture waits until it is released, and then holds what that session wrote too",
+			s.Name, s.Spec.MachineRef.Name, who), nil
 	}
 	src := images.Source{Format: string(bootv1.ImageFormatRaw), Fill: r.captureFill(s, disk)}
 	if q := img.Spec.MaxVirtualSize; q != nil {
