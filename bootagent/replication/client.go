@@ -141,6 +141,7 @@ type transfer struct {
 	log                  logr.Logger
 
 	m           *ExtentMap
+	fl          *follower
 	done, total int64 // data bytes
 	lastReport  int64
 	// moved counts the bytes received, for the stall watch.
@@ -171,14 +172,27 @@ func (t *transfer) run(ctx context.Context, dir, dst, want string) (string, erro
 		t.log.Info("Replicating an image", "sizeBytes", m.Size, "dataBytes", t.total, "extents", len(m.Extents))
 	}
 	t.report(true)
+	// The sha256 follows the transfer (hash.go).
+	fctx, fcancel := context.WithCancel(ctx)
+	t.fl = follow(fctx, p.f, m.Size, p.rec.Done)
+	defer func() {
+		fcancel()
+		_, _ = t.fl.wait()
+	}()
 	start, startDone := time.Now(), t.done
 	chunk := t.c.ChunkSize
 	if chunk <= 0 {
 		chunk = DefaultChunkSize
 	}
+	// The record moves on every chunk bytes fetched (a request never spans
+	// two records), not every extent: a fragmented image is not an fsync
+	// per extent.
+	var unsaved int64
 	for _, e := range m.Extents {
-		for off := max(e.Offset, p.rec.Done); off < e.Offset+e.Length; {
-			n := min(chunk, e.Offset+e.Length-off)
+		end := e.Offset + e.Length
+		for off := max(e.Offset, p.rec.Done); off < end; {
+			n := min(chunk-unsaved, end-off)
+			t.fl.advance(off) // no byte below off is written again
 			if err := t.need(dir, n); err != nil {
 				return "", err
 			}
@@ -186,8 +200,11 @@ func (t *transfer) run(ctx context.Context, dir, dst, want string) (string, erro
 				return "", err
 			}
 			off += n
-			if err := p.save(off); err != nil {
-				return "", diskErr(err)
+			if unsaved += n; unsaved >= chunk {
+				if err := p.save(off); err != nil {
+					return "", diskErr(err)
+				}
+				unsaved = 0
 			}
 		}
 	}
@@ -196,7 +213,8 @@ func (t *transfer) run(ctx context.Context, dir, dst, want string) (string, erro
 	}
 	t.report(true)
 	elapsed := time.Since(start)
-	sum, err := images.Checksum(ctx, p.f, m.Size, nil)
+	t.fl.advance(m.Size)
+	sum, err := t.fl.wait()
 	if err != nil {
 		return "", err
 	}
@@ -328,6 +346,7 @@ func (t *transfer) copy(ctx context.Context, w *offsetWriter, r io.Reader, n int
 				return got, diskErr(werr)
 			}
 			got += int64(k)
+			t.fl.advance(w.off)
 			t.done += int64(k)
 			t.moved.Add(int64(k))
 			t.report(false)
