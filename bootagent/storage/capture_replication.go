@@ -7,7 +7,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
@@ -26,6 +29,18 @@ func (r *imageReconciler) replicationPlan(ctx context.Context, img *bootv1.Image
 		}
 	}
 	if len(sources) == 0 {
+		if s != nil && s.Status.StorageNode != "" {
+			// The capture node must be selected too: its replica is the
+			// others' source.
+			ok, err := r.selectsNode(ctx, img, s.Status.StorageNode)
+			if err != nil {
+				return placement{}, nil, err
+			}
+			if !ok {
+				return placement{}, invalid("the Image's storageNodeSelector leaves out node %s, which holds the disk of BootSession %s: "+
+					"select that node too (its capture is the other nodes' source)", s.Status.StorageNode, s.Name), nil
+			}
+		}
 		return placement{}, noSource(img, s), nil
 	}
 	peer := r.replicator()
@@ -57,6 +72,24 @@ func (r *imageReconciler) replicationPlan(ctx context.Context, img *bootv1.Image
 	}
 	return placement{}, pending(bootv1.NoSourceReplicaReason, "the storage nodes with a Ready replica (%v) announce no replication endpoint "+
 		"(annotation %s): is replication off on them?", silent, bootv1.ReplicationEndpointAnnotation), nil
+}
+
+// selectsNode reports whether the Image's storageNodeSelector picks node
+// (read from the API server: the cache holds this node's Node only). A node
+// that does not exist is not picked.
+func (r *imageReconciler) selectsNode(ctx context.Context, img *bootv1.Image, node string) (bool, error) {
+	if img.Spec.StorageNodeSelector == nil {
+		return true, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(img.Spec.StorageNodeSelector)
+	if err != nil {
+		return false, nil
+	}
+	var n corev1.Node
+	if err := r.reader.Get(ctx, types.NamespacedName{Name: node}, &n); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return sel.Matches(labels.Set(n.Labels)), nil
 }
 
 // noSource is why a node waits for a writeback Image that no other node

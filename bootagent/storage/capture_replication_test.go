@@ -19,13 +19,16 @@ import (
 // secondNode is the second storage node's name in the replication spec.
 const secondNode = "storage-2"
 
+// secondNodeLabel is on the second node's Node only.
+const secondNodeLabel = "test.ggnet.io/second"
+
 // runSecondRole starts a second storage role, for node storage-2 on a data
 // directory of its own, watching only namespace ns (the suite's other specs
 // are the first node's), replicating with the key of the Secret ref at
 // bandwidth bytes/s. Its Node is made, and deleted after the spec.
 func runSecondRole(ns string, ref types.NamespacedName, bandwidth int64) *Role {
 	ctx := context.Background()
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: secondNode}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: secondNode, Labels: map[string]string{secondNodeLabel: "true"}}}
 	Expect(k8sClient.Create(ctx, node)).To(Succeed())
 	DeferCleanup(func() { Expect(client.IgnoreNotFound(k8sClient.Delete(context.Background(), node))).To(Succeed()) })
 	r, err := New(restCfg, Config{NodeName: secondNode, DataDir: testfs.XFS(GinkgoT(), 1<<30), IQNPrefix: "iqn.2026-11.io.ggnet.two:",
@@ -106,5 +109,12 @@ var _ = Describe("Replication of a captured Image", func() {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(img), img)
 			return img.Status.ReadyReplicas
 		}, eventually).Should(Equal(int32(2)))
+
+		By("an Image whose selector leaves out the node with the disk is refused on the others")
+		l.captureImage("second-only", "maint", func(i *bootv1.Image) {
+			i.Spec.StorageNodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{secondNodeLabel: "true"}}
+		})
+		Eventually(l.replicaOn(secondNode, "second-only"), eventually).Should(And(HaveField("State", bootv1.ReplicaFailed),
+			HaveField("Reason", bootv1.InvalidCaptureSourceReason), HaveField("Message", ContainSubstring("leaves out node "+nodeName))))
 	})
 })

@@ -18,11 +18,14 @@ import (
 )
 
 // captureImage creates an Image that captures session's disk.
-func (l *lab) captureImage(name, session string) *bootv1.Image {
+func (l *lab) captureImage(name, session string, opts ...func(*bootv1.Image)) *bootv1.Image {
 	GinkgoHelper()
 	img := &bootv1.Image{}
 	img.Namespace, img.Name = l.ns, name
 	img.Spec.Source.Writeback = &bootv1.WritebackSource{SessionRef: bootv1.LocalObjectReference{Name: session}}
+	for _, o := range opts {
+		o(img)
+	}
 	Expect(k8sClient.Create(l.ctx, img)).To(Succeed())
 	return img
 }
