@@ -77,3 +77,11 @@ func TestNoSource(t *testing.T) {
 		})
 	}
 }
+
+func TestRetryAfter(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(retryAfter(&images.Error{Reason: bootv1.PersistentDiskInUseReason}, 3)).To(Equal(progressEvery), "a disk taken meanwhile: waited for again soon")
+	g.Expect(retryAfter(&images.Error{Reason: images.ReasonChecksumMismatch}, 1)).To(Equal(retryPermanent))
+	g.Expect(retryAfter(&images.Error{Reason: bootv1.InvalidCaptureSourceReason}, 1)).To(Equal(retryFirst))
+	g.Expect(retryAfter(&images.Error{Reason: images.ReasonUnreachable}, 10)).To(Equal(retryMax))
+}

@@ -497,6 +497,11 @@ func retryAfter(err error, failures int) time.Duration {
 	if errors.As(err, &ie) && images.Permanent(ie.Reason) {
 		return retryPermanent
 	}
+	if errors.As(err, &ie) && ie.Reason == bootv1.PersistentDiskInUseReason {
+		// A capture that found its disk taken after the reconcile saw it
+		// free: the next reconcile waits for it (Pending) again.
+		return progressEvery
+	}
 	d := retryFirst
 	for i := 1; i < failures && d < retryMax; i++ {
 		d *= 2
