@@ -224,13 +224,15 @@ func seedCafe(t *testing.T, ns string) cafe {
 	t.Helper()
 	newNamespace(t, ns)
 	win := fixture.Image(ns, "win11-games")
+	win.Labels = map[string]string{bootv1.FamilyLabel: "win11"}
 	lin := fixture.Image(ns, "linux-lab")
 	create(t, win, lin)
 	lt := metav1.NewTime(time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC))
 	setStatus(t, win, func(i *bootv1.Image) {
-		i.Status.Phase, i.Status.SizeBytes, i.Status.ReadyReplicas = bootv1.ImageReady, 64<<30, 1
+		i.Status.Phase, i.Status.SizeBytes, i.Status.ReadyReplicas, i.Status.Version = bootv1.ImageReady, 64<<30, 1, 4
 		i.Status.Replicas = []bootv1.ImageReplica{
-			{Node: "storage-2", State: bootv1.ReplicaDownloading, Reason: "Downloading", Message: "12.0 GiB of 64.0 GiB", LastTransitionTime: &lt},
+			{Node: "storage-2", State: bootv1.ReplicaDownloading, Reason: "Downloading", Message: "12.0 GiB of 64.0 GiB", LastTransitionTime: &lt,
+				BytesDone: 12 << 30, BytesTotal: 64 << 30, BytesPerSecond: 110 << 20, SourceNode: "storage-1"},
 			{Node: "storage-1", State: bootv1.ReplicaReady, SizeBytes: 64 << 30, Path: "/var/lib/ggnet/images/win11-games.raw", LastTransitionTime: &lt},
 		}
 	})

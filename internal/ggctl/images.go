@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -15,9 +16,10 @@ func (g *ggnet) imagesCommand() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "images [-A]",
-		Short: "List Images with their replicas per storage node and sizes",
-		Long: `images lists each Image (phase, raw size, Ready replicas) and, below it, its replica on each
-storage node: state, size and, for a replica that is not Ready, its reason and message.`,
+		Short: "List Images with their family, version, replicas per storage node and sizes",
+		Long: `images lists each Image (family and version, phase, raw size, Ready replicas) and, below it,
+its replica on each storage node: state, size and, for a replica that is not Ready, its reason and
+message, and the progress of its transfer (bytes done of total, rate, the node it replicates from).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error { return g.images(cmd.Context(), all) },
 	}
@@ -49,7 +51,7 @@ func (g *ggnet) images(ctx context.Context, all bool) error {
 		return naturalLess(a.Name, b.Name)
 	})
 	t := newTable(g.out())
-	head := []string{"IMAGE", "PHASE", "SIZE", "READY", "AGE", "NODE", "REPLICA", "REPLICA SIZE", "REASON"}
+	head := []string{"IMAGE", "FAMILY", "VERSION", "PHASE", "SIZE", "READY", "AGE", "NODE", "REPLICA", "REPLICA SIZE", "REASON"}
 	if ns == "" {
 		head = append([]string{"NAMESPACE"}, head...)
 	}
@@ -57,7 +59,11 @@ func (g *ggnet) images(ctx context.Context, all bool) error {
 	for _, im := range list.Items {
 		reps := append([]bootv1.ImageReplica(nil), im.Status.Replicas...)
 		sort.SliceStable(reps, func(i, j int) bool { return naturalLess(reps[i].Node, reps[j].Node) })
-		first := []string{im.Name, string(im.Status.Phase), humanBytes(im.Status.SizeBytes),
+		version := ""
+		if im.Status.Version > 0 {
+			version = fmt.Sprint(im.Status.Version)
+		}
+		first := []string{im.Name, im.Labels[bootv1.FamilyLabel], version, string(im.Status.Phase), humanBytes(im.Status.SizeBytes),
 			fmt.Sprintf("%d/%d", im.Status.ReadyReplicas, len(reps)), g.age(im.CreationTimestamp)}
 		if ns == "" {
 			first = append([]string{im.Namespace}, first...)
@@ -78,8 +84,28 @@ func (g *ggnet) images(ctx context.Context, all bool) error {
 			if r.State != bootv1.ReplicaReady && r.Message != "" {
 				reason += ": " + r.Message
 			}
+			if p := replicaProgress(r); p != "" {
+				reason = strings.TrimPrefix(reason+" ("+p+")", " ")
+			}
 			row(t, append(append([]string(nil), lead...), r.Node, string(r.State), humanBytes(r.SizeBytes), reason)...)
 		}
 	}
 	return t.Flush()
+}
+
+// replicaProgress is a transfer's progress for the REASON column: done of
+// total, the rate and the node it replicates from; "" for a replica not in
+// transfer.
+func replicaProgress(r bootv1.ImageReplica) string {
+	if r.State == bootv1.ReplicaReady || r.State == bootv1.ReplicaFailed || r.BytesTotal <= 0 {
+		return ""
+	}
+	p := fmt.Sprintf("%s/%s", orDefault(humanBytes(r.BytesDone), "0B"), humanBytes(r.BytesTotal))
+	if r.BytesPerSecond > 0 {
+		p += " at " + humanBytes(r.BytesPerSecond) + "/s"
+	}
+	if r.SourceNode != "" {
+		p += " from " + r.SourceNode
+	}
+	return p
 }
