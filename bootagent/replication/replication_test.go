@@ -431,3 +431,25 @@ func TestTheKeyIsNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+func TestAStalledPeerIsLeft(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var stalled atomic.Bool
+	e.onServe.Store(func(n int64) {
+		if n >= 2<<20 && stalled.CompareAndSwap(false, true) {
+			<-release // the peer stops sending, the connection stays up
+		}
+	})
+	c := e.client(t, 0)
+	c.Retries, c.StallTimeout = 0, 300*time.Millisecond
+	start := time.Now()
+	_, err := e.ensure(context.Background(), c, e.sum, nil)
+	var ie *images.Error
+	g.Expect(errors.As(err, &ie)).To(BeTrue(), "%v", err)
+	g.Expect(ie.Reason).To(Equal(images.ReasonUnreachable))
+	g.Expect(err.Error()).To(ContainSubstring("stall timeout"))
+	g.Expect(time.Since(start)).To(BeNumerically("<", 10*time.Second))
+}
