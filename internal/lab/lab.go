@@ -202,6 +202,12 @@ func StartWith(ctx context.Context, t testfs.T, bin string, opts Options) (*Lab,
 	if err := l.StartManager(); err != nil {
 		return nil, err
 	}
+	// The storage agents read the replication Secret when they start and
+	// then every 30 s: one started before the manager made it would refuse
+	// (and be refused by) its peers until its next read.
+	if err := l.waitReplicationSecret(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
 	if err := l.StartTGTD(); err != nil {
 		return nil, err
 	}
@@ -240,6 +246,22 @@ func StartWith(ctx context.Context, t testfs.T, bin string, opts Options) (*Lab,
 		}
 	}
 	return l, nil
+}
+
+// waitReplicationSecret waits until the manager made the replication
+// Secret.
+func (l *Lab) waitReplicationSecret(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := l.Client.Get(ctx, client.ObjectKey{Namespace: ManagerNamespace, Name: ReplicationSecret}, &corev1.Secret{})
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the manager made no replication Secret %s/%s in %s (%v); see %s", ManagerNamespace, ReplicationSecret, timeout, err, l.Dir)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // CreateImage makes a raw Image name of the file src, which it puts in the
