@@ -126,11 +126,23 @@ func (c *Client) Fill(endpoint, namespace, name, uid, wantSHA256 string) func(ct
 		if !validNames(namespace, name, uid) {
 			return "", fail(images.ReasonSourceMissing, "%s/%s (%s) is not a replica name", namespace, name, uid)
 		}
-		t := &transfer{c: c, base: "http://" + endpoint, namespace: namespace, name: name, uid: uid, progress: progress,
-			log: c.Log.WithValues("peer", endpoint, "Image", namespace+"/"+name)}
-		return t.run(ctx, filepath.Dir(dst.Name()), dst.Name(), wantSHA256)
+		log := c.Log.WithValues("peer", endpoint, "Image", namespace+"/"+name)
+		for attempt := 0; ; attempt++ {
+			t := &transfer{c: c, base: "http://" + endpoint, namespace: namespace, name: name, uid: uid, progress: progress, log: log}
+			sum, err := t.run(ctx, filepath.Dir(dst.Name()), dst.Name(), wantSHA256)
+			if errors.Is(err, errResumedMismatch) && attempt == 0 {
+				// The part kept from before did not hold what its record
+				// said (the disk, a crash): start over once, at once.
+				log.Info("The resumed replica did not match its checksum, starting over")
+				continue
+			}
+			return sum, err
+		}
 	}
 }
+
+// errResumedMismatch marks a checksum mismatch of a resumed transfer.
+var errResumedMismatch = errors.New("resumed")
 
 // transfer is one Fill.
 type transfer struct {
@@ -220,6 +232,10 @@ func (t *transfer) run(ctx context.Context, dir, dst, want string) (string, erro
 	}
 	if sum != m.SHA256 || (want != "" && sum != want) {
 		p.discard()
+		if p.resumed {
+			return "", fmt.Errorf("%w: %w", errResumedMismatch, fail(images.ReasonChecksumMismatch,
+				"the replicated file's sha256 is %s, the peer's replica has %s", sum, m.SHA256))
+		}
 		return "", fail(images.ReasonChecksumMismatch, "the replicated file's sha256 is %s, the peer's replica has %s", sum, m.SHA256)
 	}
 	if err := p.finish(dst); err != nil {

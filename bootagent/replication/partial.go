@@ -31,6 +31,8 @@ type partial struct {
 	f                  *os.File
 	dir, path, recPath string
 	rec                record
+	// resumed: the partial file holds an earlier transfer's bytes.
+	resumed bool
 }
 
 // openPartial opens (or makes) the partial file of the replica uid in dir
@@ -38,6 +40,7 @@ type partial struct {
 // partial of another content, or without a record, is started over.
 func openPartial(dir, uid string, m *ExtentMap) (*partial, error) {
 	path := filepath.Join(dir, images.PartialName(uid))
+	_, statErr := os.Lstat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
@@ -52,10 +55,14 @@ func openPartial(dir, uid string, m *ExtentMap) (*partial, error) {
 	p := &partial{f: f, dir: dir, path: path, recPath: path + images.PartialRecordSuffix}
 	var rec record
 	b, err := os.ReadFile(p.recPath)
+	st, serr := f.Stat()
 	switch {
-	case err == nil && json.Unmarshal(b, &rec) == nil && rec.SHA256 == m.SHA256 && rec.Size == m.Size &&
-		rec.Done >= 0 && rec.Done <= m.Size:
-		p.rec = rec
+	// A record counts only with the partial file it describes (a crash
+	// between the rename of a finished one and the record's removal leaves
+	// the record alone).
+	case err == nil && statErr == nil && serr == nil && st.Size() == m.Size &&
+		json.Unmarshal(b, &rec) == nil && rec.SHA256 == m.SHA256 && rec.Size == m.Size && rec.Done >= 0 && rec.Done <= m.Size:
+		p.rec, p.resumed = rec, rec.Done > 0
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		f.Close()
 		return nil, err

@@ -453,3 +453,54 @@ func TestAStalledPeerIsLeft(t *testing.T) {
 	g.Expect(err.Error()).To(ContainSubstring("stall timeout"))
 	g.Expect(time.Since(start)).To(BeNumerically("<", 10*time.Second))
 }
+
+func TestARecordWithoutItsPartialIsIgnored(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	// A crash after the rename of a finished partial, before the record
+	// went: the record says all is done, and there is no partial file.
+	dir := filepath.Dir(e.dst.Path(testNS, testImg, testUID))
+	g.Expect(os.MkdirAll(dir, 0o700)).To(Succeed())
+	b, _ := json.Marshal(record{SHA256: e.sum, Size: sparse.size, Done: sparse.size})
+	g.Expect(os.WriteFile(filepath.Join(dir, images.PartialName(testUID))+images.PartialRecordSuffix, b, 0o600)).To(Succeed())
+	res, err := e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(e.served.Load()).To(Equal(e.data))
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+}
+
+func TestACorruptPartialStartsOverOnce(t *testing.T) {
+	g := NewWithT(t)
+	e := newEnv(t, sparse)
+	c := e.client(t, 0)
+	c.ChunkSize = 1 << 20
+	ctx, cancel := context.WithCancel(context.Background())
+	e.onServe.Store(func(n int64) {
+		if n >= e.data/2 {
+			cancel()
+		}
+	})
+	_, err := e.ensure(ctx, c, e.sum, nil)
+	g.Expect(err).To(MatchError(context.Canceled))
+	part := filepath.Join(filepath.Dir(e.dst.Path(testNS, testImg, testUID)), images.PartialName(testUID))
+	rec := readRecord(t, part+images.PartialRecordSuffix)
+	g.Expect(rec.Done).To(BeNumerically(">", 8<<20))
+	// A byte of the part already done rots.
+	f, err := os.OpenFile(part, os.O_WRONLY, 0)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = f.WriteAt([]byte{e.content[8<<20] ^ 0xff}, 8<<20)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Close()).To(Succeed())
+
+	e.onServe.Store(func(int64) {})
+	e.served.Store(0)
+	res, err := e.ensure(context.Background(), e.client(t, 0), e.sum, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	got, err := os.ReadFile(res.Path)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(got, e.content)).To(BeTrue())
+	// The rest, then all of it again.
+	g.Expect(e.served.Load()).To(Equal(e.data - dataBelow(sparse.extents, rec.Done) + e.data))
+}
