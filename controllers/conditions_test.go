@@ -144,6 +144,11 @@ func TestMachineConditions(t *testing.T) {
 		return &bootv1.Machine{Spec: bootv1.MachineSpec{MAC: "52:54:00:12:34:56",
 			IPv4: &bootv1.IPv4Reservation{Address: "10.20.0.31", PrefixLength: 24, Gateway: gw}}}
 	}
+	following := func(family, image string, pin *bootv1.LocalObjectReference) *bootv1.Machine {
+		m := withIP("10.20.0.1")
+		m.Spec.ImageFamily, m.Spec.ImageRef, m.Status.Image = family, pin, image
+		return m
+	}
 	for name, tc := range map[string]struct {
 		m       *bootv1.Machine
 		set     func(*bootv1.Machine) bool
@@ -158,6 +163,16 @@ func TestMachineConditions(t *testing.T) {
 		"gateway outside": {withIP("10.21.0.1"), func(m *bootv1.Machine) bool { return setMachineReady(m, "", "") },
 			cond{metav1.ConditionFalse, bootv1.InvalidReservationReason}, "gateway 10.21.0.1 is outside 10.20.0.31/24", true},
 		"conflict wins over the gateway": {withIP("10.21.0.1"), func(m *bootv1.Machine) bool {
+			return setMachineReady(m, bootv1.DuplicateMACReason, "conflicts with X")
+		}, cond{metav1.ConditionFalse, bootv1.DuplicateMACReason}, "conflicts with X", true},
+		"family without a Ready version": {following("games", "", nil), func(m *bootv1.Machine) bool { return setMachineReady(m, "", "") },
+			cond{metav1.ConditionFalse, bootv1.NoReadyImageInFamilyReason}, "image family games has no Ready version yet", true},
+		"family resolved": {following("games", "games-v3", nil), func(m *bootv1.Machine) bool { return setMachineReady(m, "", "") },
+			cond{metav1.ConditionTrue, bootv1.SucceededReason}, "the reservation is served", true},
+		"a pin wins over the family": {following("games", "", &bootv1.LocalObjectReference{Name: "games-v1"}), func(m *bootv1.Machine) bool {
+			return setMachineReady(m, "", "")
+		}, cond{metav1.ConditionTrue, bootv1.SucceededReason}, "the reservation is served", true},
+		"conflict wins over the family": {following("games", "", nil), func(m *bootv1.Machine) bool {
 			return setMachineReady(m, bootv1.DuplicateMACReason, "conflicts with X")
 		}, cond{metav1.ConditionFalse, bootv1.DuplicateMACReason}, "conflicts with X", true},
 		"in use": {withIP(""), func(m *bootv1.Machine) bool { return setMachineInUse(m, "deletion waits") },
