@@ -4,9 +4,11 @@ package storage
 // their finalizers (the storage finalizer on sessions, NodeFinalizer(node) on
 // Images with a replica here and on Machines with persistent disks here and
 // onDelete: Delete), its own status fields (server-side apply with its field
-// manager), the CHAP Secrets, its Node's labels. It patches its Node with one
-// annotation, the iSCSI portal it listens on (bootv1.ISCSIPortalAnnotation),
-// and one condition, bootv1.OrphanedPersistentDisksCondition, and records
+// manager), the CHAP Secrets and the replication Secret, its Node's labels.
+// It patches its Node with its annotations, the iSCSI portal it listens on
+// (bootv1.ISCSIPortalAnnotation), where it serves replicas
+// (bootv1.ReplicationEndpointAnnotation) and its storage
+// (bootv1.StorageAnnotation), and one condition, bootv1.OrphanedPersistentDisksCondition, and records
 // Events on sessions, Machines and its Node.
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images;machines,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status;machines/status,verbs=get;patch
