@@ -206,8 +206,10 @@ type ImageStatus struct {
 	Replicas []ImageReplica `json:"replicas,omitempty"`
 	// version is the Image's place in its family (the FamilyLabel): the
 	// manager gives each Image of a family, in creation order, one more than
-	// the highest version the family has had, and never changes it. Unset
-	// for an Image without a family.
+	// the highest version among the family's Images, and never changes it.
+	// Retention never deletes the newest versions, so numbers go up; only
+	// deleting the newest Image by hand frees its number for the next one.
+	// Unset for an Image without a family.
 	// +optional
 	Version int64 `json:"version,omitempty"`
 	// progress summarizes the replicas still on their way, for example

@@ -33,8 +33,10 @@ type ImageStatusApplyConfiguration struct {
 	Replicas []ImageReplicaApplyConfiguration `json:"replicas,omitempty"`
 	// version is the Image's place in its family (the FamilyLabel): the
 	// manager gives each Image of a family, in creation order, one more than
-	// the highest version the family has had, and never changes it. Unset
-	// for an Image without a family.
+	// the highest version among the family's Images, and never changes it.
+	// Retention never deletes the newest versions, so numbers go up; only
+	// deleting the newest Image by hand frees its number for the next one.
+	// Unset for an Image without a family.
 	Version *int64 `json:"version,omitempty"`
 	// progress summarizes the replicas still on their way, for example
 	// "node-b 3.2 GiB/10 GiB at 110 MiB/s"; empty when none is.

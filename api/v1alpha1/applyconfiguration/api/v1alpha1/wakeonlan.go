@@ -13,10 +13,13 @@ package v1alpha1
 //
 // WakeOnLAN is how a Machine is woken.
 type WakeOnLANApplyConfiguration struct {
-	// secureOnSecretRef names a Secret in the Machine's namespace whose key
-	// "password" is the NIC's SecureOn password: six bytes written
-	// aa:bb:cc:dd:ee:ff, appended to every magic packet. The boot agent
-	// reads it only to send; it never writes it to a CR, Event or log.
+	// secureOnSecretRef names a Secret in the Machine's namespace, of type
+	// boot.ggnet.io/secureon (SecureOnSecretType), whose key "password" is
+	// the NIC's SecureOn password: six bytes written aa:bb:cc:dd:ee:ff,
+	// appended to every magic packet. A Secret of any other type is refused:
+	// the boot agent, which may read Secrets, must not broadcast one that
+	// was never meant for the wire. The boot agent reads it only to send; it
+	// never writes it to a CR, Event or log.
 	SecureOnSecretRef *LocalObjectReferenceApplyConfiguration `json:"secureOnSecretRef,omitempty"`
 }
 
