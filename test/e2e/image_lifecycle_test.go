@@ -5,6 +5,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,9 +21,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/internal/lab"
+	"github.com/ggnet/ggnet/internal/testenv"
 )
 
 // The image lifecycle of issue #16, as a café runs it every week: one PC
@@ -46,16 +52,22 @@ var _ = Describe("Image lifecycle", func() {
 				"the storage agent of %s advertises where it serves replicas", n.Node)
 		}
 
-		By("the family's first version: the demo disk, labelled games")
+		// The page's plain-kubectl commands, with the lab's names.
+		doc := updateImageDoc(strings.NewReplacer("games-v12", "games-v1", "games-v13", "games-v2", "main-hall", "lifecycle"))
+
+		By("the family's first version: the demo disk, labelled games (docs: make a family)")
 		var demo bootv1.Image
 		Expect(l.Client.Get(ctx, client.ObjectKey{Namespace: lab.Namespace, Name: "demo"}, &demo)).To(Succeed())
-		v1 := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "games-v1", Labels: map[string]string{bootv1.FamilyLabel: "games"}},
+		v1 := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "games-v1"},
 			Spec: bootv1.ImageSpec{Source: bootv1.ImageSource{Path: &bootv1.PathSource{Path: demo.Spec.Source.Path.Path}}, Format: bootv1.ImageFormatRaw}}
 		Expect(l.Client.Create(ctx, v1)).To(Succeed())
+		doc.run("kubectl label image")
 		readyReplica(v1, n1.Node, time.Minute)
 		Eventually(version(v1), 30*time.Second, 200*time.Millisecond).Should(Equal(int64(1)), "the manager numbers the family's first Image")
 
-		follower := familyMachine("games", "")
+		follower := familyMachine("", "")
+		patchMachine(follower, func(m *bootv1.Machine) { m.Labels = map[string]string{"boot.ggnet.io/room": "lifecycle"} })
+		doc.run(`"imageFamily":"games","imageRef":null`)
 		Eventually(machineImage(follower), time.Minute, 200*time.Millisecond).Should(Equal("games-v1"), "a follower of a family with one Ready version boots it")
 
 		By("a maintenance boot (writeback Persist) of the first version changes the disk")
@@ -64,13 +76,14 @@ var _ = Describe("Image lifecycle", func() {
 		Expect(boot(maint).Count).To(Equal(1), "the maintenance boot counts itself on the machine's persistent disk")
 		stop(ms)
 
-		By("capturing the stopped session as the family's next version")
-		captured := time.Now()
-		v2 := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "games-v2", Labels: map[string]string{bootv1.FamilyLabel: "games"}},
-			Spec: bootv1.ImageSpec{Source: bootv1.ImageSource{Writeback: &bootv1.WritebackSource{SessionRef: bootv1.LocalObjectReference{Name: ms.Name}}}, Format: bootv1.ImageFormatRaw}}
+		By("capturing the stopped session as the family's next version (docs: the capture's YAML)")
 		watch := watchReplicas("games-v2")
-		Expect(l.Client.Create(ctx, v2)).To(Succeed())
+		captured := time.Now()
+		doc.with("maint-1-x7k2p", ms.Name).run("kind: Image")
+		v2 := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "games-v2"}}
 		r1 := readyReplica(v2, n1.Node, time.Minute)
+		Expect(v2.Labels).To(HaveKeyWithValue(bootv1.FamilyLabel, "games"))
+		Expect(v2.Spec.Source.Writeback.SessionRef.Name).To(Equal(ms.Name))
 		Eventually(version(v2), 30*time.Second, 200*time.Millisecond).Should(Equal(int64(2)), "the capture is the family's next version")
 		Expect(counters(r1.Path).Boots).To(Equal(uint16(1)), "the captured disk holds the maintenance boot's write")
 		Expect(r1.SHA256).To(MatchRegexp("^[0-9a-f]{64}$"))
@@ -82,8 +95,8 @@ var _ = Describe("Image lifecycle", func() {
 		Expect(boot(follower).Count).To(Equal(2), "the captured boot counter, plus this boot")
 		stop(fs)
 
-		By("rolling back: pinning the previous version, the write is gone")
-		patchMachine(follower, func(m *bootv1.Machine) { m.Spec.ImageRef = &bootv1.LocalObjectReference{Name: "games-v1"} })
+		By("rolling back: pinning the previous version, the write is gone (docs: roll back)")
+		doc.run(`"imageRef":{"name":"games-v1"}`)
 		Eventually(machineImage(follower), time.Minute, 200*time.Millisecond).Should(Equal("games-v1"))
 		rs := sessionOf(follower, "rollback-v1", "games-v1", bootv1.WritebackDiscard, "")
 		Expect(boot(follower).Count).To(Equal(1), "the first version never saw the maintenance boot")
@@ -96,7 +109,7 @@ var _ = Describe("Image lifecycle", func() {
 		Expect(r2.SizeBytes).To(Equal(r1.SizeBytes))
 		Expect(counters(r2.Path).Boots).To(Equal(uint16(1)))
 		Expect(allocated(r2.Path)).To(BeNumerically("<=", allocated(r1.Path)+1<<20), "holes stay holes: no more allocated than the source")
-		patchMachine(follower, func(m *bootv1.Machine) { m.Spec.ImageRef = nil })
+		doc.run(`"imageFamily":"games","imageRef":null`)
 		Eventually(machineImage(follower), time.Minute, 200*time.Millisecond).Should(Equal("games-v2"), "unpinned, it follows the family again")
 		ns := sessionOf(follower, "on-node-2", "games-v2", bootv1.WritebackDiscard, n2.Node)
 		Expect(ns.Status.StorageNode).To(Equal(n2.Node))
@@ -112,6 +125,58 @@ var _ = Describe("Image lifecycle", func() {
 			watch.readyAt(n2.Node).Sub(watch.readyAt(n1.Node)).Round(10*time.Millisecond)))
 	})
 })
+
+// updateImageDoc is docs/update-image.md's plain-kubectl side, names
+// replaced by names: run runs the page's sh block that contains a string
+// with the lab's kubectl (envtest's binary, the lab's admin, the lab's
+// namespace).
+func updateImageDoc(names *strings.Replacer) docPage {
+	GinkgoHelper()
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "docs", "update-image.md"))
+	Expect(err).NotTo(HaveOccurred())
+	assets, err := testenv.AssetsDir()
+	Expect(err).NotTo(HaveOccurred())
+	bin := GinkgoT().TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\nexec %s --kubeconfig %s -n %s \"$@\"\n", filepath.Join(assets, "kubectl"), l.Kubeconfig, lab.Namespace)
+	Expect(os.WriteFile(filepath.Join(bin, "kubectl"), []byte(wrapper), 0o755)).To(Succeed())
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		if !strings.Contains(m[1], "kubectl ggnet") {
+			blocks = append(blocks, names.Replace(m[1]))
+		}
+	}
+	return docPage{blocks: blocks, path: bin}
+}
+
+type docPage struct {
+	blocks []string
+	path   string
+}
+
+// with returns the page with old replaced by new in its blocks.
+func (d docPage) with(old, new string) docPage {
+	out := docPage{path: d.path}
+	for _, b := range d.blocks {
+		out.blocks = append(out.blocks, strings.ReplaceAll(b, old, new))
+	}
+	return out
+}
+
+// run runs the one block that contains s.
+func (d docPage) run(s string) {
+	GinkgoHelper()
+	var found []string
+	for _, b := range d.blocks {
+		if strings.Contains(b, s) {
+			found = append(found, b)
+		}
+	}
+	Expect(found).To(HaveLen(1), "docs/update-image.md has one plain-kubectl block with %q", s)
+	cmd := exec.CommandContext(ctx, "sh", "-ec", found[0])
+	cmd.Env = append(os.Environ(), "PATH="+d.path+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), "docs/update-image.md:\n%s\n%s", found[0], out)
+}
 
 // familyMachine makes a Manual machine that follows family and is pinned
 // to the Image pin (each unless "").
@@ -206,6 +271,8 @@ type replicaWatch struct {
 // until the spec ends.
 func watchReplicas(name string) *replicaWatch {
 	GinkgoHelper()
+	// The watching client logs (to the spec's output, not to stderr).
+	ctrllog.SetLogger(GinkgoLogr)
 	wc, err := client.NewWithWatch(l.Config, client.Options{Scheme: l.Client.Scheme()})
 	Expect(err).NotTo(HaveOccurred())
 	w, err := wc.Watch(ctx, &bootv1.ImageList{}, client.InNamespace(lab.Namespace), client.MatchingFields{"metadata.name": name})
