@@ -70,18 +70,30 @@ var _ = Describe("Image lifecycle", func() {
 		doc.run(`"imageFamily":"games","imageRef":null`)
 		Eventually(machineImage(follower), time.Minute, 200*time.Millisecond).Should(Equal("games-v1"), "a follower of a family with one Ready version boots it")
 
-		By("a maintenance boot (writeback Persist) of the first version changes the disk")
+		By("a maintenance boot (writeback Persist) of the first version changes the disk (docs: the maintenance session, the stop)")
 		maint := familyMachine("", "games-v1")
-		ms := sessionOf(maint, "maintenance", "games-v1", bootv1.WritebackPersist, n1.Node)
+		doc.with("maint-1", maint.Name).run("kind: BootSession")
+		ms := onlySession(maint)
+		Eventually(phase(ms), time.Minute).Should(Equal(bootv1.SessionReady), func() string { return fmt.Sprintf("conditions: %+v", ms.Status.Conditions) })
+		rememberCredentials(ms)
+		Expect(ms.Spec.Writeback).To(Equal(bootv1.WritebackPersist))
+		Expect(ms.Spec.ImageRef.Name).To(Equal("games-v1"))
 		Expect(boot(maint).Count).To(Equal(1), "the maintenance boot counts itself on the machine's persistent disk")
-		stop(ms)
+		doc.with("maint-1-x7k2p", ms.Name).run(`"stopped":true`)
+		Expect(phase(ms)()).To(Equal(bootv1.SessionStopped))
+		// The node that holds the disk captures it; the other replicates it.
+		capNode, other := n1, n2
+		if ms.Status.StorageNode == n2.Node {
+			capNode, other = n2, n1
+		}
+		Expect(ms.Status.StorageNode).To(Equal(capNode.Node))
 
 		By("capturing the stopped session as the family's next version (docs: the capture's YAML)")
 		watch := watchReplicas("games-v2")
 		captured := time.Now()
 		doc.with("maint-1-x7k2p", ms.Name).run("kind: Image")
 		v2 := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: lab.Namespace, Name: "games-v2"}}
-		r1 := readyReplica(v2, n1.Node, time.Minute)
+		r1 := readyReplica(v2, capNode.Node, time.Minute)
 		Expect(v2.Labels).To(HaveKeyWithValue(bootv1.FamilyLabel, "games"))
 		Expect(v2.Spec.Source.Writeback.SessionRef.Name).To(Equal(ms.Name))
 		Eventually(version(v2), 30*time.Second, 200*time.Millisecond).Should(Equal(int64(2)), "the capture is the family's next version")
@@ -102,27 +114,27 @@ var _ = Describe("Image lifecycle", func() {
 		Expect(boot(follower).Count).To(Equal(1), "the first version never saw the maintenance boot")
 		stop(rs)
 
-		By("the second storage node replicated the new version from the first; a PC boots from it there")
-		r2 := readyReplica(v2, n2.Node, 2*time.Minute)
-		Expect(watch.sources()).To(HaveKeyWithValue(n2.Node, n1.Node), "the replica on %s came from %s", n2.Node, n1.Node)
+		By("the other storage node replicated the new version from the capturing one; a PC boots from it there")
+		r2 := readyReplica(v2, other.Node, 2*time.Minute)
+		Expect(watch.sources()).To(HaveKeyWithValue(other.Node, capNode.Node), "the replica on %s came from %s", other.Node, capNode.Node)
 		Expect(r2.SHA256).To(Equal(r1.SHA256))
 		Expect(r2.SizeBytes).To(Equal(r1.SizeBytes))
 		Expect(counters(r2.Path).Boots).To(Equal(uint16(1)))
 		Expect(allocated(r2.Path)).To(BeNumerically("<=", allocated(r1.Path)+1<<20), "holes stay holes: no more allocated than the source")
 		doc.run(`"imageFamily":"games","imageRef":null`)
 		Eventually(machineImage(follower), time.Minute, 200*time.Millisecond).Should(Equal("games-v2"), "unpinned, it follows the family again")
-		ns := sessionOf(follower, "on-node-2", "games-v2", bootv1.WritebackDiscard, n2.Node)
-		Expect(ns.Status.StorageNode).To(Equal(n2.Node))
-		Expect(ns.Status.Target.Portal).To(Equal(n2.Portal))
+		ns := sessionOf(follower, "on-the-other-node", "games-v2", bootv1.WritebackDiscard, other.Node)
+		Expect(ns.Status.StorageNode).To(Equal(other.Node))
+		Expect(ns.Status.Target.Portal).To(Equal(other.Portal))
 		Expect(boot(follower).Count).To(Equal(2), "the replica holds the captured write")
 		stop(ns)
 
 		Expect(l.Client.Get(ctx, client.ObjectKeyFromObject(v2), v2)).To(Succeed())
 		Expect(v2.Status.Progress).To(BeEmpty(), "no replica is on its way")
-		Eventually(func() bool { return watch.readyAt(n2.Node).IsZero() }).Should(BeFalse(), "the watch saw both replicas Ready")
+		Eventually(func() bool { return watch.readyAt(other.Node).IsZero() }).Should(BeFalse(), "the watch saw both replicas Ready")
 		AddReportEntry("image lifecycle", fmt.Sprintf("capture: created to Ready on %s %s; replication: Ready on %s %s later (a 64 MiB disk)",
-			n1.Node, watch.readyAt(n1.Node).Sub(captured).Round(10*time.Millisecond), n2.Node,
-			watch.readyAt(n2.Node).Sub(watch.readyAt(n1.Node)).Round(10*time.Millisecond)))
+			capNode.Node, watch.readyAt(capNode.Node).Sub(captured).Round(10*time.Millisecond), other.Node,
+			watch.readyAt(other.Node).Sub(watch.readyAt(capNode.Node)).Round(10*time.Millisecond)))
 	})
 })
 
@@ -176,6 +188,17 @@ func (d docPage) run(s string) {
 	cmd.Env = append(os.Environ(), "PATH="+d.path+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	Expect(err).NotTo(HaveOccurred(), "docs/update-image.md:\n%s\n%s", found[0], out)
+}
+
+// onlySession waits until m has one session and returns it.
+func onlySession(m *bootv1.Machine) *bootv1.BootSession {
+	GinkgoHelper()
+	var list bootv1.BootSessionList
+	Eventually(func() []bootv1.BootSession {
+		_ = l.Client.List(ctx, &list, client.InNamespace(lab.Namespace), client.MatchingFields{"spec.machineRef.name": m.Name})
+		return list.Items
+	}, 30*time.Second, 200*time.Millisecond).Should(HaveLen(1))
+	return &list.Items[0]
 }
 
 // familyMachine makes a Manual machine that follows family and is pinned
