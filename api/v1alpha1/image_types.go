@@ -160,7 +160,8 @@ type ImageReplica struct {
 	// bytesPerSecond is the running transfer's recent rate.
 	// +optional
 	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
-	// sourceNode is the storage node this replica was replicated from, if it was.
+	// sourceNode is the storage node a running replication copies from
+	// (cleared, with the byte counts, once the replica is Ready).
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	SourceNode string `json:"sourceNode,omitempty"`

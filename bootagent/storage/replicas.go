@@ -107,6 +107,11 @@ func (r *imageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if j != nil {
 		st := j.state()
 		if !st.finished {
+			if st.progress.State == "" {
+				// Started, no progress reported yet: the API refuses an
+				// empty state.
+				st.progress.State = bootv1.ReplicaPending
+			}
 			return ctrl.Result{RequeueAfter: progressEvery}, r.reportRow(ctx, img, replicaRow{state: st.progress.State, reason: bootv1.ProgressingReason,
 				msg: j.info.message(img, st.progress), transfer: j.transfer(st)})
 		}

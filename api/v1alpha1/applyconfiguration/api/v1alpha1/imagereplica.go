@@ -42,7 +42,8 @@ type ImageReplicaApplyConfiguration struct {
 	BytesTotal *int64 `json:"bytesTotal,omitempty"`
 	// bytesPerSecond is the running transfer's recent rate.
 	BytesPerSecond *int64 `json:"bytesPerSecond,omitempty"`
-	// sourceNode is the storage node this replica was replicated from, if it was.
+	// sourceNode is the storage node a running replication copies from
+	// (cleared, with the byte counts, once the replica is Ready).
 	SourceNode *string `json:"sourceNode,omitempty"`
 }
 
