@@ -76,6 +76,14 @@ bench-storm: deps envtest-bins build ## Boot storm: N simulated PCs (DHCP, scrip
 	go build -o $(BIN)/bench-storm ./test/benchmark/storm
 	KUBEBUILDER_ASSETS="$$(./hack/envtest-bins.sh)" $(BIN)/bench-storm -bin $(BIN) -n $${STORM_N:-200} $${STORM_ARGS}
 
+.PHONY: bench-capture
+bench-capture: deps ## Capture of a 10 GiB sparse disk (2 GiB written) on a loop-mounted XFS: reflink clone and sparse-aware sha256 against cp and sha256sum, same run (root; BENCH_ARGS e.g. -disk-gib 10 -written-gib 2).
+	go run ./test/benchmark/capture $${BENCH_ARGS:--disk-gib 10 -written-gib 2}
+
+.PHONY: bench-replication
+bench-replication: deps ## Replication of a 10 GiB sparse replica (2 GiB of data) between two storage stores over loopback, against a plain HTTP GET and cp --sparse=always, same run (root; BENCH_ARGS e.g. -size-gib 10 -data-gib 2 -bandwidth 0).
+	go run ./test/benchmark/replication $${BENCH_ARGS:--size-gib 10 -data-gib 2}
+
 ##@ Development
 
 .PHONY: deps
