@@ -33,7 +33,12 @@ type Server struct {
 	Store *images.Store
 	// Key is the shared signing key.
 	Key *Key
-	Log logr.Logger
+	// Namespace, when set, is the one namespace whose replicas are served
+	// (the agent's watched namespace): the data directory may hold another
+	// GGnet's replicas too, of other namespaces, which this agent's key must
+	// not open. Empty: every namespace (the agent watches them all).
+	Namespace string
+	Log       logr.Logger
 	// Window is how far a request's timestamp may be from this clock
 	// (default DefaultWindow).
 	Window time.Duration
@@ -84,7 +89,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, pathPrefix), "/")
 	if !strings.HasPrefix(r.URL.Path, pathPrefix) || len(parts) != 4 || r.URL.RawQuery != "" ||
-		!validNames(parts[0], parts[1], parts[2]) || (parts[3] != opExtents && parts[3] != opData) {
+		!validNames(parts[0], parts[1], parts[2]) || (parts[3] != opExtents && parts[3] != opData) ||
+		(s.Namespace != "" && parts[0] != s.Namespace) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}

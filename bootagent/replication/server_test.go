@@ -201,3 +201,41 @@ func TestOnlyReadyReplicasAreServed(t *testing.T) {
 		g.Expect(code).To(Equal(http.StatusUnauthorized), "the method is signed")
 	})
 }
+
+// An agent watching one namespace serves that namespace's replicas only: the
+// data directory may be shared with another GGnet's agent watching another
+// namespace, whose replicas this agent's key must not open.
+func TestOnlyTheWatchedNamespaceIsServed(t *testing.T) {
+	e := newEnv(t, sparse)
+	now := time.Now()
+	for name, tc := range map[string]struct {
+		namespace string
+		want      int
+	}{
+		"all namespaces":      {"", http.StatusOK},
+		"the replica's":       {testNS, http.StatusOK},
+		"another namespace's": {"tenant-b", http.StatusNotFound},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			s := &Server{Store: e.src, Key: e.key, Namespace: tc.namespace}
+			for _, op := range []string{opExtents, opData} {
+				req, _ := http.NewRequest(http.MethodGet, "http://peer"+replicaPath(testNS, testImg, testUID, op), nil)
+				if op == opData {
+					req.Header.Set("Range", "bytes=0-9")
+				}
+				g.Expect(e.key.sign(req, now)).To(Succeed())
+				w := httptest.NewRecorder()
+				s.ServeHTTP(w, req)
+				want := tc.want
+				if op == opData && want == http.StatusOK {
+					want = http.StatusPartialContent
+				}
+				g.Expect(w.Code).To(Equal(want), op)
+				if want == http.StatusNotFound {
+					g.Expect(w.Body.String()).To(Equal("not found\n"), op)
+				}
+			}
+		})
+	}
+}

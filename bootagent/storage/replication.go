@@ -74,7 +74,7 @@ func (r *Role) setupReplication(mgr ctrl.Manager) error {
 		// No write timeout: a range takes as long as the peer's bandwidth
 		// limit makes it; the handler moves a write deadline on with
 		// every piece it sends.
-		Server: &http.Server{Handler: &replication.Server{Store: r.images, Key: key, Log: log},
+		Server: &http.Server{Handler: &replication.Server{Store: r.images, Key: key, Namespace: r.cfg.Namespace, Log: log},
 			ReadHeaderTimeout: httpboot.ReadHeaderTimeout, ReadTimeout: httpboot.ReadTimeout,
 			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: httpboot.MaxHeaderBytes}}
 	if err := mgr.Add(srv); err != nil {
