@@ -137,10 +137,40 @@ func (r *imageReconciler) writebackPlan(ctx context.Context, img *bootv1.Image, 
 	if s != nil && s.Spec.Writeback != bootv1.WritebackPersist {
 		return placement{}, invalid("BootSession %s uses writeback %s: only a Persist session keeps a disk to capture", name, s.Spec.Writeback), nil
 	}
-	if s != nil && s.Status.StorageNode == r.cfg.NodeName {
+	if s != nil && s.Status.StorageNode == r.cfg.NodeName && !readyElsewhere(img, r.cfg.NodeName) {
 		return r.capturePlan(ctx, img, s)
 	}
+	// Once another node holds a Ready replica, that is the Image: the node
+	// with the disk copies it like any other rather than clone the disk
+	// again (the Machine may have written to it since).
 	return r.replicationPlan(ctx, img, s, attempt)
+}
+
+// readyElsewhere reports whether a node other than node reports a Ready
+// replica of img, with its checksum.
+func readyElsewhere(img *bootv1.Image, node string) bool {
+	for _, rep := range img.Status.Replicas {
+		if rep.Node != node && rep.State == bootv1.ReplicaReady && rep.SHA256 != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// capturedSHA256 is the checksum an Image captured before has (the status's,
+// or a Ready replica's): a capture made again (this node's replica went
+// meanwhile) must find the same content, or the Image would hold one thing
+// here and another elsewhere. Empty: never captured.
+func capturedSHA256(img *bootv1.Image) string {
+	if img.Status.SHA256 != "" {
+		return img.Status.SHA256
+	}
+	for _, rep := range img.Status.Replicas {
+		if rep.State == bootv1.ReplicaReady && rep.SHA256 != "" {
+			return rep.SHA256
+		}
+	}
+	return ""
 }
 
 // capturePlan places the replica of a writeback Image on the node that
@@ -172,7 +202,9 @@ func (r *imageReconciler) capturePlan(ctx context.Context, img *bootv1.Image, s 
 			"the disk of BootSession %s (Machine %s) is in use by %s; the capture waits until it is released, and then holds what that session wrote too",
 			s.Name, s.Spec.MachineRef.Name, who), nil
 	}
-	src := images.Source{Format: string(bootv1.ImageFormatRaw), Fill: r.captureFill(s, disk)}
+	// Captured before (this node's replica went since): the same content
+	// or none.
+	src := images.Source{Format: string(bootv1.ImageFormatRaw), SHA256: capturedSHA256(img), Fill: r.captureFill(s, disk)}
 	if q := img.Spec.MaxVirtualSize; q != nil {
 		src.MaxVirtualSize = q.Value()
 	}

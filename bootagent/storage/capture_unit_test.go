@@ -1,13 +1,20 @@
 package storage
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/images"
+	"github.com/ggnet/ggnet/bootagent/replication"
+	"github.com/ggnet/ggnet/internal/scheme"
 )
 
 func TestTransferRate(t *testing.T) {
@@ -84,4 +91,43 @@ func TestRetryAfter(t *testing.T) {
 	g.Expect(retryAfter(&images.Error{Reason: images.ReasonChecksumMismatch}, 1)).To(Equal(retryPermanent))
 	g.Expect(retryAfter(&images.Error{Reason: bootv1.InvalidCaptureSourceReason}, 1)).To(Equal(retryFirst))
 	g.Expect(retryAfter(&images.Error{Reason: images.ReasonUnreachable}, 10)).To(Equal(retryMax))
+}
+
+// Once another node holds a Ready replica of a captured Image, the node with
+// the session's disk copies that replica like any other node instead of
+// cloning the disk again: the Machine may have written to the disk since,
+// and the Image would hold one content here and another there.
+func TestCaptureNodeCopiesAReadyReplica(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	s := &bootv1.BootSession{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "maint"},
+		Spec: bootv1.BootSessionSpec{MachineRef: bootv1.LocalObjectReference{Name: "seat-1"}, ImageRef: bootv1.LocalObjectReference{Name: "win11"},
+			Writeback: bootv1.WritebackPersist}}
+	s.Status.Phase, s.Status.StorageNode = bootv1.SessionStopped, "node-a"
+	peer := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b",
+		Annotations: map[string]string{bootv1.ReplicationEndpointAnnotation: "10.0.0.2:3262"}}}
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(s, peer).Build()
+	r := &imageReconciler{Role: &Role{cfg: Config{NodeName: "node-a"}, reader: c,
+		Replication: replication.NewClient(&replication.Key{}, 0, logr.Discard())}, Client: c}
+	img := &bootv1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "win11-v2", UID: "0b7e5f5e-0000-4000-8000-000000000001"}}
+	img.Spec.Source.Writeback = &bootv1.WritebackSource{SessionRef: bootv1.LocalObjectReference{Name: "maint"}}
+	img.Status.Replicas = []bootv1.ImageReplica{
+		{Node: "node-a", State: bootv1.ReplicaReady, SHA256: "aaaa"}, // stale: the file went
+		{Node: "node-b", State: bootv1.ReplicaReady, SHA256: "aaaa"},
+	}
+	pl, wait, err := r.writebackPlan(ctx, img, 0)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(wait).To(BeNil())
+	g.Expect(pl.kind).To(Equal(placeReplication))
+	g.Expect(pl.sourceNode).To(Equal("node-b"))
+	g.Expect(pl.src.SHA256).To(Equal("aaaa"))
+
+	// No other node holds one: a capture made again must find the content
+	// the Image had.
+	g.Expect(readyElsewhere(img, "node-b")).To(BeTrue())
+	g.Expect(readyElsewhere(&bootv1.Image{Status: bootv1.ImageStatus{Replicas: img.Status.Replicas[:1]}}, "node-a")).To(BeFalse())
+	g.Expect(capturedSHA256(img)).To(Equal("aaaa"))
+	g.Expect(capturedSHA256(&bootv1.Image{Status: bootv1.ImageStatus{SHA256: "bbbb"}})).To(Equal("bbbb"))
+	g.Expect(capturedSHA256(&bootv1.Image{Status: bootv1.ImageStatus{Replicas: []bootv1.ImageReplica{
+		{Node: "node-a", State: bootv1.ReplicaPending}}}})).To(BeEmpty(), "never captured")
 }
