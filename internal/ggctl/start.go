@@ -426,15 +426,16 @@ func readySummary(s *bootv1.BootSession) string {
 	return "not reconciled yet (is the GGnet manager running?)"
 }
 
-// machineImage is the Image a machine boots when none is given: the one the
-// manager resolved (status.image: its pin, or its family's latest Ready
-// version), else its pin before the manager has seen it.
+// machineImage is the Image a machine boots when none is given: its pin
+// (spec.imageRef, which status.image follows: a rollback just pinned is
+// booted even before the manager has seen it), else the one the manager
+// resolved (status.image: its family's latest Ready version).
 func machineImage(m *bootv1.Machine) string {
 	switch {
+	case m.Spec.ImageRef != nil && m.Spec.ImageRef.Name != "":
+		return m.Spec.ImageRef.Name
 	case m.Status.Image != "":
 		return m.Status.Image
-	case m.Spec.ImageRef != nil:
-		return m.Spec.ImageRef.Name
 	}
 	return ""
 }

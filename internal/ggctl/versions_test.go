@@ -195,3 +195,20 @@ func TestPinFollowCapture(t *testing.T) {
 		t.Errorf("the operator's refused pin changed seat-1: %q", pinned("seat-1"))
 	}
 }
+
+// A pin wins over a status.image the manager has not moved yet: pin then
+// start (a rollback) boots the pinned version, not the broken one.
+func TestMachineImagePinFirst(t *testing.T) {
+	m := &bootv1.Machine{}
+	m.Status.Image = "games-v6"
+	if got := machineImage(m); got != "games-v6" {
+		t.Errorf("a follower: %q, want its resolved games-v6", got)
+	}
+	m.Spec.ImageRef = &bootv1.LocalObjectReference{Name: "games-v5"}
+	if got := machineImage(m); got != "games-v5" {
+		t.Errorf("just pinned, status.image not moved yet: %q, want the pin games-v5", got)
+	}
+	if got := machineImage(&bootv1.Machine{}); got != "" {
+		t.Errorf("no pin, no family: %q", got)
+	}
+}
