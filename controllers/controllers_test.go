@@ -78,6 +78,10 @@ var _ = Describe("BootSession", func() {
 		img = fixture.Image(ns, "win11")
 		Expect(k8sClient.Create(ctx, img)).To(Succeed())
 		readyReplica(ctx, img, node)
+		// The manager's cache has the Ready replica once its Image
+		// controller says so (one informer for all controllers): a session
+		// made before could first wait with ImageNotReady.
+		Eventually(func() bootv1.ImagePhase { return get(ctx, img)().Status.Phase }, eventually).Should(Equal(bootv1.ImageReady))
 		Expect(k8sClient.Create(ctx, fixture.Machine(ns, "seat-1"))).To(Succeed())
 	})
 
