@@ -17,8 +17,8 @@ import (
 // retentionCandidates are the Images of a family (its members, listed) that
 // retention may delete, oldest first: with keep > 0 Ready versions kept
 // (the newest keep Ready ones, and every version newer than the oldest of
-// them), the versions older than that, not being deleted and not annotated
-// bootv1.KeepAnnotation "true". None when the family has keep Ready
+// them), the versions older than that that are Ready or Failed, not being
+// deleted and not annotated bootv1.KeepAnnotation "true". None when the family has keep Ready
 // versions or fewer.
 func retentionCandidates(family []bootv1.Image, keep int) []*bootv1.Image {
 	if keep <= 0 {
@@ -39,7 +39,11 @@ func retentionCandidates(family []bootv1.Image, keep int) []*bootv1.Image {
 	var out []*bootv1.Image
 	for i := range family {
 		x := &family[i]
-		if x.DeletionTimestamp == nil && x.Status.Version > 0 && x.Status.Version < oldestKept && x.Annotations[bootv1.KeepAnnotation] != "true" {
+		// Only a version that is Ready or has Failed: one still on its way
+		// (a capture waiting for its session, a download) is someone's
+		// request in progress, never collected under them.
+		settled := meta.IsStatusConditionTrue(x.Status.Conditions, bootv1.ReadyCondition) || x.Status.Phase == bootv1.ImageFailed
+		if settled && x.DeletionTimestamp == nil && x.Status.Version > 0 && x.Status.Version < oldestKept && x.Annotations[bootv1.KeepAnnotation] != "true" {
 			out = append(out, x)
 		}
 	}

@@ -156,7 +156,10 @@ func latestReady(family []bootv1.Image) *bootv1.Image {
 		if x.DeletionTimestamp != nil || x.Status.Version == 0 || !meta.IsStatusConditionTrue(x.Status.Conditions, bootv1.ReadyCondition) {
 			continue
 		}
-		if best == nil || x.Status.Version > best.Status.Version {
+		// Two Images may share a version (one relabelled into the family):
+		// the choice must not flip between reconciles, so ties go to the
+		// name that sorts last.
+		if best == nil || x.Status.Version > best.Status.Version || (x.Status.Version == best.Status.Version && x.Name > best.Name) {
 			best = x
 		}
 	}

@@ -57,6 +57,11 @@ func TestLatestReady(t *testing.T) {
 	g.Expect(latestReady(family).Name).To(Equal("v3"))
 	g.Expect(latestReady(family[4:])).To(BeNil())
 	g.Expect(latestReady(nil)).To(BeNil())
+	// Two Images sharing a version (one relabelled into the family): the
+	// same one wins whatever the order.
+	tie := []bootv1.Image{member("x", 1, 9, true), member("y", 2, 9, true)}
+	g.Expect(latestReady(tie).Name).To(Equal("y"))
+	g.Expect(latestReady([]bootv1.Image{tie[1], tie[0]}).Name).To(Equal("y"))
 }
 
 func TestRetentionCandidates(t *testing.T) {
@@ -69,16 +74,18 @@ func TestRetentionCandidates(t *testing.T) {
 		}
 		return out
 	}
-	// v1..v6: v2 keep-annotated and not Ready, v5 not Ready (newer than the
-	// oldest kept with keep 2: v4, v6 are the newest Ready).
-	family := []bootv1.Image{member("v6", 6, 6, true), member("v1", 1, 1, true), kept, member("v3", 3, 3, true),
+	// v1..v6: v2 keep-annotated and not Ready, v3 Failed, v5 still on its
+	// way (a capture waiting for its session: never collected), v1, v4, v6
+	// Ready.
+	failed := member("v3", 3, 3, false)
+	failed.Status.Phase = bootv1.ImageFailed
+	family := []bootv1.Image{member("v6", 6, 6, true), member("v1", 1, 1, true), kept, failed,
 		member("v4", 4, 4, true), member("v5", 5, 5, false), member("nover", 0, 0, true)}
 	for keep, want := range map[int][]string{
 		0: nil,
-		1: {"v1", "v3", "v4", "v5"},
+		1: {"v1", "v3", "v4"},
 		2: {"v1", "v3"},
-		3: {"v1"},
-		4: nil,
+		3: nil,
 		9: nil,
 	} {
 		t.Run(fmt.Sprint(keep), func(t *testing.T) {
