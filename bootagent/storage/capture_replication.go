@@ -59,7 +59,9 @@ func (r *imageReconciler) replicationPlan(ctx context.Context, img *bootv1.Image
 			return placement{}, nil, err
 		}
 		endpoint := node.Annotations[bootv1.ReplicationEndpointAnnotation]
-		if endpoint == "" {
+		if endpoint == "" || checkEndpoint(endpoint) != nil {
+			// Unset, or not an <IPv4>:<port> (whoever may patch Nodes must
+			// not send the signed requests to a host name of their choice).
 			silent = append(silent, src.Node)
 			continue
 		}
