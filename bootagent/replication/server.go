@@ -80,6 +80,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := s.Key.verify(r, now(), window); err != nil {
 		log.V(1).Info("Refusing an unauthenticated replication request", "why", err.Error())
 		w.Header().Set("WWW-Authenticate", strings.TrimSpace(scheme))
+		// The connection goes with the answer: an unsigned client does not
+		// get to hold one of the server's connections open.
+		w.Header().Set("Connection", "close")
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}

@@ -239,3 +239,27 @@ func TestOnlyTheWatchedNamespaceIsServed(t *testing.T) {
 		})
 	}
 }
+
+// TestUnsignedConnectionsAreClosed: an unsigned client asking to keep its
+// connection alive gets its 401 and the connection closed, so that it
+// cannot hold the server's connection slots.
+func TestUnsignedConnectionsAreClosed(t *testing.T) {
+	e := newEnv(t, sparse)
+	g := NewWithT(t)
+	conn, err := net.Dial("tcp", e.endpoint)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer conn.Close()
+	data := replicaPath(testNS, testImg, testUID, opData)
+	_, err = io.WriteString(conn, "GET "+data+" HTTP/1.1\r\nHost: peer\r\nConnection: keep-alive\r\n\r\n")
+	g.Expect(err).NotTo(HaveOccurred())
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	g.Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized))
+	g.Expect(resp.Close).To(BeTrue(), "the answer says the connection closes")
+	g.Expect(conn.SetReadDeadline(time.Now().Add(5 * time.Second))).To(Succeed())
+	_, err = br.ReadByte()
+	g.Expect(err).To(MatchError(io.EOF), "the server closed the connection")
+}
