@@ -25,19 +25,29 @@ import (
 // refused: the target would listen on every address of the node (the boot
 // LAN, the cluster network) and PCs cannot be sent to it.
 func CheckPortal(portal string) error {
-	host, p, err := net.SplitHostPort(portal)
+	if err := checkIPv4Port(portal, 1, "the target would listen on every address of the node"); err != nil {
+		return fmt.Errorf("portal %w", err)
+	}
+	return nil
+}
+
+// checkIPv4Port accepts <IPv4>:<port> with a port from minPort to 65535,
+// not 0.0.0.0 (why says what that would do); its errors start with the
+// address, quoted.
+func checkIPv4Port(addr string, minPort int, why string) error {
+	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("portal %q: want <IPv4 address>:<port>: %w", portal, err)
+		return fmt.Errorf("%q: want <IPv4 address>:<port>: %w", addr, err)
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || ip.To4() == nil || strings.Contains(host, ":") {
-		return fmt.Errorf("portal %q: %q is not an IPv4 address", portal, host)
+		return fmt.Errorf("%q: %q is not an IPv4 address", addr, host)
 	}
 	if ip.IsUnspecified() {
-		return fmt.Errorf("portal %q: name the storage network's address, not 0.0.0.0 (the target would listen on every address of the node)", portal)
+		return fmt.Errorf("%q: name the storage network's address, not 0.0.0.0 (%s)", addr, why)
 	}
-	if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("portal %q: port %q is not 1 to 65535", portal, p)
+	if n, err := strconv.Atoi(p); err != nil || n < minPort || n > 65535 {
+		return fmt.Errorf("%q: port %q is not %d to 65535", addr, p, minPort)
 	}
 	return nil
 }

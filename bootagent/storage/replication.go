@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -97,21 +96,7 @@ func (r *Role) ReplicationAddr() net.Addr { return r.replicationAddr }
 // the peers, who connect to it. Port 0 takes a free port (announced as
 // bound).
 func checkEndpoint(addr string) error {
-	host, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: want <IPv4 address>:<port>: %w", addr, err)
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || ip.To4() == nil || strings.Contains(host, ":") {
-		return fmt.Errorf("%q: %q is not an IPv4 address", addr, host)
-	}
-	if ip.IsUnspecified() {
-		return fmt.Errorf("%q: name the storage network's address, not 0.0.0.0 (the peers are sent to it)", addr)
-	}
-	if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not 0 to 65535", addr, p)
-	}
-	return nil
+	return checkIPv4Port(addr, 0, "the peers are sent to it")
 }
 
 // keyReader keeps the key from the replication Secret. The Secret is read
