@@ -85,7 +85,10 @@ var _ = Describe("Replication of a captured Image", func() {
 		By("the second node waits while the first has no Ready replica")
 		// 2 MiB/s: the 32 MiB take about 16 s, over a status update (every
 		// progressEvery) with the rate.
-		second := runSecondRole(l.ns, ref, 2<<20)
+		// 1 MiB/s: the 24 MiB take ~24 s, so that the reconciles every
+		// progressEvery (10 s) see the transfer running with a rate, even
+		// late under load (at 2 MiB/s a reconcile late by 2 s saw it Ready).
+		second := runSecondRole(l.ns, ref, 1<<20)
 		img := l.captureImage("win11-v2", "maint")
 		Eventually(l.replicaOn(secondNode, "win11-v2"), eventually).Should(And(HaveField("State", bootv1.ReplicaPending),
 			HaveField("Reason", bootv1.NoSourceReplicaReason), HaveField("Message", ContainSubstring("node "+nodeName+" captures BootSession maint"))))
