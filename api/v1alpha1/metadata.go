@@ -4,6 +4,17 @@ package v1alpha1
 // (The session Secret's label and keys are with the Secret's description in
 // bootsession_types.go.)
 
+// RetireAnnotation on a BootSession asks its storage agent to retire it if
+// no PC uses it (its value is why, for people): the manager sets it on an
+// AutoSession machine's prepared session that no longer fits the Machine (a
+// new image version, another writeback) instead of stopping it blind. The
+// boot agent stops handing out the session's script; the storage agent
+// unbinds the target's initiator and then looks for a login, and answers
+// with the RetireCondition. The manager stops the session only on
+// Retire=True (Unused); on Retire=False (InUse) it keeps it and removes the
+// annotation: a PC boots from it.
+const RetireAnnotation = "boot.ggnet.io/retire"
+
 // Labels on BootSessions. The manager sets MachineLabel, ImageLabel and,
 // once the session is scheduled, StorageNodeOfSessionLabel on every session
 // (values are object names), so that `kubectl get bs -l
@@ -95,8 +106,13 @@ const (
 	// SessionFinalizer is held by the manager until a session's Secret and
 	// Machine bookkeeping are released.
 	SessionFinalizer = "boot.ggnet.io/session"
-	// StorageFinalizer is held by the storage agent until the target and, for
-	// Discard, the overlay are gone.
+	// StorageFinalizer guards a session's target and, for Discard, its
+	// overlay: the manager adds it in its first metadata write of a new
+	// session (with SessionFinalizer, one write; the storage agent adds it
+	// only to a scheduled session that lacks it), the storage agent removes
+	// it once the target and overlay are gone, the manager removes it from a
+	// session that was never scheduled (no storage was made), and, for a
+	// storage node lost longer than the grace, the StorageNodeReconciler.
 	StorageFinalizer = "boot.ggnet.io/storage"
 	// ImageFinalizer is held by the manager on every Image; an Image being
 	// deleted keeps it while sessions use it: scheduled sessions that have
