@@ -117,17 +117,8 @@ func main() {
 	fmt.Printf("sha256 %s (both agree)\n", res.SHA256)
 }
 
-// cold drops the file's pages from the page cache (written out first), so
-// that each step reads it from the device: the clone is a new inode whose
-// pages are never cached, and the baselines must not read from memory what
-// GGnet read from the disk.
-func cold(path string) {
-	f, err := os.Open(path)
-	check(err)
-	defer f.Close()
-	check(f.Sync())
-	check(unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
-}
+// cold drops the file's pages from the page cache (testfs.Cold).
+func cold(path string) { check(testfs.Cold(path)) }
 
 // plainSHA256 hashes the whole file, holes read as zeros.
 func plainSHA256(path string) string {
@@ -169,14 +160,11 @@ func run(name string, args ...string) time.Duration {
 }
 
 // syncFS writes the file system of path's dirty pages out and returns how
-// long that took.
+// long that took (testfs.SyncFS).
 func syncFS(path string) time.Duration {
-	f, err := os.Open(filepath.Dir(path))
+	d, err := testfs.SyncFS(path)
 	check(err)
-	defer f.Close()
-	t := time.Now()
-	check(unix.Syncfs(int(f.Fd())))
-	return time.Since(t)
+	return d
 }
 
 func freeBytes(dir string) int64 {

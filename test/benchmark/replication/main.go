@@ -180,15 +180,8 @@ func download(url, path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// cold drops the file's pages from the page cache (written out first), so
-// that each step reads it from the device.
-func cold(path string) {
-	f, err := os.Open(path)
-	check(err)
-	defer f.Close()
-	check(f.Sync())
-	check(unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
-}
+// cold drops the file's pages from the page cache (testfs.Cold).
+func cold(path string) { check(testfs.Cold(path)) }
 
 func run(name string, args ...string) {
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
@@ -197,10 +190,8 @@ func run(name string, args ...string) {
 }
 
 func syncFS(path string) {
-	f, err := os.Open(filepath.Dir(path))
+	_, err := testfs.SyncFS(path)
 	check(err)
-	defer f.Close()
-	check(unix.Syncfs(int(f.Fd())))
 }
 
 func gib(n int64) string { return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30)) }
