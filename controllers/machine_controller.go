@@ -175,14 +175,22 @@ func (h machineOfSession) Generic(_ context.Context, e event.GenericEvent, q wor
 // mirroredChanged reports whether a session changed in what its Machine
 // shows (activeSession, lastBoot) or acts on (its deletion's blockers, the
 // next prepared session): Ready and the boot's steps, stop, end, deletion,
-// and whether it holds the machine or blocks its deletion.
+// whether it holds the machine or blocks its deletion, and its retire.
 func mirroredChanged(o, n *bootv1.BootSession) bool {
 	t, u := o.Status.Timeline, n.Status.Timeline
 	return finished(o) != finished(n) || o.Spec.Stopped != n.Spec.Stopped || (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) ||
 		holdsMachine(o) != holdsMachine(n) || blocksDeletion(o) != blocksDeletion(n) ||
 		!t.Ready.Equal(u.Ready) || !t.DHCP.Equal(u.DHCP) || !t.ScriptServed.Equal(u.ScriptServed) ||
 		!t.ISCSILogin.Equal(u.ISCSILogin) || !t.Stopped.Equal(u.Stopped) || len(t.Logins) != len(u.Logins) ||
-		o.Spec.ImageRef != n.Spec.ImageRef
+		o.Spec.ImageRef != n.Spec.ImageRef || retireChanged(o, n)
+}
+
+// retireChanged reports whether a retire was asked or withdrawn, or the
+// storage agent answered it (stopUnbooted acts on the answer).
+func retireChanged(o, n *bootv1.BootSession) bool {
+	a1, s1 := retireState(o)
+	a2, s2 := retireState(n)
+	return a1 != a2 || s1 != s2
 }
 
 // sharing maps a Machine to the Machines in any namespace sharing its MAC

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -101,10 +102,11 @@ func (r *MachineReconciler) reconcileImage(ctx context.Context, sc *machineScope
 // boot agent serves it at the first DHCP request). That happens when the
 // Machine is made, and right after its previous session stops. A prepared
 // session that no PC has booted from is kept as it is, never churned; it is
-// stopped (and the next one prepared) only when it no longer fits the
-// Machine: another image (a new latest version of its family, a pin) or
-// writeback, another policy (stopUnbooted). A session a PC booted from is
-// never stopped here, whatever the new image. It also answers the boot agent's request for a session
+// retired (stopped once its storage agent found no login, and the next one
+// prepared) only when it no longer fits the Machine: another image (a new
+// latest version of its family, a pin) or writeback, another policy
+// (stopUnbooted). A session a PC booted from is never stopped here,
+// whatever the new image. It also answers the boot agent's request for a session
 // (bootv1.SessionRequestedAnnotation), which a prepared session makes rare,
 // and removes the request in the reconcile's one metadata write. After a
 // prepared session failed without a boot, the next waits preparedRetry.
@@ -182,33 +184,123 @@ func autoWriteback(m *bootv1.Machine) bootv1.WritebackPolicy {
 
 // booted reports whether a PC may have booted from the session: the boot
 // agent recorded a DHCP answer or a served script, or the storage agent an
-// iSCSI login. (The boot agent's DHCP records are paced: in a boot storm one
-// can be written seconds after the answer.)
+// iSCSI login or, answering a retire, that a PC uses it (Retire=False
+// InUse). (The boot agent's DHCP records are paced: in a boot storm one can
+// be written seconds after the answer.)
 func booted(s *bootv1.BootSession) bool {
 	t := s.Status.Timeline
-	return t.DHCP != nil || t.ScriptServed != nil || t.ISCSILogin != nil || len(t.Logins) > 0
+	return t.DHCP != nil || t.ScriptServed != nil || t.ISCSILogin != nil || len(t.Logins) > 0 ||
+		meta.IsStatusConditionFalse(s.Status.Conditions, bootv1.RetireCondition)
 }
 
-// stopUnbooted stops the machine's AutoSession sessions that no PC has
+// stopUnbooted retires the machine's AutoSession sessions that no PC has
 // booted from and that why says no longer fit (a non-empty reason). A
 // session a PC may run on is never stopped by the manager: only its user
-// stops it.
+// stops it. The timeline's records of a boot are written asynchronously (the
+// boot agent paces them, the login watcher samples), so a session without
+// them may still be in use: such a session is not stopped blind but asked
+// to retire (bootv1.RetireAnnotation, the why as its value). Its storage
+// agent makes the target refuse new logins, looks for one, and answers with
+// the Retire condition: True (Unused), the session is stopped here; False
+// (InUse), the annotation is removed and the session kept (it is booted).
+// While the answer is awaited the session stays the machine's, so its next
+// one is not made yet. A retire once asked is not withdrawn (the target may
+// refuse logins already); an answer of Unused stops the session even when
+// it would fit again.
+//
+// A session is stopped at once, without asking, when no PC can be using it:
+// it is not scheduled, its storage was never ready (the boot agent hands out
+// only Ready sessions; a later Ready would have changed the session, and the
+// optimistic lock refuses the stop), or its storage node is unreachable
+// (StorageReachable=False: its agent cannot answer, the boot agent does not
+// hand its script out, and a PC cannot boot from a node it cannot reach; if
+// the node comes back its agent tears the target down, and the machine gets
+// its next session on a live node at once rather than after the grace).
 func (r *MachineReconciler) stopUnbooted(ctx context.Context, sc *machineScope, why func(*bootv1.BootSession) string) error {
+	log := logf.FromContext(ctx)
 	for i := range sc.sessions {
 		s := &sc.sessions[i]
-		if s.Labels[bootv1.AutoSessionLabel] != "true" || finished(s) || s.Spec.Stopped || s.DeletionTimestamp != nil || booted(s) {
+		if s.Labels[bootv1.AutoSessionLabel] != "true" || finished(s) || s.Spec.Stopped || s.DeletionTimestamp != nil {
 			continue
 		}
-		reason := why(s)
-		if reason == "" {
+		asked, answer := retireState(s)
+		switch {
+		case answer == metav1.ConditionTrue:
+			if err := markStopped(ctx, r.Client, s); err != nil {
+				return err
+			}
+			log.Info("Stopped a retired prepared session (its storage agent found no login)", "session", s.Name, "why", s.Annotations[bootv1.RetireAnnotation])
+			continue
+		case answer == metav1.ConditionFalse:
+			if asked {
+				if err := clearRetire(ctx, r.Client, s); err != nil {
+					return err
+				}
+				log.Info("Kept a prepared session a PC logged in to", "session", s.Name)
+			}
+			continue
+		case !asked && booted(s):
 			continue
 		}
-		if err := markStopped(ctx, r.Client, s); err != nil {
-			return err
+		reason := s.Annotations[bootv1.RetireAnnotation]
+		if !asked {
+			if reason = why(s); reason == "" {
+				continue
+			}
 		}
-		logf.FromContext(ctx).Info("Stopped a prepared session no PC booted from", "session", s.Name, "why", reason)
+		if unusable(s) {
+			if err := markStopped(ctx, r.Client, s); err != nil {
+				return err
+			}
+			log.Info("Stopped a prepared session no PC can use", "session", s.Name, "why", reason)
+			continue
+		}
+		if !asked {
+			if err := askRetire(ctx, r.Client, s, reason); err != nil {
+				return err
+			}
+			log.Info("Asked the storage agent to retire a prepared session if unused", "session", s.Name, "why", reason)
+		}
 	}
 	return nil
+}
+
+// retireState is whether the session is asked to retire, and the storage
+// agent's answer (its Retire condition's status, "" while none).
+func retireState(s *bootv1.BootSession) (asked bool, answer metav1.ConditionStatus) {
+	_, asked = s.Annotations[bootv1.RetireAnnotation]
+	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.RetireCondition); c != nil {
+		answer = c.Status
+	}
+	return asked, answer
+}
+
+// unusable reports whether no PC can be using a session's disk: it is not
+// scheduled, its storage was never ready, or its storage node is
+// unreachable (see stopUnbooted).
+func unusable(s *bootv1.BootSession) bool {
+	return s.Status.StorageNode == "" ||
+		(s.Status.Timeline.StorageReady == nil && !meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition)) ||
+		meta.IsStatusConditionFalse(s.Status.Conditions, bootv1.StorageReachableCondition)
+}
+
+// askRetire sets the session's RetireAnnotation to why, with optimistic
+// lock: a session whose boot was recorded meanwhile is re-read first.
+func askRetire(ctx context.Context, c client.Client, s *bootv1.BootSession, why string) error {
+	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[bootv1.RetireAnnotation] = why
+	return client.IgnoreNotFound(c.Patch(ctx, s, patch))
+}
+
+// clearRetire removes the session's RetireAnnotation (the agent answered
+// InUse).
+func clearRetire(ctx context.Context, c client.Client, s *bootv1.BootSession) error {
+	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	delete(s.Annotations, bootv1.RetireAnnotation)
+	return client.IgnoreNotFound(c.Patch(ctx, s, patch))
 }
 
 // markStopped sets a session's spec.stopped, with optimistic lock: a
