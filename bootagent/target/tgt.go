@@ -137,8 +137,19 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 		}
 	}
 	if cur != nil {
-		if cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.acls, t.InitiatorIQN) &&
-			equal(cur.accounts, t.CHAPUser) && cur.outgoing == t.TargetUser {
+		same := cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.accounts, t.CHAPUser) && cur.outgoing == t.TargetUser
+		if same && !equal(cur.acls, t.InitiatorIQN) {
+			// Only the initiator differs: the ACL is changed in place, so
+			// that whoever is logged in stays (tgtd checks the ACL at
+			// login only). The storage agent retires a prepared session
+			// this way: the target refuses new logins while it looks for
+			// one, and gets its initiator back if it finds one.
+			if err := d.rebind(ctx, cur, t.InitiatorIQN); err != nil {
+				return err
+			}
+			cur.acls = []string{t.InitiatorIQN}
+		}
+		if same && equal(cur.acls, t.InitiatorIQN) {
 			if d.applied[t.IQN] == (secrets{t.CHAPPassword, t.TargetPassword}) {
 				return nil
 			}
@@ -168,6 +179,28 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 	if err := d.accounts(ctx, t, tid); err != nil {
 		undo()
 		return err
+	}
+	return nil
+}
+
+// rebind binds initiator to the target and then unbinds every other
+// initiator name, without touching its sessions.
+func (d *TGT) rebind(ctx context.Context, cur *tgtTarget, initiator string) error {
+	c := d.client()
+	if !slices.Contains(cur.acls, initiator) {
+		if _, err := c.do(ctx, tgtRequest{mode: modeTarget, op: opBind, tid: cur.tid,
+			params: []tgtParam{{name: "initiator-name", value: initiator}}}); err != nil {
+			return err
+		}
+	}
+	for _, a := range cur.acls {
+		if a == initiator {
+			continue
+		}
+		if _, err := c.do(ctx, tgtRequest{mode: modeTarget, op: opUnbind, tid: cur.tid,
+			params: []tgtParam{{name: "initiator-name", value: a}}}); err != nil && tgtCode(err) != tgtErrNoACL {
+			return err
+		}
 	}
 	return nil
 }

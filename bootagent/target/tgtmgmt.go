@@ -109,6 +109,7 @@ var tgtErrors = [...]string{
 const (
 	tgtErrNoTarget = 4
 	tgtErrNoUser   = 15
+	tgtErrNoACL    = 13
 )
 
 // TGTError is tgtd's refusal of a request. It names the request by mode,
