@@ -23,7 +23,9 @@ import (
 // rest); each applies the whole record, so neither removes the other's
 // fields. Times are to the second, as the API server keeps them.
 type sessionStatus struct {
-	Ready       *metav1.Condition
+	Ready *metav1.Condition
+	// Retire is the answer to the manager's RetireAnnotation (retire.go).
+	Retire      *metav1.Condition
 	OverlayPath string
 	Logins      []bootv1.SessionLogin
 	Login       *metav1.Time
@@ -37,6 +39,9 @@ func statusOf(s *bootv1.BootSession) sessionStatus {
 	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition); c != nil {
 		st.Ready = c.DeepCopy()
 	}
+	if c := meta.FindStatusCondition(s.Status.Conditions, bootv1.RetireCondition); c != nil {
+		st.Retire = c.DeepCopy()
+	}
 	return st
 }
 
@@ -45,6 +50,9 @@ func (st sessionStatus) clone() sessionStatus {
 	out := st
 	if st.Ready != nil {
 		out.Ready = st.Ready.DeepCopy()
+	}
+	if st.Retire != nil {
+		out.Retire = st.Retire.DeepCopy()
 	}
 	tl := st.timeline()
 	tl = *tl.DeepCopy()
@@ -78,6 +86,9 @@ func (st sessionStatus) applyConfig(s *bootv1.BootSession) *bootac.BootSessionAp
 	status := bootac.BootSessionStatus()
 	if st.Ready != nil {
 		status.WithConditions(conditionApply(st.Ready))
+	}
+	if st.Retire != nil {
+		status.WithConditions(conditionApply(st.Retire))
 	}
 	if st.OverlayPath != "" {
 		status.WithOverlayPath(st.OverlayPath)

@@ -46,6 +46,8 @@ const (
 type sessionReconciler struct {
 	*Role
 	client.Client
+	// retiring: the retires under way (retire.go).
+	retiring retiring
 }
 
 func (r *sessionReconciler) setup(mgr ctrl.Manager) error {
@@ -133,6 +135,9 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, err
 	}
 	if wasStorageReady(s) {
+		if res, done, err := r.retire(ctx, s, &sec, log); done {
+			return res, err
+		}
 		return r.reconcileRunning(ctx, s, &sec, log)
 	}
 	return r.reconcileNew(ctx, s, &sec, log)
@@ -276,6 +281,7 @@ func (r *sessionReconciler) overlayLost(ctx context.Context, s *bootv1.BootSessi
 // serve makes the session's target on path and reports StorageReady=True.
 func (r *sessionReconciler) serve(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, path string, log logr.Logger) (ctrl.Result, error) {
 	t := sessionTarget(s, sec, path)
+	t.InitiatorIQN = r.servedInitiator(s) // the session's, unless it is retired (retire.go)
 	if err := r.cfg.Driver.Ensure(ctx, t); err != nil {
 		if wasStorageReady(s) || transient(err) {
 			// controller-runtime logs the returned error (redacted, as the
