@@ -79,7 +79,7 @@ func sessionEntry(s *bootv1.BootSession) table.Session {
 	}
 	e := table.Session{
 		Key: s.Namespace + "/" + s.Name, MAC: s.Status.MAC, MachineKey: s.Namespace + "/" + s.Spec.MachineRef.Name,
-		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(),
+		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(), Retiring: retiring(s),
 		Boot: ipxe.Session{Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name, InitiatorIQN: s.Status.InitiatorIQN},
 	}
 	if t := s.Status.Target; t != nil {
@@ -88,6 +88,21 @@ func sessionEntry(s *bootv1.BootSession) table.Session {
 		e.Bootable = false
 	}
 	return e
+}
+
+// retiring reports whether the manager asked to retire the session
+// (RetireAnnotation) or its storage agent retired it (Retire=True): it is not
+// handed out.
+func retiring(s *bootv1.BootSession) bool {
+	if _, ok := s.Annotations[bootv1.RetireAnnotation]; ok {
+		return true
+	}
+	for _, c := range s.Status.Conditions {
+		if c.Type == bootv1.RetireCondition && c.Status == "True" {
+			return true
+		}
+	}
+	return false
 }
 
 // secretEntry converts a session's Secret for the table: the key of its

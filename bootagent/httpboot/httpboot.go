@@ -161,9 +161,12 @@ const (
 	ResultTimeout    = "timeout"
 	ResultBusy       = "busy"
 	ResultBootFailed = "boot-failed"
-	ResultForbidden  = "forbidden"
-	ResultNotReady   = "not-ready"
-	ResultError      = "error"
+	// ResultRetired: a failure report of a retired session, answered with
+	// the retry fallback.
+	ResultRetired   = "retired"
+	ResultForbidden = "forbidden"
+	ResultNotReady  = "not-ready"
+	ResultError     = "error"
 )
 
 // request is one script request as the handler reads it.
@@ -298,11 +301,19 @@ func (h *Handler) script(ctx context.Context, w http.ResponseWriter, req request
 }
 
 // failed records a sanboot failure the script reported and sends the machine
-// to its next boot device instead of into a loop.
+// to its next boot device instead of into a loop. A failure of a session
+// being retired (the report carries its token, or the machine has a
+// retiring session not yet stopped) is no failure: its target refuses new
+// logins on purpose, so the PC gets the retry fallback, which fetches its
+// machine's script again (the next session, once prepared; the long poll
+// waits for it) — nothing is recorded.
 func (h *Handler) failed(req request, errno string) (string, int, string) {
 	g, result, status, body, ok := h.authorize(req)
 	if !ok {
 		return result, status, body
+	}
+	if g.Retired || g.Retiring {
+		return ResultRetired, http.StatusOK, h.fallback(req, "the session was retired (iPXE error "+errno+"); fetching the next session of the machine", ipxe.FailureRetry)
 	}
 	if g.SessionKey != "" {
 		h.recorder.BootFailed(g.SessionKey, errno)

@@ -41,10 +41,16 @@ type Grant struct {
 	Script     string
 	// Live is true when the owner has a session on its way to Ready.
 	Live bool
+	// Retired is true when the request's token is a retiring or retired
+	// session's (Session.Retiring): the PC was sent to a session that is no
+	// longer handed out. Retiring is true while the owner has a retiring
+	// session not yet stopped.
+	Retired, Retiring bool
 }
 
 // Authorize decides a script request (HTTP, TFTP, failure reports): the
-// token must be the served session's token or the MAC's nonce, compared in
+// token must be the served session's token, the MAC's nonce or the token of
+// one of its retiring sessions (Grant.Retired), compared in
 // constant time ("" only with WithoutRequiredToken), and the requester's
 // address remote must be bound to the MAC: the owner's reserved IPv4, the
 // address the agent's DHCP last handed the MAC, or (WithNeighbors) the
@@ -63,7 +69,7 @@ func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr)
 		t.mu.RUnlock()
 		return Grant{}, ErrUnknownMAC
 	}
-	g := Grant{Machine: *e.machine, Owner: e.machine.owner()}
+	g := Grant{Machine: *e.machine, Owner: e.machine.owner(), Retiring: e.retiring}
 	var (
 		sess   Session
 		secret = e.secret
@@ -83,6 +89,13 @@ func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr)
 	switch {
 	case token != "":
 		tokenOK = equal(token, e.nonce) || (e.session != nil && equal(token, secret.Token))
+		if !tokenOK {
+			for _, r := range e.retiredTokens {
+				if equal(token, r) {
+					tokenOK, g.Retired = true, true
+				}
+			}
+		}
 	default:
 		tokenOK = t.tokenOptional
 	}

@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -99,6 +100,11 @@ type Session struct {
 	Live bool
 	// CreatedUnix orders sessions: the newest bootable one wins.
 	CreatedUnix int64
+	// Retiring is true for a session the manager asked to retire
+	// (bootv1.RetireAnnotation) or that was retired: it is not handed out
+	// (the target refuses new logins), and its token stays good for its
+	// MAC's script requests and failure reports (retiredTokens).
+	Retiring bool
 }
 
 // Secret is what the agent keeps of a session's Secret, in memory only.
@@ -129,6 +135,13 @@ type entry struct {
 	// nonce is the MAC's token while it has no bootable session, made when
 	// the first Machine with this MAC entered the table.
 	nonce string
+	// retiredTokens are the tokens of the MAC's retiring sessions (at most
+	// maxRetiredTokens, newest last): a PC that got one by DHCP just before
+	// the retire still reaches its machine's next session with it.
+	retiredTokens []string
+	// retiring is true while the owner has a retiring session not yet
+	// stopped.
+	retiring bool
 	// seen is the IPv4 address the MAC used in its last DHCP exchange
 	// (SawAddress): bit 32 set when valid, the address in the low 32 bits.
 	seen atomic.Uint64
@@ -233,10 +246,19 @@ func (t *Table) notifyLocked(mac macKey) {
 			e.machine = m
 		}
 	}
-	e.session, e.secret = nil, Secret{}
+	e.session, e.secret, e.retiring = nil, Secret{}, false
 	if e.machine.owner() {
 		for _, s := range e.sessions {
-			if !s.Bootable || s.MachineKey != e.machine.Key {
+			if s.Retiring && s.MachineKey == e.machine.Key {
+				e.retiring = e.retiring || s.Live
+				if sec, ok := t.secrets[s.Key]; ok && sec.valid() && !slices.Contains(e.retiredTokens, sec.Token) {
+					e.retiredTokens = append(e.retiredTokens, sec.Token)
+					if len(e.retiredTokens) > maxRetiredTokens {
+						e.retiredTokens = e.retiredTokens[1:]
+					}
+				}
+			}
+			if !s.Bootable || s.Retiring || s.MachineKey != e.machine.Key {
 				continue
 			}
 			sec, ok := t.secrets[s.Key]
@@ -265,6 +287,9 @@ func (t *Table) notifyLocked(mac macKey) {
 		delete(t.byMAC, mac)
 	}
 }
+
+// maxRetiredTokens bounds the retired tokens kept per MAC.
+const maxRetiredTokens = 4
 
 // UpsertMachine adds or replaces a machine; one without a valid MAC is
 // removed.

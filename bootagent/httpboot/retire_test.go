@@ -1,0 +1,65 @@
+package httpboot
+
+import (
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+)
+
+// TestRetiringSession: a session being retired is not handed out (an
+// AutoSession machine's request waits in the long poll for the next one);
+// a failure report of a retiring or retired session gets the retry
+// fallback, whose URL (the retired session's token) then brings the next
+// session; nothing is recorded as a boot failure.
+func TestRetiringSession(t *testing.T) {
+	g := NewWithT(t)
+	f := setup(t, Config{LongPoll: 300 * time.Millisecond})
+	const (
+		mac    = "52:54:00:00:00:04"
+		tokenA = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+		tokenB = "ffffffffffffffffffffffffffffffff"
+	)
+	a := session("cafe/a", "cafe/seat-4", mac)
+	addSession(f.tbl, a, tokenA)
+	status, body := get(g, f.url+"/boot/"+tokenA+"/"+mac+".ipxe")
+	g.Expect(status).To(Equal(200))
+	g.Expect(body).To(ContainSubstring("# GGnet session cafe/a"))
+
+	t.Log("the manager asks to retire it: not handed out; the request waits for the next session without asking for one (a is still live)")
+	a.Retiring = true
+	f.tbl.UpsertSession(a)
+	r, _ := f.tbl.LookupMAC(hw(mac))
+	g.Expect(r.Token).NotTo(Equal(tokenA), "DHCP hands out the MAC's nonce again")
+	for _, token := range []string{f.nonce(mac), tokenA} {
+		status, body = get(g, f.url+"/boot/"+token+"/"+mac+".ipxe")
+		g.Expect(status).To(Equal(200))
+		g.Expect(body).NotTo(ContainSubstring("cafe/a"))
+		g.Expect(body).To(ContainSubstring("the session of seat-4 is not ready yet"))
+	}
+	g.Expect(f.rec.sideEffects()).To(Equal([]string{"cafe/a"}), "only the first script was served; no session asked for")
+
+	t.Log("a PC that got a's script just before reports its failed sanboot: the retry fallback, no BootFailed")
+	for _, token := range []string{tokenA, f.nonce(mac)} {
+		status, body = get(g, f.url+"/boot/"+token+"/"+mac+".ipxe?failed=0x0216eb3c")
+		g.Expect(status).To(Equal(200))
+		g.Expect(body).To(ContainSubstring("the session was retired"))
+		g.Expect(body).To(ContainSubstring("chain --replace --autofree " + f.h.cfg.BaseURL + "/boot/" + token + "/" + mac + ".ipxe"))
+		g.Expect(body).NotTo(HaveSuffix("exit 1\n"))
+	}
+	g.Expect(f.rec.failed).To(BeEmpty())
+
+	t.Log("a retired (stopped), the next session b Ready: the retry's URL, with a's token, gets b's script")
+	a.Live, a.Bootable = false, false
+	f.tbl.UpsertSession(a)
+	addSession(f.tbl, session("cafe/b", "cafe/seat-4", mac), tokenB)
+	status, body = get(g, f.url+"/boot/"+tokenA+"/"+mac+".ipxe")
+	g.Expect(status).To(Equal(200))
+	g.Expect(body).To(ContainSubstring("# GGnet session cafe/b"))
+
+	t.Log("once a is stopped, a failure of b is b's, as always")
+	status, body = get(g, f.url+"/boot/"+tokenB+"/"+mac+".ipxe?failed=0x0216eb3c")
+	g.Expect(status).To(Equal(200))
+	g.Expect(body).To(HaveSuffix("exit 1\n"))
+	g.Expect(f.rec.failed).To(Equal([]string{"cafe/b 0x0216eb3c"}))
+}
