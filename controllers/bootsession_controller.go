@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -37,6 +38,9 @@ type BootSessionReconciler struct {
 	// gone is shared with the StorageNodeReconciler: when the manager first
 	// saw a storage node missing.
 	gone *goneNodes
+	// ownWrites: the resourceVersions of sessions that the manager's own
+	// last writes superseded.
+	ownWrites *ownWrites
 }
 
 // sessionScope carries what the phases of one reconcile share.
@@ -89,19 +93,35 @@ func (sc *sessionScope) withNotes(msg string) string {
 func (r *BootSessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	s := &bootv1.BootSession{}
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.ownWrites.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if r.ownWrites.superseded(req.NamespacedName, s.UID, s.ResourceVersion) {
+		// This cache predates the manager's own last write to the session:
+		// the watch event of that write is on its way and reconciles again.
+		// Acting on this copy would only repeat writes the API server
+		// refuses (the Secret exists, the status patch conflicts).
+		return ctrl.Result{}, nil
 	}
 	sc := &sessionScope{session: s}
 	if s.DeletionTimestamp != nil {
 		return r.reconcileDelete(ctx, sc)
 	}
 	base := s.DeepCopy()
+	read := s.ResourceVersion
 	defer func() {
 		if retErr == nil {
 			s.Status.ObservedGeneration = s.Generation
 		}
 		sessionMetadata(s)
 		finish(ctx, r.Client, base, s, func() bool { return equality.Semantic.DeepEqual(base.Status, s.Status) }, &res, &retErr)
+		// finish leaves the metadata write's resourceVersion in base and
+		// the status write's in s. A conflict comes back as Requeue.
+		if retErr == nil && !res.Requeue {
+			r.ownWrites.remember(req.NamespacedName, s.UID, s.ResourceVersion, read, base.ResourceVersion)
+		}
 	}()
 	if finished(s) {
 		return r.reconcileTTL(ctx, s)
@@ -150,11 +170,12 @@ func (r *BootSessionReconciler) grace() time.Duration {
 }
 
 // wait records why the session waits (setSessionWaiting) and, when the
-// reason is new, an Event with that reason. Waiting for the storage agent is
-// the expected step after scheduling and has no Event: at scale these Events
-// would be a large share of all API writes.
+// reason is new, an Event with that reason. The steps of a session's happy
+// path have no Event — waiting for the storage agent after scheduling,
+// Stopping, Stopped —: its conditions and timeline say them, and at scale
+// these Events would be a large share of all API writes.
 func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSessionPhase, reason, msg string) {
-	if setSessionWaiting(s, phase, reason, msg) && reason != bootv1.WaitingForStorageReason {
+	if setSessionWaiting(s, phase, reason, msg) && !routineReason(reason) {
 		typ := corev1.EventTypeNormal
 		if phase == bootv1.SessionFailed || reason == bootv1.MachineBusyReason || reason == bootv1.MachineConflictReason {
 			typ = corev1.EventTypeWarning
@@ -163,15 +184,24 @@ func (r *BootSessionReconciler) wait(s *bootv1.BootSession, phase bootv1.BootSes
 	}
 }
 
+// routineReason: a waiting reason of the happy path, recorded without an
+// Event.
+func routineReason(reason string) bool {
+	return reason == bootv1.WaitingForStorageReason || reason == bootv1.StoppingReason || reason == bootv1.StoppedReason
+}
+
 // reconcileStop waits for the storage agent to tear the target down (it
-// drops StorageFinalizer), then marks the session Stopped.
+// drops StorageFinalizer), then marks the session Stopped. A session never
+// scheduled has no storage: sessionMetadata drops StorageFinalizer in the
+// same reconcile's metadata write, which goes first and, under its
+// optimistic lock, only if the session is still unscheduled.
 func (r *BootSessionReconciler) reconcileStop(ctx context.Context, sc *sessionScope) (ctrl.Result, error) {
 	s := sc.session
 	now := metav1.Now()
 	if s.Status.Timeline.Stopping == nil {
 		s.Status.Timeline.Stopping = &now
 	}
-	if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+	if storageHeld(s) {
 		r.wait(s, bootv1.SessionStopping, bootv1.StoppingReason, "waiting for storage node "+s.Status.StorageNode+" to remove the target")
 		return ctrl.Result{}, nil
 	}
@@ -195,29 +225,52 @@ func (r *BootSessionReconciler) reconcileTTL(ctx context.Context, s *bootv1.Boot
 }
 
 // reconcileDelete waits for the storage agent's finalizer, then releases ours;
-// the CHAP Secret goes with its owner. Like Reconcile, it ends with one
-// metadata write and one status write, each only when something changed.
+// the CHAP Secret goes with its owner. A session never scheduled has no
+// storage: both finalizers go in one write, whose optimistic lock makes a
+// cache that has not seen the scheduling conflict instead. Like Reconcile,
+// it ends with one metadata write and one status write, each only when
+// something changed.
 func (r *BootSessionReconciler) reconcileDelete(ctx context.Context, sc *sessionScope) (res ctrl.Result, retErr error) {
 	s := sc.session
 	base := s.DeepCopy()
 	defer finish(ctx, r.Client, base, s, func() bool { return equality.Semantic.DeepEqual(base.Status, s.Status) }, &res, &retErr)
-	if controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+	if storageHeld(s) {
 		if s.Status.Phase != bootv1.SessionStopping {
 			r.wait(s, bootv1.SessionStopping, bootv1.StoppingReason, "deleting: waiting for the storage node to remove the target")
 		}
 		return ctrl.Result{}, nil
 	}
+	controllerutil.RemoveFinalizer(s, bootv1.StorageFinalizer)
 	controllerutil.RemoveFinalizer(s, bootv1.SessionFinalizer)
 	return ctrl.Result{}, nil
+}
+
+// storageHeld reports whether a session's storage may exist: it holds
+// StorageFinalizer and was scheduled. The manager adds StorageFinalizer to
+// every new session; only a scheduled one can have had a target made.
+func storageHeld(s *bootv1.BootSession) bool {
+	return s.Status.StorageNode != "" && controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer)
 }
 
 // sessionMetadata sets what the manager keeps in a live session's metadata:
 // its finalizer, and the labels that mirror its Machine, Image and, once
 // scheduled, storage node (bootv1.MachineLabel, ImageLabel,
-// StorageNodeOfSessionLabel) so that label selectors find it. It reports
-// whether it changed anything.
+// StorageNodeOfSessionLabel) so that label selectors find it. A new
+// session (no SessionFinalizer yet) that is going on also gets
+// StorageFinalizer in the same write, so that the storage agent need not
+// add it (one write and one hop fewer); it is added only then, never again
+// after the agent removed it. A session that ends (stopped, finished,
+// deleted) without ever being scheduled loses StorageFinalizer: no storage
+// was made for it. It reports whether it changed anything.
 func sessionMetadata(s *bootv1.BootSession) bool {
+	ending := s.Spec.Stopped || finished(s) || s.DeletionTimestamp != nil
 	changed := controllerutil.AddFinalizer(s, bootv1.SessionFinalizer)
+	if changed && !ending {
+		controllerutil.AddFinalizer(s, bootv1.StorageFinalizer)
+	}
+	if ending && s.Status.StorageNode == "" {
+		changed = controllerutil.RemoveFinalizer(s, bootv1.StorageFinalizer) || changed
+	}
 	want := map[string]string{bootv1.MachineLabel: s.Spec.MachineRef.Name, bootv1.ImageLabel: s.Spec.ImageRef.Name}
 	if s.Status.StorageNode != "" {
 		want[bootv1.StorageNodeOfSessionLabel] = s.Status.StorageNode
@@ -242,6 +295,9 @@ func sessionMetadata(s *bootv1.BootSession) bool {
 func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.gone == nil {
 		r.gone = newGoneNodes()
+	}
+	if r.ownWrites == nil {
+		r.ownWrites = newOwnWrites()
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&bootv1.BootSession{}).

@@ -233,8 +233,8 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		return false, nil
 	}
 	sc.node = nodes[chosen]
-	// No Event: the session's one Event on the way to Ready is
-	// reconcileScript's, which names the node.
+	// No Event: Scheduled=True and timeline.scheduled say it (a session's
+	// happy path records none).
 	setSessionScheduled(s, chosen, metav1.Now())
 	return true, nil
 }
@@ -473,9 +473,9 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 	if first {
 		now := metav1.Now()
 		s.Status.Timeline.Ready = &now
+		// No Event: Ready=True and timeline.ready say it (a session's
+		// happy path records none).
 		sessionReadySeconds.Observe(now.Sub(s.CreationTimestamp.Time).Seconds())
-		r.Recorder.Event(s, corev1.EventTypeNormal, bootv1.SucceededReason, "Ready to boot: target "+s.Status.Target.IQN+
-			" on "+s.Status.Target.Portal+" (storage node "+s.Status.StorageNode+")")
 	}
 	phase := phaseOf(s)
 	msg := "the machine can boot; phase " + string(phase)

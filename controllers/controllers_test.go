@@ -87,8 +87,13 @@ var _ = Describe("BootSession", func() {
 
 	It("goes from Pending to Ready with a target, credentials and a script, and stops cleanly", func() {
 		s := fixture.Session(ns, "seat-1-a", "seat-1", "win11")
+		finalizers := watchFinalizers(ctx, ns, s.Name)
 		Expect(k8sClient.Create(ctx, s)).To(Succeed())
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+
+		By("adding both finalizers in the manager's first metadata write, the storage agent's not written again")
+		Expect(finalizers()).To(HaveExactElements(
+			BeEmpty(), ConsistOf(bootv1.SessionFinalizer, bootv1.StorageFinalizer)), "each version's finalizers, deduplicated")
 
 		Expect(s.Status.StorageNode).To(Equal(node))
 		Expect(s.Status.MAC).To(Equal("52:54:00:12:34:56"))
@@ -132,10 +137,6 @@ var _ = Describe("BootSession", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(info.Password).To(Equal(string(sec.Data[bootv1.SecretKeyPassword])))
 		Expect(info.TargetPassword).To(Equal(string(sec.Data[bootv1.SecretKeyTargetPassword])))
-		By("recording one Event on the way to Ready, whose reason is the Ready condition's")
-		// The recorder sends Events asynchronously: wait for it, then make sure no second one follows.
-		Eventually(func() []string { return events(ctx, ns, s.Name) }, eventually).Should(ConsistOf(HavePrefix("Succeeded: Ready to boot: target " + s.Status.Target.IQN + " on 10.20.0.5:3260 (storage node " + node + ")")))
-		Consistently(func() []string { return events(ctx, ns, s.Name) }, time.Second).Should(HaveLen(1))
 		Expect(s.Status.Script).NotTo(ContainSubstring("Secret"))
 
 		m := &bootv1.Machine{}
@@ -158,9 +159,20 @@ var _ = Describe("BootSession", func() {
 		Eventually(func() string { return get(ctx, m)().Status.ActiveSession }, eventually).Should(BeEmpty())
 		Expect(m.Status.LastBoot.Session).To(Equal("seat-1-a"))
 		Expect(m.Status.LastBoot.ISCSILogin).NotTo(BeNil())
+		Expect(finalizers()).To(HaveExactElements(BeEmpty(), ConsistOf(bootv1.SessionFinalizer, bootv1.StorageFinalizer),
+			ConsistOf(bootv1.SessionFinalizer)), "the storage finalizer was never written again: only the stop released it")
 
-		By("deleting: every finalizer is released")
-		Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		By("recording no Event on the happy path (scheduled, Ready, stopping, stopped): the TTL's Expired is the session's first")
+		// The recorder sends a session's Events in order, asynchronously:
+		// once Expired is there, any Event before it is too.
+		change(ctx, s, false, func(x *bootv1.BootSession) {
+			var zero int32
+			x.Spec.TTLSecondsAfterFinished = &zero
+		})
+		Eventually(func() []string { return events(ctx, ns, s.Name) }, eventually).ShouldNot(BeEmpty())
+		Expect(events(ctx, ns, s.Name)).To(ConsistOf(HavePrefix(bootv1.ExpiredReason + ": ")))
+
+		By("deleting (its TTL): every finalizer is released")
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s) }, eventually).ShouldNot(Succeed())
 	})
 

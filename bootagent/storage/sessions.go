@@ -33,6 +33,7 @@ import (
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/overlay"
 	"github.com/ggnet/ggnet/bootagent/target"
+	"github.com/ggnet/ggnet/internal/finalizer"
 )
 
 // Reasons of the StorageReady condition.
@@ -670,17 +671,23 @@ func (r *sessionReconciler) teardown(ctx context.Context, s *bootv1.BootSession,
 	return r.finalizer(ctx, s, false)
 }
 
+// finalizer adds or removes the storage finalizer. The manager adds it in
+// its first write of a new session; the agent adds it only to a scheduled
+// session that lacks it (made by an older manager), by an update of a fresh
+// read. It removes it by a JSON patch that tests the list entry
+// (finalizer.Remove), from its cached copy: no resourceVersion, so the
+// manager's own writes at the same time (the Stopping status) do not make
+// it conflict.
 func (r *sessionReconciler) finalizer(ctx context.Context, s *bootv1.BootSession, add bool) error {
+	if !add {
+		return finalizer.Remove(ctx, r.Client, r.reader, s.DeepCopy(), bootv1.StorageFinalizer)
+	}
 	return client.IgnoreNotFound(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur := &bootv1.BootSession{}
 		if err := r.reader.Get(ctx, client.ObjectKeyFromObject(s), cur); err != nil {
 			return err
 		}
-		changed := controllerutil.RemoveFinalizer(cur, bootv1.StorageFinalizer)
-		if add {
-			changed = controllerutil.AddFinalizer(cur, bootv1.StorageFinalizer)
-		}
-		if !changed {
+		if !controllerutil.AddFinalizer(cur, bootv1.StorageFinalizer) {
 			return nil
 		}
 		return r.Update(ctx, cur)

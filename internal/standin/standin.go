@@ -16,18 +16,30 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/internal/finalizer"
 )
 
 // Storage plays the storage agent through the API: for each session
-// scheduled on a node it holds the storage finalizer and reports
+// scheduled on a node it holds the storage finalizer (adding it only when
+// the session lacks it, as the manager now adds it) and reports
 // StorageReady by a forced server-side apply with its own field manager, as
 // the agent does; on stop or delete it tears down (instantly) and releases
 // the finalizer. Nodes named "broken-*" fail;
 // nodes named "gone-*" have no agent (the spec plays it).
 type Storage struct {
 	client.Client
+	// Reader reads from the API server when a finalizer patch finds the
+	// list moved (the agent's uncached reader); nil: the Client.
+	Reader client.Reader
 	// Workers is the number of concurrent reconciles (default 1).
 	Workers int
+}
+
+func (s *Storage) reader() client.Reader {
+	if s.Reader != nil {
+		return s.Reader
+	}
+	return s.Client
 }
 
 func (s *Storage) SetupWithManager(mgr ctrl.Manager) error {
@@ -44,11 +56,13 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		return ctrl.Result{}, nil
 	}
 	if bs.Spec.Stopped || bs.DeletionTimestamp != nil {
-		if controllerutil.RemoveFinalizer(bs, bootv1.StorageFinalizer) {
-			return ctrl.Result{}, client.IgnoreNotFound(s.Update(ctx, bs))
-		}
-		return ctrl.Result{}, nil
+		// As the agent does: a JSON patch that tests the list entry, no
+		// resourceVersion.
+		return ctrl.Result{}, finalizer.Remove(ctx, s.Client, s.reader(), bs, bootv1.StorageFinalizer)
 	}
+	// The manager adds the finalizer in its first write of a new session;
+	// the agent adds it only to a scheduled session that lacks it (made by
+	// an older manager).
 	if controllerutil.AddFinalizer(bs, bootv1.StorageFinalizer) {
 		if err := s.Update(ctx, bs); err != nil {
 			return ctrl.Result{}, err

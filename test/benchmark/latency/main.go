@@ -11,7 +11,7 @@
 // Times are on the client's clock, from the call to the watch event.
 //
 // Where the time goes: each milestone's first watch event (finalizer,
-// scheduled, credentials, storage finalizer, StorageReady, Ready; Stopping,
+// scheduled, credentials, StorageReady, Ready; Stopping,
 // storage released, Stopped); kube-apiserver's audit log of every write
 // with its writer, what it wrote and when; every request the storage agent
 // sends tgtd, timed by a proxy on tgtd's management socket; the manager's
@@ -377,20 +377,21 @@ func writeImage(path string, size int64) error {
 }
 
 // Milestones of a session, in order, as the watch shows them.
-var createSteps = []string{"created", "finalizer", "scheduled", "credentials", "storageFinalizer", "storageReady", "ready"}
+// The storage finalizer is no step of its own: the manager adds it with its
+// own in its first metadata write.
+var createSteps = []string{"created", "finalizer", "scheduled", "credentials", "storageReady", "ready"}
 var stopSteps = []string{"stopping", "released", "stopped"}
 
 var stepWhat = map[string]string{
-	"created":          "the watch shows the new session (client's create call to its ADDED event)",
-	"finalizer":        "manager: finalizer boot.ggnet.io/session (update)",
-	"scheduled":        "manager: status.storageNode, Scheduled (status patch)",
-	"credentials":      "manager: Secret made; status.target, chapSecretRef, initiatorIQN (0: the same status patch as scheduled)",
-	"storageFinalizer": "storage agent: finalizer boot.ggnet.io/storage (update)",
-	"storageReady":     "storage agent: overlay + target made; StorageReady=True (apply)",
-	"ready":            "manager: Ready=True, script, timeline.ready (status patch)",
-	"stopping":         "manager: phase Stopping (status patch)",
-	"released":         "storage agent: target and overlay removed; finalizer dropped (update)",
-	"stopped":          "manager: phase Stopped (status patch)",
+	"created":      "the watch shows the new session (client's create call to its ADDED event)",
+	"finalizer":    "manager: finalizers boot.ggnet.io/session and boot.ggnet.io/storage, labels (one merge patch)",
+	"scheduled":    "manager: status.storageNode, Scheduled (status patch)",
+	"credentials":  "manager: Secret made; status.target, chapSecretRef, initiatorIQN (0: the same status patch as scheduled)",
+	"storageReady": "storage agent: overlay + target made; StorageReady=True (apply)",
+	"ready":        "manager: Ready=True, script, timeline.ready (status patch)",
+	"stopping":     "manager: phase Stopping (status patch)",
+	"released":     "storage agent: target and overlay removed; finalizer dropped (JSON patch)",
+	"stopped":      "manager: phase Stopped (status patch)",
 }
 
 // watcher records when each milestone of each session is first seen.
@@ -451,7 +452,6 @@ func (w *watcher) observe(o any, deleted bool) {
 	mark("finalizer", controllerutil.ContainsFinalizer(s, bootv1.SessionFinalizer))
 	mark("scheduled", s.Status.StorageNode != "")
 	mark("credentials", s.Status.Target != nil && s.Status.CHAPSecretRef != nil)
-	mark("storageFinalizer", controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer))
 	mark("storageReady", meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition))
 	mark("ready", meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.ReadyCondition))
 	mark("stopping", s.Status.Phase == bootv1.SessionStopping)

@@ -1,7 +1,9 @@
 // Command sessions measures the controllers at scale against a real
 // kube-apiserver: N Machines and N BootSessions created at once, a stand-in
-// storage agent answering at once (internal/standin: the real agent's two
-// writes, a finalizer and StorageReady, without tgtd), the manager binary as
+// storage agent answering at once (internal/standin: the real agent's write,
+// StorageReady, without tgtd; the manager adds the storage finalizer, and the
+// stand-in, like the agent, adds it only to a session that lacks it), the
+// manager binary as
 // its own process with the chart's defaults (charts/ggnet/values.yaml:
 // --max-concurrent-reconciles and GOMEMLIMIT). It reports how long until all
 // are Ready, create-to-Ready p50/p99 (client clock: create call to the
@@ -204,7 +206,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	if err := (&standin.Storage{Client: sa.GetClient(), Workers: 4}).SetupWithManager(sa); err != nil {
+	if err := (&standin.Storage{Client: sa.GetClient(), Reader: sa.GetAPIReader(), Workers: 4}).SetupWithManager(sa); err != nil {
 		return err
 	}
 	go func() { _ = sa.Start(ctx) }()
