@@ -204,7 +204,12 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the API client: %w", err)
 	}
-	waker := &wol.Waker{Reader: c, Secrets: direct, Writer: cl, Log: log.WithName("wol"),
+	// The Waker lists only the sessions that want waking (its index), not
+	// every session each second on the core that answers DHCP.
+	if err := wol.IndexWants(context.Background(), c); err != nil {
+		return nil, fmt.Errorf("indexing BootSessions for wake-on-LAN: %w", err)
+	}
+	waker := &wol.Waker{Reader: c, Secrets: direct, Writer: cl, Log: log.WithName("wol"), Indexed: true,
 		Packets: wol.NewPacketsCounter(reg), Config: wol.Config{Interfaces: b.Interfaces, FieldOwner: wolFieldOwner(cfg.NodeName)}}
 	a := &Agent{cfg: cfg, log: log, cache: c, client: cl, table: tbl, recorder: rec, registry: reg, waker: waker,
 		addrs: map[string]net.Addr{}, ready: make(chan struct{})}

@@ -8,11 +8,17 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -29,6 +35,7 @@ func main() {
 		ifaces, mode, server string
 		fallback, ipv6RA     string
 		requireToken         bool
+		pprofAddr            string
 		st                   storageFlags
 	)
 	b := &cfg.Boot
@@ -70,6 +77,8 @@ func main() {
 	flag.StringVar(&ipv6RA, "ipv6-ra", "auto",
 		"Answer IPv6 router solicitations of known Machines on the boot interfaces with a router advertisement that configures nothing (lifetime 0, no prefix, M=O=0), "+
 			"so that iPXE's IPv6 autoconfiguration ends at once instead of after about 16 s: auto (not while a real IPv6 router is heard on the interface), on, or off. Needs CAP_NET_RAW (docs/ipv6.md).")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "",
+		"Serve Go's /debug/pprof/ (profiles and execution traces) on this address, for benchmarks; keep it on loopback. Default: off.")
 	st.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -87,6 +96,9 @@ func main() {
 		fail(errors.New("no role: pass --boot, --storage or both"), "Unable to start")
 	}
 	ctx := ctrl.SetupSignalHandler()
+	if pprofAddr != "" {
+		servePprof(pprofAddr, log)
+	}
 	restCfg := ctrl.GetConfigOrDie()
 	roles := make(chan error, 2)
 	if storage {
@@ -142,4 +154,28 @@ func main() {
 	if err := <-roles; err != nil {
 		fail(err, "Boot agent stopped")
 	}
+}
+
+// servePprof serves net/http/pprof on addr (--pprof-bind-address), for
+// benchmarks: /debug/pprof/trace?seconds=N is the execution trace that shows
+// what held the agent's core while a DHCP worker waited for it.
+func servePprof(addr string, log logr.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// GOMAXPROCS, read or set (?n=2): a benchmark compares settings in one
+	// run of the agent, under the same load.
+	mux.HandleFunc("/debug/gomaxprocs", func(w http.ResponseWriter, r *http.Request) {
+		if n, err := strconv.Atoi(r.FormValue("n")); err == nil && n > 0 {
+			runtime.GOMAXPROCS(n)
+		}
+		fmt.Fprintln(w, runtime.GOMAXPROCS(0))
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil {
+			log.Error(err, "Serving pprof", "addr", addr)
+		}
+	}()
 }

@@ -8,6 +8,14 @@
 # It installs its peers (Debian packages) when missing and fails when one
 # is missing or answers nothing.
 # usage: test/benchmark/dhcp.sh [N] [PERIOD]
+# Environment, for iterating on the agent's latency:
+#   DHCP_LATENCY_ONLY=1  only the 1,000/s latency runs of the agent (API server
+#                        up and paused) and of kea: no ladders, no dnsmasq.
+#   AGENT_ENV=K=V,...    extra environment of the agent (GOMAXPROCS=2,GOGC=200).
+#   AGENT_ARGS="..."     extra flags of the agent.
+#   DHCP_TRACE=1         a fourth dhcpload run at 1,000/s of the agent, API
+#                        server up and paused, with a Go execution trace of it
+#                        ($out/ggnet*-trace.out, go tool trace); not counted.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -58,6 +66,11 @@ trap "exit 143" INT TERM # so that the EXIT trap runs
 sysctl -qw net.core.rmem_default=4194304
 $bench/netns.sh up
 
+only=${DHCP_LATENCY_ONLY:-}
+trace=${DHCP_TRACE:-}
+agent_args=(${AGENT_ARGS:-})
+[[ -n $trace ]] && agent_args+=(--pprof-bind-address=127.0.0.1:8882)
+
 field() { { grep -o "$1=[^ ]*" || true; } | head -1 | cut -d= -f2; }
 perf() { # name rate [extra perfdhcp flags]; $R simulated clients
   local name=$1 rate=$2; shift 2
@@ -96,6 +109,14 @@ latency() { # name: a warm-up, then three runs at 1,000/s with each generator
   fi
   for i in 1 2 3; do perf "$1" 1000 -x t; mv "$out/$1-perfdhcp-1000.txt" "$out/$1-perfdhcp-1000-$i.txt"; done
   for i in 1 2 3; do load "$1" 1000; mv "$out/$1-dhcpload-1000.txt" "$out/$1-dhcpload-1000-$i.txt"; done
+  echo "$1: $(uptime)" | tee -a "$out/uptime.txt"
+  if [[ -n $trace && $1 == ggnet* ]]; then # a traced run, not counted
+    ip netns exec pb-srv curl -sf -o "$out/$1-trace.out" "http://127.0.0.1:8882/debug/pprof/trace?seconds=$((P > 1 ? P - 1 : 1))" &
+    local c=$!
+    ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-dhcpload-traced.txt" 2>&1 || true
+    wait $c || echo "dhcp.sh: no trace of $1" >&2
+    printf '%-8s dhcpload traced %s\n' "$1" "$(cat "$out/$1-dhcpload-traced.txt")"
+  fi
 }
 
 R=$N
@@ -105,9 +126,9 @@ echo "== GGnet boot agent, reservation mode, $N Machines and $N Ready sessions"
 # API server lives on the control plane in a real site. They run there at
 # SCHED_IDLE, so that they take only what the generator leaves of CPU1 and do
 # not put the generator behind its schedule (which it reports).
-ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent bin/bootagent -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
+ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent bin/bootagent -agent-env "${AGENT_ENV:-}" -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
   --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 --metrics-listen=127.0.0.1:8881 \
-  --dhcp-workers=4 > "$out/loadlab.txt" 2>&1 &
+  --dhcp-workers=4 "${agent_args[@]}" > "$out/loadlab.txt" 2>&1 &
 lab=$!
 for _ in $(seq 1200); do grep -q READY "$out/loadlab.txt" && break; kill -0 $lab 2>/dev/null || break; sleep 0.5; done
 cat "$out/loadlab.txt"
@@ -123,8 +144,8 @@ latency ggnet
 kill -STOP $api $etcd
 latency ggnet-paused
 kill -CONT $api $etcd
-ladder ggnet perf 5000 10000 20000 25000 30000 35000 40000
-ladder ggnet load 10000 20000 30000 40000 50000 60000 70000 80000 90000 100000 120000
+[[ -z $only ]] && ladder ggnet perf 5000 10000 20000 25000 30000 35000 40000
+[[ -z $only ]] && ladder ggnet load 10000 20000 30000 40000 50000 60000 70000 80000 90000 100000 120000
 kill -TERM $lab || true; wait $lab || true
 grep "RSS at the end" "$out/loadlab.txt" || true
 
@@ -136,10 +157,11 @@ sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/kea-dhcp4.json > "$out/kea.jso
 KEA_PIDFILE_DIR=$out KEA_LOCKFILE_DIR=$out ip netns exec pb-srv taskset -c 0 kea-dhcp4 -c "$out/kea.json" > "$out/kea.out" 2>&1 &
 kea=$!; sleep 2
 latency kea
-ladder kea perf 2500 5000 7500 10000 15000 20000 25000 30000 35000
-ladder kea load 2500 5000 7500 10000 15000 20000 25000 30000 35000 40000
+[[ -z $only ]] && ladder kea perf 2500 5000 7500 10000 15000 20000 25000 30000 35000
+[[ -z $only ]] && ladder kea load 2500 5000 7500 10000 15000 20000 25000 30000 35000 40000
 kill $kea || true; wait $kea 2>/dev/null || true
 
+if [[ -z $only ]]; then
 echo "== dnsmasq (leasefile-ro), $R clients"
 sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/dnsmasq-dhcp-ro.conf > "$out/dnsmasq.conf"
 ip netns exec pb-srv taskset -c 0 dnsmasq -k -C "$out/dnsmasq.conf" > "$out/dnsmasq.out" 2>&1 &
@@ -148,6 +170,7 @@ latency dnsmasq
 ladder dnsmasq perf 1000 2500 5000 7500 10000
 ladder dnsmasq load 1000 2500 5000 7500 10000 15000
 kill $dm || true; wait $dm 2>/dev/null || true
+fi
 
 echo "== sustained: most ACKs per second in a run with < 1% loss"
 awk -F'\t' '{best[$1 FS $2] += 0} $3+0 >= 1000 && $4 != "" && $4+0 < 1 && $5+0 > best[$1 FS $2] {best[$1 FS $2]=$5+0}
