@@ -57,6 +57,7 @@ type config struct {
 	killStorageAt float64
 	lostNode      string
 	auto          bool
+	prepared      bool
 	readBytes     int64
 	chunk         int
 	grace         time.Duration
@@ -78,7 +79,8 @@ func main() {
 	flag.StringVar(&killBoot, "kill-boot-agent-at", "", "Kill the last boot agent (not the lab's own) once this share of the PCs has booted, e.g. 50% (use -ramp so that others are still on their way).")
 	flag.StringVar(&killStorage, "kill-storage-node-at", "", "Lose the last storage node once this share of the PCs has booted, e.g. 50% (use -ramp).")
 	flag.StringVar(&c.lostNode, "lost-node", "delete", "How a storage node is lost: kill (its agent and tgtd die, the Node object stays) or delete (its Node object is deleted too).")
-	flag.BoolVar(&c.auto, "auto", false, "AutoSession Machines: no session is made beforehand; each PC's script request asks for one.")
+	flag.BoolVar(&c.auto, "auto", false, "AutoSession Machines: the manager prepares each one's session (none is made by the storm).")
+	flag.BoolVar(&c.prepared, "prepared", true, "With -auto: power on once every Machine's prepared session is Ready; false: at once, while the manager prepares them (cold).")
 	flag.IntVar(&readMiB, "read-mib", 64, "MiB each PC reads from its disk.")
 	flag.IntVar(&chunkKiB, "chunk-kib", 1024, "KiB per READ command.")
 	flag.DurationVar(&c.grace, "storage-node-grace", 20*time.Second, "The manager's --storage-node-grace.")
@@ -195,6 +197,12 @@ func run(tt *testbin.Program, c config) error {
 		return fmt.Errorf("creating Machines: %w", err)
 	}
 	fmt.Printf("%d Machines created in %.1f s\n", c.n, time.Since(t).Seconds())
+	if c.auto && c.prepared {
+		if err := waitReady(ctx, l, c.n, 20*time.Minute); err != nil {
+			return err
+		}
+		fmt.Printf("%d AutoSession Machines' sessions prepared, all Ready after %.1f s\n", c.n, time.Since(t).Seconds())
+	}
 	if !c.auto {
 		t = time.Now()
 		if err := parallel(c.n, 16, func(i int) error { return createSession(ctx, l, pcs[i].name, pcs[i].name) }); err != nil {
@@ -586,6 +594,12 @@ func report(rs []result, wall time.Duration, c config, solo result) {
 		p50 := pct(d, 0.5)
 		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", name, ms(p50), ms(pct(d, 0.99)), ms(pct(d, 1)), ms(alone), float64(p50)/float64(max(alone, 1)))
 	}
+	var toScript []time.Duration
+	for _, r := range ok {
+		toScript = append(toScript, r.toScript)
+	}
+	fmt.Fprintf(tw, "power-on to script\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", ms(pct(toScript, 0.5)), ms(pct(toScript, 0.99)), ms(pct(toScript, 1)),
+		ms(solo.toScript), float64(pct(toScript, 0.5))/float64(max(solo.toScript, 1)))
 	tw.Flush()
 	if len(ok) > 0 {
 		var read time.Duration

@@ -47,9 +47,13 @@ type result struct {
 	agent   string        // the boot agent whose script it booted with
 	portal  string
 	target  string
-	retries int      // whole attempts started again
-	waits   int      // fallback scripts (no Ready session yet) fetched
-	errs    []string // each failed attempt's error, without secrets
+	retries int // whole attempts started again
+	waits   int // fallback scripts (no Ready session yet) fetched
+	// on is the power-on; toScript the time from it to the session's
+	// script of the attempt that booted (failed attempts included).
+	on       time.Time
+	toScript time.Duration
+	errs     []string // each failed attempt's error, without secrets
 }
 
 // sim is what the PCs share.
@@ -82,8 +86,8 @@ func (s *sim) dial(ctx context.Context, local netip.Addr, addr string) (net.Conn
 // readBytes of the disk, logout. A failed attempt starts again from DHCP
 // after retryDelay, as a PC whose firmware retries network boot.
 func (s *sim) boot(ctx context.Context, p *pc, start time.Time) result {
-	r := result{pc: p}
 	on := time.Now()
+	r := result{pc: p, on: on}
 	for attempt := 0; attempt < s.maxAttempts && ctx.Err() == nil; attempt++ {
 		if attempt > 0 {
 			r.retries++
@@ -135,6 +139,7 @@ func (s *sim) attempt(ctx context.Context, p *pc, r *result) ([nStages]time.Dura
 		return st, &stageError{stScript, err}
 	}
 	st[stScript] = time.Since(t)
+	r.toScript = time.Since(r.on)
 	r.agent = l.server.String()
 
 	t = time.Now()
