@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,6 +50,8 @@ type sessionReconciler struct {
 	client.Client
 	// retiring: the retires under way (retire.go).
 	retiring retiring
+	// released: the sessions whose storage finalizer this agent removed.
+	released released
 }
 
 func (r *sessionReconciler) setup(mgr ctrl.Manager) error {
@@ -87,6 +90,7 @@ func (r *sessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.book.forget(req.NamespacedName)
+			r.released.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -655,7 +659,10 @@ func (r *sessionReconciler) recordLogins(ctx context.Context, s *bootv1.BootSess
 func (r *sessionReconciler) teardown(ctx context.Context, s *bootv1.BootSession, log interface {
 	Info(string, ...any)
 }) error {
-	if !controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) {
+	if !controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) || r.released.has(s) {
+		// Done; or done already, and this cache has not yet seen the
+		// finalizer go (a teardown again would cost tgtd requests and a
+		// refused patch).
 		return nil
 	}
 	// Only this session's own target name, whatever the status says.
@@ -680,7 +687,11 @@ func (r *sessionReconciler) teardown(ctx context.Context, s *bootv1.BootSession,
 // it conflict.
 func (r *sessionReconciler) finalizer(ctx context.Context, s *bootv1.BootSession, add bool) error {
 	if !add {
-		return finalizer.Remove(ctx, r.Client, r.reader, s.DeepCopy(), bootv1.StorageFinalizer)
+		if err := finalizer.Remove(ctx, r.Client, r.reader, s.DeepCopy(), bootv1.StorageFinalizer); err != nil {
+			return err
+		}
+		r.released.add(s)
+		return nil
 	}
 	return client.IgnoreNotFound(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur := &bootv1.BootSession{}
@@ -692,6 +703,38 @@ func (r *sessionReconciler) finalizer(ctx context.Context, s *bootv1.BootSession
 		}
 		return r.Update(ctx, cur)
 	}))
+}
+
+// released remembers the sessions (by name and UID) whose storage finalizer
+// the agent removed, until they are gone: a reconcile from a cache that still
+// shows the finalizer does not tear down again. A session never gets the
+// finalizer back from the agent (it adds it only to a live session) nor
+// from the manager (only to a new one).
+type released struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]types.UID
+}
+
+func (r *released) add(s *bootv1.BootSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[types.NamespacedName]types.UID{}
+	}
+	r.m[client.ObjectKeyFromObject(s)] = s.UID
+}
+
+func (r *released) has(s *bootv1.BootSession) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	uid, ok := r.m[client.ObjectKeyFromObject(s)]
+	return ok && uid == s.UID
+}
+
+func (r *released) forget(key types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, key)
 }
 
 // sessionIQN is the only target name a session may have, as the manager

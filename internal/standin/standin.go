@@ -5,11 +5,13 @@ package standin
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -33,6 +35,35 @@ type Storage struct {
 	Reader client.Reader
 	// Workers is the number of concurrent reconciles (default 1).
 	Workers int
+
+	// appliedOn is, per session, the resourceVersion its last apply was
+	// made from: a reconcile that reads that version again (a cache that
+	// has not yet seen the apply) does not apply again — the real agent
+	// keeps a record of what it wrote for the same reason
+	// (bootagent/storage/session_status.go).
+	mu        sync.Mutex
+	appliedOn map[types.UID]string
+}
+
+func (s *Storage) appliedFrom(uid types.UID, rv string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.appliedOn[uid]
+	return ok && v == rv
+}
+
+// setAppliedOn records rv for uid; "" forgets uid.
+func (s *Storage) setAppliedOn(uid types.UID, rv string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rv == "" {
+		delete(s.appliedOn, uid)
+		return
+	}
+	if s.appliedOn == nil {
+		s.appliedOn = map[types.UID]string{}
+	}
+	s.appliedOn[uid] = rv
 }
 
 func (s *Storage) reader() client.Reader {
@@ -56,6 +87,7 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		return ctrl.Result{}, nil
 	}
 	if bs.Spec.Stopped || bs.DeletionTimestamp != nil {
+		s.setAppliedOn(bs.UID, "")
 		// As the agent does: a JSON patch that tests the list entry, no
 		// resourceVersion.
 		return ctrl.Result{}, finalizer.Remove(ctx, s.Client, s.reader(), bs, bootv1.StorageFinalizer)
@@ -73,7 +105,7 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		cond = metav1.Condition{Type: bootv1.StorageReadyCondition, Status: metav1.ConditionFalse, Reason: bootv1.StorageFailedReason, Message: "disk full"}
 	}
 	cur := meta.FindStatusCondition(bs.Status.Conditions, bootv1.StorageReadyCondition)
-	if cur != nil && cur.Status == cond.Status && cur.Reason == cond.Reason && cur.Message == cond.Message {
+	if (cur != nil && cur.Status == cond.Status && cur.Reason == cond.Reason && cur.Message == cond.Message) || s.appliedFrom(bs.UID, bs.ResourceVersion) {
 		return ctrl.Result{}, nil
 	}
 	// As the storage agent writes it: a forced server-side apply of its
@@ -90,6 +122,10 @@ func (s *Storage) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 			"type": cond.Type, "status": string(cond.Status), "reason": cond.Reason, "message": cond.Message,
 			"observedGeneration": bs.Generation, "lastTransitionTime": cond.LastTransitionTime.UTC().Format(time.RFC3339)}}},
 	}}
-	return ctrl.Result{}, client.IgnoreNotFound(s.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
-		client.FieldOwner("stand-in-storage"), client.ForceOwnership))
+	if err := s.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("stand-in-storage"), client.ForceOwnership); err != nil {
+		s.setAppliedOn(bs.UID, "")
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	s.setAppliedOn(bs.UID, bs.ResourceVersion)
+	return ctrl.Result{}, nil
 }
