@@ -12,7 +12,11 @@
 #   DHCP_LATENCY_ONLY=1  only the 1,000/s latency runs of the agent (API server
 #                        up and paused) and of kea: no ladders, no dnsmasq.
 #   AGENT_ENV=K=V,...    extra environment of the agent (GOMAXPROCS=2,GOGC=200).
-#   AGENT_ARGS="..."     extra flags of the agent.
+#   AGENT_ARGS="..."     extra flags of the agent; AGENT_BIN another agent binary.
+#   DHCP_NICE=-20        the servers under test and the generators at this nice
+#                        value (the agent's threads reniced once it is ready),
+#                        so that other work on a shared machine preempts them
+#                        less; the API server stays at SCHED_IDLE.
 #   DHCP_TRACE=1         a fourth dhcpload run at 1,000/s of the agent, API
 #                        server up and paused, with a Go execution trace of it
 #                        ($out/ggnet*-trace.out, go tool trace); not counted.
@@ -68,13 +72,14 @@ $bench/netns.sh up
 
 only=${DHCP_LATENCY_ONLY:-}
 trace=${DHCP_TRACE:-}
+nice_=(nice -n "${DHCP_NICE:-0}")
 agent_args=(${AGENT_ARGS:-})
 [[ -n $trace ]] && agent_args+=(--pprof-bind-address=127.0.0.1:8882)
 
 field() { { grep -o "$1=[^ ]*" || true; } | head -1 | cut -d= -f2; }
 perf() { # name rate [extra perfdhcp flags]; $R simulated clients
   local name=$1 rate=$2; shift 2
-  ip netns exec pb-cli taskset -c 1 perfdhcp -4 -l 198.51.100.2 -r "$rate" -R "$R" -b mac=00:0c:01:00:00:00 \
+  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 perfdhcp -4 -l 198.51.100.2 -r "$rate" -R "$R" -b mac=00:0c:01:00:00:00 \
     -p "$P" -W 500000 -g single "$@" 198.51.100.1 > "$out/$name-perfdhcp-$rate.txt" 2>&1 || true
   local line; line=$(python3 $bench/peers/parse_perfdhcp.py "$out/$name-perfdhcp-$rate.txt" "$P" "-")
   printf '%-8s perfdhcp rate=%-6s %s\n' "$name" "$rate" "$line"
@@ -83,7 +88,7 @@ perf() { # name rate [extra perfdhcp flags]; $R simulated clients
 }
 load() { # name rate; $R simulated clients
   local name=$1 rate=$2
-  ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate "$rate" -clients "$R" -duration "${P}s" > "$out/$name-dhcpload-$rate.txt" 2>&1 || true
+  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate "$rate" -clients "$R" -duration "${P}s" > "$out/$name-dhcpload-$rate.txt" 2>&1 || true
   printf '%-8s dhcpload %s\n' "$name" "$(cat "$out/$name-dhcpload-$rate.txt")"
   local f=$out/$name-dhcpload-$rate.txt
   printf '%s\tdhcpload\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$(field loss% <"$f")" "$(field acks_per_s <"$f")" \
@@ -101,7 +106,7 @@ ladder() { # name harness rate...: stops after the first rate with more than 5% 
 latency() { # name: a warm-up, then three runs at 1,000/s with each generator
   # The warm-up (not counted) lets a freshly started server and, for the
   # agent, the API server that has just taken 2N creates, settle.
-  ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-warmup.txt" 2>&1 || true
+  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-warmup.txt" 2>&1 || true
   # A server that answers nothing is a broken run, not a figure.
   if ! grep -qE 'acks=[1-9]' "$out/$1-warmup.txt"; then
     echo "dhcp.sh: $1 answered no DHCP request in its warm-up (see $out/$1-warmup.txt and $out/$1.out)" >&2
@@ -113,7 +118,7 @@ latency() { # name: a warm-up, then three runs at 1,000/s with each generator
   if [[ -n $trace && $1 == ggnet* ]]; then # a traced run, not counted
     ip netns exec pb-srv curl -sf -o "$out/$1-trace.out" "http://127.0.0.1:8882/debug/pprof/trace?seconds=$((P > 1 ? P - 1 : 1))" &
     local c=$!
-    ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-dhcpload-traced.txt" 2>&1 || true
+    "${nice_[@]}" ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-dhcpload-traced.txt" 2>&1 || true
     wait $c || echo "dhcp.sh: no trace of $1" >&2
     printf '%-8s dhcpload traced %s\n' "$1" "$(cat "$out/$1-dhcpload-traced.txt")"
   fi
@@ -126,7 +131,7 @@ echo "== GGnet boot agent, reservation mode, $N Machines and $N Ready sessions"
 # API server lives on the control plane in a real site. They run there at
 # SCHED_IDLE, so that they take only what the generator leaves of CPU1 and do
 # not put the generator behind its schedule (which it reports).
-ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent bin/bootagent -agent-env "${AGENT_ENV:-}" -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
+ip netns exec pb-srv taskset -c 1 bin/loadlab -n "$N" -agent "${AGENT_BIN:-bin/bootagent}" -agent-env "${AGENT_ENV:-}" -cpu 0 -probe http://127.0.0.1:8881/readyz -- \
   --dhcp-interfaces=pb-s --server-ip=198.51.100.1 --http-listen=198.51.100.1:8880 --tftp-listen=198.51.100.1:69 --metrics-listen=127.0.0.1:8881 \
   --dhcp-workers=4 "${agent_args[@]}" > "$out/loadlab.txt" 2>&1 &
 lab=$!
@@ -137,6 +142,10 @@ grep -q READY "$out/loadlab.txt" || { echo "dhcp.sh: loadlab did not get ready (
 api=$(pgrep -P $lab -x kube-apiserver || true) etcd=$(pgrep -P $lab -x etcd || true)
 [[ -n $api && -n $etcd ]] || { echo "dhcp.sh: kube-apiserver or etcd of loadlab not found" >&2; exit 1; }
 for p in $api $etcd; do chrt -a -i -p 0 "$p"; done
+if [[ -n ${DHCP_NICE:-} ]]; then # every thread of the agent (new ones inherit it)
+  agent=$(pgrep -P $lab | grep -vx -e "$api" -e "$etcd" | head -1) || { echo "dhcp.sh: the agent of loadlab not found" >&2; exit 1; }
+  renice -n "$DHCP_NICE" -p $(ls /proc/$agent/task) >/dev/null
+fi
 latency ggnet
 # The API server paused (SIGSTOP, kube-apiserver and etcd): the agent keeps
 # answering from its cache; what changes is the watch traffic it decodes and
@@ -154,7 +163,7 @@ grep "RSS at the end" "$out/loadlab.txt" || true
 R=5000
 echo "== kea-dhcp4 (memfile), $R clients"
 sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/kea-dhcp4.json > "$out/kea.json"
-KEA_PIDFILE_DIR=$out KEA_LOCKFILE_DIR=$out ip netns exec pb-srv taskset -c 0 kea-dhcp4 -c "$out/kea.json" > "$out/kea.out" 2>&1 &
+KEA_PIDFILE_DIR=$out KEA_LOCKFILE_DIR=$out "${nice_[@]}" ip netns exec pb-srv taskset -c 0 kea-dhcp4 -c "$out/kea.json" > "$out/kea.out" 2>&1 &
 kea=$!; sleep 2
 latency kea
 [[ -z $only ]] && ladder kea perf 2500 5000 7500 10000 15000 20000 25000 30000 35000
@@ -164,7 +173,7 @@ kill $kea || true; wait $kea 2>/dev/null || true
 if [[ -z $only ]]; then
 echo "== dnsmasq (leasefile-ro), $R clients"
 sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/dnsmasq-dhcp-ro.conf > "$out/dnsmasq.conf"
-ip netns exec pb-srv taskset -c 0 dnsmasq -k -C "$out/dnsmasq.conf" > "$out/dnsmasq.out" 2>&1 &
+"${nice_[@]}" ip netns exec pb-srv taskset -c 0 dnsmasq -k -C "$out/dnsmasq.conf" > "$out/dnsmasq.out" 2>&1 &
 dm=$!; sleep 2
 latency dnsmasq
 ladder dnsmasq perf 1000 2500 5000 7500 10000
