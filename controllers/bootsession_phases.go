@@ -153,7 +153,9 @@ func (r *BootSessionReconciler) reconcileExclusive(ctx context.Context, sc *sess
 // it fails unless the node returns. Conditions: Scheduled; Ready=False
 // NoStorageNode, or Failed StorageNodeLost when the chosen node has been gone
 // longer than the grace (the StorageNodeReconciler then releases its
-// storage finalizer).
+// storage finalizer). A node whose Node exists but whose Lease expired
+// (storage_liveness.go) is treated the same with the grace counted from the
+// expiry, and is never chosen for a new session.
 func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	if name := s.Status.StorageNode; name != "" {
@@ -163,7 +165,7 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		case err == nil:
 			r.gone.present("node/" + name)
 			sc.node = node
-			return true, nil
+			return r.reachable(s, name, sc)
 		case !apierrors.IsNotFound(err):
 			return false, err
 		}
@@ -197,9 +199,14 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		}
 	}
 	nodes := map[string]*corev1.Node{}
+	unreachable := false
 	exists := func(name string) bool {
 		n := &corev1.Node{}
 		if err := r.Get(ctx, types.NamespacedName{Name: name}, n); err != nil {
+			return false
+		}
+		if _, down := r.gone.live.unreachableSince(name); down {
+			unreachable = true
 			return false
 		}
 		nodes[name] = n
@@ -216,7 +223,7 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 			}
 			pin = disk.Node
 			if scheduleNode(sc.image.Status.Replicas, pin, load, exists) == "" {
-				msg := fmt.Sprintf("Machine %s's persistent disk for Image %s is on storage node %s, which is gone or holds no Ready replica of the Image; "+
+				msg := fmt.Sprintf("Machine %s's persistent disk for Image %s is on storage node %s, which is gone, unreachable or holds no Ready replica of the Image; "+
 					"the session waits for it (raise the Machine's spec.persistentDisks.resetGeneration to start from a fresh disk elsewhere)", sc.machine.Name, sc.image.Name, pin)
 				r.unschedulable(s, bootv1.PersistentDiskUnavailableReason, msg)
 				return false, nil
@@ -224,10 +231,18 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 		}
 	}
 	chosen := scheduleNode(sc.image.Status.Replicas, pin, load, exists)
+	if chosen == "" && unreachable {
+		// Nothing wakes the session when a Lease is renewed again: look
+		// again after a renewal period.
+		sc.requeueAfter = bootv1.StorageLeaseRenewSeconds * time.Second
+	}
 	if chosen == "" {
 		msg := fmt.Sprintf("no storage node holds a Ready replica of Image %s", sc.image.Name)
 		if s.Spec.StorageNode != "" {
 			msg = fmt.Sprintf("storage node %s does not hold a Ready replica of Image %s", s.Spec.StorageNode, sc.image.Name)
+		}
+		if unreachable {
+			msg += " that is reachable: a storage node that holds one has not renewed its Lease"
 		}
 		r.unschedulable(s, bootv1.NoStorageNodeReason, msg)
 		return false, nil

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -49,6 +50,10 @@ import (
 type goneNodes struct {
 	mu   sync.Mutex
 	gone map[string]*goneNode
+	// live is what the storage nodes' Leases say (storage_liveness.go);
+	// gone's keys "lease/<name>" are the unreachable nodes whose ended
+	// sessions were told when their finalizer goes.
+	live *storageLiveness
 }
 
 type goneNode struct {
@@ -58,7 +63,9 @@ type goneNode struct {
 	announced map[types.UID]bool
 }
 
-func newGoneNodes() *goneNodes { return &goneNodes{gone: map[string]*goneNode{}} }
+func newGoneNodes() *goneNodes {
+	return &goneNodes{gone: map[string]*goneNode{}, live: newStorageLiveness()}
+}
 
 // missing records that key is missing now, unless it already was, and
 // returns since when.
@@ -71,6 +78,17 @@ func (g *goneNodes) missing(key string, now time.Time) time.Time {
 		g.gone[key] = n
 	}
 	return n.since
+}
+
+// missingAt records that key is missing since since (the expiry of a
+// node's Lease), replacing an earlier record.
+func (g *goneNodes) missingAt(key string, since time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := g.gone[key]; n != nil && n.since.Equal(since) {
+		return
+	}
+	g.gone[key] = &goneNode{since: since, announced: map[types.UID]bool{}}
 }
 
 // present forgets key: it exists (again), or nothing refers to it.
@@ -140,9 +158,22 @@ func (r *StorageNodeReconciler) releaseSessions(ctx context.Context, node string
 	err := r.Get(ctx, types.NamespacedName{Name: node}, &corev1.Node{})
 	if err == nil {
 		r.gone.present(key)
-		return 0, nil
+		// The Node exists: its Lease says whether it is alive.
+		return r.reconcileLiveness(ctx, node, now)
 	} else if !apierrors.IsNotFound(err) {
 		return 0, err
+	}
+	since := r.gone.missing(key, now)
+	return r.releaseHeld(ctx, node, key, since, now, "is gone (missing since "+since.UTC().Format(time.RFC3339))
+}
+
+// releaseHeld releases, once since+grace passed, the storage finalizers of
+// node's ended sessions (a Warning Event each, and one before, saying when);
+// what says what happened to the node (release). It
+// returns how long until the grace ends, or 0.
+func (r *StorageNodeReconciler) releaseHeld(ctx context.Context, node, key string, since, now time.Time, what string) (time.Duration, error) {
+	if key != "node/"+node {
+		r.gone.missingAt(key, since)
 	}
 	var list bootv1.BootSessionList
 	if err := r.List(ctx, &list, client.MatchingFields{indexSessionNode: node}); err != nil {
@@ -163,10 +194,9 @@ func (r *StorageNodeReconciler) releaseSessions(ctx context.Context, node string
 		r.gone.present(key) // nothing refers to it: forget it
 		return 0, nil
 	}
-	since := r.gone.missing(key, now)
 	left := since.Add(r.Grace).Sub(now)
 	for _, s := range held {
-		if err := r.release(ctx, s, bootv1.StorageFinalizer, node, key, since, left); err != nil {
+		if err := r.release(ctx, s, bootv1.StorageFinalizer, node, key, what, since, left); err != nil {
 			return 0, err
 		}
 	}
@@ -211,7 +241,7 @@ func (r *StorageNodeReconciler) releaseNodeFinalizers(ctx context.Context, key s
 	since := r.gone.missing("finalizer/"+key, now)
 	left := since.Add(r.Grace).Sub(now)
 	for _, o := range objs {
-		if err := r.release(ctx, o, fin, key, "finalizer/"+key, since, left); err != nil {
+		if err := r.release(ctx, o, fin, key, "finalizer/"+key, "is gone (missing since "+since.UTC().Format(time.RFC3339), since, left); err != nil {
 			return 0, err
 		}
 	}
@@ -246,13 +276,15 @@ func (r *StorageNodeReconciler) finalizerHasNode(ctx context.Context, key string
 
 // release removes finalizer fin from obj once the grace is over (left <= 0),
 // with a Warning Event; before, it tells obj once when that will happen.
-func (r *StorageNodeReconciler) release(ctx context.Context, obj client.Object, fin, node, key string, since time.Time, left time.Duration) error {
+// what is what happened to the node, its parenthesis left open: "is gone
+// (missing since …" or "is unreachable (its Lease expired at …".
+func (r *StorageNodeReconciler) release(ctx context.Context, obj client.Object, fin, node, key, what string, since time.Time, left time.Duration) error {
 	kind := kindOf(obj)
 	if left > 0 {
 		if r.gone.announce(key, obj.GetUID()) {
 			r.Recorder.Eventf(obj, corev1.EventTypeWarning, bootv1.StorageNodeGoneReason,
-				"storage node %s is gone (missing since %s): unless it returns within the %s grace, the manager releases this %s's finalizer %s at %s",
-				node, since.UTC().Format(time.RFC3339), r.Grace, kind, fin, since.Add(r.Grace).UTC().Format(time.RFC3339))
+				"storage node %s %s): unless it returns within the %s grace, the manager releases this %s's finalizer %s at %s",
+				node, what, r.Grace, kind, fin, since.Add(r.Grace).UTC().Format(time.RFC3339))
 		}
 		return nil
 	}
@@ -265,8 +297,8 @@ func (r *StorageNodeReconciler) release(ctx context.Context, obj client.Object, 
 		return client.IgnoreNotFound(err)
 	}
 	r.Recorder.Eventf(obj, corev1.EventTypeWarning, bootv1.StorageNodeGoneReason,
-		"storage node %s is gone (missing since %s, longer than the %s grace): released finalizer %s; the files this %s had on %s are no longer tracked (if that node's disk comes back, check them by hand)",
-		node, since.UTC().Format(time.RFC3339), r.Grace, fin, kind, node)
+		"storage node %s %s, longer than the %s grace): released finalizer %s; the files this %s had on %s are no longer tracked (if that node's disk comes back, check them by hand)",
+		node, what, r.Grace, fin, kind, node)
 	return nil
 }
 
@@ -285,11 +317,20 @@ func kindOf(obj client.Object) string {
 func klogRef(obj client.Object) string { return obj.GetNamespace() + "/" + obj.GetName() }
 
 // SetupWithManager registers the controller: Nodes as they come and go
-// (not their heartbeats), sessions that hold a storage finalizer and no
-// longer run, and Images and Machines holding node finalizers.
+// (not their heartbeats), the storage nodes' Leases, sessions that hold a
+// storage finalizer and no longer run, and Images and Machines holding
+// node finalizers.
 func (r *StorageNodeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.gone == nil {
 		r.gone = newGoneNodes()
+	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &coordinationv1.Lease{}, indexLeaseNode, func(o client.Object) []string {
+		if n := leaseNode(o); n != "" {
+			return []string{n}
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	byFinalizer := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 		var out []reconcile.Request
@@ -303,11 +344,25 @@ func (r *StorageNodeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&corev1.Node{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
 		Watches(&bootv1.BootSession{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			s := o.(*bootv1.BootSession)
-			if s.Status.StorageNode == "" || !controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) ||
-				!(s.DeletionTimestamp != nil || s.Spec.Stopped || finished(s)) {
+			if s.Status.StorageNode == "" {
+				return nil
+			}
+			// An ended session whose finalizer may be the manager's to
+			// release, or one whose StorageReachable disagrees with its
+			// node's Lease (scheduled as the Lease expired).
+			if !r.gone.live.sessionReachableMismatch(s) && (!controllerutil.ContainsFinalizer(s, bootv1.StorageFinalizer) ||
+				!(s.DeletionTimestamp != nil || s.Spec.Stopped || finished(s))) {
 				return nil
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: s.Status.StorageNode}}}
+		})).
+		// The storage nodes' Leases (storage_liveness.go): every renewal
+		// reconciles the node, which is cheap while nothing changes.
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if n := leaseNode(o); n != "" {
+				return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: n}}}
+			}
+			return nil
 		})).
 		Watches(&bootv1.Image{}, byFinalizer).
 		Watches(&bootv1.Machine{}, byFinalizer).

@@ -1,5 +1,11 @@
 package v1alpha1
 
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
+
 // Every condition type and reason of the three kinds, and every Event reason,
 // by kind and writer. An Event that goes with a condition has the
 // condition's reason; the Events that go with none have their own reasons
@@ -65,8 +71,21 @@ const (
 	StorageLeaseRenewSeconds    = 10
 )
 
-// StorageLeaseName is the name of node's storage agent's Lease.
-func StorageLeaseName(node string) string { return StorageLeasePrefix + node }
+// StorageLeaseName is the name of node's storage agent's Lease:
+// StorageLeasePrefix and the node's name. A Lease's name is at most 253
+// characters, a Node's too: a name that would be longer is cut and ends in
+// a hash of the whole node name, so that it stays one node's (the manager
+// finds a node's Lease by spec.holderIdentity, the whole name).
+func StorageLeaseName(node string) string {
+	const maxLen = 253
+	if len(StorageLeasePrefix)+len(node) <= maxLen {
+		return StorageLeasePrefix + node
+	}
+	sum := sha256.Sum256([]byte(node))
+	h := hex.EncodeToString(sum[:])[:16]
+	cut := strings.TrimRight(node[:maxLen-len(StorageLeasePrefix)-1-len(h)], ".-")
+	return StorageLeasePrefix + cut + "-" + h
+}
 
 // BootSession reasons.
 const (

@@ -4,6 +4,7 @@ import (
 	"net"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 	"github.com/ggnet/ggnet/bootagent/dhcp"
@@ -87,7 +88,15 @@ func sessionEntry(s *bootv1.BootSession) table.Session {
 	} else {
 		e.Bootable = false
 	}
+	e.StorageUnreachable = storageUnreachable(s)
 	return e
+}
+
+// storageUnreachable reports whether the manager found the session's storage
+// node unreachable (StorageReachable=False: its Lease expired): its script is
+// not handed out, the PC gets a retry instead of logging in to a dead portal.
+func storageUnreachable(s *bootv1.BootSession) bool {
+	return meta.IsStatusConditionFalse(s.Status.Conditions, bootv1.StorageReachableCondition)
 }
 
 // retiring reports whether the manager asked to retire the session

@@ -169,6 +169,10 @@ const (
 	ResultError     = "error"
 )
 
+// ResultStorageUnreachable: the session's storage node is unreachable
+// (StorageReachable=False); the PC got the retry fallback.
+const ResultStorageUnreachable = "storage-unreachable"
+
 // request is one script request as the handler reads it.
 type request struct {
 	mac   net.HardwareAddr
@@ -259,6 +263,13 @@ func (h *Handler) script(ctx context.Context, w http.ResponseWriter, req request
 		return ResultSession, http.StatusOK, g.Script
 	}
 	m := g.Machine
+	if g.StorageUnreachable {
+		// Not the script: the PC would spend the grace logging in to a
+		// dead portal. It asks again until the node is back or the session
+		// failed and another one is Ready.
+		return ResultStorageUnreachable, http.StatusOK, h.fallback(req,
+			fmt.Sprintf("the storage node of the session of %s is unreachable; %s asks again", m.Name, m.Name), ipxe.FailureRetry)
+	}
 	switch {
 	case m.Policy == table.PolicyLocalBoot:
 		return ResultLocalBoot, http.StatusOK, h.fallback(req, fmt.Sprintf("%s boots from its local disk", m.Name), ipxe.FailureExit)

@@ -9,10 +9,12 @@ package storage
 // (bootv1.ISCSIPortalAnnotation), where it serves replicas
 // (bootv1.ReplicationEndpointAnnotation) and its storage
 // (bootv1.StorageAnnotation), and one condition, bootv1.OrphanedPersistentDisksCondition, and records
-// Events on sessions, Machines and its Node.
+// Events on sessions, Machines and its Node. It holds its node's Lease
+// (bootv1.StorageLeaseName, lease.go), read straight from the API server.
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images;machines,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status;machines/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=nodes/status,verbs=patch
 // +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update

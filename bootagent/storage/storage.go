@@ -220,6 +220,10 @@ func New(restCfg *rest.Config, cfg Config, log logr.Logger) (*Role, error) {
 	if err := mgr.Add(r.periodic("Reporting the storage capacity", r.cfg.CapacityInterval, false, r.reportCapacityOnce)); err != nil {
 		return nil, err
 	}
+	// The node's liveness for the manager (lease.go).
+	if err := mgr.Add(r.holdLease(mgr.GetClient())); err != nil {
+		return nil, err
+	}
 	if cfg.Portal != "" {
 		if err := mgr.Add(manager.RunnableFunc(r.announcePortal)); err != nil {
 			return nil, err

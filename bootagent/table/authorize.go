@@ -39,6 +39,9 @@ type Grant struct {
 	// credentials included; empty when the owner has no bootable session.
 	SessionKey string
 	Script     string
+	// StorageUnreachable is true, with SessionKey and no Script, when the
+	// served session's storage node is unreachable (Session.StorageUnreachable).
+	StorageUnreachable bool
 	// Live is true when the owner has a session on its way to Ready.
 	Live bool
 	// Retired is true when the request's token is a retiring or retired
@@ -124,6 +127,10 @@ func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr)
 		return g, ErrUnbound
 	}
 	if sess.Key == "" {
+		return g, nil
+	}
+	if sess.StorageUnreachable {
+		g.SessionKey, g.StorageUnreachable = sess.Key, true
 		return g, nil
 	}
 	b := sess.Boot

@@ -94,6 +94,10 @@ type Session struct {
 	Boot ipxe.Session
 	// Bootable is true in phases Ready, Booting and Active.
 	Bootable bool
+	// StorageUnreachable is true while the manager finds the session's
+	// storage node unreachable (StorageReachable=False): the session stays
+	// the served one (its token holds) but its script is not handed out.
+	StorageUnreachable bool
 	// Live is true for a session that is not stopped, stopping or failed:
 	// one on its way to Ready or bootable. An AutoSession machine with a live
 	// session does not ask for another.

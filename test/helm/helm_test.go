@@ -243,6 +243,11 @@ func TestInstall(t *testing.T) {
 		{sa("storage"), "update", "boot.ggnet.io", "bootsessions", "", "cafe", true},
 		{sa("storage"), "create", "boot.ggnet.io", "machines", "", "cafe", false},
 		{sa("storage"), "create", "", "secrets", "", "cafe", false},
+		// The storage agents' Leases (their liveness): the agent holds its
+		// own, the manager reads them.
+		{sa("storage"), "update", "coordination.k8s.io", "leases", "", "ggnet-system", true},
+		{sa("storage"), "delete", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{sa("manager"), "watch", "coordination.k8s.io", "leases", "", "cafe", true},
 		{"vic", "list", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
 		{"vic", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", false},
 		{"olga", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
@@ -296,6 +301,10 @@ func TestInstall(t *testing.T) {
 		{labSA("manager"), "list", "boot.ggnet.io", "machines", "", "", false},
 		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "lab-system", true},
 		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "cafe", false},
+		{labSA("manager"), "watch", "coordination.k8s.io", "leases", "", "lab-cafe", true},
+		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "lab-cafe", false},
+		{labSA("storage"), "create", "coordination.k8s.io", "leases", "", "lab-cafe", true},
+		{labSA("storage"), "create", "coordination.k8s.io", "leases", "", "cafe", false},
 		{labSA("manager"), "list", "", "nodes", "", "", true},
 	} {
 		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: tc.user,

@@ -13,7 +13,8 @@
 // segment; -kill-boot-agent-at and -kill-storage-node-at kill one when that
 // share of the PCs has booted (a storage node's agent and tgtd; with
 // -lost-node=delete its Node object too, as when a node leaves the
-// cluster): the storm reports the PCs that failed, what the lost node's
+// cluster; with -lost-node=kill the Node stays and only the node's Lease
+// expires, after 40 s): the storm reports the PCs that failed, what the lost node's
 // sessions said, and where their replacements went.
 //
 //	sudo go run ./test/benchmark/storm -n 200
@@ -433,7 +434,8 @@ func killer(ctx context.Context, l *lab.Lab, c config, booted *atomic.Int64, sta
 	replaced := map[string]bool{}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	var lostAt time.Time
+	var lostAt, lostTime time.Time
+	sawUnreachable := false
 	for {
 		select {
 		case <-done:
@@ -453,6 +455,7 @@ func killer(ctx context.Context, l *lab.Lab, c config, booted *atomic.Int64, sta
 				ev.add("losing %s: %v", n.Node, err)
 			}
 			lostNode, lostAt = true, time.Now()
+			lostTime = lostAt
 			ev.mu.Lock()
 			ev.lost = n.Node
 			ev.mu.Unlock()
@@ -469,6 +472,11 @@ func killer(ctx context.Context, l *lab.Lab, c config, booted *atomic.Int64, sta
 			continue
 		}
 		for _, s := range list.Items {
+			if !sawUnreachable && s.Status.StorageNode == ev.lost && meta.IsStatusConditionFalse(s.Status.Conditions, bootv1.StorageReachableCondition) {
+				sawUnreachable = true
+				ev.add("%6.2f s  first session on %s StorageReachable=False (%.1f s after the loss)", time.Since(start).Seconds(), ev.lost,
+					time.Since(lostTime).Seconds())
+			}
 			if s.Status.StorageNode != ev.lost || s.Status.Phase != bootv1.SessionFailed || replaced[s.Spec.MachineRef.Name] {
 				continue
 			}
@@ -479,7 +487,8 @@ func killer(ctx context.Context, l *lab.Lab, c config, booted *atomic.Int64, sta
 				continue
 			}
 			if len(replaced) == 1 {
-				ev.add("%6.2f s  first session on %s Failed (%s); replacements being made", time.Since(start).Seconds(), ev.lost, readyReason(&s))
+				ev.add("%6.2f s  first session on %s Failed (%s, %.1f s after the loss); replacements being made", time.Since(start).Seconds(), ev.lost,
+					readyReason(&s), time.Since(lostTime).Seconds())
 			}
 		}
 	}
