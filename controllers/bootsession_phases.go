@@ -225,6 +225,9 @@ func (r *BootSessionReconciler) reconcileSchedule(ctx context.Context, sc *sessi
 			if scheduleNode(sc.image.Status.Replicas, pin, load, exists) == "" {
 				msg := fmt.Sprintf("Machine %s's persistent disk for Image %s is on storage node %s, which is gone, unreachable or holds no Ready replica of the Image; "+
 					"the session waits for it (raise the Machine's spec.persistentDisks.resetGeneration to start from a fresh disk elsewhere)", sc.machine.Name, sc.image.Name, pin)
+				if unreachable {
+					sc.requeueAfter = bootv1.StorageLeaseRenewSeconds * time.Second
+				}
 				r.unschedulable(s, bootv1.PersistentDiskUnavailableReason, msg)
 				return false, nil
 			}
