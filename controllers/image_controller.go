@@ -82,7 +82,7 @@ func (r *ImageReconciler) reconcileReplicas(_ context.Context, sc *imageScope) (
 
 // reconcileDelete keeps a deleted Image while sessions use it
 // (blocksDeletion), then releases bootv1.ImageFinalizer. A prepared
-// AutoSession session no PC has booted from is stopped. Conditions:
+// AutoSession session no PC has booted from is retired (retireUnbooted). Conditions:
 // Ready=False InUse naming the sessions, with a Warning Event when the wait
 // starts.
 func (r *ImageReconciler) reconcileDelete(ctx context.Context, sc *imageScope) (ctrl.Result, error) {
@@ -95,13 +95,11 @@ func (r *ImageReconciler) reconcileDelete(ctx context.Context, sc *imageScope) (
 		return ctrl.Result{}, err
 	}
 	// A prepared session no PC booted from holds nothing of anyone's: it is
-	// stopped rather than kept waiting for a boot that would keep the Image.
-	for i := range list.Items {
-		if x := &list.Items[i]; x.Labels[bootv1.AutoSessionLabel] == "true" && !finished(x) && !x.Spec.Stopped && x.DeletionTimestamp == nil && !booted(x) {
-			if err := markStopped(ctx, r.Client, x); err != nil {
-				return ctrl.Result{}, err
-			}
-		}
+	// retired (the storage agent's hand-over, retireUnbooted: stopped only
+	// once no PC can be logging in to it) rather than kept waiting for a
+	// boot that would keep the Image.
+	if err := retireUnbooted(ctx, r.Client, list.Items, func(*bootv1.BootSession) string { return "Image " + img.Name + " is being deleted" }); err != nil {
+		return ctrl.Result{}, err
 	}
 	if users := deletionBlockers(list.Items); len(users) > 0 {
 		msg := inUseMessage(users, "this image")

@@ -217,23 +217,29 @@ func booted(s *bootv1.BootSession) bool {
 // the node comes back its agent tears the target down, and the machine gets
 // its next session on a live node at once rather than after the grace).
 func (r *MachineReconciler) stopUnbooted(ctx context.Context, sc *machineScope, why func(*bootv1.BootSession) string) error {
+	return retireUnbooted(ctx, r.Client, sc.sessions, why)
+}
+
+// retireUnbooted is stopUnbooted over any list of sessions (a Machine's, an
+// Image's being deleted): the same hand-over, whoever asks.
+func retireUnbooted(ctx context.Context, c client.Client, sessions []bootv1.BootSession, why func(*bootv1.BootSession) string) error {
 	log := logf.FromContext(ctx)
-	for i := range sc.sessions {
-		s := &sc.sessions[i]
+	for i := range sessions {
+		s := &sessions[i]
 		if s.Labels[bootv1.AutoSessionLabel] != "true" || finished(s) || s.Spec.Stopped || s.DeletionTimestamp != nil {
 			continue
 		}
 		asked, answer := retireState(s)
 		switch {
 		case answer == metav1.ConditionTrue:
-			if err := markStopped(ctx, r.Client, s); err != nil {
+			if err := markStopped(ctx, c, s); err != nil {
 				return err
 			}
 			log.Info("Stopped a retired prepared session (its storage agent found no login)", "session", s.Name, "why", s.Annotations[bootv1.RetireAnnotation])
 			continue
 		case answer == metav1.ConditionFalse:
 			if asked {
-				if err := clearRetire(ctx, r.Client, s); err != nil {
+				if err := clearRetire(ctx, c, s); err != nil {
 					return err
 				}
 				log.Info("Kept a prepared session a PC logged in to", "session", s.Name)
@@ -249,14 +255,14 @@ func (r *MachineReconciler) stopUnbooted(ctx context.Context, sc *machineScope, 
 			}
 		}
 		if unusable(s) {
-			if err := markStopped(ctx, r.Client, s); err != nil {
+			if err := markStopped(ctx, c, s); err != nil {
 				return err
 			}
 			log.Info("Stopped a prepared session no PC can use", "session", s.Name, "why", reason)
 			continue
 		}
 		if !asked {
-			if err := askRetire(ctx, r.Client, s, reason); err != nil {
+			if err := askRetire(ctx, c, s, reason); err != nil {
 				return err
 			}
 			log.Info("Asked the storage agent to retire a prepared session if unused", "session", s.Name, "why", reason)

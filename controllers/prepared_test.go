@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -120,6 +121,11 @@ var _ = Describe("An AutoSession machine's next session", func() {
 		Expect(k8sClient.Delete(ctx, img)).To(Succeed())
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(img), img) }, eventually).ShouldNot(Succeed())
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+		By("through the retire hand-over: stopped only after its storage agent found no login")
+		Expect(get(ctx, s)().Annotations).To(HaveKey(bootv1.RetireAnnotation))
+		retire := meta.FindStatusCondition(get(ctx, s)().Status.Conditions, bootv1.RetireCondition)
+		Expect(retire).NotTo(BeNil())
+		Expect(string(retire.Status) + "/" + retire.Reason).To(Equal("True/" + bootv1.RetireUnusedReason))
 		By("the next one waits for an Image to boot")
 		Eventually(func(g Gomega) {
 			l := live()
