@@ -27,6 +27,10 @@ import (
 type ownWrites struct {
 	mu sync.Mutex
 	m  map[types.NamespacedName]ownWrite
+	// secrets holds the sessions whose Secret this manager created, until
+	// they are first Ready: ensureSecret need not read back a Secret it
+	// made complete moments ago (an API round trip in the Ready reconcile).
+	secrets map[types.NamespacedName]types.UID
 }
 
 type ownWrite struct {
@@ -35,7 +39,42 @@ type ownWrite struct {
 	old []string
 }
 
-func newOwnWrites() *ownWrites { return &ownWrites{m: map[types.NamespacedName]ownWrite{}} }
+func newOwnWrites() *ownWrites {
+	return &ownWrites{m: map[types.NamespacedName]ownWrite{}, secrets: map[types.NamespacedName]types.UID{}}
+}
+
+// madeSecret records that this manager created the session's Secret.
+func (o *ownWrites) madeSecret(key types.NamespacedName, uid types.UID) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.secrets[key] = uid
+}
+
+// secretMade reports whether this manager created the Secret of the
+// session (key, uid) and it has not been Ready since.
+func (o *ownWrites) secretMade(key types.NamespacedName, uid types.UID) bool {
+	if o == nil {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	v, ok := o.secrets[key]
+	return ok && v == uid
+}
+
+// forgetSecret drops the session's Secret record (it is Ready: later
+// reconciles, rare, read the Secret again and remake it if it was deleted).
+func (o *ownWrites) forgetSecret(key types.NamespacedName) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.secrets, key)
+}
 
 // superseded reports whether version rv of the session (key, uid) was
 // superseded by the manager's own last writes. Any other version ends the
@@ -84,7 +123,7 @@ func (o *ownWrites) remember(key types.NamespacedName, uid types.UID, now string
 	o.m[key] = ownWrite{uid: uid, old: old}
 }
 
-// forget drops the session's entry (it is gone).
+// forget drops the session's entries (it is gone).
 func (o *ownWrites) forget(key types.NamespacedName) {
 	if o == nil {
 		return
@@ -92,11 +131,12 @@ func (o *ownWrites) forget(key types.NamespacedName) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	delete(o.m, key)
+	delete(o.secrets, key)
 }
 
 // len is the number of sessions remembered (tests).
 func (o *ownWrites) len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.m)
+	return len(o.m) + len(o.secrets)
 }

@@ -47,6 +47,17 @@ func TestOwnWrites(t *testing.T) {
 	if o.len() != 0 || o.superseded(key, "u1", "13") {
 		t.Fatal("forget drops the entry")
 	}
+	// The Secrets it made, until Ready or gone.
+	o.madeSecret(key, "u1")
+	if !o.secretMade(key, "u1") || o.secretMade(key, "u2") {
+		t.Fatal("a Secret made for u1 is u1's only")
+	}
+	o.forgetSecret(key)
+	o.madeSecret(key, "u1")
+	o.forget(key)
+	if o.secretMade(key, "u1") || o.len() != 0 {
+		t.Fatal("Ready or gone: the Secret is read again")
+	}
 	var none *ownWrites
 	if none.superseded(key, "u1", "1") {
 		t.Fatal("a nil memo skips nothing")

@@ -335,11 +335,18 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		log.V(1).Info("Creating the session Secret", "secret", name)
 		return r.Create(ctx, sec)
 	}
+	key := client.ObjectKeyFromObject(s)
+	if s.Status.CHAPSecretRef != nil && r.ownWrites.secretMade(key, s.UID) {
+		// This manager made it, complete, in an earlier reconcile of the
+		// session: no read back (a round trip in the Ready reconcile).
+		return nil
+	}
 	if s.Status.CHAPSecretRef == nil {
 		// A new session: create at once (one call, not a read that finds
 		// nothing and then a create); an existing Secret is checked below.
 		err := create()
 		if err == nil {
+			r.ownWrites.madeSecret(key, s.UID)
 			return nil
 		} else if !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating Secret %s: %w", name, redact(err))
@@ -494,6 +501,7 @@ func (r *BootSessionReconciler) reconcileScript(_ context.Context, sc *sessionSc
 		// No Event: Ready=True and timeline.ready say it (a session's
 		// happy path records none).
 		sessionReadySeconds.Observe(now.Sub(s.CreationTimestamp.Time).Seconds())
+		r.ownWrites.forgetSecret(client.ObjectKeyFromObject(s))
 	}
 	phase := phaseOf(s)
 	msg := "the machine can boot; phase " + string(phase)

@@ -181,6 +181,11 @@ var _ = Describe("Credentials stay in the Secret", func() {
 		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
 		Eventually(view(ctx, s), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
 		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		// A session's happy path records no Event: a second session of the
+		// machine waits, with a MachineBusy Event for the readers to see.
+		next := fixture.Session(ns, "trust-next", "seat-1", "win11")
+		Expect(k8sClient.Create(ctx, next)).To(Succeed())
+		Eventually(func() []string { return events(ctx, ns, "trust-next") }, eventually).Should(ContainElement(HavePrefix(bootv1.MachineBusyReason + ": ")))
 
 		var values []string
 		for _, sess := range []*bootv1.BootSession{s, s2} {
@@ -218,7 +223,7 @@ var _ = Describe("Credentials stay in the Secret", func() {
 			Expect(dump).To(ContainSubstring(ipxe.CredentialsComment), "the script preview")
 			if role == "view" {
 				Expect(eventsRead).To(BeTrue(), "view reads Events")
-				Expect(dump).To(ContainSubstring("Ready to boot: target iqn.2026-11.io.ggnet:" + ns + ":trust-pc"))
+				Expect(dump).To(ContainSubstring(`"involvedObject":{"apiVersion":"boot.ggnet.io/v1alpha1","kind":"BootSession","name":"trust-next","namespace":"` + ns + `"`))
 			}
 			for _, v := range values {
 				Expect(strings.Contains(dump, v)).To(BeFalse(), "a credential of the session Secret is readable by %s", user)
