@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -16,6 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+
+	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
 
 // Options configures the reconcilers; cmd/manager binds them to flags.
@@ -168,7 +172,11 @@ func finish(ctx context.Context, c client.Client, base, obj client.Object, sameS
 // manager a Role there instead of a ClusterRole); Nodes, cluster-scoped,
 // are watched cluster-wide either way.
 func CacheOptions(namespace ...string) cache.Options {
-	o := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	o := cache.Options{DefaultTransform: cache.TransformStripManagedFields(),
+		// Only the storage agents' Leases: the kubelets' (one per node, each
+		// renewed every 10 s) would be decoded and cached for nothing.
+		ByObject: map[client.Object]cache.ByObject{&coordinationv1.Lease{}: {
+			Label: labels.SelectorFromSet(labels.Set{bootv1.StorageLeaseLabel: "true"})}}}
 	if len(namespace) > 0 && namespace[0] != "" {
 		o.DefaultNamespaces = map[string]cache.Config{namespace[0]: {}}
 	}

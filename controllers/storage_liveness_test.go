@@ -25,7 +25,8 @@ const testLeaseDuration = 2
 // node's Lease in ns, made and renewed every 300 ms until the returned func
 // is called.
 func holdLease(ctx context.Context, ns, node string) (stop func()) {
-	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: bootv1.StorageLeaseName(node)}}
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: bootv1.StorageLeaseName(node),
+		Labels: map[string]string{bootv1.StorageLeaseLabel: "true"}}}
 	renew := func() error {
 		now := metav1.NewMicroTime(time.Now())
 		holder, d := node, int32(testLeaseDuration)

@@ -71,6 +71,11 @@ const (
 	StorageLeaseRenewSeconds    = 10
 )
 
+// StorageLeaseLabel ("true") is on every storage agent's Lease: the
+// manager caches only Leases with it (not the kubelets' Leases of every
+// node, renewed every 10 s each).
+const StorageLeaseLabel = "boot.ggnet.io/storage-lease"
+
 // StorageLeaseName is the name of node's storage agent's Lease:
 // StorageLeasePrefix and the node's name. A Lease's name is at most 253
 // characters, a Node's too: a name that would be longer is cut and ends in

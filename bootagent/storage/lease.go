@@ -137,6 +137,12 @@ func (h *leaseHolder) fill(l *coordinationv1.Lease, now metav1.MicroTime) {
 		l.Spec.HolderIdentity = &node
 		l.Spec.AcquireTime = &now
 	}
+	if l.Labels[bootv1.StorageLeaseLabel] != "true" {
+		if l.Labels == nil {
+			l.Labels = map[string]string{}
+		}
+		l.Labels[bootv1.StorageLeaseLabel] = "true"
+	}
 	d := int32(bootv1.StorageLeaseDurationSeconds)
 	l.Spec.LeaseDurationSeconds = &d
 	l.Spec.RenewTime = &now

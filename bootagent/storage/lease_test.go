@@ -21,6 +21,7 @@ var _ = Describe("The storage role's Lease", func() {
 		lease := &coordinationv1.Lease{}
 		Eventually(func() error { return k8sClient.Get(ctx, key, lease) }, 20*time.Second).Should(Succeed())
 		Expect(lease.Spec.HolderIdentity).To(HaveValue(Equal(nodeName)))
+		Expect(lease.Labels).To(HaveKeyWithValue(bootv1.StorageLeaseLabel, "true"), "the manager caches only labelled Leases")
 		Expect(lease.Spec.LeaseDurationSeconds).To(HaveValue(BeEquivalentTo(bootv1.StorageLeaseDurationSeconds)))
 		Expect(lease.Spec.RenewTime).NotTo(BeNil())
 		first := lease.Spec.RenewTime.Time
