@@ -26,7 +26,7 @@ cd "$root"
 N=${1:-10000}; P=${2:-10}
 out=/tmp/ggnet-bench/dhcp; rm -rf "$out"; mkdir -p "$out"
 export KUBEBUILDER_ASSETS=$(./hack/envtest-bins.sh)
-make -s build
+[[ -n ${AGENT_BIN:-} ]] || make -s build # AGENT_BIN: the agent is built already
 go build -o bin/loadlab ./test/benchmark/loadlab
 go build -o bin/dhcpload ./test/benchmark/dhcpload
 bench=test/benchmark
