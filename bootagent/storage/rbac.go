@@ -1,7 +1,8 @@
 package storage
 
 // The storage role reconciles sessions, images and machines on its node:
-// their finalizers (the storage finalizer on sessions, NodeFinalizer(node) on
+// their finalizers (the storage finalizer on sessions, released by a JSON
+// patch, NodeFinalizer(node) on
 // Images with a replica here and on Machines with persistent disks here and
 // onDelete: Delete), its own status fields (server-side apply with its field
 // manager), the CHAP Secrets and the replication Secret, its Node's labels.
@@ -12,6 +13,7 @@ package storage
 // Events on sessions, Machines and its Node. It holds its node's Lease
 // (bootv1.StorageLeaseName, lease.go), read straight from the API server.
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images;machines,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions,verbs=patch
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status;machines/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch
