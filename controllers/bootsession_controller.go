@@ -306,9 +306,10 @@ func (r *BootSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Nodes matter when they come or go, not at every heartbeat.
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.sessionsOnNode),
 			// Node updates are mostly heartbeats: only a new announced
-			// portal concerns the sessions.
+			// portal or a change of Ready concerns the sessions.
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-				return e.ObjectOld.GetAnnotations()[bootv1.ISCSIPortalAnnotation] != e.ObjectNew.GetAnnotations()[bootv1.ISCSIPortalAnnotation]
+				return e.ObjectOld.GetAnnotations()[bootv1.ISCSIPortalAnnotation] != e.ObjectNew.GetAnnotations()[bootv1.ISCSIPortalAnnotation] ||
+					nodeReady(e.ObjectOld.(*corev1.Node)) != nodeReady(e.ObjectNew.(*corev1.Node)) // the Lease's liveness gate
 			}})).
 		WithOptions(controllerOptions(r.Options)).
 		Complete(r)

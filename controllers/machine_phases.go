@@ -211,11 +211,11 @@ func booted(s *bootv1.BootSession) bool {
 // A session is stopped at once, without asking, when no PC can be using it:
 // it is not scheduled, its storage was never ready (the boot agent hands out
 // only Ready sessions; a later Ready would have changed the session, and the
-// optimistic lock refuses the stop), or its storage node is unreachable
-// (StorageReachable=False: its agent cannot answer, the boot agent does not
-// hand its script out, and a PC cannot boot from a node it cannot reach; if
-// the node comes back its agent tears the target down, and the machine gets
-// its next session on a live node at once rather than after the grace).
+// optimistic lock refuses the stop). A session whose storage node is
+// unreachable (StorageReachable=False) is not stopped blind: that is when
+// the login records cannot be written, and tgtd may serve a PC while the
+// agent is down; the retire waits for the agent, or the session fails
+// StorageNodeLost once the node is really gone.
 func (r *MachineReconciler) stopUnbooted(ctx context.Context, sc *machineScope, why func(*bootv1.BootSession) string) error {
 	return retireUnbooted(ctx, r.Client, sc.sessions, why)
 }
@@ -282,12 +282,10 @@ func retireState(s *bootv1.BootSession) (asked bool, answer metav1.ConditionStat
 }
 
 // unusable reports whether no PC can be using a session's disk: it is not
-// scheduled, its storage was never ready, or its storage node is
-// unreachable (see stopUnbooted).
+// scheduled, or its storage was never ready (see stopUnbooted).
 func unusable(s *bootv1.BootSession) bool {
 	return s.Status.StorageNode == "" ||
-		(s.Status.Timeline.StorageReady == nil && !meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition)) ||
-		meta.IsStatusConditionFalse(s.Status.Conditions, bootv1.StorageReachableCondition)
+		(s.Status.Timeline.StorageReady == nil && !meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition))
 }
 
 // askRetire sets the session's RetireAnnotation to why, with optimistic

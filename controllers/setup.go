@@ -36,6 +36,11 @@ type Options struct {
 	// DefaultStorageNodeGrace. The time a Node went missing is kept in
 	// memory: a manager restart starts the grace again.
 	StorageNodeGrace time.Duration
+	// StorageLeaseDuration is how long after the manager last saw a storage
+	// agent renew its Lease the node counts as unreachable (default
+	// bootv1.StorageLeaseDurationSeconds; shorter only in tests). The
+	// Lease's own leaseDurationSeconds is not used.
+	StorageLeaseDuration time.Duration
 	// ImageRetention is how many Ready versions of each Image family the
 	// manager keeps: older versions are deleted once nothing uses them; 0
 	// keeps every version.
@@ -68,6 +73,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		o.StorageNodeGrace = DefaultStorageNodeGrace
 	}
 	gone := newGoneNodes()
+	gone.live = newStorageLiveness(o.StorageLeaseDuration)
 	if err := (&BootSessionReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("bootsession-controller"),
 		IQNPrefix: o.IQNPrefix, ISCSIPort: o.ISCSIPort, Options: o, gone: gone}).SetupWithManager(mgr); err != nil {
 		return err
@@ -76,7 +82,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	if err := (&StorageNodeReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("storagenode-controller"),
-		Grace: o.StorageNodeGrace, gone: gone}).SetupWithManager(mgr); err != nil {
+		Grace: o.StorageNodeGrace, APIReader: mgr.GetAPIReader(), gone: gone}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return (&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("image-controller"),

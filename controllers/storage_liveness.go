@@ -8,6 +8,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -82,14 +83,22 @@ type nodeLiveness struct {
 // the Leases, and the BootSession controller, which schedules and fails by
 // it. Safe for concurrent use.
 type storageLiveness struct {
-	mu     sync.Mutex
-	leases map[string]map[types.NamespacedName]leaseSeen
+	// duration is how long after the manager saw a renewal a Lease expires:
+	// bootv1.StorageLeaseDurationSeconds, never the Lease's own
+	// leaseDurationSeconds (whoever may write a Lease must not make a live
+	// node look dead by shortening it).
+	duration time.Duration
+	mu       sync.Mutex
+	leases   map[string]map[types.NamespacedName]leaseSeen
 	// down holds the unreachable nodes, and since when.
 	down map[string]time.Time
 }
 
-func newStorageLiveness() *storageLiveness {
-	return &storageLiveness{leases: map[string]map[types.NamespacedName]leaseSeen{}, down: map[string]time.Time{}}
+func newStorageLiveness(d time.Duration) *storageLiveness {
+	if d <= 0 {
+		d = bootv1.StorageLeaseDurationSeconds * time.Second
+	}
+	return &storageLiveness{duration: d, leases: map[string]map[types.NamespacedName]leaseSeen{}, down: map[string]time.Time{}}
 }
 
 // observe records node's Leases as seen at now and returns what they say.
@@ -106,10 +115,7 @@ func (l *storageLiveness) observe(node string, leases []coordinationv1.Lease, no
 		if t := lease.Spec.RenewTime; t != nil {
 			renew = t.UTC().Format(time.RFC3339Nano)
 		}
-		d := time.Duration(bootv1.StorageLeaseDurationSeconds) * time.Second
-		if s := lease.Spec.LeaseDurationSeconds; s != nil && *s > 0 {
-			d = time.Duration(*s) * time.Second
-		}
+		d := l.duration
 		o, ok := before[key]
 		switch {
 		case !ok:
@@ -170,13 +176,31 @@ func leaseNode(o client.Object) string {
 // ended sessions and the node finalizer of its Images and Machines being
 // deleted. It returns when to look again: the Lease's expiry, or the end
 // of the grace.
-func (r *StorageNodeReconciler) reconcileLiveness(ctx context.Context, node string, now time.Time) (time.Duration, error) {
+func (r *StorageNodeReconciler) reconcileLiveness(ctx context.Context, n *corev1.Node, now time.Time) (time.Duration, error) {
+	node := n.Name
 	var leases coordinationv1.LeaseList
 	if err := r.List(ctx, &leases, client.MatchingFields{indexLeaseNode: node}); err != nil {
 		return 0, err
 	}
 	before, wasDown := r.gone.live.unreachableSince(node)
 	st := r.gone.live.observe(node, leases.Items, now)
+	if st.unreachable && !wasDown && r.APIReader != nil {
+		// Before calling a node unreachable, read its Leases from the API
+		// server: a stalled watch (an overloaded API server, a re-list)
+		// must not make every storage node look dead at once.
+		live := make([]coordinationv1.Lease, 0, len(leases.Items))
+		for i := range leases.Items {
+			l := &coordinationv1.Lease{}
+			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(&leases.Items[i]), l); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				return 0, err
+			}
+			live = append(live, *l)
+		}
+		st = r.gone.live.observe(node, live, now)
+	}
 	if !st.hasLease {
 		return 0, r.setReachable(ctx, node, st, now)
 	}
@@ -184,7 +208,7 @@ func (r *StorageNodeReconciler) reconcileLiveness(ctx context.Context, node stri
 		ctrl.LoggerFrom(ctx).Info("Storage node unreachable: its Lease was not renewed", "node", node, "Lease", st.lease.String(), "since", st.expires)
 		r.Recorder.Eventf(leaseRef(st.lease), corev1.EventTypeWarning, bootv1.StorageNodeUnreachableReason,
 			"storage node %s is unreachable since %s: its Lease was not renewed for %s; its sessions fail at %s unless it is renewed by then",
-			node, st.expires.UTC().Format(time.RFC3339), leaseDuration(leases.Items), st.expires.Add(r.Grace).UTC().Format(time.RFC3339))
+			node, st.expires.UTC().Format(time.RFC3339), r.gone.live.duration, st.expires.Add(r.Grace).UTC().Format(time.RFC3339))
 	} else if !st.unreachable && wasDown {
 		ctrl.LoggerFrom(ctx).Info("Storage node reachable again: its Lease was renewed", "node", node, "Lease", st.lease.String(), "down since", before)
 		r.Recorder.Eventf(leaseRef(st.lease), corev1.EventTypeNormal, bootv1.StorageNodeReachableReason,
@@ -198,6 +222,13 @@ func (r *StorageNodeReconciler) reconcileLiveness(ctx context.Context, node stri
 		// Look again at the expiry: a renewal before it comes as a watch
 		// event and moves it.
 		return st.expires.Sub(now) + 100*time.Millisecond, nil
+	}
+	if nodeReady(n) {
+		// The agent is down or cut off from the API server, but the
+		// node's kubelet reports Ready: tgtd (its own process) may still
+		// serve running PCs. Nothing is failed or released until the Node
+		// is not Ready too (a dead machine) or is deleted.
+		return nodeReadyRecheck, nil
 	}
 	left, err := r.releaseHeld(ctx, node, "lease/"+node, st.expires, now,
 		"is unreachable (its Lease expired at "+st.expires.UTC().Format(time.RFC3339))
@@ -233,7 +264,7 @@ func (r *StorageNodeReconciler) setReachable(ctx context.Context, node string, s
 			}
 			want = &metav1.Condition{Type: bootv1.StorageReachableCondition, Status: metav1.ConditionFalse, Reason: bootv1.StorageNodeUnreachableReason,
 				LastTransitionTime: metav1.NewTime(st.expires),
-				Message: fmt.Sprintf("storage node %s is unreachable since %s (its Lease %s was not renewed); unless it is renewed by %s (the %s grace), the session fails",
+				Message: fmt.Sprintf("storage node %s is unreachable since %s (its Lease %s was not renewed); unless it is renewed by %s (the %s grace), the session fails then if the Node does not report Ready (the storage agent is down or cut off while the machine is up: nothing is failed)",
 					node, st.expires.UTC().Format(time.RFC3339), st.lease.Name, st.expires.Add(r.Grace).UTC().Format(time.RFC3339), r.Grace)}
 		case c == nil || c.Status == metav1.ConditionTrue:
 			continue
@@ -291,20 +322,30 @@ func (r *StorageNodeReconciler) releaseDeletingNodeFinalizers(ctx context.Contex
 	return nil
 }
 
+// nodeReadyRecheck is how often the sessions and finalizers of a node
+// whose Lease expired but whose Node reports Ready are looked at again.
+const nodeReadyRecheck = 30 * time.Second
+
+// nodeReady reports whether the Node's kubelet reports it Ready (condition
+// Ready=True). A Node without the condition (no kubelet, as in a test
+// cluster) is not known to be up.
+func nodeReady(n *corev1.Node) bool {
+	if n == nil {
+		return false
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 // leaseRef is the object the node's Events are recorded on: its Lease, in
 // a namespace the manager watches (a Node's Events would go to default).
 func leaseRef(key types.NamespacedName) *coordinationv1.Lease {
 	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
 	return l
-}
-
-func leaseDuration(leases []coordinationv1.Lease) time.Duration {
-	for _, l := range leases {
-		if s := l.Spec.LeaseDurationSeconds; s != nil && *s > 0 {
-			return time.Duration(*s) * time.Second
-		}
-	}
-	return bootv1.StorageLeaseDurationSeconds * time.Second
 }
 
 // sessionReachableMismatch reports whether s's StorageReachable disagrees
@@ -331,7 +372,14 @@ func (r *BootSessionReconciler) reachable(s *bootv1.BootSession, node string, sc
 		return true, nil
 	}
 	end := since.Add(r.grace())
-	if left := time.Until(end); left > 0 {
+	left := time.Until(end)
+	if left <= 0 && nodeReady(sc.node) {
+		// Its kubelet reports the Node Ready: the machine is up, and tgtd
+		// may serve PCs running on it while the agent is down. The
+		// session goes on; looked at again in case the Node turns NotReady.
+		left = nodeReadyRecheck
+	}
+	if left > 0 {
 		if sc.requeueAfter == 0 || left < sc.requeueAfter {
 			sc.requeueAfter = left
 		}

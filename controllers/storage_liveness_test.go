@@ -8,6 +8,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -121,6 +122,32 @@ var _ = Describe("A storage node whose Lease expires while its Node stays", func
 		Eventually(finalizersOf(ctx, live), eventually).ShouldNot(ContainElement(bootv1.StorageFinalizer))
 		Expect(k8sClient.Delete(ctx, live)).To(Succeed())
 		Eventually(gone(ctx, live), eventually).Should(BeTrue())
+	})
+
+	It("fails nothing while the Node reports Ready (the agent is down, the machine and tgtd are up), and fails its sessions once the Node is not Ready", func() {
+		ctx := context.Background()
+		f := newGoneFixture(ctx, newNamespace(ctx))
+		setNodeReady := func(st corev1.ConditionStatus) {
+			n := &corev1.Node{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Name: f.node}, n)).To(Succeed())
+			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: st, Reason: "KubeletReady",
+				LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+			Expect(k8sClient.Status().Update(ctx, n)).To(Succeed())
+		}
+		setNodeReady(corev1.ConditionTrue)
+		stop := holdLease(ctx, f.ns, f.node)
+		live := f.readySession(ctx, "live", "seat-1")
+		stop()
+		Eventually(reachable(ctx, live), eventually).Should(Equal("False/StorageNodeUnreachable"))
+		expired := meta.FindStatusCondition(live.Status.Conditions, bootv1.StorageReachableCondition).LastTransitionTime.Time
+		By("past the grace from the expiry: still Ready, its storage finalizer kept")
+		time.Sleep(time.Until(expired.Add(storageNodeGrace)))
+		Consistently(view(ctx, live), 3*time.Second, 250*time.Millisecond).Should(Equal(sessionView{bootv1.SessionReady, "True/Succeeded"}))
+		Expect(finalizersOf(ctx, live)()).To(ContainElement(bootv1.StorageFinalizer))
+
+		By("the Node turning not Ready (the machine is gone): the session fails StorageNodeLost")
+		setNodeReady(corev1.ConditionUnknown)
+		Eventually(view(ctx, live), eventually).Should(Equal(sessionView{bootv1.SessionFailed, "False/StorageNodeLost"}))
 	})
 
 	It("leaves a node without a Lease schedulable, its sessions without the condition", func() {

@@ -64,7 +64,7 @@ type goneNode struct {
 }
 
 func newGoneNodes() *goneNodes {
-	return &goneNodes{gone: map[string]*goneNode{}, live: newStorageLiveness()}
+	return &goneNodes{gone: map[string]*goneNode{}, live: newStorageLiveness(0)}
 }
 
 // missing records that key is missing now, unless it already was, and
@@ -124,6 +124,9 @@ type StorageNodeReconciler struct {
 	Recorder record.EventRecorder
 	// Grace is how long a Node must be missing before its finalizers go.
 	Grace time.Duration
+	// APIReader reads Leases from the API server, not the cache, before a
+	// node is called unreachable.
+	APIReader client.Reader
 	// gone is shared with the BootSession controller, which fails a session
 	// whose node is missing for longer than Grace (Setup shares it).
 	gone *goneNodes
@@ -155,11 +158,12 @@ func (r *StorageNodeReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 // the grace ends, or 0.
 func (r *StorageNodeReconciler) releaseSessions(ctx context.Context, node string, now time.Time) (time.Duration, error) {
 	key := "node/" + node
-	err := r.Get(ctx, types.NamespacedName{Name: node}, &corev1.Node{})
+	n := &corev1.Node{}
+	err := r.Get(ctx, types.NamespacedName{Name: node}, n)
 	if err == nil {
 		r.gone.present(key)
 		// The Node exists: its Lease says whether it is alive.
-		return r.reconcileLiveness(ctx, node, now)
+		return r.reconcileLiveness(ctx, n, now)
 	} else if !apierrors.IsNotFound(err) {
 		return 0, err
 	}
@@ -341,7 +345,11 @@ func (r *StorageNodeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("storagenode").
-		For(&corev1.Node{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
+		// A Node's updates are heartbeats, but for its Ready condition: a
+		// node whose Lease expired is failed only once it is not Ready.
+		For(&corev1.Node{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			return nodeReady(e.ObjectOld.(*corev1.Node)) != nodeReady(e.ObjectNew.(*corev1.Node))
+		}})).
 		Watches(&bootv1.BootSession{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			s := o.(*bootv1.BootSession)
 			if s.Status.StorageNode == "" {

@@ -74,7 +74,7 @@ var _ = BeforeSuite(func() {
 	cancelMgr = cancel
 	// The same indexes and reconcilers as cmd/manager.
 	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260,
-		StorageNodeGrace: storageNodeGrace, ImageRetention: imageRetention})).To(Succeed())
+		StorageNodeGrace: storageNodeGrace, StorageLeaseDuration: testLeaseDuration * time.Second, ImageRetention: imageRetention})).To(Succeed())
 	Expect((&standin.Storage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&standin.Retire{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	go func() {
