@@ -336,9 +336,13 @@ func (r *BootSessionReconciler) ensureSecret(ctx context.Context, s *bootv1.Boot
 		return r.Create(ctx, sec)
 	}
 	key := client.ObjectKeyFromObject(s)
-	if s.Status.CHAPSecretRef != nil && r.ownWrites.secretMade(key, s.UID) {
+	if s.Status.CHAPSecretRef != nil && r.ownWrites.secretMade(key, s.UID) &&
+		meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition) {
 		// This manager made it, complete, in an earlier reconcile of the
-		// session: no read back (a round trip in the Ready reconcile).
+		// session, and the storage agent read it (StorageReady=True): no
+		// read back in the Ready reconcile (a round trip). In any other
+		// state (the agent waits for credentials: someone deleted the
+		// Secret) it is read back and made again.
 		return nil
 	}
 	if s.Status.CHAPSecretRef == nil {
