@@ -13,8 +13,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -97,6 +95,12 @@ func main() {
 	}
 	ctx := ctrl.SetupSignalHandler()
 	if pprofAddr != "" {
+		// The agent runs on the host's network, on the boot LAN: its
+		// profiles are for whoever is on the node, never for the LAN.
+		host, _, err := net.SplitHostPort(pprofAddr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			fail(fmt.Errorf("--pprof-bind-address %q: want a loopback address and port, e.g. 127.0.0.1:6060", pprofAddr), "Unable to start")
+		}
 		servePprof(pprofAddr, log)
 	}
 	restCfg := ctrl.GetConfigOrDie()
@@ -164,14 +168,6 @@ func servePprof(addr string, log logr.Logger) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	// GOMAXPROCS, read or set (?n=2): a benchmark compares settings in one
-	// run of the agent, under the same load.
-	mux.HandleFunc("/debug/gomaxprocs", func(w http.ResponseWriter, r *http.Request) {
-		if n, err := strconv.Atoi(r.FormValue("n")); err == nil && n > 0 {
-			runtime.GOMAXPROCS(n)
-		}
-		fmt.Fprintln(w, runtime.GOMAXPROCS(0))
-	})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.ListenAndServe(); err != nil {
