@@ -11,7 +11,12 @@ package storage
 // (bootv1.ReplicationEndpointAnnotation) and its storage
 // (bootv1.StorageAnnotation), and one condition, bootv1.OrphanedPersistentDisksCondition, and records
 // Events on sessions, Machines and its Node. It holds its node's Lease
-// (bootv1.StorageLeaseName, lease.go), read straight from the API server.
+// (bootv1.StorageLeaseName, lease.go), read straight from the API server:
+// create, get and update on Leases only in the namespace that Lease lives
+// in (leaseNamespace), never cluster-wide, where it could rewrite any
+// Lease (other leaders', the kubelets'). Its marker's namespace= makes
+// controller-gen write a Role; ggnet-system stands for that namespace, the
+// chart puts the rule in a Role in the watched namespace, else the release's.
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions;images;machines,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions,verbs=patch
 // +kubebuilder:rbac:groups=boot.ggnet.io,resources=bootsessions/status;images/status;machines/status,verbs=get;patch
@@ -19,4 +24,4 @@ package storage
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=nodes/status,verbs=patch
 // +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update,namespace=ggnet-system

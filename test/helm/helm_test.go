@@ -245,9 +245,32 @@ func TestInstall(t *testing.T) {
 		{sa("storage"), "create", "", "secrets", "", "cafe", false},
 		// The storage agents' Leases (their liveness): the agent holds its
 		// own, the manager reads them.
+		// Its Lease lives in its pod's namespace (the release's): a Role
+		// there, never a ClusterRole, so a storage node cannot rewrite the
+		// manager's leader Lease, kube-system's leaders', the kubelets' node
+		// Leases (kube-node-lease) or any other.
+		{sa("storage"), "create", "coordination.k8s.io", "leases", "", "ggnet-system", true},
+		{sa("storage"), "get", "coordination.k8s.io", "leases", "", "ggnet-system", true},
 		{sa("storage"), "update", "coordination.k8s.io", "leases", "", "ggnet-system", true},
 		{sa("storage"), "delete", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{sa("storage"), "patch", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{sa("storage"), "update", "coordination.k8s.io", "leases", "", "kube-system", false},
+		{sa("storage"), "update", "coordination.k8s.io", "leases", "", "kube-node-lease", false},
+		{sa("storage"), "create", "coordination.k8s.io", "leases", "", "kube-node-lease", false},
+		{sa("storage"), "update", "coordination.k8s.io", "leases", "", "cafe", false},
+		{sa("storage"), "create", "coordination.k8s.io", "leases", "", "cafe", false},
+		{sa("storage"), "get", "coordination.k8s.io", "leases", "", "kube-system", false},
+		{sa("storage"), "list", "coordination.k8s.io", "leases", "", "", false},
 		{sa("manager"), "watch", "coordination.k8s.io", "leases", "", "cafe", true},
+		{sa("manager"), "list", "coordination.k8s.io", "leases", "", "", true},
+		// The manager writes only its leader election Lease, in the
+		// release's namespace, and only as leader election does.
+		{sa("manager"), "update", "coordination.k8s.io", "leases", "", "ggnet-system", true},
+		{sa("manager"), "delete", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{sa("manager"), "patch", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{sa("manager"), "update", "coordination.k8s.io", "leases", "", "kube-system", false},
+		{sa("manager"), "update", "coordination.k8s.io", "leases", "", "kube-node-lease", false},
+		{sa("manager"), "create", "coordination.k8s.io", "leases", "", "cafe", false},
 		{"vic", "list", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
 		{"vic", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", false},
 		{"olga", "create", "boot.ggnet.io", "bootsessions", "", "ggnet-system", true},
@@ -303,8 +326,14 @@ func TestInstall(t *testing.T) {
 		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "cafe", false},
 		{labSA("manager"), "watch", "coordination.k8s.io", "leases", "", "lab-cafe", true},
 		{labSA("manager"), "update", "coordination.k8s.io", "leases", "", "lab-cafe", false},
+		{labSA("manager"), "delete", "coordination.k8s.io", "leases", "", "lab-system", false},
 		{labSA("storage"), "create", "coordination.k8s.io", "leases", "", "lab-cafe", true},
+		{labSA("storage"), "update", "coordination.k8s.io", "leases", "", "lab-cafe", true},
 		{labSA("storage"), "create", "coordination.k8s.io", "leases", "", "cafe", false},
+		{labSA("storage"), "update", "coordination.k8s.io", "leases", "", "lab-system", false},
+		{labSA("storage"), "update", "coordination.k8s.io", "leases", "", "ggnet-system", false},
+		{labSA("storage"), "update", "coordination.k8s.io", "leases", "", "kube-system", false},
+		{labSA("storage"), "update", "coordination.k8s.io", "leases", "", "kube-node-lease", false},
 		{labSA("manager"), "list", "", "nodes", "", "", true},
 	} {
 		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{User: tc.user,

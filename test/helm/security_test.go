@@ -3,6 +3,7 @@ package helm
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,14 +169,62 @@ func TestPodSecurity(t *testing.T) {
 }
 
 // TestWatchNamespace: with a watched namespace the agents get Roles there
-// and a ClusterRole only for Nodes, and watch only it; without, ClusterRoles.
+// and a ClusterRole only for Nodes, and watch only it; without,
+// ClusterRoles. Either way, Leases are written through Roles only: the
+// manager's leader election Lease and the storage agent's own, each in the
+// namespace it lives in.
 func TestWatchNamespace(t *testing.T) {
 	g := NewWithT(t)
 	objs := render(t, "")
-	g.Expect(find(objs, "Role", "")).To(BeNil())
 	for _, r := range []string{"ggnet-ggnet-manager", "ggnet-ggnet-boot-agent", "ggnet-ggnet-storage-agent"} {
 		g.Expect(find(objs, "ClusterRole", r)).NotTo(BeNil(), r)
 		g.Expect(find(objs, "ClusterRoleBinding", r)).NotTo(BeNil(), r)
+	}
+	leaseRoles := func(objs []*unstructured.Unstructured, ns string) {
+		t.Helper()
+		roles := map[string]*rbacv1.Role{}
+		for _, o := range objs {
+			switch o.GetKind() {
+			case "Role":
+				roles[o.GetName()] = typed[rbacv1.Role](t, o)
+			case "ClusterRole":
+				for _, rule := range typed[rbacv1.ClusterRole](t, o).Rules {
+					if slices.Contains(rule.Resources, "leases") {
+						g.Expect(rule.Verbs).To(ConsistOf("get", "list", "watch"), "%s: no Lease written cluster-wide", o.GetName())
+					}
+				}
+			}
+		}
+		for name, verbs := range map[string][]string{
+			"ggnet-ggnet-manager-leader-election": {"create", "get", "update"},
+			"ggnet-ggnet-storage-agent-lease":     {"create", "get", "update"},
+		} {
+			g.Expect(roles).To(HaveKey(name))
+			want := ns
+			if name == "ggnet-ggnet-manager-leader-election" {
+				want = "ggnet-system" // --leader-election-namespace
+			}
+			g.Expect(roles[name].Namespace).To(Equal(want), name)
+			var got []string
+			for _, rule := range roles[name].Rules {
+				if slices.Contains(rule.Resources, "leases") {
+					g.Expect(rule.APIGroups).To(ConsistOf("coordination.k8s.io"), name)
+					g.Expect(rule.ResourceNames).To(BeEmpty(), name)
+					got = append(got, rule.Verbs...)
+				}
+			}
+			g.Expect(got).To(ConsistOf(verbs), name)
+			rb := typed[rbacv1.RoleBinding](t, find(objs, "RoleBinding", name))
+			g.Expect(rb.Namespace).To(Equal(want), name)
+			g.Expect(rb.RoleRef).To(Equal(rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}))
+		}
+	}
+	leaseRoles(objs, "ggnet-system")
+	for _, o := range objs {
+		if o.GetKind() == "Role" {
+			g.Expect(o.GetName()).To(Or(Equal("ggnet-ggnet-manager-leader-election"), Equal("ggnet-ggnet-storage-agent-lease")),
+				"without a watched namespace the only Roles are the Leases'")
+		}
 	}
 	for name, p := range podSpecs(t, objs) {
 		for _, a := range args(p) {
@@ -184,6 +233,7 @@ func TestWatchNamespace(t *testing.T) {
 	}
 
 	objs = render(t, "watchNamespaces: [cafe]\nagent: {boot: {discovery: {enabled: true}}}\n")
+	leaseRoles(objs, "cafe")
 	for _, r := range []string{"ggnet-ggnet-boot-agent", "ggnet-ggnet-storage-agent"} {
 		role := find(objs, "Role", r)
 		g.Expect(role).NotTo(BeNil(), r)
