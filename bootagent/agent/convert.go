@@ -80,7 +80,12 @@ func sessionEntry(s *bootv1.BootSession) table.Session {
 	}
 	e := table.Session{
 		Key: s.Namespace + "/" + s.Name, MAC: s.Status.MAC, MachineKey: s.Namespace + "/" + s.Spec.MachineRef.Name,
-		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(), Retiring: retiring(s),
+		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(),
+		AutoSession: s.Labels[bootv1.AutoSessionLabel] == "true", Retiring: retiring(s),
+		// Retired (Retire=True Unused) keeps the token through the stop that
+		// answers it, not through a failure or a deletion.
+		Retired: retiring(s) && s.DeletionTimestamp == nil && s.Status.Phase != bootv1.SessionFailed &&
+			meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.RetireCondition),
 		Boot: ipxe.Session{Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name, InitiatorIQN: s.Status.InitiatorIQN},
 	}
 	if t := s.Status.Target; t != nil {
@@ -101,8 +106,13 @@ func storageUnreachable(s *bootv1.BootSession) bool {
 
 // retiring reports whether the manager asked to retire the session
 // (RetireAnnotation) or its storage agent retired it (Retire=True): it is not
-// handed out.
+// handed out. Only an AutoSession session (bootv1.AutoSessionLabel) is ever
+// retired: on any other (a user's) the annotation and the condition mean
+// nothing, as for the storage agent.
 func retiring(s *bootv1.BootSession) bool {
+	if s.Labels[bootv1.AutoSessionLabel] != "true" {
+		return false
+	}
 	if _, ok := s.Annotations[bootv1.RetireAnnotation]; ok {
 		return true
 	}

@@ -47,6 +47,21 @@ const retiredSuffix = ":retired"
 // retiring or retired session is bound to.
 func retiredInitiator(iqn string) string { return iqn + retiredSuffix }
 
+// retireAsked is the RetireAnnotation of s (why, and whether asked), counted
+// only on an AutoSession session (bootv1.AutoSessionLabel): the manager
+// retires only those and acts on the answer only for those, so on a user's
+// session the annotation (anyone who may patch its metadata can set it)
+// would bind its target to retiredInitiator for good and leave it stuck.
+func retireAsked(s *bootv1.BootSession) (why string, asked bool) {
+	if !autoSession(s) {
+		return "", false
+	}
+	why, asked = s.Annotations[bootv1.RetireAnnotation]
+	return why, asked
+}
+
+func autoSession(s *bootv1.BootSession) bool { return s.Labels[bootv1.AutoSessionLabel] == "true" }
+
 // retiring holds when the agent unbound each session's initiator, for the
 // retires under way (in memory: after a restart the unbind is made again and
 // the settle waited again). Its zero value is ready.
@@ -99,9 +114,12 @@ func (r *Role) recordedRetire(s *bootv1.BootSession) *metav1.Condition {
 }
 
 // servedInitiator is the initiator name s's target is bound to: the
-// session's own, or retiredInitiator while it is retiring (unbound, not yet
-// answered) or retired (Retire=True).
+// session's own, or retiredInitiator while an AutoSession session is
+// retiring (unbound, not yet answered) or retired (Retire=True).
 func (r *sessionReconciler) servedInitiator(s *bootv1.BootSession) string {
+	if !autoSession(s) {
+		return s.Status.InitiatorIQN
+	}
 	if _, ok := r.retiring.get(client.ObjectKeyFromObject(s)); ok {
 		return retiredInitiator(s.Status.InitiatorIQN)
 	}
@@ -117,10 +135,11 @@ func (r *sessionReconciler) servedInitiator(s *bootv1.BootSession) string {
 func (r *sessionReconciler) retire(ctx context.Context, s *bootv1.BootSession, sec *corev1.Secret, log logr.Logger) (res ctrl.Result, done bool, err error) {
 	key := client.ObjectKeyFromObject(s)
 	x := &r.retiring
-	why, asked := s.Annotations[bootv1.RetireAnnotation]
+	why, asked := retireAsked(s)
 	if !asked {
-		// Withdrawn before an answer (or never asked): the target is
-		// bound to the session's initiator again by reconcileRunning.
+		// Withdrawn before an answer (or never asked, or not an
+		// AutoSession session): the target is bound to the session's
+		// initiator again by reconcileRunning.
 		x.done(key)
 		return ctrl.Result{}, false, nil
 	}

@@ -45,15 +45,18 @@ type Grant struct {
 	// Live is true when the owner has a session on its way to Ready.
 	Live bool
 	// Retired is true when the request's token is a retiring or retired
-	// session's (Session.Retiring): the PC was sent to a session that is no
-	// longer handed out. Retiring is true while the owner has a retiring
+	// session's that still hands over (see Authorize): the PC was sent to a
+	// session that is no longer handed out. Retiring is true while the owner has a retiring
 	// session not yet stopped.
 	Retired, Retiring bool
 }
 
 // Authorize decides a script request (HTTP, TFTP, failure reports): the
 // token must be the served session's token, the MAC's nonce or the token of
-// one of its retiring sessions (Grant.Retired), compared in
+// one of its retiring sessions while it still hands over (Grant.Retired:
+// the session is in the table, still retiring or stopped as the retire's
+// answer, the MAC's owner is the Machine it was when the retire was first
+// seen, and less than RetiredTokenTTL passed since), compared in
 // constant time ("" only with WithoutRequiredToken), and the requester's
 // address remote must be bound to the MAC: the owner's reserved IPv4, the
 // address the agent's DHCP last handed the MAC, or (WithNeighbors) the
@@ -92,9 +95,10 @@ func (t *Table) Authorize(mac net.HardwareAddr, token string, remote netip.Addr)
 	switch {
 	case token != "":
 		tokenOK = equal(token, e.nonce) || (e.session != nil && equal(token, secret.Token))
-		if !tokenOK {
-			for _, r := range e.retiredTokens {
-				if equal(token, r) {
+		if !tokenOK && len(e.handOvers) > 0 {
+			now := t.now()
+			for _, h := range e.handOvers {
+				if h.valid(e.machine, now) && equal(token, h.token) {
 					tokenOK, g.Retired = true, true
 				}
 			}

@@ -21,9 +21,9 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ggnet/ggnet/bootagent/dhcp"
 	"github.com/ggnet/ggnet/internal/ipxe"
@@ -104,11 +104,57 @@ type Session struct {
 	Live bool
 	// CreatedUnix orders sessions: the newest bootable one wins.
 	CreatedUnix int64
+	// AutoSession is true for a session the Machine controller made for an
+	// AutoSession Machine (bootv1.AutoSessionLabel): only such a session is
+	// ever retired, so Retiring counts only with it.
+	AutoSession bool
 	// Retiring is true for a session the manager asked to retire
 	// (bootv1.RetireAnnotation) or that was retired: it is not handed out
-	// (the target refuses new logins), and its token stays good for its
-	// MAC's script requests and failure reports (retiredTokens).
+	// (the target refuses new logins), and its token stays good for a short
+	// while for its MAC's script requests and failure reports (handOver).
 	Retiring bool
+	// Retired is true once its storage agent answered that no PC used it
+	// (Retire=True Unused): the manager then stops it, and that stop is the
+	// retire itself, so its token stays good through it (handOver). Any
+	// other end of a retiring session (stopped or failed without that
+	// answer, being deleted) ends its token at once.
+	Retired bool
+}
+
+// retiring reports whether s is not handed out because it is being retired.
+func (s *Session) retiring() bool { return s.AutoSession && s.Retiring }
+
+// handsOver reports whether s's token may still lead its PC to its
+// machine's next session: retiring, and either still live or stopped as the
+// retire's answer.
+func (s *Session) handsOver() bool { return s.retiring() && (s.Live || s.Retired) }
+
+// RetiredTokenTTL bounds how long the token of a retiring session stays
+// good after the table first saw the session retiring: long enough for a PC
+// that got its script just before the retire to report the refused login
+// and fetch its machine's next session (prepared in seconds), short enough
+// that a sniffed token is soon worthless.
+const RetiredTokenTTL = 2 * time.Minute
+
+// handOver is what the table keeps of a retiring session's token, by
+// session key, while the session is in the table: the token stays good for
+// the session's MAC while the MAC's owner is still the Machine (key and
+// UID) that owned it when the retire was first seen, the session still
+// hands over (Session.handsOver) and RetiredTokenTTL has not passed since.
+// Once dropped (dropped set) it never comes back for that session.
+type handOver struct {
+	mac        macKey
+	machineKey string
+	machineUID string
+	token      string
+	since      time.Time
+	dropped    bool
+}
+
+// valid reports whether h's token is good at now for an entry answered by m.
+func (h *handOver) valid(m *Machine, now time.Time) bool {
+	return !h.dropped && h.token != "" && m.owner() && m.Key == h.machineKey && m.UID == h.machineUID &&
+		now.Sub(h.since) < RetiredTokenTTL
 }
 
 // Secret is what the agent keeps of a session's Secret, in memory only.
@@ -139,10 +185,11 @@ type entry struct {
 	// nonce is the MAC's token while it has no bootable session, made when
 	// the first Machine with this MAC entered the table.
 	nonce string
-	// retiredTokens are the tokens of the MAC's retiring sessions (at most
-	// maxRetiredTokens, newest last): a PC that got one by DHCP just before
-	// the retire still reaches its machine's next session with it.
-	retiredTokens []string
+	// handOvers are the MAC's retiring sessions whose token may still be
+	// good (Table.handOvers; checked again at every request for the TTL): a
+	// PC that got one just before the retire still reaches its machine's
+	// next session with it.
+	handOvers []*handOver
 	// retiring is true while the owner has a retiring session not yet
 	// stopped.
 	retiring bool
@@ -192,6 +239,9 @@ func WithoutRequiredToken() Option { return func(t *Table) { t.tokenOptional = t
 // without a token (WithoutRequiredToken).
 func WithoutRequiredBinding() Option { return func(t *Table) { t.bindingOptional = true } }
 
+// WithClock sets the table's clock (tests of RetiredTokenTTL).
+func WithClock(now func() time.Time) Option { return func(t *Table) { t.now = now } }
+
 // Table is safe for concurrent use.
 type Table struct {
 	mu    sync.RWMutex
@@ -204,6 +254,12 @@ type Table struct {
 	secrets map[string]Secret
 	// discovered holds the keys of discovered Machines.
 	discovered map[string]struct{}
+	// handOvers by session key: the retiring sessions seen (see handOver),
+	// kept while the session is in the table so that a token once dropped
+	// or expired is never good again.
+	handOvers map[string]*handOver
+	// now is the clock (WithClock).
+	now func() time.Time
 
 	neighbors       Neighbors
 	tokenOptional   bool
@@ -213,7 +269,7 @@ type Table struct {
 // New returns an empty table.
 func New(opts ...Option) *Table {
 	t := &Table{byMAC: map[macKey]*entry{}, machineMAC: map[string]macKey{}, sessionMAC: map[string]macKey{},
-		secrets: map[string]Secret{}, discovered: map[string]struct{}{}}
+		secrets: map[string]Secret{}, discovered: map[string]struct{}{}, handOvers: map[string]*handOver{}, now: time.Now}
 	for _, o := range opts {
 		o(t)
 	}
@@ -251,18 +307,13 @@ func (t *Table) notifyLocked(mac macKey) {
 		}
 	}
 	e.session, e.secret, e.retiring = nil, Secret{}, false
+	now := t.now()
 	if e.machine.owner() {
 		for _, s := range e.sessions {
-			if s.Retiring && s.MachineKey == e.machine.Key {
+			if s.retiring() && s.MachineKey == e.machine.Key {
 				e.retiring = e.retiring || s.Live
-				if sec, ok := t.secrets[s.Key]; ok && sec.valid() && !slices.Contains(e.retiredTokens, sec.Token) {
-					e.retiredTokens = append(e.retiredTokens, sec.Token)
-					if len(e.retiredTokens) > maxRetiredTokens {
-						e.retiredTokens = e.retiredTokens[1:]
-					}
-				}
 			}
-			if !s.Bootable || s.Retiring || s.MachineKey != e.machine.Key {
+			if !s.Bootable || s.retiring() || s.MachineKey != e.machine.Key {
 				continue
 			}
 			sec, ok := t.secrets[s.Key]
@@ -274,6 +325,7 @@ func (t *Table) notifyLocked(mac macKey) {
 			}
 		}
 	}
+	t.handOversLocked(mac, e, now)
 	e.reservation = dhcp.Reservation{}
 	if e.machine != nil {
 		if e.nonce == "" {
@@ -292,8 +344,36 @@ func (t *Table) notifyLocked(mac macKey) {
 	}
 }
 
-// maxRetiredTokens bounds the retired tokens kept per MAC.
-const maxRetiredTokens = 4
+// handOversLocked keeps the retiring sessions' tokens of a MAC (see
+// handOver): it records a session of the owner seen retiring for the first
+// time with its token, and drops for good the token of a session that no
+// longer hands over, moved to another MAC, no longer belongs to the MAC's
+// owner (another Machine, or the same name made again) or whose TTL passed.
+// e.handOvers is then the MAC's tokens that may be good. (A session that
+// leaves the table is forgotten in DeleteSession, its token with it.)
+func (t *Table) handOversLocked(mac macKey, e *entry, now time.Time) {
+	e.handOvers = e.handOvers[:0]
+	for _, s := range e.sessions {
+		h := t.handOvers[s.Key]
+		if h == nil {
+			if !s.handsOver() || !e.machine.owner() || s.MachineKey != e.machine.Key {
+				continue
+			}
+			h = &handOver{mac: mac, machineKey: e.machine.Key, machineUID: e.machine.UID, since: now}
+			t.handOvers[s.Key] = h
+		}
+		if h.token == "" && !h.dropped {
+			if sec, ok := t.secrets[s.Key]; ok && sec.valid() {
+				h.token = sec.Token
+			}
+		}
+		if h.mac != mac || !s.handsOver() || s.MachineKey != h.machineKey || !h.valid(e.machine, now) {
+			h.dropped, h.token = true, ""
+			continue
+		}
+		e.handOvers = append(e.handOvers, h)
+	}
+}
 
 // UpsertMachine adds or replaces a machine; one without a valid MAC is
 // removed.
@@ -364,6 +444,7 @@ func (t *Table) UpsertSession(s Session) {
 func (t *Table) DeleteSession(key string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	delete(t.handOvers, key) // the session left the table: its token is no more
 	mac, ok := t.sessionMAC[key]
 	if !ok {
 		return
