@@ -23,7 +23,7 @@ var _ = Describe("Retiring a prepared session (RetireAnnotation)", func() {
 		l.machine("seat-2")
 		ctx, cancel := context.WithTimeout(l.ctx, 2*time.Minute)
 		defer cancel()
-		ask := func(s *bootv1.BootSession) {
+		annotate := func(s *bootv1.BootSession, auto bool) {
 			GinkgoHelper()
 			Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 				if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
@@ -33,9 +33,16 @@ var _ = Describe("Retiring a prepared session (RetireAnnotation)", func() {
 					s.Annotations = map[string]string{}
 				}
 				s.Annotations[bootv1.RetireAnnotation] = "the spec asks"
+				if auto {
+					if s.Labels == nil {
+						s.Labels = map[string]string{}
+					}
+					s.Labels[bootv1.AutoSessionLabel] = "true"
+				}
 				return k8sClient.Update(ctx, s)
 			})).To(Succeed())
 		}
+		ask := func(s *bootv1.BootSession) { GinkgoHelper(); annotate(s, true) }
 		answer := func(s *bootv1.BootSession) func() string {
 			return func() string {
 				_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(s), s)
@@ -55,10 +62,21 @@ var _ = Describe("Retiring a prepared session (RetireAnnotation)", func() {
 		By("a session nobody logged in to: Retire=True Unused; its target stays but refuses the session's own credentials")
 		a := l.session("a", "seat-1", "win11", bootv1.WritebackDiscard)
 		cfgA := pc(a)
+		l.machine("seat-3")
+		u := l.session("u", "seat-3", "win11", bootv1.WritebackDiscard)
+		cfgU := pc(u)
+		annotate(u, false) // a user's session (no AutoSession label), annotated by someone
 		ask(a)
 		Eventually(answer(a), eventually).Should(Equal("True/" + bootv1.RetireUnusedReason))
+
+		By("a user's session (not AutoSession) with the annotation: ignored, its target stays bound to its initiator")
+		Expect(answer(u)()).To(BeEmpty())
+		sessU, err := iscsi.Login(ctx, cfgU)
+		Expect(err).NotTo(HaveOccurred(), "the session's own login works")
+		Expect(sessU.Logout(ctx)).To(Succeed())
+		Expect(targets()).To(ContainElement(HaveField("InitiatorIQN", cfgU.InitiatorIQN)))
 		Expect(targetIQNs()).To(ContainElement(cfgA.TargetIQN), "the target stays until the session stops")
-		_, err := iscsi.Login(ctx, cfgA)
+		_, err = iscsi.Login(ctx, cfgA)
 		Expect(err).To(HaveOccurred(), "a login with the retired session's real credentials is refused")
 		Consistently(func() error {
 			sess, err := iscsi.Login(ctx, cfgA)
