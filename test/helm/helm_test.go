@@ -101,7 +101,7 @@ func TestLintAndTemplate(t *testing.T) {
 		g.Expect(o.GetAnnotations()).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
 	}
 	g.Expect(find(objs, "Deployment", "ggnet-ggnet-manager")).NotTo(BeNil())
-	g.Expect(out).To(ContainSubstring(`{name: GOMEMLIMIT, value: "200MiB"}`))
+	g.Expect(out).To(ContainSubstring(`{name: GOMEMLIMIT, value: "160MiB"}`))
 	boot := find(objs, "DaemonSet", "ggnet-ggnet-boot")
 	g.Expect(boot).NotTo(BeNil())
 	hostNet, _, _ := unstructured.NestedBool(boot.Object, "spec", "template", "spec", "hostNetwork")
