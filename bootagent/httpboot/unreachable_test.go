@@ -23,7 +23,7 @@ func TestStorageUnreachable(t *testing.T) {
 	status, body := get(g, f.url+"/boot/"+token1+"/52:54:00:00:00:01.ipxe")
 	g.Expect(status).To(Equal(200))
 	g.Expect(body).To(ContainSubstring("the storage node of the session of seat-1 is unreachable; seat-1 asks again"))
-	g.Expect(body).To(ContainSubstring("chain --replace --autofree http://10.20.0.2:8880/boot/" + token1 + "/52:54:00:00:00:01.ipxe"),
+	g.Expect(body).To(ContainSubstring("chain --replace --autofree http://10.20.0.2:8880/boot/"+token1+"/52:54:00:00:00:01.ipxe"),
 		"a retry with the same token, even with the exit fallback configured")
 	g.Expect(body).NotTo(ContainSubstring("sanboot"))
 	g.Expect(body).NotTo(ContainSubstring(creds.Password))
