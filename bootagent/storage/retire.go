@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
+	"github.com/ggnet/ggnet/bootagent/target"
 )
 
 // The retire hand-over (bootv1.RetireAnnotation): the manager asks to retire
@@ -156,6 +157,15 @@ func (r *sessionReconciler) retire(ctx context.Context, s *bootv1.BootSession, s
 	} else if used != "" {
 		// Someone is there already: nothing to unbind.
 		return ctrl.Result{}, true, r.answerRetire(ctx, s, false, used, log)
+	}
+	if _, lio := r.cfg.Driver.(*target.LIO); lio {
+		// The kernel target's driver remakes a target to change its
+		// initiator, which drops whoever is logged in: a login that lands
+		// between the check above and the unbind would lose its disk. Such
+		// a session is kept (InUse), never retired blind; it ends with its
+		// PC's stop, and the next one follows the new version.
+		return ctrl.Result{}, true, r.answerRetire(ctx, s, false,
+			"the LIO target driver cannot unbind the initiator without dropping a login that may be under way", log)
 	}
 	since := x.start(key, time.Now())
 	// Unbind: the target is made again with retiredInitiator.
