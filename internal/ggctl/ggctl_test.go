@@ -849,8 +849,8 @@ func TestPlainKubectlInDocs(t *testing.T) {
 	}
 
 	blocks, spans := docCommands(t)
-	if len(blocks) != 6 || len(spans) < 10 {
-		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, wake, the SecureOn Secret, stop and the Watching table", len(blocks), len(spans))
+	if len(blocks) != 7 || len(spans) < 10 {
+		t.Fatalf("docs/sessions.md: %d sh blocks, %d table commands; this test expects start, start a room, wait, wake, the SecureOn Secret, the retire columns, stop and the Watching table", len(blocks), len(spans))
 	}
 	// Start seat-031.
 	sh(blocks[0])
@@ -895,8 +895,12 @@ func TestPlainKubectlInDocs(t *testing.T) {
 	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "seat-031-secureon"}, &sec); err != nil || sec.Type != bootv1.SecureOnSecretType {
 		t.Errorf("after the docs' SecureOn Secret: %v, type %q", err, sec.Type)
 	}
+	// The retire hand-over's columns: the session, no annotation, no answer.
+	if out := sh(subst.Replace(blocks[5])); !strings.Contains(out, "RETIRE") || !strings.Contains(out, name) {
+		t.Errorf("the docs' retire columns printed %q, want a RETIRE column and %s", out, name)
+	}
 	// Stop, both ways, and wait for Stopped.
-	sh(subst.Replace(blocks[5]))
+	sh(subst.Replace(blocks[6]))
 	for _, s := range sessionsOf("seat-031") {
 		if !s.Spec.Stopped || s.Status.Phase != bootv1.SessionStopped {
 			t.Errorf("after the docs' stop: %s stopped=%v phase %s", s.Name, s.Spec.Stopped, s.Status.Phase)
