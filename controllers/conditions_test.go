@@ -202,29 +202,55 @@ func TestImageConditions(t *testing.T) {
 
 func TestSessionMetadata(t *testing.T) {
 	long := strings.Repeat("m", 64)
+	both := []string{bootv1.SessionFinalizer, bootv1.StorageFinalizer}
+	only := []string{bootv1.SessionFinalizer}
 	for name, tc := range map[string]struct {
-		s       *bootv1.BootSession
-		labels  map[string]string
-		changed bool
+		s          *bootv1.BootSession
+		labels     map[string]string
+		finalizers []string
+		changed    bool
 	}{
-		"new": {fixtureSession("m", "i", ""), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, true},
+		"new": {fixtureSession("m", "i", ""), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, both, true},
 		"scheduled": {fixtureSession("m", "i", "node-1"),
-			map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, true},
+			map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, both, true},
 		"done": {func() *bootv1.BootSession { s := fixtureSession("m", "i", "node-1"); sessionMetadata(s); return s }(),
-			map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, false},
+			map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, both, false},
 		"a wrong label is corrected": {func() *bootv1.BootSession {
 			s := fixtureSession("m", "i", "")
 			sessionMetadata(s)
 			s.Labels[bootv1.MachineLabel] = "other"
 			return s
-		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, true},
-		"a name too long for a label is left out": {fixtureSession(long, "i", ""), map[string]string{bootv1.ImageLabel: "i"}, true},
+		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, both, true},
+		"a name too long for a label is left out": {fixtureSession(long, "i", ""), map[string]string{bootv1.ImageLabel: "i"}, both, true},
+		"the storage agent released it: never added again": {func() *bootv1.BootSession {
+			s := fixtureSession("m", "i", "node-1")
+			sessionMetadata(s)
+			s.Finalizers = only
+			return s
+		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, only, false},
+		"stopped before it was scheduled: the manager drops it": {func() *bootv1.BootSession {
+			s := fixtureSession("m", "i", "")
+			sessionMetadata(s)
+			s.Spec.Stopped = true
+			return s
+		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, only, true},
+		"stopped once scheduled: the storage agent's to drop": {func() *bootv1.BootSession {
+			s := fixtureSession("m", "i", "node-1")
+			sessionMetadata(s)
+			s.Spec.Stopped = true
+			return s
+		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i", bootv1.StorageNodeOfSessionLabel: "node-1"}, both, false},
+		"created stopped: never gets it": {func() *bootv1.BootSession {
+			s := fixtureSession("m", "i", "")
+			s.Spec.Stopped = true
+			return s
+		}(), map[string]string{bootv1.MachineLabel: "m", bootv1.ImageLabel: "i"}, only, true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
 			g.Expect(sessionMetadata(tc.s)).To(Equal(tc.changed))
 			g.Expect(tc.s.Labels).To(Equal(tc.labels))
-			g.Expect(tc.s.Finalizers).To(Equal([]string{bootv1.SessionFinalizer}))
+			g.Expect(tc.s.Finalizers).To(Equal(tc.finalizers))
 		})
 	}
 }
