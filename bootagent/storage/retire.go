@@ -100,6 +100,19 @@ func (x *retiring) done(k types.NamespacedName) {
 // recordedRetire is the agent's Retire condition of s as the API server
 // holds it (the agent's record, else the session's).
 func (r *Role) recordedRetire(s *bootv1.BootSession) *metav1.Condition {
+	return r.recorded(s, bootv1.RetireCondition, func(st *sessionStatus) *metav1.Condition { return st.Retire })
+}
+
+// recordedReady is the agent's StorageReady condition of s as the API
+// server holds it.
+func (r *Role) recordedReady(s *bootv1.BootSession) *metav1.Condition {
+	return r.recorded(s, bootv1.StorageReadyCondition, func(st *sessionStatus) *metav1.Condition { return st.Ready })
+}
+
+// recorded is one of the agent's conditions of s as the API server holds
+// it: from the agent's record of the session (pick), else the session's
+// own condition of type typ.
+func (r *Role) recorded(s *bootv1.BootSession, typ string, pick func(*sessionStatus) *metav1.Condition) *metav1.Condition {
 	key := client.ObjectKeyFromObject(s)
 	r.book.mu.Lock()
 	e := r.book.entries[key]
@@ -108,10 +121,10 @@ func (r *Role) recordedRetire(s *bootv1.BootSession) *metav1.Condition {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		if e.uid == s.UID {
-			return e.st.Retire
+			return pick(&e.st)
 		}
 	}
-	return meta.FindStatusCondition(s.Status.Conditions, bootv1.RetireCondition)
+	return meta.FindStatusCondition(s.Status.Conditions, typ)
 }
 
 // servedInitiator is the initiator name s's target is bound to: the
@@ -200,23 +213,6 @@ func (r *sessionReconciler) retire(ctx context.Context, s *bootv1.BootSession, s
 	}
 	x.done(key) // the record's Retire=True keeps the target unbound
 	return ctrl.Result{RequeueAfter: r.cfg.Resync}, true, nil
-}
-
-// recordedReady is the agent's StorageReady condition of s as the API
-// server holds it.
-func (r *Role) recordedReady(s *bootv1.BootSession) *metav1.Condition {
-	key := client.ObjectKeyFromObject(s)
-	r.book.mu.Lock()
-	e := r.book.entries[key]
-	r.book.mu.Unlock()
-	if e != nil {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if e.uid == s.UID {
-			return e.st.Ready
-		}
-	}
-	return meta.FindStatusCondition(s.Status.Conditions, bootv1.StorageReadyCondition)
 }
 
 // loggedIn says who logged in to s's target ("" for nobody): a connection
