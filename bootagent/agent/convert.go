@@ -78,13 +78,14 @@ func sessionEntry(s *bootv1.BootSession) table.Session {
 	default:
 		bootable = false
 	}
+	isRetiring := retiring(s)
 	e := table.Session{
 		Key: s.Namespace + "/" + s.Name, MAC: s.Status.MAC, MachineKey: s.Namespace + "/" + s.Spec.MachineRef.Name,
 		Live: live, Bootable: bootable, CreatedUnix: s.CreationTimestamp.Unix(),
-		AutoSession: s.Labels[bootv1.AutoSessionLabel] == "true", Retiring: retiring(s),
+		AutoSession: s.Labels[bootv1.AutoSessionLabel] == "true", Retiring: isRetiring,
 		// Retired (Retire=True Unused) keeps the token through the stop that
 		// answers it, not through a failure or a deletion.
-		Retired: retiring(s) && s.DeletionTimestamp == nil && s.Status.Phase != bootv1.SessionFailed &&
+		Retired: isRetiring && s.DeletionTimestamp == nil && s.Status.Phase != bootv1.SessionFailed &&
 			meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.RetireCondition),
 		Boot: ipxe.Session{Name: s.Namespace + "/" + s.Name, Image: s.Spec.ImageRef.Name, InitiatorIQN: s.Status.InitiatorIQN},
 	}
@@ -116,12 +117,7 @@ func retiring(s *bootv1.BootSession) bool {
 	if _, ok := s.Annotations[bootv1.RetireAnnotation]; ok {
 		return true
 	}
-	for _, c := range s.Status.Conditions {
-		if c.Type == bootv1.RetireCondition && c.Status == "True" {
-			return true
-		}
-	}
-	return false
+	return meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.RetireCondition)
 }
 
 // secretEntry converts a session's Secret for the table: the key of its
