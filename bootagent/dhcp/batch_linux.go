@@ -29,6 +29,10 @@ func Listen(iface, addr string) (*net.UDPConn, error) {
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
 				return
 			}
+			// Each datagram's kernel receive time (SCM_TIMESTAMPNS), for
+			// ggnet_dhcp_response_seconds: what a request waited before a
+			// worker read it is part of its answer's time.
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
 			// A deep receive buffer absorbs boot storms (hundreds of PCs
 			// powered on at once).
 			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
@@ -66,6 +70,7 @@ type batchConn struct {
 	rhdrs   []mmsghdr
 	riov    []unix.Iovec
 	rnames  []unix.RawSockaddrInet4
+	rctl    []rxControl // each datagram's control messages: its timestamp
 	rn      int
 	rerr    error
 	readFn  func(uintptr) bool
@@ -87,7 +92,8 @@ func newBatchConn(conn *net.UDPConn, size int) (*batchConn, error) {
 	}
 	b := &batchConn{rc: rc,
 		in: make([][]byte, size), rhdrs: make([]mmsghdr, size), riov: make([]unix.Iovec, size), rnames: make([]unix.RawSockaddrInet4, size),
-		out: make([][]byte, size), shdrs: make([]mmsghdr, size), siov: make([]unix.Iovec, size), snames: make([]unix.RawSockaddrInet4, size),
+		rctl: make([]rxControl, size),
+		out:  make([][]byte, size), shdrs: make([]mmsghdr, size), siov: make([]unix.Iovec, size), snames: make([]unix.RawSockaddrInet4, size),
 	}
 	for i := range size {
 		b.in[i] = make([]byte, maxPacket)
@@ -96,6 +102,7 @@ func newBatchConn(conn *net.UDPConn, size int) (*batchConn, error) {
 		b.rhdrs[i].hdr.Iov = &b.riov[i]
 		b.rhdrs[i].hdr.SetIovlen(1)
 		b.rhdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.rnames[i]))
+		b.rhdrs[i].hdr.Control = &b.rctl[i][0]
 
 		b.out[i] = make([]byte, 0, maxPacket)
 		b.shdrs[i].hdr.Iov = &b.siov[i]
@@ -129,6 +136,7 @@ func (b *batchConn) recv(fd uintptr) bool {
 func (b *batchConn) read() (int, error) {
 	for i := range b.rhdrs {
 		b.rhdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+		b.rhdrs[i].hdr.SetControllen(len(b.rctl[i]))
 		b.rhdrs[i].hdr.Flags = 0
 	}
 	if err := b.rc.Read(b.readFn); err != nil {
@@ -148,6 +156,29 @@ func (b *batchConn) packet(i int) ([]byte, netip.AddrPort, bool) {
 		peer = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
 	}
 	return b.in[i][:h.n], peer, h.hdr.Flags&unix.MSG_TRUNC == 0
+}
+
+// rxControl holds one datagram's control messages: a cmsghdr and a
+// timespec (SCM_TIMESTAMPNS), with room to spare.
+type rxControl [64]byte
+
+// arrived is datagram i's kernel receive time (SCM_TIMESTAMPNS, Unix
+// nanoseconds), 0 when the kernel gave none.
+func (b *batchConn) arrived(i int) int64 {
+	h := &b.rhdrs[i].hdr
+	ctl := b.rctl[i][:min(int(h.Controllen), len(b.rctl[i]))]
+	for len(ctl) >= unix.SizeofCmsghdr {
+		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+		if c.Len < unix.SizeofCmsghdr || int(c.Len) > len(ctl) {
+			return 0
+		}
+		if c.Level == unix.SOL_SOCKET && c.Type == unix.SCM_TIMESTAMPNS && int(c.Len) >= unix.CmsgLen(int(unsafe.Sizeof(unix.Timespec{}))) {
+			ts := (*unix.Timespec)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
+			return ts.Nano()
+		}
+		ctl = ctl[min(unix.CmsgSpace(int(c.Len)-unix.CmsgLen(0)), len(ctl)):]
+	}
+	return 0
 }
 
 // outBuf is the empty reply buffer for slot i.

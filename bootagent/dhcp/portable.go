@@ -22,6 +22,9 @@ type packetConn interface {
 	// write sends reply slots 0..n-1 and returns how many failed and the
 	// last error.
 	write(n int) (failed int, err error)
+	// arrived is when datagram i of the last read reached the socket (its
+	// kernel receive timestamp, Unix nanoseconds), 0 when not known.
+	arrived(i int) int64
 }
 
 // portableConn is a packetConn of batches of one datagram through the net
@@ -54,6 +57,9 @@ func (b *portableConn) packet(int) ([]byte, netip.AddrPort, bool) {
 }
 
 func (b *portableConn) outBuf(int) []byte { return b.out[:0] }
+
+// arrived is not known on the portable path (no receive timestamps).
+func (b *portableConn) arrived(int) int64 { return 0 }
 
 func (b *portableConn) queue(_ int, pkt []byte, dst netip.AddrPort) { b.out, b.dst = pkt, dst }
 

@@ -145,6 +145,11 @@ type worker struct {
 	req Request
 	q   Query
 	rep replier
+	// arrived and replied are, per reply slot of the batch, its request's
+	// kernel receive time (0: not known) and the reply's type.
+	arrived [batch]int64
+	replied [batch]dhcpv4.MessageType
+	sent    dhcpv4.MessageType // the type of the reply handle last built
 }
 
 func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
@@ -178,13 +183,16 @@ func (s *Server) work(ctx context.Context, conn *net.UDPConn) {
 			}
 			if reply, dst := s.handle(w, pkt, peer, bc.outBuf(out)); reply != nil {
 				bc.queue(out, reply, dst)
+				w.arrived[out], w.replied[out] = bc.arrived(i), w.sent
 				out++
 			}
 		}
 		if out == 0 {
 			continue
 		}
-		if failed, err := bc.write(out); failed > 0 {
+		failed, err := bc.write(out)
+		s.metrics.responded(w.arrived[:out], w.replied[:out], time.Now().UnixNano())
+		if failed > 0 {
 			for range failed {
 				s.metrics.packet(dhcpv4.MessageTypeNone, ResultSendFailed)
 			}
@@ -228,6 +236,7 @@ func (s *Server) handle(w *worker, pkt []byte, peer netip.AddrPort, buf []byte) 
 	}
 	w.rep.w.b = buf
 	resp := w.rep.encode(req, &d, &s.cfg)
+	w.sent = d.Type
 	dst := replyAddr(q, d.Type, peer, s.proxyPort, s.clientPort)
 	s.metrics.latency.Observe(time.Since(start).Seconds())
 	if s.observer != nil && d.Result != ResultNak {
@@ -281,6 +290,10 @@ var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 type Metrics struct {
 	packets *prometheus.CounterVec
 	latency prometheus.Histogram
+	// response is ggnet_dhcp_response_seconds by reply type; responses
+	// caches its observers (OFFER, ACK, NAK, the rest).
+	response  *prometheus.HistogramVec
+	responses [4]prometheus.Observer
 	// counters caches the packet counters by message type and result, so a
 	// packet costs no label lookup.
 	counters [numTypeLabels][numResults]atomic.Pointer[prometheus.Counter]
@@ -299,10 +312,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3},
 		}),
 	}
+	m.response = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "ggnet_dhcp_response_seconds",
+		Help: "Time from a DHCP request's arrival at the socket (its kernel receive timestamp) to its reply handed to the kernel: " +
+			"the wait for a worker to read it, the answer, and the send.",
+		Buckets: []float64{10e-6, 20e-6, 30e-6, 50e-6, 75e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 750e-6,
+			1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 10e-3, 25e-3, 100e-3},
+	}, []string{"reply"})
+	for i, t := range []string{"OFFER", "ACK", "NAK", "other"} {
+		m.responses[i] = m.response.WithLabelValues(t)
+	}
 	if reg != nil {
-		reg.MustRegister(m.packets, m.latency)
+		reg.MustRegister(m.packets, m.latency, m.response)
 	}
 	return m
+}
+
+// responded observes, for each reply just sent at now (Unix nanoseconds),
+// the time since its request arrived; a request without a receive time
+// (the portable socket path) is not observed.
+func (m *Metrics) responded(arrived []int64, replied []dhcpv4.MessageType, now int64) {
+	for i, at := range arrived {
+		if at == 0 || at > now {
+			continue
+		}
+		o := m.responses[3]
+		switch replied[i] {
+		case dhcpv4.MessageTypeOffer:
+			o = m.responses[0]
+		case dhcpv4.MessageTypeAck:
+			o = m.responses[1]
+		case dhcpv4.MessageTypeNak:
+			o = m.responses[2]
+		}
+		o.Observe(float64(now-at) / 1e9)
+	}
 }
 
 // results lists every Result; its index is the counter's.

@@ -20,6 +20,7 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 type startedServer struct {
@@ -84,6 +85,7 @@ func TestServerExchanges(t *testing.T) {
 }
 
 func testServerExchanges(t *testing.T, opts []Option) {
+	timestamps := len(opts) == 0 // the batch path reads receive timestamps
 	srv := startServer(t, ModeReservation, opts...)
 	for name, tc := range map[string]struct {
 		mods []dhcpv4.Modifier
@@ -108,6 +110,28 @@ func testServerExchanges(t *testing.T, opts []Option) {
 	g := NewWithT(t)
 	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("DISCOVER", "offer"))).To(Equal(4.0))
 	g.Expect(testutil.ToFloat64(srv.metrics.packets.WithLabelValues("REQUEST", "ack"))).To(Equal(4.0))
+	// ggnet_dhcp_response_seconds: every reply from the batch path, timed
+	// from its request's kernel receive timestamp; none from the portable
+	// path, which has no timestamps.
+	for _, reply := range []string{"OFFER", "ACK"} {
+		count, sum := histogram(t, srv.metrics.response.WithLabelValues(reply))
+		if !timestamps {
+			g.Expect(count).To(BeZero(), reply)
+			continue
+		}
+		g.Expect(count).To(Equal(uint64(4)), reply)
+		g.Expect(sum).To(And(BeNumerically(">", 0), BeNumerically("<", 4*time.Second.Seconds())), reply)
+	}
+}
+
+// histogram is a histogram's sample count and sum.
+func histogram(t *testing.T, o prometheus.Observer) (uint64, float64) {
+	t.Helper()
+	var m dto.Metric
+	if err := o.(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }
 
 func TestServerUnknownMACAndMalformedPackets(t *testing.T) {

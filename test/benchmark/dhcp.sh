@@ -5,6 +5,12 @@
 # acting as a relay: ISC perfdhcp, and test/benchmark/dhcpload for the rates
 # past perfdhcp's own ceiling. The agent is measured with its API server up
 # and with it paused (SIGSTOP: the agent answers from its cache either way).
+# For latency at 1,000/s the agent and kea run at once, kea in a second,
+# identical pair of namespaces (pb-srv2/pb-cli2, the same addresses), and
+# are measured in turn, run for run, so that both see the same minutes of
+# the machine; the agent's own share of each answer (its
+# ggnet_dhcp_response_seconds, from the kernel's receive timestamp to the
+# reply's send) is printed beside each of its runs.
 # It installs its peers (Debian packages) when missing and fails when one
 # is missing or answers nothing.
 # usage: test/benchmark/dhcp.sh [N] [PERIOD]
@@ -17,6 +23,7 @@
 #                        value (the agent's threads reniced once it is ready),
 #                        so that other work on a shared machine preempts them
 #                        less; the API server stays at SCHED_IDLE.
+#   DHCP_RUNS=3          latency runs at 1,000/s per generator, server and mode.
 #   DHCP_TRACE=1         a fourth dhcpload run at 1,000/s of the agent, API
 #                        server up and paused, with a Go execution trace of it
 #                        ($out/ggnet*-trace.out, go tool trace); not counted.
@@ -64,32 +71,48 @@ cleanup() { # what this script started, by process id; each step even if one fai
   [[ -n $api$etcd ]] && kill -CONT $api $etcd 2>/dev/null
   for p in $lab $kea $dm; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   $bench/netns.sh down
+  $bench/netns.sh down 2
 }
 trap cleanup EXIT
 trap "exit 143" INT TERM # so that the EXIT trap runs
 sysctl -qw net.core.rmem_default=4194304
 $bench/netns.sh up
+$bench/netns.sh up 2
 
 only=${DHCP_LATENCY_ONLY:-}
+runs=${DHCP_RUNS:-3}
 trace=${DHCP_TRACE:-}
 nice_=(nice -n "${DHCP_NICE:-0}")
 agent_args=(${AGENT_ARGS:-})
 [[ -n $trace ]] && agent_args+=(--pprof-bind-address=127.0.0.1:8882)
 
 field() { { grep -o "$1=[^ ]*" || true; } | head -1 | cut -d= -f2; }
+ns= # the pair of namespaces the server under test is in: "" or 2 (kea's, for latency)
+scrape() { ip netns exec pb-srv curl -sf http://127.0.0.1:8881/metrics > "$1" || : > "$1"; }
+response() { # name file: the agent's own share of the run just ended (after scrape "$out/before")
+  [[ $1 == ggnet* ]] || return 0
+  scrape "$out/after"
+  local line; line=$(python3 $bench/peers/response_quantiles.py "$out/before" "$out/after" || true)
+  printf '%-8s   agent %s\n' "$1" "$line"
+  printf '%s\t%s\n' "$2" "$line" >> "$out/agent-response.tsv"
+}
 perf() { # name rate [extra perfdhcp flags]; $R simulated clients
   local name=$1 rate=$2; shift 2
-  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 perfdhcp -4 -l 198.51.100.2 -r "$rate" -R "$R" -b mac=00:0c:01:00:00:00 \
+  [[ $name == ggnet* ]] && scrape "$out/before"
+  "${nice_[@]}" ip netns exec pb-cli$ns taskset -c 1 perfdhcp -4 -l 198.51.100.2 -r "$rate" -R "$R" -b mac=00:0c:01:00:00:00 \
     -p "$P" -W 500000 -g single "$@" 198.51.100.1 > "$out/$name-perfdhcp-$rate.txt" 2>&1 || true
   local line; line=$(python3 $bench/peers/parse_perfdhcp.py "$out/$name-perfdhcp-$rate.txt" "$P" "-")
   printf '%-8s perfdhcp rate=%-6s %s\n' "$name" "$rate" "$line"
+  response "$name" "$name-perfdhcp-$rate"
   printf '%s\tperfdhcp\t%s\t%s\t%s\t%s\t%s\t-\n' "$name" "$rate" "$(field drop% <<<"$line")" "$(field ack_per_s <<<"$line")" \
     "$(field DO_p50 <<<"$line")" "$(field DO_p99 <<<"$line")" >> "$summary"
 }
 load() { # name rate; $R simulated clients
   local name=$1 rate=$2
-  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate "$rate" -clients "$R" -duration "${P}s" > "$out/$name-dhcpload-$rate.txt" 2>&1 || true
+  [[ $name == ggnet* ]] && scrape "$out/before"
+  "${nice_[@]}" ip netns exec pb-cli$ns taskset -c 1 bin/dhcpload -rate "$rate" -clients "$R" -duration "${P}s" > "$out/$name-dhcpload-$rate.txt" 2>&1 || true
   printf '%-8s dhcpload %s\n' "$name" "$(cat "$out/$name-dhcpload-$rate.txt")"
+  response "$name" "$name-dhcpload-$rate"
   local f=$out/$name-dhcpload-$rate.txt
   printf '%s\tdhcpload\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$(field loss% <"$f")" "$(field acks_per_s <"$f")" \
     "$(field DO_p50 <"$f")" "$(field DO_p99 <"$f")" "$(field generator_behind_max <"$f")" >> "$summary"
@@ -103,18 +126,28 @@ ladder() { # name harness rate...: stops after the first rate with more than 5% 
   done
   return 0
 }
-latency() { # name: a warm-up, then three runs at 1,000/s with each generator
-  # The warm-up (not counted) lets a freshly started server and, for the
-  # agent, the API server that has just taken 2N creates, settle.
-  "${nice_[@]}" ip netns exec pb-cli taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-warmup.txt" 2>&1 || true
-  # A server that answers nothing is a broken run, not a figure.
+warmup() { # name: a run at 1,000/s, not counted; a server that answers nothing is a broken run
+  # The warm-up lets a freshly started server and, for the agent, the API
+  # server that has just taken 2N creates, settle.
+  "${nice_[@]}" ip netns exec pb-cli$ns taskset -c 1 bin/dhcpload -rate 1000 -clients "$R" -duration "${P}s" > "$out/$1-warmup.txt" 2>&1 || true
   if ! grep -qE 'acks=[1-9]' "$out/$1-warmup.txt"; then
     echo "dhcp.sh: $1 answered no DHCP request in its warm-up (see $out/$1-warmup.txt and $out/$1.out)" >&2
     exit 1
   fi
-  for i in 1 2 3; do perf "$1" 1000 -x t; mv "$out/$1-perfdhcp-1000.txt" "$out/$1-perfdhcp-1000-$i.txt"; done
-  for i in 1 2 3; do load "$1" 1000; mv "$out/$1-dhcpload-1000.txt" "$out/$1-dhcpload-1000-$i.txt"; done
-  echo "$1: $(uptime)" | tee -a "$out/uptime.txt"
+}
+latency() { # name [peer]: $runs runs at 1,000/s with each generator; with a peer
+  # (kea, in pb-srv2 with its own $R), each run of name is followed by the
+  # same run of the peer, so that both see the same minutes of the machine.
+  local i
+  for i in $(seq "$runs"); do
+    perf "$1" 1000 -x t; mv "$out/$1-perfdhcp-1000.txt" "$out/$1-perfdhcp-1000-$i.txt"
+    [[ -n ${2:-} ]] && { R=5000 ns=2 perf "$2" 1000 -x t; mv "$out/$2-perfdhcp-1000.txt" "$out/$2-perfdhcp-1000-$i.txt"; }
+  done
+  for i in $(seq "$runs"); do
+    load "$1" 1000; mv "$out/$1-dhcpload-1000.txt" "$out/$1-dhcpload-1000-$i.txt"
+    [[ -n ${2:-} ]] && { R=5000 ns=2 load "$2" 1000; mv "$out/$2-dhcpload-1000.txt" "$out/$2-dhcpload-1000-$i.txt"; }
+  done
+  echo "$1${2:+ and $2}: $(uptime)" | tee -a "$out/uptime.txt"
   if [[ -n $trace && $1 == ggnet* ]]; then # a traced run, not counted
     ip netns exec pb-srv curl -sf -o "$out/$1-trace.out" "http://127.0.0.1:8882/debug/pprof/trace?seconds=$((P > 1 ? P - 1 : 1))" &
     local c=$!
@@ -146,28 +179,35 @@ if [[ -n ${DHCP_NICE:-} ]]; then # every thread of the agent (new ones inherit i
   agent=$(pgrep -P $lab | grep -vx -e "$api" -e "$etcd" | head -1) || { echo "dhcp.sh: the agent of loadlab not found" >&2; exit 1; }
   renice -n "$DHCP_NICE" -p $(ls /proc/$agent/task) >/dev/null
 fi
-latency ggnet
+# kea, for the latency runs, at once in the second pair of namespaces
+# (pb-srv2, the same addresses and interface names), on the same CPU, idle
+# while the agent is measured and the other way round. The peers allocate
+# from 198.18.0.0/19 (8,000 addresses): 5,000 clients, as in
+# shared/bench-peers.
+sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/kea-dhcp4.json > "$out/kea.json"
+KEA_PIDFILE_DIR=$out KEA_LOCKFILE_DIR=$out "${nice_[@]}" ip netns exec pb-srv2 taskset -c 0 kea-dhcp4 -c "$out/kea.json" > "$out/kea.out" 2>&1 &
+kea=$!; sleep 2
+warmup ggnet
+R=5000 ns=2 warmup kea
+echo "== latency at 1,000/s, the agent and kea in turn (kea-paused: kea's runs while the agent's API server is paused)"
+latency ggnet kea
 # The API server paused (SIGSTOP, kube-apiserver and etcd): the agent keeps
 # answering from its cache; what changes is the watch traffic it decodes and
 # the API server's share of the generator's core.
 kill -STOP $api $etcd
-latency ggnet-paused
+latency ggnet-paused kea-paused
 kill -CONT $api $etcd
 [[ -z $only ]] && ladder ggnet perf 5000 10000 20000 25000 30000 35000 40000
 [[ -z $only ]] && ladder ggnet load 10000 20000 30000 40000 50000 60000 70000 80000 90000 100000 120000
 kill -TERM $lab || true; wait $lab || true
 grep "RSS at the end" "$out/loadlab.txt" || true
 
-# The peers allocate from 198.18.0.0/19 (8,000 addresses): 5,000 clients, as
-# in shared/bench-peers.
 R=5000
 echo "== kea-dhcp4 (memfile), $R clients"
-sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/kea-dhcp4.json > "$out/kea.json"
-KEA_PIDFILE_DIR=$out KEA_LOCKFILE_DIR=$out "${nice_[@]}" ip netns exec pb-srv taskset -c 0 kea-dhcp4 -c "$out/kea.json" > "$out/kea.out" 2>&1 &
-kea=$!; sleep 2
-latency kea
+ns=2
 [[ -z $only ]] && ladder kea perf 2500 5000 7500 10000 15000 20000 25000 30000 35000
 [[ -z $only ]] && ladder kea load 2500 5000 7500 10000 15000 20000 25000 30000 35000 40000
+ns=
 kill $kea || true; wait $kea 2>/dev/null || true
 
 if [[ -z $only ]]; then
@@ -175,6 +215,7 @@ echo "== dnsmasq (leasefile-ro), $R clients"
 sed "s#/tmp/ggnet-bench/dhcp#$out#g" $bench/peers/dnsmasq-dhcp-ro.conf > "$out/dnsmasq.conf"
 "${nice_[@]}" ip netns exec pb-srv taskset -c 0 dnsmasq -k -C "$out/dnsmasq.conf" > "$out/dnsmasq.out" 2>&1 &
 dm=$!; sleep 2
+warmup dnsmasq
 latency dnsmasq
 ladder dnsmasq perf 1000 2500 5000 7500 10000
 ladder dnsmasq load 1000 2500 5000 7500 10000 15000
@@ -186,9 +227,13 @@ awk -F'\t' '{best[$1 FS $2] += 0} $3+0 >= 1000 && $4 != "" && $4+0 < 1 && $5+0 >
   END {for (k in best) {split(k, a, FS); printf "%-8s %-9s %s\n", a[1], a[2], best[k] ? best[k] "/s" : "none (every rate tried lost more than 1%)"}}' "$summary" | sort
 
 echo "== latency at 1,000/s: DISCOVER->OFFER p50 / p99 ms, generator's worst lag (dhcpload), per run"
-for f in "$out"/*-perfdhcp-1000-[123].txt; do
+for f in "$out"/*-perfdhcp-1000-[0-9]*.txt; do
   n=$(basename "$f" .txt); printf '%-28s %s\n' "$n" "$(python3 $bench/peers/parse_perfdhcp.py "$f" "$P" - | grep -o 'DO_p50=[^ ]* DO_p99=[^ ]* RA_p50=[^ ]* RA_p99=[^ ]*')"
 done
-for f in "$out"/*-dhcpload-1000-[123].txt; do
+for f in "$out"/*-dhcpload-1000-[0-9]*.txt; do
   n=$(basename "$f" .txt); printf '%-28s %s\n' "$n" "$(grep -o 'loss%=[^ ]* DO_p50=[^ ]* DO_p99=[^ ]* RA_p50=[^ ]* RA_p99=[^ ]*\|generator_behind_max=[^ ]*' "$f" | tr '\n' ' ')"
 done
+if [[ -s $out/agent-response.tsv ]]; then
+  echo "== the agent's own share at 1,000/s (kernel receive timestamp to reply sent; ggnet_dhcp_response_seconds), per run"
+  cat "$out/agent-response.tsv"
+fi
