@@ -12,7 +12,9 @@
 // -audit also by writer, from the audit log), the CPU used by
 // kube-apiserver, etcd and the manager during the storm, the manager's
 // workqueue and its RSS, and, when the manager has --pprof-bind-address, its
-// CPU profile through the storm.
+// CPU profile through the storm; kube-apiserver's CPU profile over the same
+// window, summed up by what it spends the CPU on, its watches by resource and
+// the watch events it sent per session.
 //
 //	go run ./test/benchmark/sessions -n 1000 -manager bin/manager
 package main
@@ -61,6 +63,7 @@ type options struct {
 	concurrency  int
 	audit        bool
 	pprofSeconds int
+	apiPprof     bool
 	out          string
 	timeout      time.Duration
 }
@@ -78,7 +81,8 @@ func main() {
 	flag.StringVar(&o.memLimit, "manager-gomemlimit", def.GoMemLimit, "GOMEMLIMIT of the manager process (default: the chart's manager.goMemLimit; empty: none).")
 	flag.IntVar(&o.concurrency, "max-concurrent-reconciles", def.MaxConcurrentReconciles, "The manager's --max-concurrent-reconciles (default: the chart's).")
 	flag.BoolVar(&o.audit, "audit", false, "Also write kube-apiserver's audit log of writes and count the writes per session by writer (costs the API server some CPU).")
-	flag.IntVar(&o.pprofSeconds, "pprof-seconds", 20, "Length of the manager's CPU profile from the first create (when the manager has --pprof-bind-address); 0: none.")
+	flag.IntVar(&o.pprofSeconds, "pprof-seconds", 20, "Length of the CPU profiles from the first create: the manager's (when it has --pprof-bind-address) and kube-apiserver's; 0: none.")
+	flag.BoolVar(&o.apiPprof, "apiserver-pprof", true, "Also take kube-apiserver's CPU profile over the same -pprof-seconds and print where its CPU goes.")
 	flag.StringVar(&o.out, "out", "", "Directory for the profiles, the manager's log and the audit log (default: a temporary one, removed).")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "Give up when not all sessions are Ready after this long.")
 	flag.Parse()
@@ -314,8 +318,20 @@ func run(o options) error {
 		profWG.Add(1)
 		go func() {
 			defer profWG.Done()
-			if err := fetch(fmt.Sprintf("%s/profile?seconds=%d", pprofURL, o.pprofSeconds), filepath.Join(dir, "manager-cpu.pprof")); err != nil {
+			if err := fetchWith(http.DefaultClient, fmt.Sprintf("%s/profile?seconds=%d", pprofURL, o.pprofSeconds), filepath.Join(dir, "manager-cpu.pprof")); err != nil {
 				fmt.Println("manager CPU profile:", err)
+			}
+		}()
+	}
+	apiProfile := ""
+	if o.apiPprof && o.pprofSeconds > 0 {
+		apiProfile = filepath.Join(dir, "kube-apiserver-cpu.pprof")
+		profWG.Add(1)
+		go func() {
+			defer profWG.Done()
+			if err := apiserverProfile(hc, cfg.Host, o.pprofSeconds, apiProfile); err != nil {
+				fmt.Println("kube-apiserver CPU profile:", err)
+				apiProfile = ""
 			}
 		}()
 	}
@@ -402,6 +418,7 @@ func run(o options) error {
 	}
 	rows = append(rows, []string{fmt.Sprintf("%.2f", sum/float64(n)), "", "total (besides the benchmark's own create of each session)"})
 	kit.Table(os.Stdout, rows)
+	printWatchers(apiBefore, apiAfter, n)
 	if auditLog != "" {
 		if err := byWriter(auditLog, start, n); err != nil {
 			return err
@@ -414,10 +431,13 @@ func run(o options) error {
 		top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", o.manager, filepath.Join(dir, "manager-cpu.pprof")).CombinedOutput()
 		fmt.Println(indent(string(top)))
 	}
+	if apiProfile != "" {
+		printAPIServerProfile(apiProfile, env.ControlPlane.APIServer.Path, o.pprofSeconds, n, total)
+	}
 	time.Sleep(3 * time.Second)
 	fmt.Printf("manager RSS with %d Machines and %d sessions: %s (peak %s)\n", n, n, testbin.RSS(mgrCmd.Process.Pid), hwm(mgrCmd.Process.Pid))
 	if pprofURL != "" {
-		if err := fetch(pprofURL+"/heap", filepath.Join(dir, "manager-heap.pprof")); err == nil {
+		if err := fetchWith(http.DefaultClient, pprofURL+"/heap", filepath.Join(dir, "manager-heap.pprof")); err == nil {
 			top, _ := exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=15", o.manager, filepath.Join(dir, "manager-heap.pprof")).CombinedOutput()
 			fmt.Printf("manager heap in use at the end:\n%s\n", indent(string(top)))
 		}
@@ -481,8 +501,9 @@ func quiesce(hc *http.Client, url string, quiet, timeout time.Duration) error {
 	}
 }
 
-func fetch(url, path string) error {
-	resp, err := http.Get(url)
+// fetchWith GETs url with hc into the file path.
+func fetchWith(hc *http.Client, url, path string) error {
+	resp, err := hc.Get(url)
 	if err != nil {
 		return err
 	}

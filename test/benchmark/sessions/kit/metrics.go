@@ -40,6 +40,9 @@ func Scrape(hc *http.Client, url string) (Metrics, error) {
 	return Metrics(mf), err
 }
 
+// Label is the value of a series' label name ("" when it has none).
+func Label(m *dto.Metric, name string) string { return label(m, name) }
+
 func label(m *dto.Metric, name string) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {
