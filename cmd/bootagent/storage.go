@@ -19,7 +19,7 @@ import (
 type storageFlags struct {
 	nodeName, dataDir, driver, lioRoot, portal, iqnPrefix string
 	reserveMiB                                            uint64
-	controlPort                                           int
+	controlPort, tgtdIOThreads                            int
 	startTGTD                                             bool
 	imagePathRoot, metricsListen                          string
 	imageMaxVirtualSizeGiB                                int64
@@ -35,6 +35,7 @@ func (f *storageFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.driver, "target-driver", "tgt", "iSCSI target driver: tgt (tgtd) or lio (kernel, configfs).")
 	fs.IntVar(&f.controlPort, "tgt-control-port", 0, "tgtd control port: its management socket is /var/run/tgtd/socket.<port>.")
 	fs.BoolVar(&f.startTGTD, "start-tgtd", false, "Run and supervise tgtd from the agent.")
+	fs.IntVar(&f.tgtdIOThreads, "tgtd-iothreads", 0, "With --start-tgtd: I/O threads per logical unit of the tgtd it runs (tgtd -t); 0: tgtd's default, 16.")
 	fs.StringVar(&f.portal, "portal", "", "iSCSI portal <IPv4>:<port> on the storage network (tgtd --iscsi portal=, LIO np), never 0.0.0.0; announced on this node for the manager to send PCs there. Required.")
 	fs.StringVar(&f.lioRoot, "lio-configfs", "/sys/kernel/config", "configfs mount for the LIO driver.")
 	fs.StringVar(&f.iqnPrefix, "iqn-prefix", "iqn.2026-11.io.ggnet:", "Targets whose IQN starts with this belong to GGnet.")
@@ -80,12 +81,15 @@ func (f *storageFlags) role(ctx context.Context, cfg *rest.Config, namespace str
 	if err != nil || bw.Sign() < 0 {
 		return nil, fmt.Errorf("--replication-bandwidth %q: want 0 (unlimited) or more bytes/s, like 125000000 or 100Mi", f.replicationBandwidth)
 	}
+	if f.tgtdIOThreads < 0 {
+		return nil, fmt.Errorf("--tgtd-iothreads %d: want 0 (tgtd's default) or more", f.tgtdIOThreads)
+	}
 	var d target.Driver
 	switch f.driver {
 	case "tgt":
 		d = &target.TGT{ControlPort: f.controlPort}
 		if f.startTGTD {
-			go target.SuperviseTGTD(ctx, f.controlPort, f.portal, log.WithName("tgtd"))
+			go target.SuperviseTGTD(ctx, f.controlPort, f.portal, f.tgtdIOThreads, log.WithName("tgtd"))
 		}
 	case "lio":
 		d = &target.LIO{Root: f.lioRoot, Portal: f.portal}

@@ -37,6 +37,9 @@ type Options struct {
 	ManagerArgs []string
 	// AgentArgs are extra flags for every agent the lab starts.
 	AgentArgs []string
+	// TGTDIOThreads is the I/O threads per logical unit of every tgtd the
+	// lab starts (tgtd -t); 0: tgtd's default, 16.
+	TGTDIOThreads int
 	// NoOSImage leaves out the Image "os" (the real OS disk, built by
 	// hack/osdisk.sh): the lab has only "demo".
 	NoOSImage bool
@@ -214,7 +217,7 @@ func (l *Lab) StartStorageNode(node string) error {
 		if n.Node != node {
 			continue
 		}
-		tgtd := exec.Command("tgtd", "-f", "-C", strconv.Itoa(n.TGTPort), "--iscsi", "portal="+n.Portal)
+		tgtd := exec.Command("tgtd", target.TGTDArgs(n.TGTPort, n.Portal, l.opts.TGTDIOThreads)...)
 		tgtd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := l.startCmd(n.TGTD, tgtd); err != nil {
 			return err

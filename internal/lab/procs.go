@@ -11,15 +11,18 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/ggnet/ggnet/bootagent/target"
 )
 
 // StartTGTD starts the lab's tgtd as a process of its own, apart from the
 // agent (production runs it in its own DaemonSet), the way kubelet starts a
 // container: same control port, same portal, every time. A tgtd started
 // again comes back empty; the storage agent rebuilds its targets. It returns
-// once tgtd answers on its management socket.
+// once tgtd answers on its management socket. Options.TGTDIOThreads sets its
+// I/O threads per logical unit.
 func (l *Lab) StartTGTD() error {
-	cmd := exec.Command("tgtd", "-f", "-C", strconv.Itoa(l.tgtPort), "--iscsi", "portal="+ServerIP+":3260")
+	cmd := exec.Command("tgtd", target.TGTDArgs(l.tgtPort, ServerIP+":3260", l.opts.TGTDIOThreads)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := l.startCmd("tgtd", cmd); err != nil {
 		return err

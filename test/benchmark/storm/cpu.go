@@ -23,10 +23,12 @@ const clockTicks = 100
 // agents, tgtd, this simulator), by label, and of the whole machine.
 func cpuByProcess() map[string]float64 {
 	self := labNetns
+	// This simulator counts whatever namespace its main thread is in.
+	me := "/proc/" + strconv.Itoa(os.Getpid()) + "/ns/net"
 	out := map[string]float64{}
 	links, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	for _, p := range links {
-		if ns, err := os.Readlink(p); err != nil || ns != self {
+		if ns, err := os.Readlink(p); p != me && (err != nil || ns != self) {
 			continue
 		}
 		dir := filepath.Dir(filepath.Dir(p))
@@ -58,6 +60,35 @@ func cpuByProcess() map[string]float64 {
 		out["(whole machine, all users)"] = busy
 	}
 	return out
+}
+
+// tgtdThreads returns the threads (/proc/<pid>/task) of every tgtd in this
+// network namespace, by label: one main thread and a pool per logical unit
+// (tgtd -t, 16 by default).
+func tgtdThreads() map[string]int {
+	out := map[string]int{}
+	links, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	for _, p := range links {
+		if ns, err := os.Readlink(p); err != nil || ns != labNetns {
+			continue
+		}
+		dir := filepath.Dir(filepath.Dir(p))
+		if l := label(dir); strings.HasPrefix(l, "tgtd") {
+			if tasks, err := os.ReadDir(filepath.Join(dir, "task")); err == nil {
+				out[l] += len(tasks)
+			}
+		}
+	}
+	return out
+}
+
+// loadavg is /proc/loadavg's 1, 5 and 15 minute load averages.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 // label names a process by its program and what tells its instances apart.

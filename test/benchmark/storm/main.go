@@ -67,6 +67,7 @@ type config struct {
 	cpuProfile    string
 	keep          bool
 	floor         bool
+	tgtdIOThreads int
 }
 
 func main() {
@@ -91,6 +92,7 @@ func main() {
 	flag.BoolVar(&c.keep, "keep", false, "Leave the lab running with its files (logs): its processes (API server, etcd, manager, agents, tgtd) and loop devices stay until you stop them.")
 	netns := flag.String("netns", "ggnet-bench-storm", "Name of the lab's network namespace (one per storm running at once).")
 	flag.BoolVar(&c.floor, "floor", true, "Measure the disk floor first (every overlay read at once straight from its file system).")
+	flag.IntVar(&c.tgtdIOThreads, "tgtd-iothreads", 0, "I/O threads per logical unit of every tgtd of the lab (tgtd -t); 0: tgtd's default, 16.")
 	flag.Parse()
 	c.readBytes, c.chunk = int64(readMiB)<<20, chunkKiB<<10
 	var err error
@@ -105,6 +107,9 @@ func main() {
 	}
 	if err == nil && c.lostNode != "kill" && c.lostNode != "delete" {
 		err = fmt.Errorf("-lost-node %q: want kill or delete", c.lostNode)
+	}
+	if err == nil && c.tgtdIOThreads < 0 {
+		err = fmt.Errorf("-tgtd-iothreads %d: want 0 (tgtd's default) or more", c.tgtdIOThreads)
 	}
 	if err == nil && (c.n < 1 || c.n > 60000) {
 		err = fmt.Errorf("-n %d: want 1 to 60000", c.n)
@@ -145,9 +150,14 @@ func share(s string) (float64, error) {
 
 func run(tt *testbin.Program, c config) error {
 	ctx := context.Background()
-	fmt.Printf("starting the lab: API server, manager, %d boot agent(s), %d storage node(s) with tgtd\n", c.bootAgents, c.storageNodes)
+	iot := "tgtd's default, 16"
+	if c.tgtdIOThreads > 0 {
+		iot = strconv.Itoa(c.tgtdIOThreads)
+	}
+	fmt.Printf("starting the lab: API server, manager, %d boot agent(s), %d storage node(s) with tgtd (I/O threads per LU: %s)\n",
+		c.bootAgents, c.storageNodes, iot)
 	l, err := lab.StartWith(ctx, tt, c.bin, lab.Options{BootAgents: c.bootAgents - 1, StorageNodes: c.storageNodes - 1, NoOSImage: true,
-		ManagerArgs: []string{"--storage-node-grace=" + c.grace.String()}})
+		ManagerArgs: []string{"--storage-node-grace=" + c.grace.String()}, TGTDIOThreads: c.tgtdIOThreads})
 	if err != nil {
 		return err
 	}
@@ -254,6 +264,8 @@ func run(tt *testbin.Program, c config) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	fmt.Println("load average before the storm:", loadavg())
+	threads := tgtdThreads()
 	cpu0 := cpuByProcess()
 	var booted atomic.Int64
 	ev := &events{}
@@ -304,6 +316,8 @@ func run(tt *testbin.Program, c config) error {
 	report(results, wall, c, solo)
 	fmt.Println()
 	reportCPU(cpu0, cpu1, wall)
+	fmt.Println("load average after the storm:", loadavg())
+	fmt.Println("tgtd threads during the storm:", formatDist(threads))
 	fmt.Println()
 	fmt.Println("sessions by storage node before the storm:", formatDist(before))
 	after, err := distribution(ctx, l)
