@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
@@ -38,6 +39,7 @@ func SuperviseTGTD(ctx context.Context, controlPort int, portal string, ioThread
 		}
 		if !check() {
 			cmd := exec.Command("tgtd", TGTDArgs(controlPort, portal, ioThreads)...)
+			cmd.Env = append(os.Environ(), TGTDEnv...)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			log.Info("Starting tgtd", "controlPort", controlPort, "portal", portal, "ioThreads", ioThreads)
 			if err := cmd.Start(); err != nil {
@@ -53,6 +55,17 @@ func SuperviseTGTD(ctx context.Context, controlPort int, portal string, ioThread
 		}
 	}
 }
+
+// TGTDEnv is the environment GGnet gives every tgtd it starts (on top of its
+// own; the chart's DaemonSet sets the same, charts/ggnet/templates/tgtd.yaml):
+// glibc's mmap threshold at 4 MiB. tgtd allocates a buffer for every READ
+// (1 MiB for a firmware's or Windows' large reads) and frees it after; above
+// glibc's default threshold each one was a fresh mmap, page-faulted in and
+// zeroed page by page and unmapped again, which made 22-25% of tgtd's CPU in
+// a boot storm and the copy into those cold pages most of the rest
+// (docs/benchmarks.md, "Boot storm": tgtd's CPU per GiB served 4.8x lower
+// with it). Setting it also turns off glibc's adaptive threshold.
+var TGTDEnv = []string{"MALLOC_MMAP_THRESHOLD_=4194304"}
 
 // TGTDArgs is tgtd's command line (without the program): in the foreground,
 // its management socket on controlPort, its iSCSI portal (none when portal

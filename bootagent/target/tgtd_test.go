@@ -37,7 +37,7 @@ func TestTGTDArgs(t *testing.T) {
 }
 
 // TestSuperviseTGTDIOThreads runs the tgtd SuperviseTGTD starts (root,
-// Debian's tgt) and counts its threads before and after a target with one
+// Debian's tgt), checks its environment has TGTDEnv, and counts its threads before and after a target with one
 // LU is made: each LU brings a pool of its own, of -t threads, 16 without.
 func TestSuperviseTGTDIOThreads(t *testing.T) {
 	for _, tc := range []struct {
@@ -68,6 +68,10 @@ func TestSuperviseTGTDIOThreads(t *testing.T) {
 				"tgtd (Debian package tgt; the storage tests run as root)")
 			pid := tgtdPID(port)
 			g.Expect(pid).To(BeNumerically(">", 0))
+			// tgtd runs with TGTDEnv (glibc's mmap threshold).
+			environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(strings.Split(string(environ), "\x00")).To(ContainElement("MALLOC_MMAP_THRESHOLD_=4194304"))
 			before := threads(t, pid)
 			g.Expect(d.Ensure(ctx, sample(t, "threads"))).To(Succeed())
 			g.Eventually(func() int { return threads(t, pid) - before }, 5*time.Second, 50*time.Millisecond).Should(Equal(tc.perLU))

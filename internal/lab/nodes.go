@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -218,6 +219,7 @@ func (l *Lab) StartStorageNode(node string) error {
 			continue
 		}
 		tgtd := exec.Command("tgtd", target.TGTDArgs(n.TGTPort, n.Portal, l.opts.TGTDIOThreads)...)
+		tgtd.Env = append(os.Environ(), target.TGTDEnv...)
 		tgtd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := l.startCmd(n.TGTD, tgtd); err != nil {
 			return err

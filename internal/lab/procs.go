@@ -23,6 +23,7 @@ import (
 // I/O threads per logical unit.
 func (l *Lab) StartTGTD() error {
 	cmd := exec.Command("tgtd", target.TGTDArgs(l.tgtPort, ServerIP+":3260", l.opts.TGTDIOThreads)...)
+	cmd.Env = append(os.Environ(), target.TGTDEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := l.startCmd("tgtd", cmd); err != nil {
 		return err

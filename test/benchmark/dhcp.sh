@@ -8,7 +8,7 @@
 # For latency at 1,000/s the agent and kea run at once, kea in a second,
 # identical pair of namespaces (pb-srv2/pb-cli2, the same addresses), and
 # are measured in turn, run for run, so that both see the same minutes of
-# the machine; the agent's own share of each answer (its
+# the machine (the agent stopped, SIGSTOP, during kea's runs); the agent's own share of each answer (its
 # ggnet_dhcp_response_seconds, from the kernel's receive timestamp to the
 # reply's send) is printed beside each of its runs.
 # It installs its peers (Debian packages) when missing and fails when one
@@ -64,11 +64,11 @@ summary=$out/summary.tsv
 # default 208 KiB above ~25,000 exchanges/s (its own drops, counted as the
 # server's). Raise the default for the run; restored on exit.
 rmem=$(sysctl -n net.core.rmem_default)
-lab= api= etcd= kea= dm=
+lab= api= etcd= agent= kea= dm=
 cleanup() { # what this script started, by process id; each step even if one fails
   set +e
   sysctl -qw net.core.rmem_default="$rmem" || true
-  [[ -n $api$etcd ]] && kill -CONT $api $etcd 2>/dev/null
+  [[ -n $api$etcd$agent ]] && kill -CONT $api $etcd $agent 2>/dev/null
   for p in $lab $kea $dm; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   $bench/netns.sh down
   $bench/netns.sh down 2
@@ -135,17 +135,25 @@ warmup() { # name: a run at 1,000/s, not counted; a server that answers nothing 
     exit 1
   fi
 }
+peer_run() { # harness name: a latency run of kea (pb-srv2, 5,000 clients) with the agent stopped
+  # (SIGSTOP), so that nothing of the agent's (its paced timeline writes, its
+  # watch events, its runtime's timers) runs on CPU0 beside kea; the agent
+  # catches up after SIGCONT, before its own next run.
+  kill -STOP "$agent"
+  R=5000 ns=2 "$1" "$2" 1000 -x t
+  kill -CONT "$agent"
+}
 latency() { # name [peer]: $runs runs at 1,000/s with each generator; with a peer
   # (kea, in pb-srv2 with its own $R), each run of name is followed by the
   # same run of the peer, so that both see the same minutes of the machine.
   local i
   for i in $(seq "$runs"); do
     perf "$1" 1000 -x t; mv "$out/$1-perfdhcp-1000.txt" "$out/$1-perfdhcp-1000-$i.txt"
-    [[ -n ${2:-} ]] && { R=5000 ns=2 perf "$2" 1000 -x t; mv "$out/$2-perfdhcp-1000.txt" "$out/$2-perfdhcp-1000-$i.txt"; }
+    [[ -n ${2:-} ]] && { peer_run perf "$2"; mv "$out/$2-perfdhcp-1000.txt" "$out/$2-perfdhcp-1000-$i.txt"; }
   done
   for i in $(seq "$runs"); do
     load "$1" 1000; mv "$out/$1-dhcpload-1000.txt" "$out/$1-dhcpload-1000-$i.txt"
-    [[ -n ${2:-} ]] && { R=5000 ns=2 load "$2" 1000; mv "$out/$2-dhcpload-1000.txt" "$out/$2-dhcpload-1000-$i.txt"; }
+    [[ -n ${2:-} ]] && { peer_run load "$2"; mv "$out/$2-dhcpload-1000.txt" "$out/$2-dhcpload-1000-$i.txt"; }
   done
   echo "$1${2:+ and $2}: $(uptime)" | tee -a "$out/uptime.txt"
   if [[ -n $trace && $1 == ggnet* ]]; then # a traced run, not counted
@@ -175,8 +183,8 @@ grep -q READY "$out/loadlab.txt" || { echo "dhcp.sh: loadlab did not get ready (
 api=$(pgrep -P $lab -x kube-apiserver || true) etcd=$(pgrep -P $lab -x etcd || true)
 [[ -n $api && -n $etcd ]] || { echo "dhcp.sh: kube-apiserver or etcd of loadlab not found" >&2; exit 1; }
 for p in $api $etcd; do chrt -a -i -p 0 "$p"; done
+agent=$(pgrep -P $lab | grep -vx -e "$api" -e "$etcd" | head -1) || { echo "dhcp.sh: the agent of loadlab not found" >&2; exit 1; }
 if [[ -n ${DHCP_NICE:-} ]]; then # every thread of the agent (new ones inherit it)
-  agent=$(pgrep -P $lab | grep -vx -e "$api" -e "$etcd" | head -1) || { echo "dhcp.sh: the agent of loadlab not found" >&2; exit 1; }
   renice -n "$DHCP_NICE" -p $(ls /proc/$agent/task) >/dev/null
 fi
 # kea, for the latency runs, at once in the second pair of namespaces

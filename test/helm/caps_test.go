@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ggnet/ggnet/bootagent/dhcp"
+	"github.com/ggnet/ggnet/bootagent/target"
 )
 
 // The capability lists of the chart are proved by running what each agent
@@ -144,7 +145,17 @@ func TestStorageAgentCapabilities(t *testing.T) {
 	g.Expect(tgtdCaps).To(BeEmpty())
 	g.Expect(c.Args).To(ContainElement("portal=" + portal))
 
+	// The chart's tgtd has GGnet's tgtd environment (target.TGTDEnv: glibc's
+	// mmap threshold), and runs with it here.
+	var env []string
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			env = append(env, e.Name+"="+e.Value)
+		}
+	}
+	g.Expect(env).To(ContainElements(target.TGTDEnv))
 	tgtd := setpriv(tgtdCaps, c.Command[0], c.Args...)
+	tgtd.Env = append(os.Environ(), env...)
 	var log strings.Builder
 	tgtd.Stdout, tgtd.Stderr = &log, &log
 	g.Expect(tgtd.Start()).To(Succeed())
