@@ -60,6 +60,10 @@ var _ = Describe("A Persist session", func() {
 				}
 			}
 		})
+		// The manager's cache has the failed replica once its Image
+		// controller counts one Ready replica (before, a session created at
+		// once could still be scheduled from the stale cache).
+		Eventually(func() int32 { return get(ctx, img)().Status.ReadyReplicas }, eventually).Should(Equal(int32(1)))
 		s2 := fixture.Session(ns, "persist-2", "seat-1", "win11", fixture.WithWriteback(bootv1.WritebackPersist))
 		Expect(k8sClient.Create(ctx, s2)).To(Succeed())
 		Eventually(view(ctx, s2), eventually).Should(Equal(sessionView{bootv1.SessionPending, "False/" + bootv1.PersistentDiskUnavailableReason}))
