@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -276,19 +275,9 @@ func resourceOf(m *dto.Metric) string {
 	return r
 }
 
-// sortedByValue returns m's keys, highest value first.
+// sortedByValue returns m's keys, highest value first (kit.SortedByValue).
 func sortedByValue(m map[string]float64) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if m[keys[i]] != m[keys[j]] {
-			return m[keys[i]] > m[keys[j]]
-		}
-		return keys[i] < keys[j]
-	})
-	return keys
+	return kit.SortedByValue(m, func(a, b string) bool { return a < b })
 }
 
 // wrap joins parts with ", " into lines of at most width characters.

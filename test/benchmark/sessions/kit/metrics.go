@@ -131,7 +131,13 @@ func APIConflicts(before, after Metrics) map[WriteKey]float64 {
 
 // SortedKeys returns the keys of m, most first.
 func SortedKeys(m map[WriteKey]float64) []WriteKey {
-	keys := make([]WriteKey, 0, len(m))
+	return SortedByValue(m, func(a, b WriteKey) bool { return a.String() < b.String() })
+}
+
+// SortedByValue returns the keys of m, highest value first, ties in the
+// order of less.
+func SortedByValue[K comparable](m map[K]float64, less func(a, b K) bool) []K {
+	keys := make([]K, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
@@ -139,7 +145,7 @@ func SortedKeys(m map[WriteKey]float64) []WriteKey {
 		if m[keys[i]] != m[keys[j]] {
 			return m[keys[i]] > m[keys[j]]
 		}
-		return keys[i].String() < keys[j].String()
+		return less(keys[i], keys[j])
 	})
 	return keys
 }
