@@ -29,6 +29,9 @@ type TGT struct {
 	// tgtd cannot show them, and re-making the accounts at every resync
 	// would refuse logins that land in between.
 	applied map[string]secrets
+	// unprotected, when set (tests), runs where Ensure's accounts are
+	// weakest: the initiator's account deleted, not yet made again.
+	unprotected func(tid int)
 }
 
 // secrets are a target's CHAP secrets as last set.
@@ -105,7 +108,9 @@ func (d *TGT) show(ctx context.Context) ([]tgtTarget, error) {
 }
 
 // Ensure implements Driver. tgtd has no transactions: Ensure makes each
-// missing part and, when a part differs (another file, initiator or user),
+// missing part. Another initiator name or other accounts (users, secrets)
+// are changed in place, so that a PC logged in keeps its connection, and
+// never leave the target open to a login without CHAP; only another file
 // deletes the target and makes it again. tgt keeps one list of accounts per
 // tgtd: when a user name t needs is bound to another target, Ensure fails
 // and changes nothing, so that it never takes another target's account
@@ -137,24 +142,40 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 		}
 	}
 	if cur != nil {
-		same := cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 && equal(cur.accounts, t.CHAPUser) && cur.outgoing == t.TargetUser
-		if same && !equal(cur.acls, t.InitiatorIQN) {
-			// Only the initiator differs: the ACL is changed in place, so
-			// that whoever is logged in stays (tgtd checks the ACL at
-			// login only). The storage agent retires a prepared session
-			// this way: the target refuses new logins while it looks for
-			// one, and gets its initiator back if it finds one.
-			if err := d.rebind(ctx, cur, t.InitiatorIQN); err != nil {
+		if cur.luns[t.LUN] == t.Path && len(cur.luns) == 1 {
+			// The same disk: whatever else differs is changed in place, so
+			// that whoever is logged in stays (tgtd checks the ACL and the
+			// accounts at login only). Only another disk remakes the target.
+			if equal(cur.accounts, t.CHAPUser) && cur.outgoing == t.TargetUser &&
+				d.applied[t.IQN] == (secrets{t.CHAPPassword, t.TargetPassword}) {
+				if equal(cur.acls, t.InitiatorIQN) {
+					return nil
+				}
+				// Only the initiator differs. The storage agent retires a
+				// prepared session this way: the target refuses new logins
+				// while it looks for one, and gets its initiator back if it
+				// finds one.
+				return d.rebind(ctx, cur, t.InitiatorIQN)
+			}
+			// Not set by this process (a restart), new secrets, or accounts
+			// changed under it (by hand, with tgtadm). tgtd asks for CHAP
+			// only while an incoming account is bound to the target (tgt
+			// usr/iscsi/iscsid.c, account_available): while the accounts
+			// are remade the target has no ACL, which lets nobody log in
+			// (usr/iscsi/target.c, ip_acl and iqn_acl), and it gets its
+			// initiator back once they are.
+			if err := d.unbindACLs(ctx, cur); err != nil {
 				return err
 			}
-			cur.acls = []string{t.InitiatorIQN}
-		}
-		if same && equal(cur.acls, t.InitiatorIQN) {
-			if d.applied[t.IQN] == (secrets{t.CHAPPassword, t.TargetPassword}) {
-				return nil
+			if err := d.dropOtherAccounts(ctx, cur, all, t); err != nil {
+				return err
 			}
-			// Not set by this process (a restart), or new secrets.
-			return d.accounts(ctx, t, cur.tid)
+			if err := d.accounts(ctx, t, cur.tid); err != nil {
+				return err
+			}
+			_, err := d.client().do(ctx, tgtRequest{mode: modeTarget, op: opBind, tid: cur.tid,
+				params: []tgtParam{{name: "initiator-name", value: t.InitiatorIQN}}})
+			return err
 		}
 		if err := d.removeLocked(ctx, cur, all); err != nil {
 			return err
@@ -162,21 +183,26 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 	}
 	tid := maxTid + 1
 	c := d.client()
-	steps := []tgtRequest{
-		{mode: modeTarget, op: opNew, tid: tid, params: []tgtParam{{name: "targetname", value: t.IQN}}},
-		{mode: modeDevice, op: opNew, tid: tid, lun: uint64(t.LUN), params: []tgtParam{{name: "path", value: t.Path}}},
-		{mode: modeTarget, op: opBind, tid: tid, params: []tgtParam{{name: "initiator-name", value: t.InitiatorIQN}}},
-	}
 	undo := func() {
 		_, _ = c.do(ctx, tgtRequest{mode: modeTarget, op: opDelete, tid: tid, force: true})
 	}
-	for _, s := range steps {
+	for _, s := range []tgtRequest{
+		{mode: modeTarget, op: opNew, tid: tid, params: []tgtParam{{name: "targetname", value: t.IQN}}},
+		{mode: modeDevice, op: opNew, tid: tid, lun: uint64(t.LUN), params: []tgtParam{{name: "path", value: t.Path}}},
+	} {
 		if _, err := c.do(ctx, s); err != nil {
 			undo()
 			return err
 		}
 	}
+	// The accounts before the ACL: until the ACL names the initiator
+	// nobody can log in, and from then on CHAP is asked for.
 	if err := d.accounts(ctx, t, tid); err != nil {
+		undo()
+		return err
+	}
+	if _, err := c.do(ctx, tgtRequest{mode: modeTarget, op: opBind, tid: tid,
+		params: []tgtParam{{name: "initiator-name", value: t.InitiatorIQN}}}); err != nil {
 		undo()
 		return err
 	}
@@ -243,6 +269,9 @@ func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 		if err := d.deleteAccount(ctx, a.user); err != nil {
 			return err
 		}
+		if d.unprotected != nil && !a.outgoing {
+			d.unprotected(tid)
+		}
 		if _, err := c.do(ctx, tgtRequest{mode: modeAccount, op: opNew, params: []tgtParam{
 			{name: "user", value: a.user}, {name: "password", value: a.password, secret: true}}}); err != nil {
 			return err
@@ -256,6 +285,53 @@ func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 		d.applied = map[string]secrets{}
 	}
 	d.applied[t.IQN] = secrets{t.CHAPPassword, t.TargetPassword}
+	return nil
+}
+
+// unbindACLs unbinds every initiator name from the target cur: nobody can
+// log in to it then, and whoever is logged in stays.
+func (d *TGT) unbindACLs(ctx context.Context, cur *tgtTarget) error {
+	for _, a := range cur.acls {
+		if _, err := d.client().do(ctx, tgtRequest{mode: modeTarget, op: opUnbind, tid: cur.tid,
+			params: []tgtParam{{name: "initiator-name", value: a}}}); err != nil && tgtCode(err) != tgtErrNoACL {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropOtherAccounts takes from the target cur every account that t does not
+// name (incoming or outgoing): deleted, unless it is also bound to another
+// target of all, where it is only unbound from cur.
+func (d *TGT) dropOtherAccounts(ctx context.Context, cur *tgtTarget, all []tgtTarget, t Target) error {
+	type bound struct {
+		user     string
+		outgoing bool
+	}
+	var others []bound
+	for _, u := range cur.accounts {
+		if u != t.CHAPUser && u != t.TargetUser {
+			others = append(others, bound{u, false})
+		}
+	}
+	if u := cur.outgoing; u != "" && u != t.CHAPUser && u != t.TargetUser {
+		others = append(others, bound{u, true})
+	}
+	for _, o := range others {
+		var err error
+		if boundElsewhere(all, cur.iqn, o.user) != "" {
+			_, err = d.client().do(ctx, tgtRequest{mode: modeAccount, op: opUnbind, tid: cur.tid, outgoing: o.outgoing,
+				params: []tgtParam{{name: "user", value: o.user}}})
+			if tgtCode(err) == tgtErrNoUser {
+				err = nil
+			}
+		} else {
+			err = d.deleteAccount(ctx, o.user)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

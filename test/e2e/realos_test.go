@@ -369,16 +369,36 @@ func setTargetOutgoingPassword(iqn, user, password string) {
 }
 
 // rebindAccount makes tgtd's account user again with password and binds it
-// to the target iqn (with bindFlags, e.g. --outgoing).
+// to the target iqn (with bindFlags, e.g. --outgoing), at a moment when no
+// reconcile of the storage agent's sessions overlaps it. The agent
+// reconciles the session at each status write (its own login write among
+// them): one that ran while the account was deleted would see it missing and
+// make it again with the session's secret, undoing the change or making a
+// tgtadm of it fail. The change is made again until no reconcile began or
+// ended while it was made.
 func rebindAccount(iqn, user, password string, bindFlags ...string) {
 	GinkgoHelper()
-	tgtadm := func(args ...string) {
-		out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), string(out))
+	storage := l.StorageNodes()[0].MetricsBase
+	reconciles := func(g Gomega) (total, active float64) {
+		sel := `controller="storage-sessions"`
+		return metricAt(g, storage, "controller_runtime_reconcile_total", sel),
+			metricAt(g, storage, "controller_runtime_active_workers", sel)
 	}
-	tid := targetTID(iqn)
-	Expect(tid).NotTo(BeEmpty())
-	tgtadm("--mode", "account", "--op", "delete", "--user", user)
-	tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
-	tgtadm(append([]string{"--mode", "account", "--op", "bind", "--tid", tid, "--user", user}, bindFlags...)...)
+	Eventually(func(g Gomega) {
+		before, active := reconciles(g)
+		g.Expect(active).To(BeZero(), "the storage agent is reconciling a session")
+		g.Expect(before).NotTo(BeZero(), "the storage agent's reconciles are counted")
+		tgtadm := func(args ...string) {
+			out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(l.TGTPort()), "--lld", "iscsi"}, args...)...).CombinedOutput()
+			g.Expect(err).NotTo(HaveOccurred(), string(out))
+		}
+		tid := targetTID(iqn)
+		g.Expect(tid).NotTo(BeEmpty())
+		tgtadm("--mode", "account", "--op", "delete", "--user", user)
+		tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", password)
+		tgtadm(append([]string{"--mode", "account", "--op", "bind", "--tid", tid, "--user", user}, bindFlags...)...)
+		after, active := reconciles(g)
+		g.Expect(active).To(BeZero(), "a reconcile of the storage agent overlapped the change")
+		g.Expect(after).To(Equal(before), "a reconcile of the storage agent overlapped the change")
+	}, 30*time.Second, 50*time.Millisecond).Should(Succeed())
 }

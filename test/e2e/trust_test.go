@@ -118,11 +118,17 @@ var _ = AfterSuite(func() {
 // contains all of the given substrings.
 func metric(name string, contains ...string) float64 {
 	GinkgoHelper()
-	resp, err := http.Get(lab.MetricsBase + "/metrics")
-	Expect(err).NotTo(HaveOccurred())
+	return metricAt(Default, lab.MetricsBase, name, contains...)
+}
+
+// metricAt is metric of the /metrics at base, checked with g.
+func metricAt(g Gomega, base, name string, contains ...string) float64 {
+	GinkgoHelper()
+	resp, err := http.Get(base + "/metrics")
+	g.Expect(err).NotTo(HaveOccurred())
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(HaveOccurred())
 	var sum float64
 lines:
 	for _, line := range strings.Split(string(b), "\n") {
