@@ -120,16 +120,22 @@ func (r *BootSessionReconciler) getRef(ctx context.Context, ns, name string, obj
 }
 
 // reconcileExclusive lets only the oldest unfinished session of a machine go
-// on. Conditions: Ready=False MachineBusy naming the active session.
+// on, but for a retiring one whose answer is overdue (retireOverdue): the
+// Machine controller prepared the next session without waiting for it.
+// Conditions: Ready=False MachineBusy naming the active session.
 func (r *BootSessionReconciler) reconcileExclusive(ctx context.Context, sc *sessionScope) (bool, error) {
 	s := sc.session
 	var list bootv1.BootSessionList
 	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{indexSessionMachine: s.Spec.MachineRef.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return false, err
 	}
+	now := time.Now()
 	for i := range list.Items {
 		o := &list.Items[i]
 		if o.Name == s.Name || finished(o) || o.DeletionTimestamp != nil && o.Status.StorageNode == "" {
+			continue
+		}
+		if _, overdue := retireOverdue(o, now, r.Options.retireTimeout()); overdue {
 			continue
 		}
 		// Another session that already holds the machine, or an older one

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"time"
 
 	bootv1 "github.com/ggnet/ggnet/api/v1alpha1"
 )
@@ -46,14 +47,16 @@ func setMachineReservation(m *bootv1.Machine) {
 }
 
 // setMachineSessions fills activeSession and lastBoot from the machine's
-// sessions.
-func setMachineSessions(m *bootv1.Machine, sessions []bootv1.BootSession) {
+// sessions. A retiring session whose answer is overdue (retireOverdue, after
+// retireTimeout at now) is not the active one: it no longer holds the
+// machine.
+func setMachineSessions(m *bootv1.Machine, sessions []bootv1.BootSession, now time.Time, retireTimeout time.Duration) {
 	m.Status.ActiveSession = ""
 	var newest *bootv1.BootSession
 	var active *bootv1.BootSession
 	for i := range sessions {
 		s := &sessions[i]
-		if holdsMachine(s) && s.Status.StorageNode != "" && (active == nil || olderFirst(s, active)) {
+		if _, overdue := retireOverdue(s, now, retireTimeout); holdsMachine(s) && !overdue && s.Status.StorageNode != "" && (active == nil || olderFirst(s, active)) {
 			active = s
 		}
 		if newest == nil || olderFirst(newest, s) {

@@ -40,7 +40,7 @@ type machineScope struct {
 	// sessions are filled by reconcileSessions: the machine's sessions.
 	sessions []bootv1.BootSession
 	// requeueAfter is set by reconcilePrepared: when to prepare the next
-	// session after a failed one.
+	// session after a failed one, or once a retire's answer is overdue.
 	requeueAfter time.Duration
 }
 

@@ -66,7 +66,7 @@ func (r *MachineReconciler) reconcileSessions(ctx context.Context, sc *machineSc
 		return false, err
 	}
 	sc.sessions = list.Items
-	setMachineSessions(sc.machine, sc.sessions)
+	setMachineSessions(sc.machine, sc.sessions, time.Now(), r.Options.retireTimeout())
 	return true, nil
 }
 
@@ -126,13 +126,33 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 	}); err != nil {
 		return false, err
 	}
-	if !auto || sc.conflict != "" || m.Status.ActiveSession != "" {
+	if !auto || sc.conflict != "" {
 		return true, nil
 	}
+	// unanswered: retiring sessions whose agent did not answer in time;
+	// they no longer hold the machine (setMachineSessions,
+	// reconcileExclusive), so its next session goes on. A retire still
+	// awaited is looked at again when it falls due.
+	var unanswered []*bootv1.BootSession
+	has := m.Status.ActiveSession != ""
+	now := time.Now()
 	for i := range sc.sessions {
-		if s := &sc.sessions[i]; !finished(s) && !s.Spec.Stopped && s.DeletionTimestamp == nil {
-			return true, nil // the machine has its session
+		s := &sc.sessions[i]
+		if finished(s) || s.Spec.Stopped || s.DeletionTimestamp != nil {
+			continue
 		}
+		left, overdue := retireOverdue(s, now, r.Options.retireTimeout())
+		switch {
+		case overdue:
+			unanswered = append(unanswered, s)
+			continue
+		case left > 0 && (sc.requeueAfter == 0 || left < sc.requeueAfter):
+			sc.requeueAfter = left
+		}
+		has = true
+	}
+	if has {
+		return true, nil // the machine has its session
 	}
 	if wait := retryAfterFailure(sc.sessions, time.Now()); wait > 0 && !asked {
 		sc.requeueAfter = wait
@@ -148,6 +168,11 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 	}
 	if asked {
 		r.Recorder.Eventf(m, corev1.EventTypeNormal, bootv1.AutoSessionReason, "Created BootSession %s from Image %s: %s", name, m.Status.Image, why)
+	}
+	for _, s := range unanswered {
+		r.Recorder.Eventf(m, corev1.EventTypeWarning, bootv1.RetireTimedOutReason,
+			"The storage agent of node %s did not answer the retire of BootSession %s within %s; prepared %s without waiting. "+
+				"%s is kept, not handed out, until its agent answers", s.Status.StorageNode, s.Name, r.Options.retireTimeout(), name, s.Name)
 	}
 	return true, nil
 }
@@ -288,22 +313,46 @@ func unusable(s *bootv1.BootSession) bool {
 		(s.Status.Timeline.StorageReady == nil && !meta.IsStatusConditionTrue(s.Status.Conditions, bootv1.StorageReadyCondition))
 }
 
-// askRetire sets the session's RetireAnnotation to why, with optimistic
-// lock: a session whose boot was recorded meanwhile is re-read first.
+// retireOverdue reports whether the session was asked to retire and its
+// storage agent has not answered for timeout (RetireAskedAnnotation): it no
+// longer holds the machine's next session back. Otherwise left is how long
+// an unanswered retire has still to wait (0 when none is). A retire asked
+// without the time (by an older manager) is overdue: it was asked before
+// this manager started.
+func retireOverdue(s *bootv1.BootSession, now time.Time, timeout time.Duration) (left time.Duration, overdue bool) {
+	asked, answer := retireState(s)
+	if !asked || answer != "" || s.Labels[bootv1.AutoSessionLabel] != "true" {
+		return 0, false
+	}
+	at, err := time.Parse(time.RFC3339, s.Annotations[bootv1.RetireAskedAnnotation])
+	if err != nil {
+		return 0, true
+	}
+	if left = at.Add(timeout).Sub(now); left > 0 {
+		return left, false
+	}
+	return 0, true
+}
+
+// askRetire sets the session's RetireAnnotation to why and its
+// RetireAskedAnnotation to now, with optimistic lock: a session whose boot
+// was recorded meanwhile is re-read first.
 func askRetire(ctx context.Context, c client.Client, s *bootv1.BootSession, why string) error {
 	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	if s.Annotations == nil {
 		s.Annotations = map[string]string{}
 	}
 	s.Annotations[bootv1.RetireAnnotation] = why
+	s.Annotations[bootv1.RetireAskedAnnotation] = time.Now().UTC().Format(time.RFC3339)
 	return client.IgnoreNotFound(c.Patch(ctx, s, patch))
 }
 
-// clearRetire removes the session's RetireAnnotation (the agent answered
-// InUse).
+// clearRetire removes the session's RetireAnnotation and
+// RetireAskedAnnotation (the agent answered InUse).
 func clearRetire(ctx context.Context, c client.Client, s *bootv1.BootSession) error {
 	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	delete(s.Annotations, bootv1.RetireAnnotation)
+	delete(s.Annotations, bootv1.RetireAskedAnnotation)
 	return client.IgnoreNotFound(c.Patch(ctx, s, patch))
 }
 

@@ -135,78 +135,128 @@ var _ = Describe("An AutoSession machine's next session", func() {
 	})
 })
 
+// retireFixture is an AutoSession Machine following the Image family
+// "games" whose versions have Ready replicas on one storage node, named
+// "manual-retire-*": the stand-in storage agent leaves its Retire answers to
+// the spec.
+type retireFixture struct {
+	ctx  context.Context
+	ns   string
+	node string
+	m    *bootv1.Machine
+}
+
+func newRetireFixture() *retireFixture {
+	GinkgoHelper()
+	f := &retireFixture{ctx: context.Background()}
+	f.ns = newNamespace(f.ctx)
+	f.node = "manual-retire-" + f.ns
+	storageNode(f.ctx, f.node, "10.20.0.5")
+	f.version("games-1")
+	f.m = fixture.Machine(f.ns, "seat-1", fixture.WithBootPolicy(bootv1.BootPolicyAutoSession))
+	f.m.Spec.ImageFamily = "games"
+	Expect(k8sClient.Create(f.ctx, f.m)).To(Succeed())
+	return f
+}
+
+// version makes the family's next version, Ready on the node.
+func (f *retireFixture) version(name string) {
+	GinkgoHelper()
+	img := familyImage(f.ns, name, "games")
+	Expect(k8sClient.Create(f.ctx, img)).To(Succeed())
+	versionOf(f.ctx, img)
+	readyReplica(f.ctx, img, f.node)
+}
+
+// notStopped lists the machine's sessions that are not stopped or
+// finished, by name, with their image.
+func (f *retireFixture) notStopped() map[string]string {
+	var list bootv1.BootSessionList
+	Expect(k8sClient.List(f.ctx, &list, client.InNamespace(f.ns), client.MatchingLabels{bootv1.MachineLabel: f.m.Name})).To(Succeed())
+	out := map[string]string{}
+	for _, s := range list.Items {
+		if !s.Spec.Stopped && !finished(&s) {
+			out[s.Name] = s.Spec.ImageRef.Name
+		}
+	}
+	return out
+}
+
+// readyFrom waits for the machine's one live Ready session from image.
+func (f *retireFixture) readyFrom(image string) *bootv1.BootSession {
+	GinkgoHelper()
+	var s bootv1.BootSession
+	Eventually(func(g Gomega) {
+		var list bootv1.BootSessionList
+		g.Expect(k8sClient.List(f.ctx, &list, client.InNamespace(f.ns), client.MatchingLabels{bootv1.MachineLabel: f.m.Name})).To(Succeed())
+		var ready []bootv1.BootSession
+		for _, x := range list.Items {
+			if !x.Spec.Stopped && !finished(&x) && x.Spec.ImageRef.Name == image && x.Status.Phase == bootv1.SessionReady {
+				ready = append(ready, x)
+			}
+		}
+		g.Expect(ready).To(HaveLen(1))
+		s = ready[0]
+	}, eventually).Should(Succeed())
+	return &s
+}
+
 var _ = Describe("The retire hand-over of an AutoSession machine's prepared session", func() {
 	It("asks the storage agent to retire the unbooted prepared session at a new version, stops it only on Retire=True, and keeps it on Retire=False", func() {
-		ctx := context.Background()
-		ns := newNamespace(ctx)
-		// The stand-in storage leaves the Retire answers of this node to
-		// the spec.
-		node := "manual-retire-" + ns
-		storageNode(ctx, node, "10.20.0.5")
-		version := func(name string) {
-			GinkgoHelper()
-			img := familyImage(ns, name, "games")
-			Expect(k8sClient.Create(ctx, img)).To(Succeed())
-			versionOf(ctx, img)
-			readyReplica(ctx, img, node)
-		}
-		version("games-1")
-		m := fixture.Machine(ns, "seat-1", fixture.WithBootPolicy(bootv1.BootPolicyAutoSession))
-		m.Spec.ImageFamily = "games"
-		Expect(k8sClient.Create(ctx, m)).To(Succeed())
-		// notStopped lists the machine's sessions that are not stopped or
-		// finished, by name, with their image.
-		notStopped := func() map[string]string {
-			var list bootv1.BootSessionList
-			Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{bootv1.MachineLabel: m.Name})).To(Succeed())
-			out := map[string]string{}
-			for _, s := range list.Items {
-				if !s.Spec.Stopped && !finished(&s) {
-					out[s.Name] = s.Spec.ImageRef.Name
-				}
-			}
-			return out
-		}
-		readyFrom := func(image string) *bootv1.BootSession {
-			GinkgoHelper()
-			var s bootv1.BootSession
-			Eventually(func(g Gomega) {
-				var list bootv1.BootSessionList
-				g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{bootv1.MachineLabel: m.Name})).To(Succeed())
-				var ready []bootv1.BootSession
-				for _, x := range list.Items {
-					if !x.Spec.Stopped && !finished(&x) && x.Spec.ImageRef.Name == image && x.Status.Phase == bootv1.SessionReady {
-						ready = append(ready, x)
-					}
-				}
-				g.Expect(ready).To(HaveLen(1))
-				s = ready[0]
-			}, eventually).Should(Succeed())
-			return &s
-		}
-		first := readyFrom("games-1")
+		f := newRetireFixture()
+		ctx, m := f.ctx, f.m
+		first := f.readyFrom("games-1")
 
 		By("a new version: the unbooted prepared session gets the retire annotation, not spec.stopped, and no second session is made meanwhile")
-		version("games-2")
+		f.version("games-2")
 		Eventually(func() map[string]string { return get(ctx, first)().Annotations }, eventually).Should(HaveKeyWithValue(bootv1.RetireAnnotation, ContainSubstring("games-2")))
-		Consistently(notStopped, 2*time.Second).Should(Equal(map[string]string{first.Name: "games-1"}))
+		Expect(get(ctx, first)().Annotations).To(HaveKey(bootv1.RetireAskedAnnotation))
+		Consistently(f.notStopped, 2*time.Second).Should(Equal(map[string]string{first.Name: "games-1"}))
 		Expect(get(ctx, first)().Spec.Stopped).To(BeFalse())
 
 		By("Retire=True (Unused) from the storage agent: the manager stops it and prepares the next from the new version")
 		Expect(standin.ApplyRetire(ctx, k8sClient, first, true, "spec-storage-agent")).To(Succeed())
 		Eventually(view(ctx, first), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
-		second := readyFrom("games-2")
+		second := f.readyFrom("games-2")
 
 		By("another version: Retire=False (InUse) keeps the session, removes the annotation, and no other session is made")
-		version("games-3")
+		f.version("games-3")
 		Eventually(func() map[string]string { return get(ctx, second)().Annotations }, eventually).Should(HaveKey(bootv1.RetireAnnotation))
 		Expect(standin.ApplyRetire(ctx, k8sClient, second, false, "spec-storage-agent")).To(Succeed())
 		Eventually(func() map[string]string { return get(ctx, second)().Annotations }, eventually).ShouldNot(HaveKey(bootv1.RetireAnnotation))
-		Consistently(notStopped, 2*time.Second).Should(Equal(map[string]string{second.Name: "games-2"}))
+		Expect(get(ctx, second)().Annotations).NotTo(HaveKey(bootv1.RetireAskedAnnotation))
+		Consistently(f.notStopped, 2*time.Second).Should(Equal(map[string]string{second.Name: "games-2"}))
 		Expect(get(ctx, m)().Status.ActiveSession).To(Equal(second.Name))
 
 		By("the kept session is the machine's booted one: the next, from the latest version, is prepared once it stops")
 		change(ctx, second, false, func(x *bootv1.BootSession) { x.Spec.Stopped = true })
-		readyFrom("games-3")
+		f.readyFrom("games-3")
+	})
+
+	It("prepares the next session once the storage agent has not answered for --retire-timeout, keeps the retiring one until it answers, and says so in a Warning", func() {
+		f := newRetireFixture()
+		ctx := f.ctx
+		first := f.readyFrom("games-1")
+
+		By("a new version, and no answer from the storage agent")
+		f.version("games-2")
+		Eventually(func() map[string]string { return get(ctx, first)().Annotations }, eventually).Should(HaveKey(bootv1.RetireAnnotation))
+		asked, err := time.Parse(time.RFC3339, get(ctx, first)().Annotations[bootv1.RetireAskedAnnotation])
+		Expect(err).NotTo(HaveOccurred(), "the retire's time is recorded")
+		Expect(f.notStopped()).To(Equal(map[string]string{first.Name: "games-1"}), "nothing else while the answer is awaited")
+
+		By("past the timeout: the next session is prepared from the new version; the retiring one is kept, still asked")
+		second := f.readyFrom("games-2")
+		Expect(second.CreationTimestamp.Time).To(BeTemporally(">=", asked.Add(retireTimeout-time.Second)), "not before the timeout")
+		Expect(f.notStopped()).To(Equal(map[string]string{first.Name: "games-1", second.Name: "games-2"}))
+		Expect(get(ctx, first)().Annotations).To(HaveKey(bootv1.RetireAnnotation), "still not handed out")
+		Eventually(func() []string { return events(ctx, f.ns, f.m.Name) }, eventually).Should(ContainElement(And(
+			HavePrefix(bootv1.RetireTimedOutReason+": The storage agent of node "+f.node), ContainSubstring("prepared "+second.Name))))
+		Consistently(f.notStopped, 2*time.Second).Should(HaveLen(2), "one next session, not one per reconcile")
+
+		By("the late answer Unused stops the retiring session; the next one stays")
+		Expect(standin.ApplyRetire(ctx, k8sClient, first, true, "spec-storage-agent")).To(Succeed())
+		Eventually(view(ctx, first), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+		Consistently(f.notStopped, 2*time.Second).Should(Equal(map[string]string{second.Name: "games-2"}))
 	})
 })

@@ -45,6 +45,24 @@ type Options struct {
 	// manager keeps: older versions are deleted once nothing uses them; 0
 	// keeps every version.
 	ImageRetention int
+	// RetireTimeout is how long the Machine controller waits for the
+	// storage agent's answer to a retire before it prepares the machine's
+	// next session anyway (the retiring one is kept until the answer);
+	// zero means DefaultRetireTimeout.
+	RetireTimeout time.Duration
+}
+
+// DefaultRetireTimeout is the default of --retire-timeout: the storage
+// agent answers in retireSettle (2 s) and a write or two; a minute is an
+// agent that is down, stuck or too old to know the retire.
+const DefaultRetireTimeout = time.Minute
+
+// retireTimeout is o.RetireTimeout or its default.
+func (o Options) retireTimeout() time.Duration {
+	if o.RetireTimeout <= 0 {
+		return DefaultRetireTimeout
+	}
+	return o.RetireTimeout
 }
 
 // DefaultStorageNodeGrace is the default of --storage-node-grace.
@@ -58,6 +76,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StorageNodeGrace, "storage-node-grace", DefaultStorageNodeGrace,
 		"How long a storage node's Node object must be missing before the manager fails the node's sessions and releases its storage finalizers "+
 			"on sessions, Images and Machines (a Node back within it keeps everything; a manager restart starts it again).")
+	fs.DurationVar(&o.RetireTimeout, "retire-timeout", DefaultRetireTimeout,
+		"How long an AutoSession machine waits for its storage agent to answer the retire of a prepared session that no longer fits "+
+			"before its next session is prepared anyway (the retiring session is kept, not handed out, until the agent answers).")
 	fs.IntVar(&o.ImageRetention, "image-retention", 3,
 		"Ready versions of each Image family kept; older versions are deleted once no Machine, session, persistent disk or capture uses them "+
 			"and they are not annotated boot.ggnet.io/keep=true (0 keeps every version).")

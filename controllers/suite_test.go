@@ -74,7 +74,8 @@ var _ = BeforeSuite(func() {
 	cancelMgr = cancel
 	// The same indexes and reconcilers as cmd/manager.
 	Expect(Setup(ctx, mgr, Options{MaxConcurrentReconciles: 4, IQNPrefix: "iqn.2026-11.io.ggnet", ISCSIPort: 3260,
-		StorageNodeGrace: storageNodeGrace, StorageLeaseDuration: testLeaseDuration * time.Second, ImageRetention: imageRetention})).To(Succeed())
+		StorageNodeGrace: storageNodeGrace, StorageLeaseDuration: testLeaseDuration * time.Second, ImageRetention: imageRetention,
+		RetireTimeout: retireTimeout})).To(Succeed())
 	Expect((&standin.Storage{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&standin.Retire{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	go func() {
@@ -100,6 +101,10 @@ var _ = AfterSuite(func() {
 // storageNodeGrace is the suite manager's --storage-node-grace: long enough
 // for a spec to bring a Node back within it, short enough to wait for.
 const storageNodeGrace = 5 * time.Second
+
+// retireTimeout is the manager's --retire-timeout in the suite: long enough
+// for a spec to answer a retire by hand first.
+const retireTimeout = 8 * time.Second
 
 // newNamespace makes a namespace for one spec. A MAC and an address belong
 // to one Machine in the whole cluster, and envtest has no namespace

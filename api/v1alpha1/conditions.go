@@ -225,6 +225,11 @@ const (
 	// AutoSessionReason: Normal Event on an AutoSession Machine when the
 	// manager created a session for it.
 	AutoSessionReason = "AutoSession"
+	// RetireTimedOutReason: Warning Event on an AutoSession Machine when
+	// the storage agent did not answer the retire of its prepared session
+	// within the manager's --retire-timeout, and the next session was
+	// prepared without waiting for it.
+	RetireTimedOutReason = "RetireTimedOut"
 )
 
 // Image conditions and reasons (Ready; InUse above).

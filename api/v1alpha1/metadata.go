@@ -15,6 +15,13 @@ package v1alpha1
 // annotation: a PC boots from it.
 const RetireAnnotation = "boot.ggnet.io/retire"
 
+// RetireAskedAnnotation is when the manager asked the retire (RFC 3339, set
+// with RetireAnnotation): once the storage agent has not answered for the
+// manager's --retire-timeout, the machine's next session is prepared anyway
+// (nobody waits for an agent that is down or too old to answer), and the
+// retiring session is kept, still not handed out, until its agent answers.
+const RetireAskedAnnotation = "boot.ggnet.io/retire-asked"
+
 // Labels on BootSessions. The manager sets MachineLabel, ImageLabel and,
 // once the session is scheduled, StorageNodeOfSessionLabel on every session
 // (values are object names), so that `kubectl get bs -l
