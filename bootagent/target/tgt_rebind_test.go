@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
-
-	"github.com/ggnet/ggnet/internal/testtgt"
 )
 
 // TestTGTInitiatorChangeInPlace: Ensure with only another initiator name
@@ -17,10 +15,8 @@ import (
 // session so): the session logged in stays, a new login with the old name is
 // refused, and binding the old name again lets it log in.
 func TestTGTInitiatorChangeInPlace(t *testing.T) {
-	g := NewWithT(t)
-	tgtd := testtgt.Start(t)
+	g, tgtd, d := started(t)
 	ctx := context.Background()
-	d := &TGT{ControlPort: tgtd.ControlPort}
 	a := mutual(sample(t, "r1"))
 	g.Expect(d.Ensure(ctx, a)).To(Succeed())
 	lun := a.IQN + "/1"
@@ -70,10 +66,8 @@ func loggedIn(t *testing.T, d *TGT, portal string, a Target) []Connection {
 // connection and the target keeps its tid, where it was deleted and made
 // again before (which cut the PC off).
 func TestTGTAccountsChangeInPlace(t *testing.T) {
-	g := NewWithT(t)
-	tgtd := testtgt.Start(t)
+	g, tgtd, d := started(t)
 	ctx := context.Background()
-	d := &TGT{ControlPort: tgtd.ControlPort}
 	a := mutual(sample(t, "a1"))
 	g.Expect(d.Ensure(ctx, a)).To(Succeed())
 	lun := a.IQN + "/1"
@@ -134,10 +128,8 @@ func TestTGTAccountsChangeInPlace(t *testing.T) {
 // that it can fail. Ensure binds the initiator's name only after the
 // accounts when it makes a target, and unbinds it while it remakes them.
 func TestTGTNoLoginWithoutCHAP(t *testing.T) {
-	g := NewWithT(t)
-	tgtd := testtgt.Start(t)
+	g, tgtd, d := started(t)
 	ctx := context.Background()
-	d := &TGT{ControlPort: tgtd.ControlPort}
 	a := sample(t, "n1")
 	lun := a.IQN + "/1"
 	noCHAP := login{initiator: a.InitiatorIQN}
