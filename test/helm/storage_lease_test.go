@@ -35,6 +35,9 @@ func TestStorageLeasePolicy(t *testing.T) {
 	objs := render(t, "crds: {install: false}\nuserRoles: {enabled: false}\n")
 	g.Expect(find(objs, "ValidatingAdmissionPolicy", "ggnet-ggnet-storage-lease")).NotTo(BeNil())
 	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "ggnet-ggnet-storage-lease")).NotTo(BeNil())
+	off := render(t, "agent: {storage: {leasePolicy: false}}\n")
+	g.Expect(find(off, "ValidatingAdmissionPolicy", "ggnet-ggnet-storage-lease")).To(BeNil(), "agent.storage.leasePolicy=false: no policy")
+	g.Expect(find(off, "ValidatingAdmissionPolicyBinding", "ggnet-ggnet-storage-lease")).To(BeNil())
 
 	env, cfg, err := testenv.Start()
 	g.Expect(err).NotTo(HaveOccurred())
