@@ -32,6 +32,9 @@ type TGT struct {
 	// unprotected, when set (tests), runs where Ensure's accounts are
 	// weakest: the initiator's account deleted, not yet made again.
 	unprotected func(tid int)
+	// dropped, when set (tests), runs after each account dropAccounts took
+	// off a target, where another goroutine's show may come.
+	dropped func()
 }
 
 // secrets are a target's CHAP secrets as last set.
@@ -167,7 +170,7 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 			if err := d.unbindACLs(ctx, cur); err != nil {
 				return err
 			}
-			if err := d.dropOtherAccounts(ctx, cur, all, t); err != nil {
+			if err := d.dropAccounts(ctx, cur, all, t); err != nil {
 				return err
 			}
 			if err := d.accounts(ctx, t, cur.tid); err != nil {
@@ -209,8 +212,8 @@ func (d *TGT) ensure(ctx context.Context, t Target) error {
 	return nil
 }
 
-// rebind binds initiator to the target and then unbinds every other
-// initiator name, without touching its sessions.
+// rebind binds initiator to the target and then unbinds every other ACL
+// entry (initiator name or address), without touching its sessions.
 func (d *TGT) rebind(ctx context.Context, cur *tgtTarget, initiator string) error {
 	c := d.client()
 	if !slices.Contains(cur.acls, initiator) {
@@ -223,8 +226,7 @@ func (d *TGT) rebind(ctx context.Context, cur *tgtTarget, initiator string) erro
 		if a == initiator {
 			continue
 		}
-		if _, err := c.do(ctx, tgtRequest{mode: modeTarget, op: opUnbind, tid: cur.tid,
-			params: []tgtParam{{name: "initiator-name", value: a}}}); err != nil && tgtCode(err) != tgtErrNoACL {
+		if err := d.unbindACL(ctx, cur.tid, a); err != nil {
 			return err
 		}
 	}
@@ -288,49 +290,70 @@ func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 	return nil
 }
 
-// unbindACLs unbinds every initiator name from the target cur: nobody can
-// log in to it then, and whoever is logged in stays.
+// unbindACLs unbinds every ACL entry from the target cur and checks that
+// none is left: nobody can log in to it then, and whoever is logged in
+// stays.
 func (d *TGT) unbindACLs(ctx context.Context, cur *tgtTarget) error {
 	for _, a := range cur.acls {
-		if _, err := d.client().do(ctx, tgtRequest{mode: modeTarget, op: opUnbind, tid: cur.tid,
-			params: []tgtParam{{name: "initiator-name", value: a}}}); err != nil && tgtCode(err) != tgtErrNoACL {
+		if err := d.unbindACL(ctx, cur.tid, a); err != nil {
+			return err
+		}
+	}
+	all, err := d.show(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.tid == cur.tid && len(o.acls) > 0 {
+			return fmt.Errorf("target %s: ACL entries %v are left after unbinding them; its accounts are not remade while they let logins in", cur.iqn, o.acls)
+		}
+	}
+	return nil
+}
+
+// unbindACL unbinds one entry of the target tid's ACL, an initiator name or
+// an address (tgtd shows both in one list, addresses first: usr/target.c
+// tgt_target_show_all); one that is not there is no error. An address entry
+// is never GGnet's, but one made by hand (ALL) lets any initiator name in.
+func (d *TGT) unbindACL(ctx context.Context, tid int, entry string) error {
+	for _, kind := range []string{"initiator-name", "initiator-address"} {
+		_, err := d.client().do(ctx, tgtRequest{mode: modeTarget, op: opUnbind, tid: tid,
+			params: []tgtParam{{name: kind, value: entry}}})
+		if tgtCode(err) != tgtErrNoACL {
 			return err
 		}
 	}
 	return nil
 }
 
-// dropOtherAccounts takes from the target cur every account that t does not
-// name (incoming or outgoing): deleted, unless it is also bound to another
-// target of all, where it is only unbound from cur.
-func (d *TGT) dropOtherAccounts(ctx context.Context, cur *tgtTarget, all []tgtTarget, t Target) error {
-	type bound struct {
-		user     string
-		outgoing bool
-	}
-	var others []bound
-	for _, u := range cur.accounts {
-		if u != t.CHAPUser && u != t.TargetUser {
-			others = append(others, bound{u, false})
-		}
-	}
-	if u := cur.outgoing; u != "" && u != t.CHAPUser && u != t.TargetUser {
-		others = append(others, bound{u, true})
-	}
-	for _, o := range others {
+// dropAccounts takes every account off the target cur, for accounts to make
+// t's again: deleted, unless it is not t's and another target of all has it
+// too, where it is only unbound from cur. The incoming ones go from tgt's
+// last slot down: tgt keeps them in an array whose first nr_inaccount slots
+// its show and its login read (usr/target.c tgt_target_show_all,
+// account_lookup), so a slot emptied below that count makes tgtd's show
+// crash on a NULL account and hides the accounts above it from logins.
+func (d *TGT) dropAccounts(ctx context.Context, cur *tgtTarget, all []tgtTarget, t Target) error {
+	drop := func(user string, outgoing bool) error {
 		var err error
-		if boundElsewhere(all, cur.iqn, o.user) != "" {
-			_, err = d.client().do(ctx, tgtRequest{mode: modeAccount, op: opUnbind, tid: cur.tid, outgoing: o.outgoing,
-				params: []tgtParam{{name: "user", value: o.user}}})
-			if tgtCode(err) == tgtErrNoUser {
-				err = nil
-			}
-		} else {
-			err = d.deleteAccount(ctx, o.user)
+		if user == t.CHAPUser || user == t.TargetUser || boundElsewhere(all, cur.iqn, user) == "" {
+			err = d.deleteAccount(ctx, user)
+		} else if _, err = d.client().do(ctx, tgtRequest{mode: modeAccount, op: opUnbind, tid: cur.tid, outgoing: outgoing,
+			params: []tgtParam{{name: "user", value: user}}}); tgtCode(err) == tgtErrNoUser {
+			err = nil
 		}
-		if err != nil {
+		if err == nil && d.dropped != nil {
+			d.dropped()
+		}
+		return err
+	}
+	for i := len(cur.accounts) - 1; i >= 0; i-- {
+		if err := drop(cur.accounts[i], false); err != nil {
 			return err
 		}
+	}
+	if cur.outgoing != "" {
+		return drop(cur.outgoing, true)
 	}
 	return nil
 }

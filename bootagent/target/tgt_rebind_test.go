@@ -109,6 +109,45 @@ func TestTGTAccountsChangeInPlace(t *testing.T) {
 	g.Expect(d.Connections(ctx, a.IQN)).To(Equal(running), "the session logged in stays")
 	g.Expect(tid()).To(Equal(first))
 
+	// The session's account bound by hand above another one: tgt keeps
+	// incoming accounts in slots, and one emptied below the last makes
+	// tgtd's show crash; Ensure takes them off from the last slot down.
+	tgtadm("--op", "delete", "--user", a.CHAPUser)
+	tgtadm("--op", "new", "--user", "other", "--password", "Other12345678901")
+	tgtadm("--op", "bind", "--tid", strconv.Itoa(first), "--user", "other")
+	tgtadm("--op", "new", "--user", a.CHAPUser, "--password", a.CHAPPassword)
+	tgtadm("--op", "bind", "--tid", strconv.Itoa(first), "--user", a.CHAPUser)
+	shows := 0
+	d.dropped = func() {
+		// The login watcher and the collector show without Ensure's lock.
+		_, err := d.show(ctx)
+		g.Expect(err).NotTo(HaveOccurred(), "tgtd answers a show while the accounts are taken off (it crashes on an empty slot below the last)")
+		shows++
+	}
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	d.dropped = nil
+	g.Expect(shows).To(Equal(3), "other, the session's and the target's account")
+	g.Expect(tid()).To(Equal(first), "tgtd answers its show: it did not crash")
+	g.Expect(accounts()).NotTo(ContainSubstring("other"))
+	g.Expect(d.Connections(ctx, a.IQN)).To(Equal(running), "the session logged in stays")
+	out, err = iscsi("iscsi-inq", loginAs(a), tgtd.Portal, lun)
+	g.Expect(err).NotTo(HaveOccurred(), "the session's account is where logins look: "+out)
+
+	// An address bound by hand (ALL lets any initiator name in).
+	out, err = iscsi("iscsi-inq", login{"iqn.2026-11.example:laptop", a.CHAPUser, a.CHAPPassword, a.TargetUser, a.TargetPassword}, tgtd.Portal, lun)
+	g.Expect(err).To(HaveOccurred(), "another initiator name is refused: "+out)
+	target := func(args ...string) {
+		out, err := exec.Command("tgtadm", append([]string{"-C", strconv.Itoa(tgtd.ControlPort), "--lld", "iscsi", "--mode", "target", "--tid", strconv.Itoa(first)}, args...)...).CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), string(out))
+	}
+	target("--op", "bind", "--initiator-address", "ALL")
+	out, err = iscsi("iscsi-inq", login{"iqn.2026-11.example:laptop", a.CHAPUser, a.CHAPPassword, a.TargetUser, a.TargetPassword}, tgtd.Portal, lun)
+	g.Expect(err).NotTo(HaveOccurred(), "the check below can fail: ALL lets another initiator name in: "+out)
+	g.Expect(d.Ensure(ctx, a)).To(Succeed())
+	out, err = iscsi("iscsi-inq", login{"iqn.2026-11.example:laptop", a.CHAPUser, a.CHAPPassword, a.TargetUser, a.TargetPassword}, tgtd.Portal, lun)
+	g.Expect(err).To(HaveOccurred(), "the address bound by hand is unbound: "+out)
+	g.Expect(d.Connections(ctx, a.IQN)).To(Equal(running), "the session logged in stays")
+
 	// Mutual CHAP dropped: the target's account goes, in place.
 	c := a
 	c.TargetUser, c.TargetPassword = "", ""
@@ -149,10 +188,19 @@ func TestTGTNoLoginWithoutCHAP(t *testing.T) {
 	out, err = iscsi("iscsi-inq", noCHAP, tgtd.Portal, lun)
 	g.Expect(err).NotTo(HaveOccurred(), "tgtd lets the initiator in without CHAP once no account is bound: "+out)
 
+	// An address bound by hand too (ALL): while the accounts are remade it
+	// would let any initiator name in without CHAP.
+	all, err := d.show(ctx)
+	g.Expect(err).NotTo(HaveOccurred())
+	bound, err := exec.Command("tgtadm", "-C", strconv.Itoa(tgtd.ControlPort), "--lld", "iscsi", "--mode", "target", "--op", "bind",
+		"--tid", strconv.Itoa(all[0].tid), "--initiator-address", "ALL").CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), string(bound))
 	d.unprotected = func(int) {
-		out, err := iscsi("iscsi-inq", noCHAP, tgtd.Portal, lun)
-		g.Expect(err).To(HaveOccurred(), "a login without CHAP while the accounts are remade: "+out)
-		tried = append(tried, out)
+		for _, l := range []login{noCHAP, {initiator: "iqn.2026-11.example:laptop"}} {
+			out, err := iscsi("iscsi-inq", l, tgtd.Portal, lun)
+			g.Expect(err).To(HaveOccurred(), "a login without CHAP while the accounts are remade: "+out)
+		}
+		tried = append(tried, "")
 	}
 	g.Expect(d.Ensure(ctx, a)).To(Succeed(), "the deleted account made again")
 	b := a

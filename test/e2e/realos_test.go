@@ -379,10 +379,13 @@ func setTargetOutgoingPassword(iqn, user, password string) {
 func rebindAccount(iqn, user, password string, bindFlags ...string) {
 	GinkgoHelper()
 	storage := l.StorageNodes()[0].MetricsBase
+	// The workers first, then the count: controller-runtime counts a
+	// reconcile before it releases its worker, so one that ends between the
+	// two reads shows in the count.
 	reconciles := func(g Gomega) (total, active float64) {
 		sel := `controller="storage-sessions"`
-		return metricAt(g, storage, "controller_runtime_reconcile_total", sel),
-			metricAt(g, storage, "controller_runtime_active_workers", sel)
+		active = metricAt(g, storage, "controller_runtime_active_workers", sel)
+		return metricAt(g, storage, "controller_runtime_reconcile_total", sel), active
 	}
 	Eventually(func(g Gomega) {
 		before, active := reconciles(g)
