@@ -47,7 +47,7 @@ type Grant struct {
 	// Retired is true when the request's token is a retiring or retired
 	// session's that still hands over (see Authorize): the PC was sent to a
 	// session that is no longer handed out. Retiring is true while the owner has a retiring
-	// session not yet stopped.
+	// session not yet stopped and no other session is served.
 	Retired, Retiring bool
 }
 

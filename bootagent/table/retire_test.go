@@ -144,3 +144,27 @@ func TestRetiringOnlyAutoSession(t *testing.T) {
 	g.Expect(gr.Script).NotTo(BeEmpty())
 	g.Expect(tb.handOvers).To(BeEmpty())
 }
+
+// TestRetiringWithNextSessionServed: while the machine's next session is
+// served and an old one still retires (its storage agent did not answer in
+// time), a request with the served session's token is not "retiring": a
+// failure it reports is the served session's own, not a retire's.
+func TestRetiringWithNextSessionServed(t *testing.T) {
+	g := NewWithT(t)
+	tb, _, _ := retireFixture(t)
+	gr, err := tb.Authorize(mac(hw1), token1, pc)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(gr.Retiring).To(BeTrue(), "nothing else is served: the retire's")
+	next := session("a/s2", "a/m1", hw1, 2)
+	next.AutoSession = true
+	tb.UpsertSession(next)
+	tb.UpsertSecret(next.Key, secret(token2))
+	gr, err = tb.Authorize(mac(hw1), token2, pc)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(gr.SessionKey).To(Equal("a/s2"))
+	g.Expect(gr.Script).NotTo(BeEmpty())
+	g.Expect(gr.Retired || gr.Retiring).To(BeFalse(), "the served session's failures are its own")
+	gr, err = tb.Authorize(mac(hw1), token1, pc)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(gr.Retired).To(BeTrue(), "the old token still hands over to the served session")
+}

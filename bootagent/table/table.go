@@ -191,7 +191,7 @@ type entry struct {
 	// next session with it.
 	handOvers []*handOver
 	// retiring is true while the owner has a retiring session not yet
-	// stopped.
+	// stopped and no other session is served.
 	retiring bool
 	// seen is the IPv4 address the MAC used in its last DHCP exchange
 	// (SawAddress): bit 32 set when valid, the address in the low 32 bits.
@@ -324,6 +324,13 @@ func (t *Table) notifyLocked(mac macKey) {
 				e.session, e.secret = s, sec
 			}
 		}
+	}
+	if e.session != nil {
+		// The machine's next session is served while an older one still
+		// retires (its storage agent did not answer within the manager's
+		// --retire-timeout): a failure reported with the served session's
+		// token is that session's own, not the retire's.
+		e.retiring = false
 	}
 	t.handOversLocked(mac, e, now)
 	e.reservation = dhcp.Reservation{}
