@@ -185,12 +185,13 @@ func mirroredChanged(o, n *bootv1.BootSession) bool {
 		o.Spec.ImageRef != n.Spec.ImageRef || retireChanged(o, n)
 }
 
-// retireChanged reports whether a retire was asked or withdrawn, or the
+// retireChanged reports whether a retire was asked or withdrawn, its time
+// changed (retireUnbooted stamps one that is not a past time), or the
 // storage agent answered it (stopUnbooted acts on the answer).
 func retireChanged(o, n *bootv1.BootSession) bool {
 	a1, s1 := retireState(o)
 	a2, s2 := retireState(n)
-	return a1 != a2 || s1 != s2
+	return a1 != a2 || s1 != s2 || o.Annotations[bootv1.RetireAskedAnnotation] != n.Annotations[bootv1.RetireAskedAnnotation]
 }
 
 // sharing maps a Machine to the Machines in any namespace sharing its MAC

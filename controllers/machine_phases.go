@@ -122,6 +122,9 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 		case s.Spec.ImageRef.Name != m.Status.Image || s.Spec.Writeback != autoWriteback(m):
 			return "Machine " + m.Name + " now boots Image " + m.Status.Image + " (" + string(autoWriteback(m)) + ")"
 		}
+		if o := olderHolder(sc.sessions, s); o != "" {
+			return "Machine " + m.Name + " is in session " + o + " again (its storage agent answered the retire after --retire-timeout: a PC uses it)"
+		}
 		return ""
 	}); err != nil {
 		return false, err
@@ -175,6 +178,23 @@ func (r *MachineReconciler) reconcilePrepared(ctx context.Context, sc *machineSc
 				"%s is kept, not handed out, until its agent answers", s.Status.StorageNode, s.Name, r.Options.retireTimeout(), name, s.Name)
 	}
 	return true, nil
+}
+
+// olderHolder is the name of a session of sessions older than s that holds
+// the machine and is not retiring, or "": s was prepared while that one's
+// retire was overdue, and its storage agent then answered that a PC uses it.
+// The machine goes back to one session: s is retired.
+func olderHolder(sessions []bootv1.BootSession, s *bootv1.BootSession) string {
+	for i := range sessions {
+		o := &sessions[i]
+		if o.Name == s.Name || !olderFirst(o, s) || !holdsMachine(o) || o.Spec.Stopped || o.Status.StorageNode == "" {
+			continue
+		}
+		if asked, _ := retireState(o); !asked {
+			return o.Name
+		}
+	}
+	return ""
 }
 
 // preparedRetry is how long after a prepared session failed, never booted,
@@ -286,11 +306,16 @@ func retireUnbooted(ctx context.Context, c client.Client, sessions []bootv1.Boot
 			log.Info("Stopped a prepared session no PC can use", "session", s.Name, "why", reason)
 			continue
 		}
-		if !asked {
+		if _, ok := retireAsked(s, time.Now()); !asked || !ok {
+			// Asked now, or asked without a time (an older manager, a
+			// person) or with one ahead of now: the deadline counts from
+			// now.
 			if err := askRetire(ctx, c, s, reason); err != nil {
 				return err
 			}
-			log.Info("Asked the storage agent to retire a prepared session if unused", "session", s.Name, "why", reason)
+			if !asked {
+				log.Info("Asked the storage agent to retire a prepared session if unused", "session", s.Name, "why", reason)
+			}
 		}
 	}
 	return nil
@@ -316,22 +341,29 @@ func unusable(s *bootv1.BootSession) bool {
 // retireOverdue reports whether the session was asked to retire and its
 // storage agent has not answered for timeout (RetireAskedAnnotation): it no
 // longer holds the machine's next session back. Otherwise left is how long
-// an unanswered retire has still to wait (0 when none is). A retire asked
-// without the time (by an older manager) is overdue: it was asked before
-// this manager started.
+// an unanswered retire has still to wait (0 when none is). A retire whose
+// time is missing (asked by an older manager), unreadable or ahead of now
+// waits the whole timeout: retireUnbooted stamps it with now.
 func retireOverdue(s *bootv1.BootSession, now time.Time, timeout time.Duration) (left time.Duration, overdue bool) {
 	asked, answer := retireState(s)
 	if !asked || answer != "" || s.Labels[bootv1.AutoSessionLabel] != "true" {
 		return 0, false
 	}
-	at, err := time.Parse(time.RFC3339, s.Annotations[bootv1.RetireAskedAnnotation])
-	if err != nil {
-		return 0, true
+	at, ok := retireAsked(s, now)
+	if !ok {
+		return timeout, false
 	}
 	if left = at.Add(timeout).Sub(now); left > 0 {
 		return left, false
 	}
 	return 0, true
+}
+
+// retireAsked is the session's RetireAskedAnnotation, and whether it is a
+// time no later than now.
+func retireAsked(s *bootv1.BootSession, now time.Time) (time.Time, bool) {
+	at, err := time.Parse(time.RFC3339, s.Annotations[bootv1.RetireAskedAnnotation])
+	return at, err == nil && !at.After(now)
 }
 
 // askRetire sets the session's RetireAnnotation to why and its

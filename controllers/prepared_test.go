@@ -245,6 +245,16 @@ var _ = Describe("The retire hand-over of an AutoSession machine's prepared sess
 		Expect(err).NotTo(HaveOccurred(), "the retire's time is recorded")
 		Expect(f.notStopped()).To(Equal(map[string]string{first.Name: "games-1"}), "nothing else while the answer is awaited")
 
+		By("a retire time ahead of now (set by hand) is stamped with now: the deadline is not put off")
+		change(ctx, first, false, func(x *bootv1.BootSession) {
+			x.Annotations[bootv1.RetireAskedAnnotation] = time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		})
+		Eventually(func(g Gomega) {
+			at, err := time.Parse(time.RFC3339, get(ctx, first)().Annotations[bootv1.RetireAskedAnnotation])
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(at).NotTo(BeTemporally(">", time.Now()), "not ahead of now")
+		}, eventually).Should(Succeed())
+
 		By("past the timeout: the next session is prepared from the new version; the retiring one is kept, still asked")
 		second := f.readyFrom("games-2")
 		Expect(second.CreationTimestamp.Time).To(BeTemporally(">=", asked.Add(retireTimeout-time.Second)), "not before the timeout")
@@ -258,5 +268,25 @@ var _ = Describe("The retire hand-over of an AutoSession machine's prepared sess
 		Expect(standin.ApplyRetire(ctx, k8sClient, first, true, "spec-storage-agent")).To(Succeed())
 		Eventually(view(ctx, first), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
 		Consistently(f.notStopped, 2*time.Second).Should(Equal(map[string]string{second.Name: "games-2"}))
+	})
+
+	It("goes back to one session when the storage agent answers in use after --retire-timeout: the next one prepared meanwhile is retired", func() {
+		f := newRetireFixture()
+		ctx := f.ctx
+		first := f.readyFrom("games-1")
+		f.version("games-2")
+		Eventually(func() map[string]string { return get(ctx, first)().Annotations }, eventually).Should(HaveKey(bootv1.RetireAnnotation))
+		second := f.readyFrom("games-2")
+
+		By("the late answer InUse: the first is the machine's session again, and the second is asked to retire")
+		Expect(standin.ApplyRetire(ctx, k8sClient, first, false, "spec-storage-agent")).To(Succeed())
+		Eventually(func() map[string]string { return get(ctx, second)().Annotations }, eventually).Should(HaveKeyWithValue(bootv1.RetireAnnotation, ContainSubstring("is in session "+first.Name+" again")))
+		Expect(get(ctx, first)().Annotations).NotTo(HaveKey(bootv1.RetireAnnotation))
+		Eventually(func() string { return get(ctx, f.m)().Status.ActiveSession }, eventually).Should(Equal(first.Name))
+
+		By("its agent answers Unused: one session again, the one a PC runs on")
+		Expect(standin.ApplyRetire(ctx, k8sClient, second, true, "spec-storage-agent")).To(Succeed())
+		Eventually(view(ctx, second), eventually).Should(Equal(sessionView{bootv1.SessionStopped, "False/Stopped"}))
+		Consistently(f.notStopped, 2*time.Second).Should(Equal(map[string]string{first.Name: "games-1"}))
 	})
 })
