@@ -290,22 +290,16 @@ func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 	return nil
 }
 
-// unbindACLs unbinds every ACL entry from the target cur and checks that
-// none is left: nobody can log in to it then, and whoever is logged in
-// stays.
+// unbindACLs unbinds every ACL entry of the target cur, names and addresses
+// (unbindACL fails unless each is gone): nobody can log in to it then, and
+// whoever is logged in stays. No second show checks it: a show lists every
+// target of the tgtd and costs as much as the rest of a remake (the targets
+// benchmark in docs/benchmarks.md), and only this driver, under its lock,
+// binds ACL entries.
 func (d *TGT) unbindACLs(ctx context.Context, cur *tgtTarget) error {
 	for _, a := range cur.acls {
 		if err := d.unbindACL(ctx, cur.tid, a); err != nil {
 			return err
-		}
-	}
-	all, err := d.show(ctx)
-	if err != nil {
-		return err
-	}
-	for _, o := range all {
-		if o.tid == cur.tid && len(o.acls) > 0 {
-			return fmt.Errorf("target %s: ACL entries %v are left after unbinding them; its accounts are not remade while they let logins in", cur.iqn, o.acls)
 		}
 	}
 	return nil
