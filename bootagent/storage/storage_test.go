@@ -256,12 +256,13 @@ var _ = Describe("Storage role", Ordered, func() {
 			_ = k8sClient.Get(l.ctx, client.ObjectKeyFromObject(s), s)
 			return s.Status.Timeline.Logins
 		}
-		// The API's times are to the second; the watcher samples twice a
-		// second. A generous bound, not a timing: the row's time is within
-		// [made-1s, made+3s].
+		// The row's time is between the event (made; the API's times are
+		// to the second) and now, just after the spec read the row: no
+		// bound on how fast the watcher is (a busy CI machine once took
+		// over 3 s), only that it records when the event happened.
 		within := func(got metav1.Time, made time.Time) {
 			ExpectWithOffset(1, got.Time).To(BeTemporally(">=", made.Truncate(time.Second)))
-			ExpectWithOffset(1, got.Time).To(BeTemporally("<=", made.Add(3*time.Second)))
+			ExpectWithOffset(1, got.Time).To(BeTemporally("<=", time.Now()))
 		}
 
 		By("the firmware's login: one initiator session (iscsi-perf stays logged in while it reads)")
