@@ -31,7 +31,7 @@ type TGT struct {
 	applied map[string]secrets
 	// unprotected, when set (tests), runs where Ensure's accounts are
 	// weakest: the initiator's account deleted, not yet made again.
-	unprotected func(tid int)
+	unprotected func()
 	// dropped, when set (tests), runs after each account dropAccounts took
 	// off a target, where another goroutine's show may come.
 	dropped func()
@@ -272,7 +272,7 @@ func (d *TGT) accounts(ctx context.Context, t Target, tid int) error {
 			return err
 		}
 		if d.unprotected != nil && !a.outgoing {
-			d.unprotected(tid)
+			d.unprotected()
 		}
 		if _, err := c.do(ctx, tgtRequest{mode: modeAccount, op: opNew, params: []tgtParam{
 			{name: "user", value: a.user}, {name: "password", value: a.password, secret: true}}}); err != nil {

@@ -173,7 +173,7 @@ func TestTGTNoLoginWithoutCHAP(t *testing.T) {
 	lun := a.IQN + "/1"
 	noCHAP := login{initiator: a.InitiatorIQN}
 	var tried []string
-	d.unprotected = func(int) {
+	d.unprotected = func() {
 		out, err := iscsi("iscsi-inq", noCHAP, tgtd.Portal, lun)
 		g.Expect(err).To(HaveOccurred(), "a login without CHAP while the accounts are made: "+out)
 		tried = append(tried, out)
@@ -195,7 +195,7 @@ func TestTGTNoLoginWithoutCHAP(t *testing.T) {
 	bound, err := exec.Command("tgtadm", "-C", strconv.Itoa(tgtd.ControlPort), "--lld", "iscsi", "--mode", "target", "--op", "bind",
 		"--tid", strconv.Itoa(all[0].tid), "--initiator-address", "ALL").CombinedOutput()
 	g.Expect(err).NotTo(HaveOccurred(), string(bound))
-	d.unprotected = func(int) {
+	d.unprotected = func() {
 		for _, l := range []login{noCHAP, {initiator: "iqn.2026-11.example:laptop"}} {
 			out, err := iscsi("iscsi-inq", l, tgtd.Portal, lun)
 			g.Expect(err).To(HaveOccurred(), "a login without CHAP while the accounts are remade: "+out)
